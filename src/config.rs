@@ -23,7 +23,7 @@ pub enum ConfigError {
     },
     /// The TOML did not parse or did not match the schema (unknown key, wrong type).
     #[error("invalid config: {0}")]
-    Parse(#[from] toml::de::Error),
+    Parse(toml::de::Error),
     /// A key parsed but its value is not acceptable.
     #[error("invalid value for `{key}`: {reason}")]
     Invalid {
@@ -32,6 +32,12 @@ pub enum ConfigError {
         /// Why the value was refused.
         reason: String,
     },
+}
+
+impl From<toml::de::Error> for ConfigError {
+    fn from(e: toml::de::Error) -> Self {
+        ConfigError::Parse(e)
+    }
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -277,8 +283,12 @@ fn available_cores() -> NonZeroUsize {
 }
 
 fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| invalid(key, format!("`{text}` is not a duration like \"30s\" or \"250ms\": {e}")))?;
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("`{text}` is not a duration like \"30s\" or \"250ms\": {e}"),
+        )
+    })?;
     if d.is_zero() {
         return Err(invalid(key, "must be greater than zero"));
     }
@@ -287,9 +297,14 @@ fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
 
 fn byte_size(key: &'static str, value: &ByteSize) -> Result<usize, ConfigError> {
     let n: u64 = match value {
-        ByteSize::Bytes(n) => u64::try_from(*n).map_err(|_| invalid(key, "must not be negative"))?,
+        ByteSize::Bytes(n) => {
+            u64::try_from(*n).map_err(|_| invalid(key, "must not be negative"))?
+        }
         ByteSize::Text(s) => parse_size(s).ok_or_else(|| {
-            invalid(key, format!("`{s}` is not a size like 65536, \"64KiB\" or \"16MiB\""))
+            invalid(
+                key,
+                format!("`{s}` is not a size like 65536, \"64KiB\" or \"16MiB\""),
+            )
         })?,
     };
     if n == 0 {
@@ -370,7 +385,10 @@ impl FileConfig {
         }
         if let Some(n) = s.inbox_capacity {
             if n == 0 {
-                return Err(invalid("server.inbox_capacity", "must be greater than zero"));
+                return Err(invalid(
+                    "server.inbox_capacity",
+                    "must be greater than zero",
+                ));
             }
             c.inbox_capacity = n;
         }
@@ -440,7 +458,10 @@ impl FileConfig {
         }
         if let Some(level) = self.log.level {
             if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-                return Err(invalid("log.level", format!("`{level}` is not a tracing filter")));
+                return Err(invalid(
+                    "log.level",
+                    format!("`{level}` is not a tracing filter"),
+                ));
             }
             c.log_level = level;
         }
@@ -451,11 +472,15 @@ impl FileConfig {
 /// Parse a listen address (`host:port`); `localhost` is accepted as 127.0.0.1.
 pub fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
     let t = text.trim();
-    let t2 = t.strip_prefix("localhost:").map(|p| format!("127.0.0.1:{p}"));
-    t2.as_deref()
-        .unwrap_or(t)
-        .parse()
-        .map_err(|_| invalid("server.listen", format!("`{text}` is not an address like \"127.0.0.1:8080\"")))
+    let t2 = t
+        .strip_prefix("localhost:")
+        .map(|p| format!("127.0.0.1:{p}"));
+    t2.as_deref().unwrap_or(t).parse().map_err(|_| {
+        invalid(
+            "server.listen",
+            format!("`{text}` is not an address like \"127.0.0.1:8080\""),
+        )
+    })
 }
 
 impl Config {
@@ -553,8 +578,14 @@ mod tests {
             ("[server]\nlisten = \"nowhere\"", "server.listen"),
             ("[limits]\nslow_consumer = \"wait\"", "limits.slow_consumer"),
             ("[heartbeat]\ninterval = \"soon\"", "heartbeat.interval"),
-            ("[limits]\nmax_message_bytes = -1", "limits.max_message_bytes"),
-            ("[limits]\nmax_frame_bytes = \"2MiB\"", "limits.max_frame_bytes"),
+            (
+                "[limits]\nmax_message_bytes = -1",
+                "limits.max_message_bytes",
+            ),
+            (
+                "[limits]\nmax_frame_bytes = \"2MiB\"",
+                "limits.max_frame_bytes",
+            ),
         ] {
             let e = Config::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");

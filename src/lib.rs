@@ -9,4 +9,13 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod config;
+pub mod connection;
+pub mod fanout;
+pub mod heartbeat;
+pub mod http;
+pub mod listener;
+pub mod metrics;
 pub mod protocol;
+pub mod room;
+pub mod server;
+pub mod shard;

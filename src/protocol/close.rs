@@ -58,6 +58,9 @@ mod tests {
         assert_eq!(parse_close_payload(&[3, 232]), Ok(Some(CloseCode(1000))));
         assert!(parse_close_payload(&[3, 237]).is_err()); // 1005 may not be sent
         assert!(parse_close_payload(&[0x03, 0xe8, 0xff]).is_err()); // bad UTF-8 reason
-        assert_eq!(parse_close_payload(&[0x0f, 0xa0, b'o', b'k']), Ok(Some(CloseCode(4000))));
+        assert_eq!(
+            parse_close_payload(&[0x0f, 0xa0, b'o', b'k']),
+            Ok(Some(CloseCode(4000)))
+        );
     }
 }

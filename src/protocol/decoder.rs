@@ -8,7 +8,9 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::close::{parse_close_payload, CloseCode};
-use super::frame::{decode_header, server_header_len, unmask, write_server_header, HeaderRules, OpCode};
+use super::frame::{
+    decode_header, server_header_len, unmask, write_server_header, HeaderRules, OpCode,
+};
 use super::ProtocolError;
 
 /// Space reserved at the front of a reassembly buffer for the largest server header.
@@ -108,14 +110,16 @@ impl Decoder {
                 return Ok(Progress::NeedMore((buf.len() + 1).clamp(2, 14)));
             };
             let len = h.payload_len as usize; // bounded by max_frame_bytes (a usize)
-            // Refuse an oversized message as soon as its header says so.
+                                              // Refuse an oversized message as soon as its header says so.
             if !h.opcode.is_control() {
                 let so_far = self.partial.as_ref().map_or(0, |p| p.buf.len() - HEADROOM);
                 if so_far.saturating_add(len) > self.max_message_bytes {
                     return Err(ProtocolError::MessageTooLarge);
                 }
                 match (h.opcode, &self.partial) {
-                    (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
+                    (OpCode::Continuation, None) => {
+                        return Err(ProtocolError::UnexpectedContinuation)
+                    }
                     (OpCode::Text | OpCode::Binary, Some(_)) => {
                         return Err(ProtocolError::ExpectedContinuation)
                     }
@@ -133,8 +137,10 @@ impl Decoder {
             let mask = h.mask.unwrap_or([0; 4]);
             match h.opcode {
                 OpCode::Ping | OpCode::Pong | OpCode::Close => {
-                    buf.advance(h.header_len);
-                    let mut payload = buf.split_to(len);
+                    // Copy (at most 125 bytes) so no Bytes ever points into the caller's
+                    // read buffer, which goes back to the shard's pool.
+                    let mut payload = BytesMut::from(&buf[h.header_len..total]);
+                    buf.advance(total);
                     unmask(&mut payload, mask);
                     return Ok(Progress::Event(match h.opcode {
                         OpCode::Ping => Event::Ping(payload.freeze()),
@@ -151,7 +157,10 @@ impl Decoder {
                     out.extend_from_slice(&buf[h.header_len..total]);
                     buf.advance(total);
                     unmask(&mut out[hl..], mask);
-                    if h.opcode == OpCode::Text && !h.rsv1 && simdutf8::basic::from_utf8(&out[hl..]).is_err() {
+                    if h.opcode == OpCode::Text
+                        && !h.rsv1
+                        && simdutf8::basic::from_utf8(&out[hl..]).is_err()
+                    {
                         return Err(ProtocolError::InvalidUtf8);
                     }
                     return Ok(Progress::Event(Event::Message(Message {
@@ -246,7 +255,9 @@ mod tests {
     fn single_text_message_becomes_server_frame() {
         let f = encode_client_frame(true, OpCode::Text, M, b"hello");
         let ev = events(&mut dec(), &f).unwrap();
-        let Event::Message(m) = &ev[0] else { panic!("{ev:?}") };
+        let Event::Message(m) = &ev[0] else {
+            panic!("{ev:?}")
+        };
         assert_eq!(m.payload(), b"hello");
         assert_eq!(&m.frame()[..], b"\x81\x05hello");
     }
@@ -255,7 +266,12 @@ mod tests {
     fn fragments_reassemble_with_interleaved_ping() {
         let mut bytes = encode_client_frame(false, OpCode::Binary, M, &[1, 2, 3]);
         bytes.extend(encode_client_frame(true, OpCode::Ping, M, b"p"));
-        bytes.extend(encode_client_frame(false, OpCode::Continuation, M, &[4; 200]));
+        bytes.extend(encode_client_frame(
+            false,
+            OpCode::Continuation,
+            M,
+            &[4; 200],
+        ));
         bytes.extend(encode_client_frame(true, OpCode::Continuation, M, &[5]));
         let ev = events(&mut dec(), &bytes).unwrap();
         assert!(matches!(&ev[0], Event::Ping(p) if &p[..] == b"p"));
@@ -268,7 +284,12 @@ mod tests {
     #[test]
     fn byte_at_a_time_gives_same_result() {
         let mut bytes = encode_client_frame(false, OpCode::Text, M, "κό".as_bytes());
-        bytes.extend(encode_client_frame(true, OpCode::Continuation, M, "σμε".as_bytes()));
+        bytes.extend(encode_client_frame(
+            true,
+            OpCode::Continuation,
+            M,
+            "σμε".as_bytes(),
+        ));
         let mut d = dec();
         let mut buf = BytesMut::new();
         let mut got = None;
@@ -289,10 +310,16 @@ mod tests {
         assert!(events(&mut dec(), &ok).is_ok());
 
         let bad = encode_client_frame(false, OpCode::Text, M, &[0xce, 0xba, 0xff]);
-        assert_eq!(events(&mut dec(), &bad).unwrap_err(), ProtocolError::InvalidUtf8);
+        assert_eq!(
+            events(&mut dec(), &bad).unwrap_err(),
+            ProtocolError::InvalidUtf8
+        );
 
         let truncated = encode_client_frame(true, OpCode::Text, M, &s[..2]);
-        assert_eq!(events(&mut dec(), &truncated).unwrap_err(), ProtocolError::InvalidUtf8);
+        assert_eq!(
+            events(&mut dec(), &truncated).unwrap_err(),
+            ProtocolError::InvalidUtf8
+        );
     }
 
     #[test]
@@ -303,29 +330,53 @@ mod tests {
         for _ in 0..1000 {
             bytes.extend(encode_client_frame(false, OpCode::Continuation, M, &[]));
         }
-        bytes.extend(encode_client_frame(true, OpCode::Continuation, M, &[9; 100]));
+        bytes.extend(encode_client_frame(
+            true,
+            OpCode::Continuation,
+            M,
+            &[9; 100],
+        ));
         let ev = events(&mut d, &bytes).unwrap();
-        assert_eq!(ev.len(), 1, "1001 empty fragments plus 100 bytes is one message");
+        assert_eq!(
+            ev.len(),
+            1,
+            "1001 empty fragments plus 100 bytes is one message"
+        );
 
         let too_big = encode_client_frame(true, OpCode::Binary, M, &[0; 101]);
-        assert_eq!(events(&mut d, &too_big).unwrap_err(), ProtocolError::MessageTooLarge);
+        assert_eq!(
+            events(&mut d, &too_big).unwrap_err(),
+            ProtocolError::MessageTooLarge
+        );
     }
 
     #[test]
     fn sequencing_errors() {
         let cont = encode_client_frame(true, OpCode::Continuation, M, b"x");
-        assert_eq!(events(&mut dec(), &cont).unwrap_err(), ProtocolError::UnexpectedContinuation);
+        assert_eq!(
+            events(&mut dec(), &cont).unwrap_err(),
+            ProtocolError::UnexpectedContinuation
+        );
         let mut two = encode_client_frame(false, OpCode::Text, M, b"a");
         two.extend(encode_client_frame(true, OpCode::Text, M, b"b"));
-        assert_eq!(events(&mut dec(), &two).unwrap_err(), ProtocolError::ExpectedContinuation);
+        assert_eq!(
+            events(&mut dec(), &two).unwrap_err(),
+            ProtocolError::ExpectedContinuation
+        );
     }
 
     #[test]
     fn close_frames() {
         let c = encode_client_frame(true, OpCode::Close, M, &[0x03, 0xe8]);
-        assert!(matches!(events(&mut dec(), &c).unwrap()[0], Event::Close(Some(CloseCode(1000)))));
+        assert!(matches!(
+            events(&mut dec(), &c).unwrap()[0],
+            Event::Close(Some(CloseCode(1000)))
+        ));
         let bad = encode_client_frame(true, OpCode::Close, M, &[0x03]);
-        assert_eq!(events(&mut dec(), &bad).unwrap_err(), ProtocolError::InvalidClose);
+        assert_eq!(
+            events(&mut dec(), &bad).unwrap_err(),
+            ProtocolError::InvalidClose
+        );
     }
 
     #[test]

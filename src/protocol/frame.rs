@@ -73,7 +73,10 @@ pub struct HeaderRules {
 
 /// Decode one frame header from the front of `buf`.
 /// `Ok(None)` means more bytes are needed; never allocates.
-pub fn decode_header(buf: &[u8], rules: &HeaderRules) -> Result<Option<FrameHeader>, ProtocolError> {
+pub fn decode_header(
+    buf: &[u8],
+    rules: &HeaderRules,
+) -> Result<Option<FrameHeader>, ProtocolError> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -249,22 +252,49 @@ mod tests {
     #[test]
     fn rejects_bad_headers() {
         let unmasked = [0x81u8, 0x00];
-        assert_eq!(decode_header(&unmasked, &RULES), Err(ProtocolError::Unmasked));
+        assert_eq!(
+            decode_header(&unmasked, &RULES),
+            Err(ProtocolError::Unmasked)
+        );
         let rsv = [0xC1u8, 0x80, 0, 0, 0, 0];
-        assert_eq!(decode_header(&rsv, &RULES), Err(ProtocolError::ReservedBits));
+        assert_eq!(
+            decode_header(&rsv, &RULES),
+            Err(ProtocolError::ReservedBits)
+        );
         let rsv2 = [0xA1u8, 0x80, 0, 0, 0, 0];
-        assert_eq!(decode_header(&rsv2, &RULES), Err(ProtocolError::ReservedBits));
+        assert_eq!(
+            decode_header(&rsv2, &RULES),
+            Err(ProtocolError::ReservedBits)
+        );
         let op = [0x83u8, 0x80, 0, 0, 0, 0];
-        assert_eq!(decode_header(&op, &RULES), Err(ProtocolError::UnknownOpcode(3)));
+        assert_eq!(
+            decode_header(&op, &RULES),
+            Err(ProtocolError::UnknownOpcode(3))
+        );
         let ping_frag = [0x09u8, 0x80, 0, 0, 0, 0];
-        assert_eq!(decode_header(&ping_frag, &RULES), Err(ProtocolError::InvalidControlFrame));
+        assert_eq!(
+            decode_header(&ping_frag, &RULES),
+            Err(ProtocolError::InvalidControlFrame)
+        );
         let ping_long = [0x89u8, 0xFE, 0, 126, 0, 0, 0, 0];
-        assert_eq!(decode_header(&ping_long, &RULES), Err(ProtocolError::InvalidControlFrame));
+        assert_eq!(
+            decode_header(&ping_long, &RULES),
+            Err(ProtocolError::InvalidControlFrame)
+        );
         let huge = [0x82u8, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(decode_header(&huge, &RULES), Err(ProtocolError::InvalidLength));
+        assert_eq!(
+            decode_header(&huge, &RULES),
+            Err(ProtocolError::InvalidLength)
+        );
         let big = [0x82u8, 0xFF, 0, 0, 0, 0, 0x10, 0, 0, 1, 0, 0, 0, 0];
-        assert!(matches!(decode_header(&big, &RULES), Err(ProtocolError::FrameTooLarge(_))));
-        let rules = HeaderRules { allow_rsv1: true, ..RULES };
+        assert!(matches!(
+            decode_header(&big, &RULES),
+            Err(ProtocolError::FrameTooLarge(_))
+        ));
+        let rules = HeaderRules {
+            allow_rsv1: true,
+            ..RULES
+        };
         assert!(decode_header(&rsv, &rules).unwrap().unwrap().rsv1);
     }
 

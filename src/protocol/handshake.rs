@@ -60,7 +60,10 @@ pub struct Request {
 /// Parse a request head from the front of `buf`.
 /// `Ok(None)` means incomplete; `Ok(Some((req, n)))` means the head used `n` bytes and any bytes
 /// after it belong to the WebSocket stream.
-pub fn parse_request(buf: &[u8], max_header_bytes: usize) -> Result<Option<(Request, usize)>, HandshakeError> {
+pub fn parse_request(
+    buf: &[u8],
+    max_header_bytes: usize,
+) -> Result<Option<(Request, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let n = match req.parse(buf) {
@@ -90,12 +93,17 @@ pub fn parse_request(buf: &[u8], max_header_bytes: usize) -> Result<Option<(Requ
     let mut protocols = Vec::new();
     let mut extensions = Vec::new();
     for h in req.headers.iter() {
-        let value = std::str::from_utf8(h.value).map_err(|_| HandshakeError::Malformed("non-UTF-8 header value"))?;
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| HandshakeError::Malformed("non-UTF-8 header value"))?;
         let name = h.name;
         if name.eq_ignore_ascii_case("upgrade") {
-            upgrade |= value.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket"));
+            upgrade |= value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("websocket"));
         } else if name.eq_ignore_ascii_case("connection") {
-            connection_upgrade |= value.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+            connection_upgrade |= value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             if key.is_some() {
                 return Err(HandshakeError::BadUpgrade("duplicate Sec-WebSocket-Key"));
@@ -104,7 +112,12 @@ pub fn parse_request(buf: &[u8], max_header_bytes: usize) -> Result<Option<(Requ
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             version = Some(value.trim().to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
-            protocols.extend(value.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()));
+            protocols.extend(
+                value
+                    .split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty()),
+            );
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
             extensions.push(value.to_string());
         }
@@ -135,14 +148,20 @@ impl Request {
             return Err(HandshakeError::BadUpgrade("HTTP/1.1 or later required"));
         }
         if !self.wants_upgrade {
-            return Err(HandshakeError::BadUpgrade("missing Upgrade: websocket / Connection: Upgrade"));
+            return Err(HandshakeError::BadUpgrade(
+                "missing Upgrade: websocket / Connection: Upgrade",
+            ));
         }
         let Some(key) = &self.key else {
             return Err(HandshakeError::BadUpgrade("missing Sec-WebSocket-Key"));
         };
         match base64::engine::general_purpose::STANDARD.decode(key) {
             Ok(raw) if raw.len() == 16 => {}
-            _ => return Err(HandshakeError::BadUpgrade("Sec-WebSocket-Key is not 16 base64-encoded bytes")),
+            _ => {
+                return Err(HandshakeError::BadUpgrade(
+                    "Sec-WebSocket-Key is not 16 base64-encoded bytes",
+                ))
+            }
         }
         match self.version.as_deref() {
             Some("13") => {}
@@ -201,7 +220,10 @@ mod tests {
 
     #[test]
     fn rfc_example_accept_key() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -210,13 +232,19 @@ mod tests {
         assert_eq!(n, GOOD.len() - 1);
         assert_eq!(req.path, "/ws/lobby");
         assert_eq!(req.query.as_deref(), Some("x=1"));
-        assert_eq!(req.validate_upgrade().unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            req.validate_upgrade().unwrap(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
     fn incomplete_then_too_large() {
         assert_eq!(parse_request(&GOOD[..20], 8192), Ok(None));
-        assert_eq!(parse_request(&GOOD[..100], 100), Err(HandshakeError::HeadTooLarge));
+        assert_eq!(
+            parse_request(&GOOD[..100], 100),
+            Err(HandshakeError::HeadTooLarge)
+        );
     }
 
     #[test]
@@ -230,8 +258,15 @@ mod tests {
         ];
         for (text, status) in cases {
             let (req, _) = parse_request(text.as_bytes(), 8192).unwrap().unwrap();
-            assert_eq!(req.validate_upgrade().unwrap_err().status(), *status, "{text}");
+            assert_eq!(
+                req.validate_upgrade().unwrap_err().status(),
+                *status,
+                "{text}"
+            );
         }
-        assert!(matches!(parse_request(b"\x00\x01garbage\r\n\r\n", 8192), Err(HandshakeError::Malformed(_))));
+        assert!(matches!(
+            parse_request(b"\x00\x01garbage\r\n\r\n", 8192),
+            Err(HandshakeError::Malformed(_))
+        ));
     }
 }

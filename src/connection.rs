@@ -1,0 +1,373 @@
+//! One client connection: HTTP handshake, then a reader (frames in → events → fan-out) and a
+//! writer (queued frames out in one `writev` per batch). Both are monoio tasks using native
+//! owned-buffer I/O; they share the connection's state through the shard's slab.
+//!
+//! An idle connection holds no read buffer: the reader waits for readiness first and only then
+//! takes a buffer from the shard's pool, and gives it back as soon as no partial frame remains.
+
+use std::future::poll_fn;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use monoio::buf::{IoBufMut, IoVecBuf};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
+use monoio::net::TcpStream;
+
+use crate::fanout::publish;
+use crate::http::{route, text, Route};
+use crate::metrics::ShardStats;
+use crate::protocol::close::CloseCode;
+use crate::protocol::decoder::{Decoder, Event, Progress};
+use crate::protocol::frame::{encode_close, encode_server_frame, OpCode};
+use crate::protocol::handshake::{parse_request, switching_protocols};
+use crate::room::{ConnId, RoomId};
+use crate::shard::{Phase, ShardRef, READ_BUF_SIZE};
+
+/// Most iovecs handed to one `writev`.
+const MAX_IOV: usize = 256;
+
+/// Serve one accepted socket until it is closed.
+pub(crate) async fn serve(shard: ShardRef, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let id = shard.borrow_mut().add_conn(fd, Instant::now());
+    let mut admitted = false;
+    serve_inner(&shard, id, stream, &mut admitted).await;
+    // The stream (and its fd) is gone now; forget the connection.
+    shard.borrow_mut().remove_conn(id, admitted);
+}
+
+async fn serve_inner(shard: &ShardRef, id: ConnId, mut stream: TcpStream, admitted: &mut bool) {
+    let max_header = shard.borrow().cfg.max_header_bytes;
+    // 1. Read the request head.
+    let mut buf = BytesMut::with_capacity(1024.min(max_header));
+    let (req, used) = loop {
+        let room_left = max_header.saturating_sub(buf.len()).clamp(1, 4096);
+        buf.reserve(room_left);
+        let (res, b) = read_append(&mut stream, buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        match parse_request(&buf, max_header) {
+            Ok(None) => continue,
+            Ok(Some(parsed)) => break parsed,
+            Err(e) => {
+                reject(shard, &mut stream, crate::http::handshake_error(&e)).await;
+                return;
+            }
+        }
+    };
+    buf.advance(used);
+
+    // 2. Route it.
+    let stats = shard.borrow().stats.clone();
+    let (room_name, accept) = match route(&req, &stats) {
+        Route::Respond(resp) => {
+            let ok = resp.starts_with(b"HTTP/1.1 200");
+            if !ok {
+                ShardStats::add(&shard.borrow().my_stats().http_rejected, 1);
+            }
+            let _ = stream.write_all(resp).await;
+            return;
+        }
+        Route::Room { name, accept } => (name, accept),
+    };
+    let refused = {
+        let s = shard.borrow();
+        s.shutdown.is_some() || !s.admit()
+    };
+    if refused {
+        reject(shard, &mut stream, text(503, "server at capacity\n")).await;
+        return;
+    }
+    *admitted = true;
+
+    // 3. Upgrade.
+    let (res, _) = stream.write_all(switching_protocols(&accept, "")).await;
+    if res.is_err() {
+        return;
+    }
+    let room = {
+        let mut s = shard.borrow_mut();
+        let now = Instant::now();
+        let Some(c) = s.conns.get_mut(id.0) else {
+            return;
+        };
+        c.phase = Phase::Open;
+        c.last_seen = now;
+        c.last_ping = now;
+        match s.join(id, &room_name) {
+            Some(r) => r,
+            None => return,
+        }
+    };
+    let rbuf = if buf.is_empty() { BytesMut::new() } else { buf };
+
+    let (mut rh, wh) = stream.into_split();
+    let writer = monoio::spawn(write_loop(shard.clone(), id, wh));
+    read_loop(shard, id, &mut rh, rbuf, room).await;
+    {
+        let mut s = shard.borrow_mut();
+        s.leave_all(id);
+        let deadline = Instant::now() + s.cfg.close_timeout;
+        if let Some(c) = s.conns.get_mut(id.0) {
+            c.finishing = true;
+            c.sealed = true;
+            if !matches!(c.phase, Phase::Closing { .. }) {
+                c.phase = Phase::Closing { deadline };
+            }
+            c.wake_writer();
+        }
+    }
+    writer.await;
+}
+
+async fn reject(shard: &ShardRef, stream: &mut TcpStream, resp: Vec<u8>) {
+    ShardStats::add(&shard.borrow().my_stats().http_rejected, 1);
+    let _ = stream.write_all(resp).await;
+    // Half-close so the client reads the whole response before the socket goes away.
+    let _ = stream.shutdown().await;
+}
+
+/// Why the reader stopped.
+enum ReadEnd {
+    /// Close handshake done (ours or theirs), protocol error sent, EOF, or socket error.
+    Done,
+}
+
+async fn read_loop(
+    shard: &ShardRef,
+    id: ConnId,
+    rh: &mut OwnedReadHalf<TcpStream>,
+    mut rbuf: BytesMut,
+    room: RoomId,
+) -> ReadEnd {
+    let mut dec = {
+        let s = shard.borrow();
+        Decoder::new(s.cfg.max_frame_bytes, s.cfg.max_message_bytes, false)
+    };
+    loop {
+        // Decode everything buffered.
+        let need = loop {
+            match dec.next(&mut rbuf) {
+                Ok(Progress::NeedMore(n)) => break n,
+                Ok(Progress::Event(ev)) => match ev {
+                    Event::Message(m) => {
+                        let sealed = {
+                            let s = shard.borrow();
+                            ShardStats::add(&s.my_stats().messages_in, 1);
+                            s.conns.get(id.0).is_none_or(|c| c.sealed)
+                        };
+                        if !sealed {
+                            publish(shard, id, room, m.into_frame()).await;
+                        }
+                    }
+                    Event::Ping(payload) => {
+                        let pong = encode_server_frame(OpCode::Pong, false, &payload);
+                        if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                            c.push_control(pong);
+                        }
+                    }
+                    Event::Pong => {}
+                    Event::Close(code) => {
+                        // Answer with the same code unless we already sent our close.
+                        let mut s = shard.borrow_mut();
+                        if let Some(c) = s.conns.get_mut(id.0) {
+                            if !c.sealed {
+                                let code = code.unwrap_or(CloseCode::NORMAL);
+                                c.push_control(encode_close(code, ""));
+                                c.sealed = true;
+                            }
+                        }
+                        give_back(shard, rbuf);
+                        return ReadEnd::Done;
+                    }
+                },
+                Err(e) => {
+                    let mut s = shard.borrow_mut();
+                    ShardStats::add(&s.my_stats().protocol_errors, 1);
+                    let deadline = Instant::now() + s.cfg.close_timeout;
+                    if let Some(c) = s.conns.get_mut(id.0) {
+                        c.start_close(e.close_code(), e.as_str(), deadline, false);
+                    }
+                    drop(s);
+                    give_back(shard, rbuf);
+                    return ReadEnd::Done;
+                }
+            }
+        };
+
+        // Get a buffer to read into.
+        if rbuf.is_empty() {
+            // Idle: hold no buffer while waiting.
+            give_back(shard, rbuf);
+            // SAFETY: `readable` takes `&self` and only submits a poll for readiness; the write
+            // half never moves or mutates the stream while it is shared (monoio's own split works
+            // the same way).
+            let stream: &TcpStream = unsafe { &*rh.0.get() };
+            if stream.readable(false).await.is_err() {
+                return ReadEnd::Done;
+            }
+            rbuf = shard.borrow_mut().take_read_buf();
+        } else if rbuf.capacity() - rbuf.len() < 1024 || need > rbuf.capacity() {
+            // A partial frame: make room for the rest of it (bounded by the frame limit, which
+            // the decoder has already checked against the header).
+            let want = need
+                .saturating_sub(rbuf.len())
+                .max(4096)
+                .min(READ_BUF_SIZE.max(need));
+            rbuf.reserve(want);
+        }
+        let (res, b) = read_append(rh, rbuf).await;
+        rbuf = b;
+        match res {
+            Ok(0) | Err(_) => {
+                give_back(shard, rbuf);
+                return ReadEnd::Done;
+            }
+            Ok(_) => {
+                if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                    c.last_seen = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+/// Read into the spare capacity of `buf`, after the bytes it already holds (monoio's plain
+/// `read` would write from the start of the buffer).
+async fn read_append<R: AsyncReadRent>(
+    r: &mut R,
+    mut buf: BytesMut,
+) -> (std::io::Result<usize>, BytesMut) {
+    if buf.capacity() == buf.len() {
+        buf.reserve(4096);
+    }
+    let (len, cap) = (buf.len(), buf.capacity());
+    let (res, slice) = r.read(buf.slice_mut(len..cap)).await;
+    (res, slice.into_inner())
+}
+
+/// Return a read buffer to the pool if it is an empty pool-sized buffer; otherwise drop it.
+fn give_back(shard: &ShardRef, buf: BytesMut) {
+    if buf.is_empty() && buf.capacity() >= READ_BUF_SIZE {
+        shard.borrow_mut().return_read_buf(buf);
+    }
+}
+
+/// Frames handed to one `writev`: owned `Bytes` (refcounted, shared with other recipients) and
+/// the iovec array pointing into them.
+#[derive(Default)]
+struct WriteBatch {
+    bufs: Vec<Bytes>,
+    iov: Vec<libc::iovec>,
+}
+
+// SAFETY: `iov` points into `bufs`, whose heap data never moves while the batch is owned by the
+// runtime (Bytes data is immutable and refcounted; we rebuild `iov` before each submission).
+unsafe impl IoVecBuf for WriteBatch {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov.as_ptr()
+    }
+    fn read_iovec_len(&self) -> usize {
+        self.iov.len()
+    }
+}
+
+impl WriteBatch {
+    fn is_empty(&self) -> bool {
+        self.bufs.is_empty()
+    }
+
+    fn fill_iov(&mut self) {
+        self.iov.clear();
+        self.iov.extend(self.bufs.iter().map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        }));
+    }
+
+    /// Drop `n` written bytes from the front.
+    fn advance(&mut self, mut n: usize) {
+        let mut done = 0;
+        for b in self.bufs.iter_mut() {
+            if n >= b.len() {
+                n -= b.len();
+                done += 1;
+            } else {
+                b.advance(n);
+                break;
+            }
+        }
+        self.bufs.drain(..done);
+    }
+
+    /// Keep an idle connection's footprint small after a burst.
+    fn trim(&mut self) {
+        if self.bufs.capacity() > 8 {
+            self.bufs = Vec::new();
+            self.iov = Vec::new();
+        }
+    }
+}
+
+async fn write_loop(shard: ShardRef, id: ConnId, mut wh: OwnedWriteHalf<TcpStream>) {
+    let mut batch = WriteBatch::default();
+    loop {
+        let more = poll_fn(|cx| {
+            let mut s = shard.borrow_mut();
+            let Some(c) = s.conns.get_mut(id.0) else {
+                return Poll::Ready(false);
+            };
+            if c.killed {
+                return Poll::Ready(false);
+            }
+            if c.queue.is_empty() {
+                if c.finishing {
+                    return Poll::Ready(false);
+                }
+                match &c.writer_waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => c.writer_waker = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+            let n = c.queue.len().min(MAX_IOV);
+            batch.bufs.extend(c.queue.drain(..n));
+            Poll::Ready(true)
+        })
+        .await;
+        if !more {
+            break;
+        }
+        let mut calls = 0u64;
+        while !batch.is_empty() {
+            batch.fill_iov();
+            let (res, b) = wh.writev(batch).await;
+            batch = b;
+            calls += 1;
+            match res {
+                Ok(n) if n > 0 => {
+                    batch.advance(n);
+                    if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                        c.buffered = c.buffered.saturating_sub(n);
+                    }
+                }
+                _ => {
+                    // The peer is gone: stop both sides.
+                    if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                        c.kill();
+                    }
+                    return;
+                }
+            }
+        }
+        ShardStats::add(&shard.borrow().my_stats().write_calls, calls);
+        batch.trim();
+    }
+}

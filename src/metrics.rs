@@ -1,0 +1,123 @@
+//! Counters. Each shard writes only its own `ShardStats` (relaxed atomics, no contention); readers
+//! (status page, tests, later Prometheus) sum them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Counters of one shard. Cache-line aligned so shards never share a line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct ShardStats {
+    /// Open WebSocket connections.
+    pub connections: AtomicU64,
+    /// WebSocket upgrades completed.
+    pub upgrades: AtomicU64,
+    /// HTTP requests refused (400, 404, 431, 503...).
+    pub http_rejected: AtomicU64,
+    /// Data messages received from clients.
+    pub messages_in: AtomicU64,
+    /// Frames queued to clients by broadcasts.
+    pub deliveries: AtomicU64,
+    /// Broadcast frames dropped for slow consumers (`slow_consumer = "drop"`).
+    pub dropped_frames: AtomicU64,
+    /// Connections closed with 1008 for exceeding `max_buffered_bytes`.
+    pub slow_consumer_closes: AtomicU64,
+    /// Connections dropped for heartbeat silence.
+    pub heartbeat_timeouts: AtomicU64,
+    /// Connections dropped for not finishing the HTTP handshake in time.
+    pub handshake_timeouts: AtomicU64,
+    /// Connections closed for a protocol violation.
+    pub protocol_errors: AtomicU64,
+    /// `writev` calls made.
+    pub write_calls: AtomicU64,
+    /// Rooms with members on this shard.
+    pub rooms: AtomicU64,
+}
+
+impl ShardStats {
+    /// Add to a counter.
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// All shards' counters.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    shards: Arc<[ShardStats]>,
+}
+
+/// A summed view.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// See [`ShardStats::connections`].
+    pub connections: u64,
+    /// See [`ShardStats::upgrades`].
+    pub upgrades: u64,
+    /// See [`ShardStats::http_rejected`].
+    pub http_rejected: u64,
+    /// See [`ShardStats::messages_in`].
+    pub messages_in: u64,
+    /// See [`ShardStats::deliveries`].
+    pub deliveries: u64,
+    /// See [`ShardStats::dropped_frames`].
+    pub dropped_frames: u64,
+    /// See [`ShardStats::slow_consumer_closes`].
+    pub slow_consumer_closes: u64,
+    /// See [`ShardStats::heartbeat_timeouts`].
+    pub heartbeat_timeouts: u64,
+    /// See [`ShardStats::handshake_timeouts`].
+    pub handshake_timeouts: u64,
+    /// See [`ShardStats::protocol_errors`].
+    pub protocol_errors: u64,
+    /// See [`ShardStats::write_calls`].
+    pub write_calls: u64,
+}
+
+impl Stats {
+    /// Counters for `n` shards.
+    pub fn new(n: usize) -> Stats {
+        Stats {
+            shards: (0..n).map(|_| ShardStats::default()).collect(),
+        }
+    }
+
+    /// One shard's counters.
+    pub fn shard(&self, i: usize) -> &ShardStats {
+        &self.shards[i]
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Open connections per shard.
+    pub fn connections_per_shard(&self) -> Vec<u64> {
+        self.shards
+            .iter()
+            .map(|s| s.connections.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Sum over shards.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot::default();
+        for sh in self.shards.iter() {
+            let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            s.connections += l(&sh.connections);
+            s.upgrades += l(&sh.upgrades);
+            s.http_rejected += l(&sh.http_rejected);
+            s.messages_in += l(&sh.messages_in);
+            s.deliveries += l(&sh.deliveries);
+            s.dropped_frames += l(&sh.dropped_frames);
+            s.slow_consumer_closes += l(&sh.slow_consumer_closes);
+            s.heartbeat_timeouts += l(&sh.heartbeat_timeouts);
+            s.handshake_timeouts += l(&sh.handshake_timeouts);
+            s.protocol_errors += l(&sh.protocol_errors);
+            s.write_calls += l(&sh.write_calls);
+        }
+        s
+    }
+}

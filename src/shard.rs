@@ -1,0 +1,325 @@
+//! One shard: the state a single monoio runtime owns (connections, rooms, read-buffer pool) and
+//! the operations on it. Everything here is single-threaded (`Rc<RefCell<_>>`), and no borrow is
+//! ever held across an `.await`.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use slab::Slab;
+use smallvec::SmallVec;
+
+use crate::config::{Config, SlowConsumer};
+use crate::fanout::ShardMsg;
+use crate::metrics::{ShardStats, Stats};
+use crate::protocol::close::CloseCode;
+use crate::protocol::frame::encode_close;
+use crate::room::{ConnId, Membership, RoomId, RoomRegistry};
+
+/// Index of a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShardId(pub usize);
+
+/// Size of one pooled read buffer.
+pub(crate) const READ_BUF_SIZE: usize = 64 * 1024;
+/// Pooled read buffers kept when idle.
+const READ_POOL_KEEP: usize = 32;
+
+/// Lifecycle of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Reading the HTTP request head; dropped if not done by the deadline.
+    Handshake { deadline: Instant },
+    /// Upgraded and open.
+    Open,
+    /// A close frame was queued; the socket is dropped at the deadline at the latest.
+    Closing { deadline: Instant },
+}
+
+/// Per-connection state owned by the shard. Deliberately small: an idle connection holds no
+/// read buffer and an empty write queue.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) fd: RawFd,
+    pub(crate) phase: Phase,
+    /// Frames waiting for the writer task.
+    pub(crate) queue: VecDeque<Bytes>,
+    /// Bytes queued or in flight, like the browser's `bufferedAmount`.
+    pub(crate) buffered: usize,
+    pub(crate) writer_waker: Option<Waker>,
+    /// No more frames are accepted (a close frame is queued, or the socket is gone).
+    pub(crate) sealed: bool,
+    /// The reader is done: the writer exits once the queue is flushed.
+    pub(crate) finishing: bool,
+    /// The socket was shut down by the shard (timeout, kill): the writer exits at once.
+    pub(crate) killed: bool,
+    pub(crate) last_seen: Instant,
+    pub(crate) last_ping: Instant,
+    pub(crate) rooms: SmallVec<[Membership; 1]>,
+}
+
+/// Outcome of queueing a broadcast frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Push {
+    Queued,
+    Dropped,
+    /// Over the high-water mark under the `close` policy: the caller closes it.
+    OverLimit,
+    Sealed,
+}
+
+impl Conn {
+    fn new(fd: RawFd, now: Instant, handshake_deadline: Instant) -> Conn {
+        Conn {
+            fd,
+            phase: Phase::Handshake {
+                deadline: handshake_deadline,
+            },
+            queue: VecDeque::new(),
+            buffered: 0,
+            writer_waker: None,
+            sealed: false,
+            finishing: false,
+            killed: false,
+            last_seen: now,
+            last_ping: now,
+            rooms: SmallVec::new(),
+        }
+    }
+
+    /// Queue a frame without any limit check (pong, ping, close, handshake replies).
+    pub(crate) fn push_control(&mut self, frame: Bytes) {
+        if self.sealed {
+            return;
+        }
+        self.buffered += frame.len();
+        self.queue.push_back(frame);
+        self.wake_writer();
+    }
+
+    /// Queue a broadcast frame, applying the high-water mark.
+    pub(crate) fn push_broadcast(
+        &mut self,
+        frame: &Bytes,
+        limit: usize,
+        policy: SlowConsumer,
+    ) -> Push {
+        if self.sealed {
+            return Push::Sealed;
+        }
+        if self.buffered + frame.len() > limit && self.buffered > 0 {
+            return match policy {
+                SlowConsumer::Drop => Push::Dropped,
+                SlowConsumer::Close => Push::OverLimit,
+            };
+        }
+        self.buffered += frame.len();
+        self.queue.push_back(frame.clone());
+        self.wake_writer();
+        Push::Queued
+    }
+
+    /// Queue a close frame and seal the queue. With `discard_queue`, frames not yet handed to
+    /// the writer are freed first (slow consumer, shutdown of a stuck client).
+    pub(crate) fn start_close(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+        deadline: Instant,
+        discard_queue: bool,
+    ) {
+        if self.sealed {
+            return;
+        }
+        if discard_queue {
+            let freed: usize = self.queue.iter().map(Bytes::len).sum();
+            self.buffered -= freed;
+            self.queue.clear();
+            self.queue.shrink_to_fit();
+        }
+        self.push_control(encode_close(code, reason));
+        self.sealed = true;
+        if !matches!(self.phase, Phase::Closing { .. }) {
+            self.phase = Phase::Closing { deadline };
+        }
+    }
+
+    /// Shut the socket down from the shard side; pending reads and writes fail at once.
+    pub(crate) fn kill(&mut self) {
+        if !self.killed {
+            self.killed = true;
+            self.sealed = true;
+            // SAFETY: `fd` stays open while the connection is in the slab: the tasks owning the
+            // stream remove the entry before dropping it. shutdown(2) on a socket has no memory
+            // effects.
+            unsafe {
+                libc::shutdown(self.fd, libc::SHUT_RDWR);
+            }
+            self.wake_writer();
+        }
+    }
+
+    pub(crate) fn wake_writer(&mut self) {
+        if let Some(w) = self.writer_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// How the daemon is stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// SIGTERM: stop accepting, close every client with 1001, flush, wait up to `drain_timeout`.
+    Graceful,
+    /// SIGINT: the same, but do not wait for slow clients.
+    Fast,
+}
+
+/// The state one shard owns.
+pub(crate) struct ShardCore {
+    pub(crate) id: ShardId,
+    pub(crate) cfg: Rc<Config>,
+    pub(crate) conns: Slab<Conn>,
+    pub(crate) rooms: RoomRegistry,
+    /// Senders to every shard's inbox (index = shard id; our own is unused).
+    pub(crate) peers: Arc<[flume::Sender<ShardMsg>]>,
+    pub(crate) stats: Stats,
+    /// Daemon-wide count of open WebSocket connections (checked only at upgrade).
+    pub(crate) open_connections: Arc<AtomicUsize>,
+    pub(crate) shutdown: Option<(ShutdownMode, Instant)>,
+    /// Wakes the accept loop when shutdown begins.
+    pub(crate) accept_waker: Option<Waker>,
+    read_pool: Vec<BytesMut>,
+    /// Scratch list reused by fan-out for members over their high-water mark.
+    pub(crate) over_limit: Vec<ConnId>,
+}
+
+/// Shared handle to a shard's state.
+pub(crate) type ShardRef = Rc<RefCell<ShardCore>>;
+
+impl ShardCore {
+    pub(crate) fn new(
+        id: ShardId,
+        cfg: Rc<Config>,
+        peers: Arc<[flume::Sender<ShardMsg>]>,
+        stats: Stats,
+        open_connections: Arc<AtomicUsize>,
+    ) -> ShardCore {
+        ShardCore {
+            id,
+            cfg,
+            conns: Slab::new(),
+            rooms: RoomRegistry::default(),
+            peers,
+            stats,
+            open_connections,
+            shutdown: None,
+            accept_waker: None,
+            read_pool: Vec::new(),
+            over_limit: Vec::new(),
+        }
+    }
+
+    pub(crate) fn my_stats(&self) -> &ShardStats {
+        self.stats.shard(self.id.0)
+    }
+
+    /// Register a freshly accepted socket (in the handshake phase).
+    pub(crate) fn add_conn(&mut self, fd: RawFd, now: Instant) -> ConnId {
+        let deadline = now + self.cfg.handshake_timeout;
+        ConnId(self.conns.insert(Conn::new(fd, now, deadline)))
+    }
+
+    /// Try to count a new WebSocket connection against `max_connections`.
+    pub(crate) fn admit(&self) -> bool {
+        let prev = self.open_connections.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.cfg.max_connections {
+            self.open_connections.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        ShardStats::add(&self.my_stats().connections, 1);
+        ShardStats::add(&self.my_stats().upgrades, 1);
+        true
+    }
+
+    /// Forget a connection entirely (both its tasks are done).
+    pub(crate) fn remove_conn(&mut self, id: ConnId, was_admitted: bool) {
+        self.leave_all(id);
+        if self.conns.try_remove(id.0).is_some() && was_admitted {
+            self.open_connections.fetch_sub(1, Ordering::AcqRel);
+            self.my_stats().connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Join a room by name.
+    pub(crate) fn join(&mut self, id: ConnId, room: &str) -> Option<RoomId> {
+        let conn = self.conns.get(id.0)?;
+        if conn.rooms.len() >= self.cfg.max_rooms_per_connection {
+            return None;
+        }
+        if let Some(r) = self.rooms.find(room) {
+            if conn.rooms.iter().any(|m| m.room == r) {
+                return Some(r);
+            }
+        }
+        let before = self.rooms.len();
+        let m = self.rooms.join(room, id);
+        self.conns[id.0].rooms.push(m);
+        if self.rooms.len() != before {
+            ShardStats::add(&self.my_stats().rooms, 1);
+        }
+        Some(m.room)
+    }
+
+    /// Leave every room (no further deliveries reach this connection).
+    pub(crate) fn leave_all(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return;
+        };
+        let memberships = std::mem::take(&mut conn.rooms);
+        for m in memberships {
+            let before = self.rooms.len();
+            if let Some(moved) = self.rooms.leave(m) {
+                if let Some(other) = self.conns.get_mut(moved.conn.0) {
+                    if let Some(mm) = other.rooms.iter_mut().find(|x| x.room == m.room) {
+                        mm.slot = moved.slot;
+                    }
+                }
+            }
+            if self.rooms.len() != before {
+                self.my_stats().rooms.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Take a read buffer from the pool (allocating when empty).
+    pub(crate) fn take_read_buf(&mut self) -> BytesMut {
+        self.read_pool
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(READ_BUF_SIZE))
+    }
+
+    /// Give a read buffer back (only if it is a clean, full-size, unshared buffer).
+    pub(crate) fn return_read_buf(&mut self, mut buf: BytesMut) {
+        buf.clear();
+        if buf.capacity() >= READ_BUF_SIZE && self.read_pool.len() < READ_POOL_KEEP {
+            self.read_pool.push(buf);
+        }
+    }
+
+    /// Close one connection because it is over its high-water mark.
+    pub(crate) fn close_slow_consumer(&mut self, id: ConnId, now: Instant) {
+        self.leave_all(id);
+        let deadline = now + self.cfg.close_timeout;
+        if let Some(c) = self.conns.get_mut(id.0) {
+            c.start_close(CloseCode::POLICY, "slow consumer", deadline, true);
+            ShardStats::add(&self.stats.shard(self.id.0).slow_consumer_closes, 1);
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Test support: a small blocking WebSocket client speaking raw bytes over std sockets, and
+//! helpers to start a daemon in-process on port 0 with either I/O driver.
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use shardcast::config::Config;
+use shardcast::protocol::frame::{encode_client_frame, OpCode};
+use shardcast::server::{start, ServerHandle};
+
+/// Start a daemon from TOML text (listen on 127.0.0.1:0) with the given driver.
+pub fn daemon(driver: &str, extra_toml: &str) -> ServerHandle {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nio_driver = \"{driver}\"\n{}",
+        extra_toml.trim_start_matches("[server]\n")
+    );
+    let cfg = Config::from_toml(&text).unwrap_or_else(|e| panic!("bad test config: {e}\n{text}"));
+    start(cfg).expect("server starts")
+}
+
+/// A received frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == 0x8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Send raw bytes and read the whole HTTP response (until the server closes).
+pub fn http_raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Client {
+    /// Connect and upgrade; panics unless the server answers 101.
+    pub fn connect(addr: SocketAddr, path: &str) -> Client {
+        Self::try_connect(addr, path).unwrap_or_else(|e| panic!("connect {path}: {e}"))
+    }
+
+    /// Connect with a small kernel receive buffer (no autotuning), to play a slow consumer.
+    pub fn connect_small_rcvbuf(addr: SocketAddr, path: &str, rcvbuf: usize) -> Client {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(rcvbuf).unwrap();
+        s.connect(&addr.into()).unwrap();
+        Self::handshake(s.into(), path).unwrap()
+    }
+
+    pub fn try_connect(addr: SocketAddr, path: &str) -> io::Result<Client> {
+        Self::handshake(TcpStream::connect(addr)?, path)
+    }
+
+    fn handshake(mut stream: TcpStream, path: &str) -> io::Result<Client> {
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        stream.write_all(upgrade_request(path).as_bytes())?;
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        let head_end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let n = stream.read(&mut tmp)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed during handshake",
+                ));
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        if !head.starts_with("HTTP/1.1 101") {
+            return Err(io::Error::other(format!("not upgraded: {head}")));
+        }
+        assert!(
+            head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{head}"
+        );
+        buf.drain(..head_end);
+        Ok(Client { stream, buf })
+    }
+
+    /// Wrap an already-upgraded stream (e.g. a `try_clone` used by a reader thread).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) {
+        let f = encode_client_frame(fin, opcode, MASK, payload);
+        self.stream.write_all(&f).unwrap();
+    }
+
+    pub fn send_text(&mut self, s: &str) {
+        self.send_frame(true, OpCode::Text, s.as_bytes());
+    }
+
+    pub fn send_binary(&mut self, b: &[u8]) {
+        self.send_frame(true, OpCode::Binary, b);
+    }
+
+    pub fn set_timeout(&self, t: Duration) {
+        self.stream.set_read_timeout(Some(t)).unwrap();
+    }
+
+    fn fill(&mut self, want: usize) -> io::Result<()> {
+        let mut tmp = [0u8; 65536];
+        while self.buf.len() < want {
+            let n = self.stream.read(&mut tmp)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ));
+            }
+            self.buf.extend_from_slice(&tmp[..n]);
+        }
+        Ok(())
+    }
+
+    /// Read one frame (server frames are unmasked).
+    pub fn recv_frame(&mut self) -> io::Result<Frame> {
+        self.fill(2)?;
+        let b0 = self.buf[0];
+        let b1 = self.buf[1];
+        assert_eq!(b1 & 0x80, 0, "server frames must not be masked");
+        let (len, hl) = match b1 & 0x7f {
+            126 => {
+                self.fill(4)?;
+                (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+            }
+            127 => {
+                self.fill(10)?;
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&self.buf[2..10]);
+                (u64::from_be_bytes(b) as usize, 10)
+            }
+            n => (n as usize, 2),
+        };
+        self.fill(hl + len)?;
+        let payload = self.buf[hl..hl + len].to_vec();
+        self.buf.drain(..hl + len);
+        Ok(Frame {
+            fin: b0 & 0x80 != 0,
+            opcode: b0 & 0x0f,
+            payload,
+        })
+    }
+
+    /// Next data or close frame, answering pings on the way.
+    pub fn recv(&mut self) -> io::Result<Frame> {
+        loop {
+            let f = self.recv_frame()?;
+            match f.opcode {
+                0x9 => self.send_frame(true, OpCode::Pong, &f.payload.clone()),
+                0xA => {}
+                _ => return Ok(f),
+            }
+        }
+    }
+
+    /// Read until a close frame arrives; return its code. Data frames before it are skipped.
+    pub fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.recv() {
+                Ok(f) if f.opcode == 0x8 => return f.close_code().unwrap_or(1005),
+                Ok(_) => {}
+                Err(e) => panic!("expected a close frame, got {e}"),
+            }
+        }
+    }
+
+    /// Nothing arrives within `t`.
+    pub fn assert_silent(&mut self, t: Duration) {
+        self.set_timeout(t);
+        match self.recv_frame() {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+        self.set_timeout(Duration::from_secs(20));
+    }
+}
+
+/// Poll `cond` until true or panic after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Define one test per I/O driver.
+#[macro_export]
+macro_rules! both_drivers {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn io_uring() {
+                    super::$name("io_uring")
+                }
+                #[test]
+                fn epoll() {
+                    super::$name("epoll")
+                }
+            }
+        )*
+    };
+}
