@@ -176,8 +176,7 @@ async fn read_loop(
                     Event::Pong => {}
                     Event::Close(code) => {
                         // Answer with the same code unless we already sent our close.
-                        let mut s = shard.borrow_mut();
-                        if let Some(c) = s.conns.get_mut(id.0) {
+                        if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
                             if !c.sealed {
                                 let code = code.unwrap_or(CloseCode::NORMAL);
                                 c.push_control(encode_close(code, ""));

@@ -28,6 +28,9 @@ struct Cli {
     /// Number of shards ("auto" or N), overrides `server.shards`.
     #[arg(long)]
     shards: Option<String>,
+    /// I/O driver ("auto", "io_uring" or "epoll"), overrides `server.io_driver`.
+    #[arg(long)]
+    io_driver: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -75,6 +78,11 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
         let c = Config::from_toml(&format!("[server]\nshards = {text}")).context("--shards")?;
         cfg.shards = c.shards;
     }
+    if let Some(d) = &cli.io_driver {
+        let c =
+            Config::from_toml(&format!("[server]\nio_driver = {d:?}")).context("--io-driver")?;
+        cfg.io_driver = c.io_driver;
+    }
     Ok(cfg)
 }
 
@@ -93,7 +101,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = load(&cli)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let shards = cfg.shards.get();

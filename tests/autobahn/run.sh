@@ -17,6 +17,7 @@
 #   AUTOBAHN_TIMEOUT   seconds before wstest is killed (default 3600)
 #   AUTOBAHN_REPORTS   report directory (default $REPO/target/autobahn-reports)
 #   AUTOBAHN_NO_BUILD  set to 1 to skip `cargo build --release`
+#   AUTOBAHN_DAEMON_ARGS extra daemon flags, e.g. "--io-driver epoll"
 #   AUTOBAHN_DAEMON    server binary to test (default target/release/shardcast);
 #                      it is started as `$AUTOBAHN_DAEMON --config <toml>`
 #
@@ -151,7 +152,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 log "starting $DAEMON --config $CONFIG"
-RUST_LOG="${RUST_LOG:-info}" "$DAEMON" --config "$CONFIG" >"$OUT/shardcast.log" 2>&1 &
+# shellcheck disable=SC2086  # AUTOBAHN_DAEMON_ARGS is a list of extra flags
+RUST_LOG="${RUST_LOG:-info}" "$DAEMON" --config "$CONFIG" ${AUTOBAHN_DAEMON_ARGS:-} >"$OUT/shardcast.log" 2>&1 &
 DAEMON_PID=$!
 
 # Wait (up to 30 s) for the listener, bailing out if the daemon dies.
@@ -193,6 +195,13 @@ if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
     log "shardcast died during the run; log tail:"
     tail -n 40 "$OUT/shardcast.log" >&2 || true
 fi
+# A panicking shard thread need not take the process down (the survivors,
+# or the main thread, keep the port open), so look for panics explicitly.
+if grep -q 'panicked at' "$OUT/shardcast.log"; then
+    DAEMON_ALIVE=0
+    log "shardcast panicked during the run (see $OUT/shardcast.log):"
+    grep -A1 'panicked at' "$OUT/shardcast.log" >&2 || true
+fi
 
 # ---------------------------------------------------------------------------
 # 6. Judge the report.
@@ -206,6 +215,8 @@ log "HTML report: $OUT/reports/index.html"
 if [[ "$CHECK_RC" != 0 ]]; then
     exit "$CHECK_RC"
 fi
+# wstest failing, or the daemon dying/panicking, fails the run even if
+# every case that did run passed.
 if [[ "$WSTEST_RC" != 0 || "$DAEMON_ALIVE" != 1 ]]; then
     exit 1
 fi

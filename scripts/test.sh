@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole test suite, runnable on a fresh Debian machine with Rust (root): installs what the
+# tests need, then runs format and lint checks, unit and integration tests (both I/O drivers),
+# the Autobahn conformance suite (on io_uring and on epoll) and the systemd unit check.
+#
+#   bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "system packages"
+need=()
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v gcc >/dev/null || need+=(gcc)
+command -v python3 >/dev/null || need+=(python3 python3-pip)
+if ((${#need[@]})); then
+  if [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  else
+    echo "missing: ${need[*]} (run as root or install them)" >&2
+    exit 1
+  fi
+fi
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "cargo test --release (unit, integration on io_uring and epoll, 10k connections, CLI)"
+cargo test --locked --release
+
+step "Autobahn fuzzingclient, io_uring (sections 1-11)"
+AUTOBAHN_DAEMON_ARGS="--io-driver io_uring" bash tests/autobahn/run.sh
+
+step "Autobahn fuzzingclient, epoll (sections 1-11)"
+AUTOBAHN_NO_BUILD=1 AUTOBAHN_DAEMON_ARGS="--io-driver epoll" bash tests/autobahn/run.sh
+
+step "systemd unit"
+bash scripts/verify-systemd.sh target/release/shardcast
+
+echo
+echo "all checks passed"
