@@ -33,6 +33,8 @@ pub struct Room {
     pub name: Arc<str>,
     /// Local members, dense, in no particular order.
     pub members: Vec<ConnId>,
+    /// Frames broadcast to this room during the current loop turn, not yet handed to members.
+    pub outbox: crate::fanout::Outbox,
 }
 
 /// The registry.
@@ -71,6 +73,11 @@ impl RoomRegistry {
         self.rooms.get(id.0)
     }
 
+    /// The room behind an id, mutably.
+    pub fn get_mut(&mut self, id: RoomId) -> Option<&mut Room> {
+        self.rooms.get_mut(id.0)
+    }
+
     /// Number of rooms with local members.
     pub fn len(&self) -> usize {
         self.rooms.len()
@@ -90,6 +97,7 @@ impl RoomRegistry {
                 let id = RoomId(self.rooms.insert(Room {
                     name: name.clone(),
                     members: Vec::new(),
+                    outbox: Default::default(),
                 }));
                 self.by_name.insert(name, id);
                 id

@@ -15,7 +15,7 @@ use monoio::{FusionDriver, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::config::{Config, IoDriver};
 use crate::connection::serve;
-use crate::fanout::{run_inbox, ShardMsg};
+use crate::fanout::{run_flusher, run_inbox, ShardMsg};
 use crate::heartbeat::run_sweeper;
 use crate::listener::bind_reuseport;
 use crate::metrics::Stats;
@@ -248,6 +248,7 @@ async fn shard_main(
     )));
     monoio::spawn(run_inbox(core.clone(), inbox));
     monoio::spawn(run_sweeper(core.clone()));
+    monoio::spawn(run_flusher(core.clone()));
     let _ = ready.send(Ok(driver));
     drop(ready);
 

@@ -198,6 +198,10 @@ pub(crate) struct ShardCore {
     read_pool: Vec<BytesMut>,
     /// Scratch list reused by fan-out for members over their high-water mark.
     pub(crate) over_limit: Vec<ConnId>,
+    /// Rooms with a non-empty outbox in this loop turn.
+    pub(crate) dirty_rooms: Vec<RoomId>,
+    /// Wakes the flush task when the first room becomes dirty.
+    pub(crate) flush_waker: Option<Waker>,
 }
 
 /// Shared handle to a shard's state.
@@ -223,6 +227,8 @@ impl ShardCore {
             accept_waker: None,
             read_pool: Vec::new(),
             over_limit: Vec::new(),
+            dirty_rooms: Vec::new(),
+            flush_waker: None,
         }
     }
 

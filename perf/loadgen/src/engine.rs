@@ -1,0 +1,914 @@
+//! The single-threaded event loop: non-blocking sockets on one mio (epoll) poller, one shared read
+//! buffer, pre-built client frames, one write per connection per loop iteration.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::hist::Hist;
+
+/// Nanoseconds since a process-local monotonic epoch (the timestamps carried in payloads).
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+const READ_BUF: usize = 256 * 1024;
+const HANDSHAKE_TIMEOUT_NS: u64 = 10_000_000_000;
+const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
+/// RFC 6455 §1.3's sample key and its accept value.
+const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+/// Payload layout: send timestamp (8, LE), sequence (8, LE), publisher id (4, LE).
+pub const HEADER_BYTES: usize = 20;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    NotStarted,
+    Connecting,
+    Handshake,
+    Open,
+    /// We sent a close frame and wait for the server's.
+    Closing,
+    /// Close handshake done; waiting for the server's FIN.
+    CloseAcked,
+    Closed,
+}
+
+/// What one connection is for.
+pub struct Spec {
+    pub room: String,
+    /// Publisher ids this connection expects messages from: pub_base .. pub_base + n_pubs.
+    pub pub_base: u32,
+    pub n_pubs: u32,
+    /// Read and discard everything (the fan-out publisher's own echoes).
+    pub ignore: bool,
+}
+
+struct Conn {
+    stream: Option<TcpStream>,
+    state: State,
+    out: Vec<u8>,
+    out_off: usize,
+    /// Bytes kept between reads: the handshake response, or a partial frame.
+    inbuf: Vec<u8>,
+    blocked: bool,
+    dirty: bool,
+    started: u64,
+    room: String,
+    pub_base: u32,
+    expected: Box<[u64]>,
+    ignore: bool,
+}
+
+pub enum Traffic {
+    None,
+    /// One publisher (conn 0, id 0) at a fixed rate.
+    FanoutRate { t0: u64, period_ns: f64, k: u64 },
+    /// One publisher keeping at most `window` publishes not yet received by every subscriber.
+    FanoutMax { window: u64 },
+    /// Every connection publishes; the global schedule sends message j at t0 + j*period from
+    /// connection j % n (so each connection sends every n*period, offsets evenly spread).
+    Rooms { t0: u64, period_ns: f64, j: u64 },
+    /// Each connection keeps one message in flight to itself.
+    Echo,
+}
+
+#[derive(Default, Clone, Copy)]
+pub struct Counters {
+    pub delivered: u64,
+    pub sent: u64,
+}
+
+pub struct Engine {
+    poll: Poll,
+    events: Events,
+    conns: Vec<Conn>,
+    rbuf: Vec<u8>,
+    dirty: Vec<usize>,
+    template: Vec<u8>,
+    size: usize,
+    next_seq: Vec<u64>,
+    host_header: String,
+    path_prefix: String,
+    dst: SocketAddrV4,
+    sources: u32,
+    pub handshake_inflight: usize,
+    pub traffic: Traffic,
+    pub sending: bool,
+    pub measuring: bool,
+    pub hist: Hist,
+    pub c: Counters,
+    pub gaps: u64,
+    pub out_of_order: u64,
+    pub foreign: u64,
+    pub short_msgs: u64,
+    pub pings: u64,
+    /// Close frames initiated by the server, by close code.
+    pub server_closes: BTreeMap<u16, u64>,
+    /// Close handshakes we started that completed.
+    pub clean_closes: u64,
+    pub eof_errors: u64,
+    pub io_errors: u64,
+    pub connect_errors: u64,
+    pub handshake_failures: BTreeMap<String, u64>,
+    pub protocol_errors: u64,
+    pub open_count: usize,
+    connecting: usize,
+    // FanoutMax bookkeeping: remaining[i] = subscribers still missing seq oldest + i.
+    remaining: VecDeque<u32>,
+    oldest: u64,
+    alive_subs: u32,
+}
+
+pub struct OpenResult {
+    pub opened: usize,
+    pub failed: usize,
+    pub secs: f64,
+}
+
+impl Engine {
+    pub fn new(dst: SocketAddrV4, host_header: String, path_prefix: String, sources: u32, size: usize) -> io::Result<Self> {
+        let size = size.max(HEADER_BYTES);
+        let mut template = Vec::with_capacity(size + 14);
+        template.push(0x82); // FIN + binary
+        if size < 126 {
+            template.push(0x80 | size as u8);
+        } else if size <= 0xffff {
+            template.push(0x80 | 126);
+            template.extend_from_slice(&(size as u16).to_be_bytes());
+        } else {
+            template.push(0x80 | 127);
+            template.extend_from_slice(&(size as u64).to_be_bytes());
+        }
+        // Mask key 0,0,0,0: the mask bit is set (RFC 6455 requires masked client frames) and
+        // masking is the identity, so the payload is written as is.
+        template.extend_from_slice(&[0, 0, 0, 0]);
+        template.resize(template.len() + size, 0);
+        Ok(Engine {
+            poll: Poll::new()?,
+            events: Events::with_capacity(8192),
+            conns: Vec::new(),
+            rbuf: vec![0u8; READ_BUF],
+            dirty: Vec::new(),
+            template,
+            size,
+            next_seq: Vec::new(),
+            host_header,
+            path_prefix,
+            dst,
+            sources,
+            handshake_inflight: 256,
+            traffic: Traffic::None,
+            sending: false,
+            measuring: false,
+            hist: Hist::new(),
+            c: Counters::default(),
+            gaps: 0,
+            out_of_order: 0,
+            foreign: 0,
+            short_msgs: 0,
+            pings: 0,
+            server_closes: BTreeMap::new(),
+            clean_closes: 0,
+            eof_errors: 0,
+            io_errors: 0,
+            connect_errors: 0,
+            handshake_failures: BTreeMap::new(),
+            protocol_errors: 0,
+            open_count: 0,
+            connecting: 0,
+            remaining: VecDeque::new(),
+            oldest: 0,
+            alive_subs: 0,
+        })
+    }
+
+    pub fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Forget all (closed) connections, for the next churn cycle.
+    pub fn reset_conns(&mut self) {
+        for i in 0..self.conns.len() {
+            if self.conns[i].state != State::Closed && self.conns[i].state != State::NotStarted {
+                self.close(i);
+            }
+        }
+        self.conns.clear();
+        self.next_seq.clear();
+        self.dirty.clear();
+        self.open_count = 0;
+        self.connecting = 0;
+    }
+
+    /// Open every connection in `specs`, at most `handshake_inflight` handshakes at a time.
+    pub fn open_all(&mut self, specs: Vec<Spec>) -> OpenResult {
+        let base = self.conns.len();
+        for s in specs {
+            self.conns.push(Conn {
+                stream: None,
+                state: State::NotStarted,
+                out: Vec::new(),
+                out_off: 0,
+                inbuf: Vec::new(),
+                blocked: false,
+                dirty: false,
+                started: 0,
+                room: s.room,
+                pub_base: s.pub_base,
+                expected: vec![0u64; s.n_pubs as usize].into_boxed_slice(),
+                ignore: s.ignore,
+            });
+            self.next_seq.push(0);
+        }
+        let total = self.conns.len();
+        let open_before = self.open_count;
+        let failed_before = self.failures();
+        let t = Instant::now();
+        let mut next = base;
+        let mut last_sweep = now_ns();
+        loop {
+            while self.connecting < self.handshake_inflight && next < total {
+                self.start_connect(next);
+                next += 1;
+            }
+            if self.connecting == 0 && next >= total {
+                break;
+            }
+            self.poll_once(Some(Duration::from_millis(20)));
+            let now = now_ns();
+            if now - last_sweep > 500_000_000 {
+                last_sweep = now;
+                for i in base..total {
+                    let c = &self.conns[i];
+                    if matches!(c.state, State::Connecting | State::Handshake)
+                        && now - c.started > HANDSHAKE_TIMEOUT_NS
+                    {
+                        *self.handshake_failures.entry("timeout".into()).or_default() += 1;
+                        self.close(i);
+                    }
+                }
+            }
+        }
+        OpenResult {
+            opened: self.open_count - open_before,
+            failed: (self.failures() - failed_before) as usize,
+            secs: t.elapsed().as_secs_f64(),
+        }
+    }
+
+    fn failures(&self) -> u64 {
+        self.connect_errors + self.handshake_failures.values().sum::<u64>()
+    }
+
+    fn start_connect(&mut self, i: usize) {
+        let src = if self.sources > 0 && self.dst.ip().is_loopback() {
+            Some(Ipv4Addr::new(127, 0, 0, 1 + (i as u32 % self.sources) as u8))
+        } else {
+            None
+        };
+        match connect_socket(src, self.dst) {
+            Ok(mut s) => {
+                if let Err(e) = self.poll.registry().register(
+                    &mut s,
+                    Token(i),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    eprintln!("loadgen: register: {e}");
+                    self.connect_errors += 1;
+                    self.conns[i].state = State::Closed;
+                    return;
+                }
+                let c = &mut self.conns[i];
+                c.stream = Some(s);
+                c.state = State::Connecting;
+                c.started = now_ns();
+                self.connecting += 1;
+            }
+            Err(e) => {
+                if self.connect_errors < 5 {
+                    eprintln!("loadgen: connect #{i}: {e}");
+                }
+                self.connect_errors += 1;
+                self.conns[i].state = State::Closed;
+            }
+        }
+    }
+
+    /// One poll + handling of every event + traffic schedule + flush of dirty connections.
+    pub fn poll_once(&mut self, timeout: Option<Duration>) {
+        let timeout = match (timeout, self.next_due()) {
+            (t, Some(due)) => {
+                let now = now_ns();
+                let d = Duration::from_nanos(due.saturating_sub(now));
+                Some(t.map_or(d, |t| t.min(d)))
+            }
+            (t, None) => t,
+        };
+        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        match self.poll.poll(&mut events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("poll: {e}"),
+        }
+        let now = now_ns();
+        for ev in events.iter() {
+            let i = ev.token().0;
+            if i >= self.conns.len() {
+                continue;
+            }
+            match self.conns[i].state {
+                State::Closed | State::NotStarted => continue,
+                State::Connecting => {
+                    self.finish_connect(i);
+                    continue;
+                }
+                _ => {}
+            }
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                self.on_readable(i, now);
+            }
+            if ev.is_writable() && i < self.conns.len() && self.conns[i].blocked {
+                self.conns[i].blocked = false;
+                self.flush(i);
+            }
+        }
+        self.events = events;
+        self.pump(now_ns());
+        self.flush_dirty();
+    }
+
+    fn finish_connect(&mut self, i: usize) {
+        let s = self.conns[i].stream.as_ref().unwrap();
+        match s.take_error() {
+            Ok(Some(e)) | Err(e) => {
+                if self.connect_errors < 5 {
+                    eprintln!("loadgen: connect #{i}: {e}");
+                }
+                self.connect_errors += 1;
+                self.close(i);
+                return;
+            }
+            Ok(None) => {}
+        }
+        match s.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+            Err(e) => {
+                if self.connect_errors < 5 {
+                    eprintln!("loadgen: connect #{i}: {e}");
+                }
+                self.connect_errors += 1;
+                self.close(i);
+                return;
+            }
+        }
+        let req = format!(
+            "GET {}/ws/{} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            self.path_prefix, self.conns[i].room, self.host_header
+        );
+        let c = &mut self.conns[i];
+        c.state = State::Handshake;
+        c.out.extend_from_slice(req.as_bytes());
+        self.flush(i);
+    }
+
+    fn on_readable(&mut self, i: usize, now: u64) {
+        let mut buf = std::mem::take(&mut self.rbuf);
+        loop {
+            let st = self.conns[i].state;
+            if st == State::Closed {
+                break;
+            }
+            let r = self.conns[i].stream.as_mut().unwrap().read(&mut buf);
+            match r {
+                Ok(0) => {
+                    match st {
+                        State::CloseAcked => {}
+                        State::Handshake => {
+                            *self.handshake_failures.entry("eof".into()).or_default() += 1
+                        }
+                        _ => self.eof_errors += 1,
+                    }
+                    self.close(i);
+                    break;
+                }
+                Ok(n) => {
+                    self.ingest(i, &buf[..n], now);
+                    // A short read drained the socket: new data raises a new edge.
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if st == State::Handshake {
+                        *self.handshake_failures.entry(format!("{:?}", e.kind())).or_default() += 1;
+                    } else if st != State::CloseAcked {
+                        self.io_errors += 1;
+                    }
+                    self.close(i);
+                    break;
+                }
+            }
+        }
+        self.rbuf = buf;
+    }
+
+    fn ingest(&mut self, i: usize, data: &[u8], now: u64) {
+        if self.conns[i].state == State::Handshake {
+            let c = &mut self.conns[i];
+            c.inbuf.extend_from_slice(data);
+            let Some(end) = c.inbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                if c.inbuf.len() > 16384 {
+                    *self.handshake_failures.entry("oversized response".into()).or_default() += 1;
+                    self.close(i);
+                }
+                return;
+            };
+            let head = String::from_utf8_lossy(&c.inbuf[..end]).into_owned();
+            let status = head.split_whitespace().nth(1).unwrap_or("?").to_string();
+            let accept_ok = head.lines().any(|l| {
+                l.split_once(':').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == WS_ACCEPT
+                })
+            });
+            if status != "101" || !accept_ok {
+                let key = if status != "101" { format!("HTTP {status}") } else { "bad accept".into() };
+                *self.handshake_failures.entry(key).or_default() += 1;
+                self.close(i);
+                return;
+            }
+            c.inbuf.drain(..end + 4);
+            c.state = State::Open;
+            self.connecting -= 1;
+            self.open_count += 1;
+            if !self.conns[i].inbuf.is_empty() {
+                let ib = std::mem::take(&mut self.conns[i].inbuf);
+                let used = self.parse(i, &ib, now);
+                if self.conns[i].state != State::Closed {
+                    self.conns[i].inbuf = ib[used..].to_vec();
+                }
+            }
+            return;
+        }
+        if self.conns[i].inbuf.is_empty() {
+            let used = self.parse(i, data, now);
+            if used < data.len() && self.conns[i].state != State::Closed {
+                self.conns[i].inbuf.extend_from_slice(&data[used..]);
+            }
+        } else {
+            let mut ib = std::mem::take(&mut self.conns[i].inbuf);
+            ib.extend_from_slice(data);
+            let used = self.parse(i, &ib, now);
+            if self.conns[i].state != State::Closed {
+                ib.drain(..used);
+                self.conns[i].inbuf = ib;
+            }
+        }
+    }
+
+    /// Parse whole frames from `data`; returns the bytes consumed.
+    fn parse(&mut self, i: usize, data: &[u8], now: u64) -> usize {
+        let mut p = 0;
+        while data.len() - p >= 2 {
+            let rem = &data[p..];
+            let b0 = rem[0];
+            let b1 = rem[1];
+            let mut len = (b1 & 0x7f) as usize;
+            let mut h = 2;
+            if len == 126 {
+                if rem.len() < 4 {
+                    break;
+                }
+                len = u16::from_be_bytes([rem[2], rem[3]]) as usize;
+                h = 4;
+            } else if len == 127 {
+                if rem.len() < 10 {
+                    break;
+                }
+                len = u64::from_be_bytes(rem[2..10].try_into().unwrap()) as usize;
+                h = 10;
+            }
+            let masked = b1 & 0x80 != 0;
+            if masked {
+                h += 4;
+            }
+            if rem.len() < h + len {
+                break;
+            }
+            p += h + len;
+            if masked {
+                // Servers must not mask (RFC 6455 §5.1).
+                self.protocol_errors += 1;
+                continue;
+            }
+            self.on_frame(i, b0 & 0x0f, &rem[h..h + len], now);
+            if self.conns[i].state == State::Closed {
+                break;
+            }
+        }
+        p
+    }
+
+    fn on_frame(&mut self, i: usize, opcode: u8, payload: &[u8], now: u64) {
+        match opcode {
+            0x1 | 0x2 => self.on_message(i, payload, now),
+            0x0 => {} // continuation: messages here are never fragmented by size, ignore
+            0x8 => {
+                let code = if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 };
+                match self.conns[i].state {
+                    State::Closing => {
+                        self.clean_closes += 1;
+                        self.conns[i].state = State::CloseAcked;
+                    }
+                    State::CloseAcked => {}
+                    _ => {
+                        // Server-initiated: an error for a load test. Answer and drop.
+                        *self.server_closes.entry(code).or_default() += 1;
+                        let mut f = vec![0x88, 0x82, 0, 0, 0, 0];
+                        f.extend_from_slice(&code.to_be_bytes());
+                        self.conns[i].out.extend_from_slice(&f);
+                        self.flush(i);
+                        if self.conns[i].state != State::Closed {
+                            self.close(i);
+                        }
+                    }
+                }
+            }
+            0x9 => {
+                self.pings += 1;
+                let c = &mut self.conns[i];
+                c.out.push(0x8a);
+                c.out.push(0x80 | payload.len().min(125) as u8);
+                c.out.extend_from_slice(&[0, 0, 0, 0]);
+                c.out.extend_from_slice(&payload[..payload.len().min(125)]);
+                self.mark_dirty(i);
+            }
+            0xa => {}
+            _ => self.protocol_errors += 1,
+        }
+    }
+
+    #[inline]
+    fn on_message(&mut self, i: usize, p: &[u8], now: u64) {
+        if p.len() < HEADER_BYTES {
+            self.short_msgs += 1;
+            return;
+        }
+        let ts = u64::from_le_bytes(p[0..8].try_into().unwrap());
+        let seq = u64::from_le_bytes(p[8..16].try_into().unwrap());
+        let pid = u32::from_le_bytes(p[16..20].try_into().unwrap());
+        let c = &mut self.conns[i];
+        if c.ignore {
+            return;
+        }
+        let li = pid.wrapping_sub(c.pub_base) as usize;
+        if li >= c.expected.len() {
+            self.foreign += 1;
+            return;
+        }
+        self.c.delivered += 1;
+        if self.measuring {
+            self.hist.record(now.saturating_sub(ts));
+        }
+        let e = c.expected[li];
+        if seq < e {
+            self.out_of_order += 1;
+            return;
+        }
+        if seq > e {
+            self.gaps += seq - e;
+        }
+        c.expected[li] = seq + 1;
+        match self.traffic {
+            Traffic::FanoutMax { .. } => self.settle(e, seq + 1),
+            Traffic::Echo => {
+                if self.sending && pid as usize == i && seq + 1 == self.next_seq[i] {
+                    self.send_msg(i, now_ns());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// One subscriber now holds every seq below `to`, having held those below `from`.
+    fn settle(&mut self, from: u64, to: u64) {
+        let lo = from.max(self.oldest);
+        let hi = to.min(self.oldest + self.remaining.len() as u64);
+        for s in lo..hi {
+            let r = &mut self.remaining[(s - self.oldest) as usize];
+            *r = r.saturating_sub(1);
+        }
+        while self.remaining.front() == Some(&0) {
+            self.remaining.pop_front();
+            self.oldest += 1;
+        }
+    }
+
+    fn mark_dirty(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(i);
+        }
+    }
+
+    /// Queue one message from connection `i` (publisher id `i`), stamped `now`.
+    fn send_msg(&mut self, i: usize, now: u64) {
+        let seq = self.next_seq[i];
+        self.next_seq[i] += 1;
+        self.c.sent += 1;
+        let c = &mut self.conns[i];
+        let start = c.out.len() + self.template.len() - self.size;
+        c.out.extend_from_slice(&self.template);
+        c.out[start..start + 8].copy_from_slice(&now.to_le_bytes());
+        c.out[start + 8..start + 16].copy_from_slice(&seq.to_le_bytes());
+        c.out[start + 16..start + 20].copy_from_slice(&(i as u32).to_le_bytes());
+        self.mark_dirty(i);
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &i in &dirty {
+            self.conns[i].dirty = false;
+            if !self.conns[i].blocked {
+                self.flush(i);
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn flush(&mut self, i: usize) {
+        loop {
+            let c = &mut self.conns[i];
+            let Some(s) = c.stream.as_mut() else {
+                c.out.clear();
+                c.out_off = 0;
+                return;
+            };
+            if c.out_off >= c.out.len() {
+                c.out.clear();
+                c.out_off = 0;
+                return;
+            }
+            match s.write(&c.out[c.out_off..]) {
+                Ok(n) => c.out_off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.blocked = true;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    match c.state {
+                        State::Handshake => {
+                            *self.handshake_failures.entry("write error".into()).or_default() += 1
+                        }
+                        State::CloseAcked | State::Closing => {}
+                        _ => self.io_errors += 1,
+                    }
+                    self.close(i);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        let st = c.state;
+        if st == State::Closed {
+            return;
+        }
+        if let Some(mut s) = c.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        c.state = State::Closed;
+        c.out = Vec::new();
+        c.out_off = 0;
+        c.inbuf = Vec::new();
+        c.blocked = false;
+        match st {
+            State::Connecting | State::Handshake => self.connecting -= 1,
+            State::Open | State::Closing | State::CloseAcked => {
+                self.open_count -= 1;
+                let (ignore, e) = (c.ignore, c.expected.first().copied().unwrap_or(0));
+                if !ignore && matches!(self.traffic, Traffic::FanoutMax { .. }) {
+                    self.alive_subs = self.alive_subs.saturating_sub(1);
+                    let end = self.oldest + self.remaining.len() as u64;
+                    self.settle(e, end);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Deadline of the next scheduled send, if any.
+    fn next_due(&self) -> Option<u64> {
+        if !self.sending {
+            return None;
+        }
+        match self.traffic {
+            Traffic::FanoutRate { t0, period_ns, k } => Some(t0 + (k as f64 * period_ns) as u64),
+            Traffic::Rooms { t0, period_ns, j } => Some(t0 + (j as f64 * period_ns) as u64),
+            _ => None,
+        }
+    }
+
+    /// Send whatever the schedule says is due.
+    fn pump(&mut self, now: u64) {
+        if !self.sending {
+            return;
+        }
+        match self.traffic {
+            Traffic::FanoutRate { t0, period_ns, mut k } => {
+                let mut n = 0;
+                while t0 + (k as f64 * period_ns) as u64 <= now && n < 4096 {
+                    if self.conns[0].state == State::Open {
+                        self.send_msg(0, now);
+                    }
+                    k += 1;
+                    n += 1;
+                }
+                self.traffic = Traffic::FanoutRate { t0, period_ns, k };
+            }
+            Traffic::FanoutMax { window } => {
+                while self.alive_subs > 0
+                    && self.conns[0].state == State::Open
+                    && self.next_seq[0] - self.oldest < window
+                {
+                    self.remaining.push_back(self.alive_subs);
+                    self.send_msg(0, now);
+                }
+            }
+            Traffic::Rooms { t0, period_ns, mut j } => {
+                let n = self.conns.len() as u64;
+                let mut sent = 0;
+                while t0 + (j as f64 * period_ns) as u64 <= now && sent < 65536 {
+                    let i = (j % n) as usize;
+                    if self.conns[i].state == State::Open {
+                        self.send_msg(i, now);
+                    }
+                    j += 1;
+                    sent += 1;
+                }
+                self.traffic = Traffic::Rooms { t0, period_ns, j };
+            }
+            Traffic::Echo | Traffic::None => {}
+        }
+    }
+
+    /// Start sending with the given traffic pattern.
+    pub fn start(&mut self, traffic: Traffic) {
+        self.traffic = traffic;
+        self.sending = true;
+        if let Traffic::FanoutMax { .. } = self.traffic {
+            self.alive_subs = self.conns.iter().filter(|c| !c.ignore && c.state == State::Open).count() as u32;
+            self.oldest = self.next_seq[0];
+            self.remaining.clear();
+        }
+        if let Traffic::Echo = self.traffic {
+            let now = now_ns();
+            for i in 0..self.conns.len() {
+                if self.conns[i].state == State::Open {
+                    self.send_msg(i, now);
+                }
+            }
+        }
+        self.pump(now_ns());
+        self.flush_dirty();
+    }
+
+    /// Run the loop for `d`.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            self.poll_once(Some(end - now));
+        }
+    }
+
+    /// Messages sent to open connections but not received yet.
+    pub fn outstanding(&self) -> u64 {
+        let mut n = 0;
+        for c in &self.conns {
+            if c.ignore || !matches!(c.state, State::Open) {
+                continue;
+            }
+            for (li, &e) in c.expected.iter().enumerate() {
+                let p = c.pub_base as usize + li;
+                n += self.next_seq[p].saturating_sub(e);
+            }
+        }
+        n
+    }
+
+    /// Stop sending and wait (at most `max`) until everything sent has been received.
+    /// Returns what is still missing.
+    pub fn drain(&mut self, max: Duration) -> u64 {
+        self.sending = false;
+        let end = Instant::now() + max;
+        loop {
+            let left = self.outstanding();
+            let now = Instant::now();
+            if left == 0 || now >= end {
+                return left;
+            }
+            self.poll_once(Some((end - now).min(Duration::from_millis(20))));
+        }
+    }
+
+    /// Send a close frame (1000) on every open connection and wait for the close handshakes and
+    /// the server's FIN (at most `max`); whatever is left is dropped.
+    pub fn close_all(&mut self, max: Duration) {
+        self.sending = false;
+        for i in 0..self.conns.len() {
+            if self.conns[i].state == State::Open {
+                let c = &mut self.conns[i];
+                c.out.extend_from_slice(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);
+                c.state = State::Closing;
+                self.mark_dirty(i);
+            }
+        }
+        self.flush_dirty();
+        let end = Instant::now() + max;
+        while self.open_count > 0 {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            self.poll_once(Some((end - now).min(Duration::from_millis(20))));
+        }
+        for i in 0..self.conns.len() {
+            if self.conns[i].state != State::Closed && self.conns[i].state != State::NotStarted {
+                self.close(i);
+            }
+        }
+    }
+}
+
+fn connect_socket(src: Option<Ipv4Addr>, dst: SocketAddrV4) -> io::Result<TcpStream> {
+    fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_port = a.port().to_be();
+        sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+        sa
+    }
+    fn setopt(fd: i32, level: i32, name: i32, v: i32) -> io::Result<()> {
+        let r = unsafe {
+            libc::setsockopt(fd, level, name, &v as *const i32 as *const libc::c_void, 4)
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Owns the fd from here on (closed on every error path).
+    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    setopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    if let Some(src) = src {
+        // Let connect() pick the port for the full 4-tuple instead of bind() reserving one per
+        // source address: no ephemeral-port exhaustion below 28k connections per source.
+        setopt(fd, libc::IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)?;
+        let sa = sockaddr(SocketAddrV4::new(src, 0));
+        let r = unsafe {
+            libc::bind(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as u32)
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let sa = sockaddr(dst);
+    let r = unsafe {
+        libc::connect(std_stream.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as u32)
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(TcpStream::from_std(std_stream))
+}

@@ -1,0 +1,608 @@
+//! loadgen: a single-threaded WebSocket load generator for shardcast's performance suite.
+//! See `loadgen --help`.
+
+mod engine;
+mod hist;
+mod procstat;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddrV4, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use engine::{now_ns, Counters, Engine, Spec, Traffic};
+use procstat::{rss_kib, share, CpuSnap};
+
+const HELP: &str = "\
+loadgen: single-threaded epoll WebSocket load generator (one connection per room path /ws/{room})
+
+USAGE: loadgen SCENARIO [FLAGS]
+
+SCENARIOS
+  fanout  --subscribers N (1000) [--rate R | --max [--window W (16)]]
+          N subscribers + 1 publisher in one room. --rate: R publishes/s on a fixed schedule;
+          --max: keep at most W publishes not yet received by every subscriber.
+  rooms   --clients N (2000) --room-size K (10) --rate r (5)
+          N clients in N/K rooms of K; every client publishes r msgs/s (evenly spread offsets);
+          every client receives all messages of its room (its own echo included).
+  echo    --connections N (100)
+          N connections, each alone in its room, one message in flight each.
+  idle    --connections N (19000) --hold SECS (5) [--room-size K (0 = all in one room)]
+          open N connections, hold them, report handshakes/s and server RSS per connection.
+  churn   --connections N (1000) --cycles C (10)
+          C times: open N connections (each in its own room), close them cleanly.
+
+COMMON FLAGS
+  --url ws://HOST:PORT[/prefix]   server (default ws://127.0.0.1:9300)
+  --server-pid PID                read the server's CPU time and RSS from /proc/PID
+  --duration SECS (5)             measured phase (message scenarios)
+  --warmup SECS (1)               unmeasured phase before it
+  --drain SECS (3)                after the measured phase: stop sending, wait for in-flight messages
+  --size BYTES (64)               binary message size (>= 20: timestamp, seq, publisher id)
+  --sources N (8)                 spread connections over source addresses 127.0.0.1..127.0.0.N
+  --handshake-inflight N (256)    handshakes in flight at once while connecting
+  --settle SECS (0.2)             pause between 'all connected' and the first message
+  --json                          also print one JSON line with every number
+  --label NAME                    carried into the JSON
+";
+
+struct Args {
+    scenario: String,
+    flags: BTreeMap<String, String>,
+    switches: Vec<String>,
+}
+
+impl Args {
+    fn parse() -> Result<Args, String> {
+        let mut it = std::env::args().skip(1);
+        let scenario = it.next().ok_or("missing scenario (try --help)")?;
+        if scenario == "--help" || scenario == "-h" || scenario == "help" {
+            print!("{HELP}");
+            std::process::exit(0);
+        }
+        let mut flags = BTreeMap::new();
+        let mut switches = Vec::new();
+        let mut rest: Vec<String> = it.collect();
+        rest.reverse();
+        while let Some(a) = rest.pop() {
+            let Some(name) = a.strip_prefix("--") else {
+                return Err(format!("unexpected argument {a:?}"));
+            };
+            if let Some((k, v)) = name.split_once('=') {
+                flags.insert(k.to_string(), v.to_string());
+                continue;
+            }
+            match name {
+                "json" | "max" => switches.push(name.to_string()),
+                "help" => {
+                    print!("{HELP}");
+                    std::process::exit(0);
+                }
+                _ => {
+                    let v = rest.pop().ok_or(format!("--{name} needs a value"))?;
+                    flags.insert(name.to_string(), v);
+                }
+            }
+        }
+        Ok(Args { scenario, flags, switches })
+    }
+    fn has(&self, s: &str) -> bool {
+        self.switches.iter().any(|x| x == s)
+    }
+    fn get<T: std::str::FromStr>(&self, k: &str, default: T) -> Result<T, String> {
+        match self.flags.get(k) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| format!("--{k}: bad value {v:?}")),
+        }
+    }
+    fn take_known(&self, known: &[&str]) -> Result<(), String> {
+        for k in self.flags.keys() {
+            if !known.contains(&k.as_str()) {
+                return Err(format!("unknown flag --{k} for {}", self.scenario));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value in the report.
+enum V {
+    I(i64),
+    F(f64),
+    S(String),
+    Null,
+    Obj(Vec<(String, i64)>),
+}
+
+#[derive(Default)]
+struct Report {
+    fields: Vec<(String, V)>,
+}
+
+impl Report {
+    fn i(&mut self, k: &str, v: impl TryInto<i64>) {
+        self.fields.push((k.into(), V::I(v.try_into().unwrap_or(i64::MAX))));
+    }
+    fn f(&mut self, k: &str, v: f64) {
+        self.fields.push((k.into(), if v.is_finite() { V::F(v) } else { V::Null }));
+    }
+    fn of(&mut self, k: &str, v: Option<f64>) {
+        match v {
+            Some(v) => self.f(k, v),
+            None => self.fields.push((k.into(), V::Null)),
+        }
+    }
+    fn oi(&mut self, k: &str, v: Option<u64>) {
+        match v {
+            Some(v) => self.i(k, v),
+            None => self.fields.push((k.into(), V::Null)),
+        }
+    }
+    fn s(&mut self, k: &str, v: &str) {
+        self.fields.push((k.into(), V::S(v.into())));
+    }
+    fn obj(&mut self, k: &str, v: Vec<(String, i64)>) {
+        self.fields.push((k.into(), V::Obj(v)));
+    }
+
+    fn json(&self) -> String {
+        fn esc(s: &str) -> String {
+            let mut o = String::with_capacity(s.len() + 2);
+            o.push('"');
+            for ch in s.chars() {
+                match ch {
+                    '"' => o.push_str("\\\""),
+                    '\\' => o.push_str("\\\\"),
+                    c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+                    c => o.push(c),
+                }
+            }
+            o.push('"');
+            o
+        }
+        let mut parts = Vec::new();
+        for (k, v) in &self.fields {
+            let val = match v {
+                V::I(x) => x.to_string(),
+                V::F(x) => {
+                    if x.abs() >= 1e15 || *x == x.trunc() && x.abs() < 1e15 {
+                        format!("{x:.1}")
+                    } else {
+                        format!("{x:.6}")
+                    }
+                }
+                V::S(s) => esc(s),
+                V::Null => "null".into(),
+                V::Obj(m) => {
+                    let inner: Vec<String> = m.iter().map(|(k, v)| format!("{}:{v}", esc(k))).collect();
+                    format!("{{{}}}", inner.join(","))
+                }
+            };
+            parts.push(format!("{}:{val}", esc(k)));
+        }
+        format!("{{{}}}", parts.join(","))
+    }
+
+    fn human(&self) -> String {
+        let w = self.fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let mut o = String::new();
+        for (k, v) in &self.fields {
+            let val = match v {
+                V::I(x) => group(*x),
+                V::F(x) => {
+                    if x.abs() >= 1000.0 {
+                        group(x.round() as i64)
+                    } else if x.abs() >= 10.0 {
+                        format!("{x:.1}")
+                    } else {
+                        format!("{x:.3}")
+                    }
+                }
+                V::S(s) => s.clone(),
+                V::Null => "-".into(),
+                V::Obj(m) if m.is_empty() => "none".into(),
+                V::Obj(m) => m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "),
+            };
+            o.push_str(&format!("  {k:<w$}  {val}\n"));
+        }
+        o
+    }
+}
+
+fn group(x: i64) -> String {
+    let s = x.unsigned_abs().to_string();
+    let mut o = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            o.push('_');
+        }
+        o.push(ch);
+    }
+    if x < 0 {
+        format!("-{o}")
+    } else {
+        o
+    }
+}
+
+struct Common {
+    dst: SocketAddrV4,
+    host_header: String,
+    prefix: String,
+    url: String,
+    server_pid: Option<String>,
+    duration: f64,
+    warmup: f64,
+    drain: f64,
+    size: usize,
+    sources: u32,
+    inflight: usize,
+    settle: f64,
+    json: bool,
+    label: String,
+}
+
+const COMMON: &[&str] = &[
+    "url", "server-pid", "duration", "warmup", "drain", "size", "sources", "handshake-inflight",
+    "settle", "label",
+];
+
+fn common(a: &Args) -> Result<Common, String> {
+    let url: String = a.get("url", "ws://127.0.0.1:9300".to_string())?;
+    let rest = url.strip_prefix("ws://").ok_or("--url must start with ws://")?;
+    let (hostport, prefix) = match rest.find('/') {
+        Some(p) => (&rest[..p], rest[p..].trim_end_matches('/').to_string()),
+        None => (rest, String::new()),
+    };
+    let dst = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("--url {hostport}: {e}"))?
+        .find_map(|a| match a {
+            std::net::SocketAddr::V4(v) => Some(v),
+            _ => None,
+        })
+        .ok_or("--url: no IPv4 address")?;
+    let size: usize = a.get("size", 64)?;
+    if size < engine::HEADER_BYTES {
+        return Err(format!("--size must be at least {}", engine::HEADER_BYTES));
+    }
+    Ok(Common {
+        dst,
+        host_header: hostport.to_string(),
+        prefix,
+        url: url.clone(),
+        server_pid: a.flags.get("server-pid").cloned(),
+        duration: a.get("duration", 5.0)?,
+        warmup: a.get("warmup", 1.0)?,
+        drain: a.get("drain", 3.0)?,
+        size,
+        sources: a.get("sources", 8u32)?.min(254),
+        inflight: a.get("handshake-inflight", 256usize)?.max(1),
+        settle: a.get("settle", 0.2)?,
+        json: a.has("json"),
+        label: a.flags.get("label").cloned().unwrap_or_default(),
+    })
+}
+
+fn raise_nofile() -> u64 {
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+            return r.rlim_cur;
+        }
+    }
+    0
+}
+
+fn engine(c: &Common) -> Engine {
+    let mut e = Engine::new(c.dst, c.host_header.clone(), c.prefix.clone(), c.sources, c.size)
+        .unwrap_or_else(|e| {
+            eprintln!("loadgen: {e}");
+            std::process::exit(1)
+        });
+    e.handshake_inflight = c.inflight;
+    e
+}
+
+fn head(r: &mut Report, scenario: &str, c: &Common) {
+    r.s("scenario", scenario);
+    r.s("label", &c.label);
+    r.s("url", &c.url);
+    r.oi("server_pid", c.server_pid.as_deref().and_then(|p| p.parse().ok()));
+}
+
+fn errors(r: &mut Report, e: &Engine) -> u64 {
+    let closes: Vec<(String, i64)> = e.server_closes.iter().map(|(k, v)| (k.to_string(), *v as i64)).collect();
+    let closes_total: u64 = e.server_closes.values().sum();
+    let hs: Vec<(String, i64)> = e.handshake_failures.iter().map(|(k, v)| (k.clone(), *v as i64)).collect();
+    let hs_total: u64 = e.handshake_failures.values().sum();
+    r.i("server_closes", closes_total);
+    r.obj("server_closes_by_code", closes);
+    r.i("connect_errors", e.connect_errors);
+    r.i("handshake_failures", hs_total);
+    r.obj("handshake_failures_by_kind", hs);
+    r.i("eof_errors", e.eof_errors);
+    r.i("io_errors", e.io_errors);
+    r.i("protocol_errors", e.protocol_errors + e.foreign + e.short_msgs);
+    r.i("pings_answered", e.pings);
+    let total = closes_total + e.connect_errors + hs_total + e.eof_errors + e.io_errors
+        + e.protocol_errors + e.foreign + e.short_msgs;
+    r.i("errors_total", total);
+    total
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// Warm-up, measured phase, drain; the common message-scenario metrics.
+fn measure(e: &mut Engine, c: &Common, r: &mut Report) {
+    let pid = c.server_pid.as_deref();
+    e.run_for(Duration::from_secs_f64(c.warmup));
+    let c0: Counters = e.c;
+    let s0 = CpuSnap::take(pid);
+    e.measuring = true;
+    e.run_for(Duration::from_secs_f64(c.duration));
+    e.measuring = false;
+    let s1 = CpuSnap::take(pid);
+    let c1: Counters = e.c;
+    let rss = pid.and_then(rss_kib);
+    let tail = e.drain(Duration::from_secs_f64(c.drain));
+    let sh = share(&s0, &s1);
+    let del = (c1.delivered - c0.delivered) as f64 / sh.wall;
+    let sent = (c1.sent - c0.sent) as f64 / sh.wall;
+    r.f("measured_s", sh.wall);
+    r.i("deliveries", c1.delivered - c0.delivered);
+    r.f("deliveries_per_s", del);
+    r.i("sent", c1.sent - c0.sent);
+    r.f("sent_per_s", sent);
+    let h = &e.hist;
+    r.i("lat_samples", h.n);
+    r.f("lat_p50_us", us(h.quantile(0.50)));
+    r.f("lat_p90_us", us(h.quantile(0.90)));
+    r.f("lat_p99_us", us(h.quantile(0.99)));
+    r.f("lat_p999_us", us(h.quantile(0.999)));
+    r.f("lat_max_us", us(h.max));
+    r.f("lat_mean_us", h.mean() / 1000.0);
+    r.i("losses", e.gaps);
+    r.i("losses_tail", tail);
+    r.i("out_of_order", e.out_of_order);
+    r.of("server_cpu", sh.server);
+    r.of("server_cpu_user", sh.server_user);
+    r.of("server_cpu_sys", sh.server_sys);
+    r.of("loadgen_cpu", sh.me);
+    r.of("deliveries_per_server_cpu_s", sh.server.map(|s| del / s.max(1e-9)));
+    r.oi("server_rss_kib", rss);
+}
+
+fn open_or_die(e: &mut Engine, specs: Vec<Spec>, r: &mut Report) -> bool {
+    let n = specs.len();
+    let o = e.open_all(specs);
+    r.i("connections", o.opened);
+    r.f("connect_s", o.secs);
+    r.f("handshakes_per_s", o.opened as f64 / o.secs.max(1e-9));
+    if o.failed > 0 || o.opened < n {
+        eprintln!("loadgen: {} of {n} connections failed to open", n - o.opened);
+    }
+    o.opened > 0
+}
+
+fn settle(e: &mut Engine, c: &Common) {
+    e.run_for(Duration::from_secs_f64(c.settle));
+}
+
+fn run() -> Result<u8, String> {
+    let a = Args::parse()?;
+    let nofile = raise_nofile();
+    let _ = now_ns();
+    let mut r = Report::default();
+    let sc = a.scenario.clone();
+    let c;
+    let mut e;
+    match sc.as_str() {
+        "fanout" => {
+            let mut known = COMMON.to_vec();
+            known.extend(["subscribers", "rate", "window"]);
+            a.take_known(&known)?;
+            c = common(&a)?;
+            let n: usize = a.get("subscribers", 1000)?;
+            let max = a.has("max");
+            let rate: f64 = a.get("rate", 0.0)?;
+            if max == (rate > 0.0) {
+                return Err("fanout needs exactly one of --rate R or --max".into());
+            }
+            let window: u64 = a.get("window", 16)?;
+            head(&mut r, "fanout", &c);
+            r.i("subscribers", n);
+            r.s("mode", if max { "max" } else { "rate" });
+            r.of("rate", (!max).then_some(rate));
+            r.oi("window", max.then_some(window));
+            r.i("size", c.size);
+            e = engine(&c);
+            let mut specs = vec![Spec { room: "fanout".into(), pub_base: 0, n_pubs: 1, ignore: true }];
+            specs.extend((0..n).map(|_| Spec { room: "fanout".into(), pub_base: 0, n_pubs: 1, ignore: false }));
+            if !open_or_die(&mut e, specs, &mut r) {
+                return Err("no connection opened".into());
+            }
+            settle(&mut e, &c);
+            if max {
+                e.start(Traffic::FanoutMax { window });
+            } else {
+                e.start(Traffic::FanoutRate { t0: now_ns(), period_ns: 1e9 / rate, k: 0 });
+            }
+            measure(&mut e, &c, &mut r);
+        }
+        "rooms" => {
+            let mut known = COMMON.to_vec();
+            known.extend(["clients", "room-size", "rate"]);
+            a.take_known(&known)?;
+            c = common(&a)?;
+            let n: usize = a.get("clients", 2000)?;
+            let k: usize = a.get("room-size", 10)?;
+            let rate: f64 = a.get("rate", 5.0)?;
+            if k == 0 || n % k != 0 || rate <= 0.0 {
+                return Err("rooms: --clients must be a multiple of --room-size, --rate > 0".into());
+            }
+            head(&mut r, "rooms", &c);
+            r.i("clients", n);
+            r.i("room_size", k);
+            r.f("rate", rate);
+            r.i("size", c.size);
+            e = engine(&c);
+            let specs = (0..n)
+                .map(|i| Spec {
+                    room: format!("room{}", i / k),
+                    pub_base: (i / k * k) as u32,
+                    n_pubs: k as u32,
+                    ignore: false,
+                })
+                .collect();
+            if !open_or_die(&mut e, specs, &mut r) {
+                return Err("no connection opened".into());
+            }
+            settle(&mut e, &c);
+            e.start(Traffic::Rooms { t0: now_ns(), period_ns: 1e9 / (rate * n as f64), j: 0 });
+            measure(&mut e, &c, &mut r);
+        }
+        "echo" => {
+            let mut known = COMMON.to_vec();
+            known.extend(["connections"]);
+            a.take_known(&known)?;
+            c = common(&a)?;
+            let n: usize = a.get("connections", 100)?;
+            head(&mut r, "echo", &c);
+            r.i("size", c.size);
+            e = engine(&c);
+            let specs = (0..n)
+                .map(|i| Spec { room: format!("echo{i}"), pub_base: i as u32, n_pubs: 1, ignore: false })
+                .collect();
+            if !open_or_die(&mut e, specs, &mut r) {
+                return Err("no connection opened".into());
+            }
+            settle(&mut e, &c);
+            e.start(Traffic::Echo);
+            measure(&mut e, &c, &mut r);
+        }
+        "idle" => {
+            let mut known = COMMON.to_vec();
+            known.extend(["connections", "hold", "room-size"]);
+            a.take_known(&known)?;
+            c = common(&a)?;
+            let n: usize = a.get("connections", 19000)?;
+            let hold: f64 = a.get("hold", 5.0)?;
+            let k: usize = a.get("room-size", 0)?;
+            head(&mut r, "idle", &c);
+            r.i("room_size", k);
+            r.f("hold_s", hold);
+            let pid = c.server_pid.as_deref();
+            let before = pid.and_then(rss_kib);
+            e = engine(&c);
+            let specs = (0..n)
+                .map(|i| Spec {
+                    room: if k == 0 { "idle".into() } else { format!("idle{}", i / k) },
+                    pub_base: 0,
+                    n_pubs: 0,
+                    ignore: true,
+                })
+                .collect();
+            if !open_or_die(&mut e, specs, &mut r) {
+                return Err("no connection opened".into());
+            }
+            let s0 = CpuSnap::take(pid);
+            e.run_for(Duration::from_secs_f64(hold));
+            let s1 = CpuSnap::take(pid);
+            let after = pid.and_then(rss_kib);
+            let sh = share(&s0, &s1);
+            r.i("open_at_end", e.open_count);
+            r.oi("server_rss_before_kib", before);
+            r.oi("server_rss_after_kib", after);
+            let per = match (before, after) {
+                (Some(b), Some(a)) if e.open_count > 0 => {
+                    Some((a as f64 - b as f64) / e.open_count as f64)
+                }
+                _ => None,
+            };
+            r.of("rss_per_conn_kib", per);
+            r.of("server_cpu", sh.server);
+            r.of("loadgen_cpu", sh.me);
+        }
+        "churn" => {
+            let mut known = COMMON.to_vec();
+            known.extend(["connections", "cycles"]);
+            a.take_known(&known)?;
+            c = common(&a)?;
+            let n: usize = a.get("connections", 1000)?;
+            let cycles: usize = a.get("cycles", 10)?;
+            head(&mut r, "churn", &c);
+            r.i("connections", n);
+            r.i("cycles", cycles);
+            let pid = c.server_pid.as_deref();
+            let before = pid.and_then(rss_kib);
+            e = engine(&c);
+            let s0 = CpuSnap::take(pid);
+            let t = Instant::now();
+            let mut opened = 0usize;
+            let mut hs_secs = 0.0;
+            let mut after_first = None;
+            for cy in 0..cycles {
+                let specs = (0..n)
+                    .map(|i| Spec { room: format!("churn{i}"), pub_base: 0, n_pubs: 0, ignore: true })
+                    .collect();
+                let o = e.open_all(specs);
+                opened += o.opened;
+                hs_secs += o.secs;
+                e.close_all(Duration::from_secs(10));
+                e.reset_conns();
+                if cy == 0 {
+                    after_first = pid.and_then(rss_kib);
+                }
+            }
+            let secs = t.elapsed().as_secs_f64();
+            let s1 = CpuSnap::take(pid);
+            // Let the server finish tearing down before the leak check.
+            std::thread::sleep(Duration::from_millis(500));
+            let after = pid.and_then(rss_kib);
+            let sh = share(&s0, &s1);
+            r.f("elapsed_s", secs);
+            r.i("opened", opened);
+            r.i("clean_closes", e.clean_closes);
+            r.f("cycles_per_s", cycles as f64 / secs);
+            r.f("conns_per_s", opened as f64 / secs);
+            r.f("handshakes_per_s", opened as f64 / hs_secs.max(1e-9));
+            r.oi("server_rss_before_kib", before);
+            r.oi("server_rss_after_first_cycle_kib", after_first);
+            r.oi("server_rss_after_kib", after);
+            r.of(
+                "rss_growth_after_first_cycle_kib",
+                match (after_first, after) {
+                    (Some(f), Some(a)) => Some(a as f64 - f as f64),
+                    _ => None,
+                },
+            );
+            r.of("server_cpu", sh.server);
+            r.of("loadgen_cpu", sh.me);
+        }
+        other => return Err(format!("unknown scenario {other:?} (try --help)")),
+    }
+    r.i("nofile_limit", nofile);
+    let errs = errors(&mut r, &e);
+    println!("loadgen {sc}{}", if c.label.is_empty() { String::new() } else { format!(" [{}]", c.label) });
+    print!("{}", r.human());
+    if c.json {
+        println!("{}", r.json());
+    }
+    Ok(if errs > 0 { 2 } else { 0 })
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

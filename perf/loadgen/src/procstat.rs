@@ -1,0 +1,81 @@
+//! CPU time and memory of a process from /proc.
+
+use std::time::Instant;
+
+/// utime + stime of a whole process (all threads), in seconds, from /proc/PID/stat.
+/// Returns (user, system).
+pub fn cpu_times(pid: &str) -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state): utime is field 14, stime field 15.
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    let hz = clk_tck();
+    Some((utime / hz, stime / hz))
+}
+
+fn clk_tck() -> f64 {
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// VmRSS of a process in KiB, from /proc/PID/status.
+pub fn rss_kib(pid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    for line in s.lines() {
+        if let Some(v) = line.strip_prefix("VmRSS:") {
+            return v.trim().trim_end_matches("kB").trim().parse().ok();
+        }
+    }
+    None
+}
+
+/// A point in time with the CPU counters of loadgen itself and of the server.
+#[derive(Clone, Copy)]
+pub struct CpuSnap {
+    pub at: Instant,
+    pub me: Option<(f64, f64)>,
+    pub server: Option<(f64, f64)>,
+}
+
+impl CpuSnap {
+    pub fn take(server_pid: Option<&str>) -> Self {
+        CpuSnap {
+            at: Instant::now(),
+            me: cpu_times("self"),
+            server: server_pid.and_then(cpu_times),
+        }
+    }
+}
+
+/// CPU shares (in cores: 1.0 = one core busy) between two snapshots.
+pub struct CpuShare {
+    pub wall: f64,
+    pub me: Option<f64>,
+    pub server: Option<f64>,
+    pub server_user: Option<f64>,
+    pub server_sys: Option<f64>,
+}
+
+pub fn share(a: &CpuSnap, b: &CpuSnap) -> CpuShare {
+    let wall = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
+    let d = |x: Option<(f64, f64)>, y: Option<(f64, f64)>| match (x, y) {
+        (Some(x), Some(y)) => Some(((y.0 - x.0) / wall, (y.1 - x.1) / wall)),
+        _ => None,
+    };
+    let me = d(a.me, b.me);
+    let sv = d(a.server, b.server);
+    CpuShare {
+        wall,
+        me: me.map(|(u, s)| u + s),
+        server: sv.map(|(u, s)| u + s),
+        server_user: sv.map(|(u, _)| u),
+        server_sys: sv.map(|(_, s)| s),
+    }
+}
