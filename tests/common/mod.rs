@@ -12,10 +12,15 @@ use shardcast::server::{start, ServerHandle};
 
 /// Start a daemon from TOML text (listen on 127.0.0.1:0) with the given driver.
 pub fn daemon(driver: &str, extra_toml: &str) -> ServerHandle {
-    let text = format!(
+    let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nio_driver = \"{driver}\"\n{}",
         extra_toml.trim_start_matches("[server]\n")
     );
+    // Tests stop the daemon with clients still connected that will not answer the 1001 close:
+    // do not wait the default 10 s drain for them.
+    if !text.contains("drain_timeout") {
+        text.push_str("\n[shutdown]\ndrain_timeout = \"300ms\"\n");
+    }
     let cfg = Config::from_toml(&text).unwrap_or_else(|e| panic!("bad test config: {e}\n{text}"));
     start(cfg).expect("server starts")
 }

@@ -190,10 +190,6 @@ impl Engine {
         })
     }
 
-    pub fn conn_count(&self) -> usize {
-        self.conns.len()
-    }
-
     /// Forget all (closed) connections, for the next churn cycle.
     pub fn reset_conns(&mut self) {
         for i in 0..self.conns.len() {
