@@ -35,7 +35,11 @@ fn frame_encode(c: &mut Criterion) {
     // The three closes the server sends: slow consumer, shutdown, and the echo of a client close.
     for (label, code, reason) in [
         ("1008_slow_consumer", CloseCode::POLICY, "slow consumer"),
-        ("1001_server_shutting_down", CloseCode::GOING_AWAY, "server shutting down"),
+        (
+            "1001_server_shutting_down",
+            CloseCode::GOING_AWAY,
+            "server shutting down",
+        ),
         ("1000_echo_no_reason", CloseCode::NORMAL, ""),
     ] {
         g.bench_function(label, |b| {

@@ -10,13 +10,13 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use monoio::buf::{IoBufMut, IoVecBuf};
+use monoio::buf::{IoBufMut, IoVecBuf, SliceMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
 
-use crate::fanout::publish;
+use crate::fanout::{publish, send_blocked, Blocked};
 use crate::http::{route, text, Route};
 use crate::metrics::ShardStats;
 use crate::protocol::close::CloseCode;
@@ -29,88 +29,38 @@ use crate::shard::{Phase, ShardRef, READ_BUF_SIZE};
 /// Most iovecs handed to one `writev`.
 const MAX_IOV: usize = 256;
 
-/// Serve one accepted socket until it is closed.
-pub(crate) async fn serve(shard: ShardRef, stream: TcpStream) {
+/// Serve one accepted socket: the handshake runs in this (short-lived) task; after the upgrade
+/// the connection lives on as two lean tasks, a reader and a writer, so an idle connection carries
+/// none of the handshake's state.
+pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let id = shard.borrow_mut().add_conn(fd, Instant::now());
     let mut admitted = false;
-    serve_inner(&shard, id, stream, &mut admitted).await;
-    // The stream (and its fd) is gone now; forget the connection.
-    shard.borrow_mut().remove_conn(id, admitted);
+    match handshake(&shard, id, &mut stream, &mut admitted).await {
+        Some((room, rbuf)) => {
+            let (rh, wh) = stream.into_split();
+            let writer = monoio::spawn(write_loop(shard.clone(), id, wh));
+            monoio::spawn(reader_task(shard, id, rh, rbuf, room, writer));
+        }
+        None => {
+            // The stream (and its fd) goes first, then the connection is forgotten.
+            drop(stream);
+            shard.borrow_mut().remove_conn(id, admitted);
+        }
+    }
 }
 
-async fn serve_inner(shard: &ShardRef, id: ConnId, mut stream: TcpStream, admitted: &mut bool) {
-    let max_header = shard.borrow().cfg.max_header_bytes;
-    // 1. Read the request head.
-    let mut buf = BytesMut::with_capacity(1024.min(max_header));
-    let (req, used) = loop {
-        let room_left = max_header.saturating_sub(buf.len()).clamp(1, 4096);
-        buf.reserve(room_left);
-        let (res, b) = read_append(&mut stream, buf).await;
-        buf = b;
-        match res {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        match parse_request(&buf, max_header) {
-            Ok(None) => continue,
-            Ok(Some(parsed)) => break parsed,
-            Err(e) => {
-                reject(shard, &mut stream, crate::http::handshake_error(&e)).await;
-                return;
-            }
-        }
-    };
-    buf.advance(used);
-
-    // 2. Route it.
-    let stats = shard.borrow().stats.clone();
-    let (room_name, accept) = match route(&req, &stats) {
-        Route::Respond(resp) => {
-            let ok = resp.starts_with(b"HTTP/1.1 200");
-            if !ok {
-                ShardStats::add(&shard.borrow().my_stats().http_rejected, 1);
-            }
-            let _ = stream.write_all(resp).await;
-            return;
-        }
-        Route::Room { name, accept } => (name, accept),
-    };
-    let refused = {
-        let s = shard.borrow();
-        s.shutdown.is_some() || !s.admit()
-    };
-    if refused {
-        reject(shard, &mut stream, text(503, "server at capacity\n")).await;
-        return;
-    }
-    *admitted = true;
-
-    // 3. Upgrade.
-    let (res, _) = stream.write_all(switching_protocols(&accept, "")).await;
-    if res.is_err() {
-        return;
-    }
-    let room = {
-        let mut s = shard.borrow_mut();
-        let now = Instant::now();
-        let Some(c) = s.conns.get_mut(id.0) else {
-            return;
-        };
-        c.phase = Phase::Open;
-        c.last_seen = now;
-        c.last_ping = now;
-        match s.join(id, &room_name) {
-            Some(r) => r,
-            None => return,
-        }
-    };
-    let rbuf = if buf.is_empty() { BytesMut::new() } else { buf };
-
-    let (mut rh, wh) = stream.into_split();
-    let writer = monoio::spawn(write_loop(shard.clone(), id, wh));
-    read_loop(shard, id, &mut rh, rbuf, room).await;
+/// The reader for an upgraded connection; when it ends, it closes the connection down.
+async fn reader_task(
+    shard: ShardRef,
+    id: ConnId,
+    mut rh: OwnedReadHalf<TcpStream>,
+    rbuf: BytesMut,
+    room: RoomId,
+    writer: monoio::task::JoinHandle<()>,
+) {
+    read_loop(&shard, id, &mut rh, rbuf, room).await;
     {
         let mut s = shard.borrow_mut();
         s.leave_all(id);
@@ -124,7 +74,84 @@ async fn serve_inner(shard: &ShardRef, id: ConnId, mut stream: TcpStream, admitt
             c.wake_writer();
         }
     }
+    // The writer flushes what is queued (a close reply, say) and exits; then the socket goes.
     writer.await;
+    drop(rh);
+    shard.borrow_mut().remove_conn(id, true);
+}
+
+/// Read and answer the HTTP request. On a successful upgrade, returns the joined room and any
+/// bytes the client sent after its request (already WebSocket frames). Everything allocated for
+/// the handshake is freed when this returns: an idle connection keeps none of it.
+async fn handshake(
+    shard: &ShardRef,
+    id: ConnId,
+    stream: &mut TcpStream,
+    admitted: &mut bool,
+) -> Option<(RoomId, BytesMut)> {
+    let max_header = shard.borrow().cfg.max_header_bytes;
+    // 1. Read the request head.
+    let mut buf = BytesMut::with_capacity(1024.min(max_header));
+    let (req, used) = loop {
+        let room_left = max_header.saturating_sub(buf.len()).clamp(1, 4096);
+        buf.reserve(room_left);
+        let (res, b) = read_append(stream, buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        match parse_request(&buf, max_header) {
+            Ok(None) => continue,
+            Ok(Some(parsed)) => break parsed,
+            Err(e) => {
+                reject(shard, stream, crate::http::handshake_error(&e)).await;
+                return None;
+            }
+        }
+    };
+
+    // 2. Route it.
+    let stats = shard.borrow().stats.clone();
+    let (room_name, accept) = match route(&req, &stats) {
+        Route::Respond(resp) => {
+            if !resp.starts_with(b"HTTP/1.1 200") {
+                ShardStats::add(&shard.borrow().my_stats().http_rejected, 1);
+            }
+            let _ = stream.write_all(resp).await;
+            return None;
+        }
+        Route::Room { name, accept } => (name, accept),
+    };
+    let refused = {
+        let s = shard.borrow();
+        s.shutdown.is_some() || !s.admit()
+    };
+    if refused {
+        reject(shard, stream, text(503, "server at capacity\n")).await;
+        return None;
+    }
+    *admitted = true;
+
+    // 3. Upgrade.
+    let (res, _) = stream.write_all(switching_protocols(&accept, "")).await;
+    res.ok()?;
+    let room = {
+        let mut s = shard.borrow_mut();
+        let now = Instant::now();
+        let c = s.conns.get_mut(id.0)?;
+        c.phase = Phase::Open;
+        c.last_seen = now;
+        c.last_ping = now;
+        s.join(id, &room_name)?
+    };
+    // Keep only the bytes after the request head, in a buffer of their own size.
+    let leftover = if buf.len() > used {
+        BytesMut::from(&buf[used..])
+    } else {
+        BytesMut::new()
+    };
+    Some((room, leftover))
 }
 
 async fn reject(shard: &ShardRef, stream: &mut TcpStream, resp: Vec<u8>) {
@@ -134,10 +161,68 @@ async fn reject(shard: &ShardRef, stream: &mut TcpStream, resp: Vec<u8>) {
     let _ = stream.shutdown().await;
 }
 
-/// Why the reader stopped.
-enum ReadEnd {
-    /// Close handshake done (ours or theirs), protocol error sent, EOF, or socket error.
+/// What the synchronous decode step asks the reader to do next.
+enum Step {
+    /// Read more; at least this many bytes are needed in the buffer.
+    Read(usize),
+    /// A peer shard's inbox is full: wait, then decode again.
+    Wait(Blocked),
+    /// The connection is done reading (close handshake, protocol error).
     Done,
+}
+
+/// Decode and handle everything buffered. Synchronous, so none of its locals live in the
+/// connection's task between reads.
+fn process(
+    shard: &ShardRef,
+    id: ConnId,
+    room: RoomId,
+    dec: &mut Decoder,
+    rbuf: &mut BytesMut,
+) -> Step {
+    loop {
+        match dec.next(rbuf) {
+            Ok(Progress::NeedMore(n)) => return Step::Read(n),
+            Ok(Progress::Event(Event::Message(m))) => {
+                let sealed = {
+                    let s = shard.borrow();
+                    ShardStats::add(&s.my_stats().messages_in, 1);
+                    s.conns.get(id.0).is_none_or(|c| c.sealed)
+                };
+                if !sealed {
+                    if let Some(blocked) = publish(shard, id, room, m.into_frame()) {
+                        return Step::Wait(blocked);
+                    }
+                }
+            }
+            Ok(Progress::Event(Event::Ping(payload))) => {
+                let pong = encode_server_frame(OpCode::Pong, false, &payload);
+                if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                    c.push_control(pong);
+                }
+            }
+            Ok(Progress::Event(Event::Pong)) => {}
+            Ok(Progress::Event(Event::Close(code))) => {
+                // Answer with the same code unless we already sent our close.
+                if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                    if !c.sealed {
+                        c.push_control(encode_close(code.unwrap_or(CloseCode::NORMAL), ""));
+                        c.sealed = true;
+                    }
+                }
+                return Step::Done;
+            }
+            Err(e) => {
+                let mut s = shard.borrow_mut();
+                ShardStats::add(&s.my_stats().protocol_errors, 1);
+                let deadline = Instant::now() + s.cfg.close_timeout;
+                if let Some(c) = s.conns.get_mut(id.0) {
+                    c.start_close(e.close_code(), e.as_str(), deadline, false);
+                }
+                return Step::Done;
+            }
+        }
+    }
 }
 
 async fn read_loop(
@@ -146,71 +231,31 @@ async fn read_loop(
     rh: &mut OwnedReadHalf<TcpStream>,
     mut rbuf: BytesMut,
     room: RoomId,
-) -> ReadEnd {
+) {
     let mut dec = {
         let s = shard.borrow();
         Decoder::new(s.cfg.max_frame_bytes, s.cfg.max_message_bytes, false)
     };
     loop {
-        // Decode everything buffered.
-        let need = loop {
-            match dec.next(&mut rbuf) {
-                Ok(Progress::NeedMore(n)) => break n,
-                Ok(Progress::Event(ev)) => match ev {
-                    Event::Message(m) => {
-                        let sealed = {
-                            let s = shard.borrow();
-                            ShardStats::add(&s.my_stats().messages_in, 1);
-                            s.conns.get(id.0).is_none_or(|c| c.sealed)
-                        };
-                        if !sealed {
-                            publish(shard, id, room, m.into_frame()).await;
-                        }
-                    }
-                    Event::Ping(payload) => {
-                        let pong = encode_server_frame(OpCode::Pong, false, &payload);
-                        if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
-                            c.push_control(pong);
-                        }
-                    }
-                    Event::Pong => {}
-                    Event::Close(code) => {
-                        // Answer with the same code unless we already sent our close.
-                        if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
-                            if !c.sealed {
-                                let code = code.unwrap_or(CloseCode::NORMAL);
-                                c.push_control(encode_close(code, ""));
-                                c.sealed = true;
-                            }
-                        }
-                        give_back(shard, rbuf);
-                        return ReadEnd::Done;
-                    }
-                },
-                Err(e) => {
-                    let mut s = shard.borrow_mut();
-                    ShardStats::add(&s.my_stats().protocol_errors, 1);
-                    let deadline = Instant::now() + s.cfg.close_timeout;
-                    if let Some(c) = s.conns.get_mut(id.0) {
-                        c.start_close(e.close_code(), e.as_str(), deadline, false);
-                    }
-                    drop(s);
-                    give_back(shard, rbuf);
-                    return ReadEnd::Done;
-                }
+        let need = match process(shard, id, room, &mut dec, &mut rbuf) {
+            Step::Read(n) => n,
+            Step::Wait(blocked) => {
+                // Rare: boxed so the common path keeps every connection's task small.
+                Box::pin(send_blocked(blocked)).await;
+                continue;
             }
+            Step::Done => break,
         };
-
         // Get a buffer to read into.
         if rbuf.is_empty() {
             // Idle: hold no buffer while waiting.
-            give_back(shard, rbuf);
+            give_back(shard, std::mem::take(&mut rbuf));
             // SAFETY: `readable` takes `&self` and only submits a poll for readiness; the write
             // half never moves or mutates the stream while it is shared (monoio's own split works
             // the same way).
             let stream: &TcpStream = unsafe { &*rh.0.get() };
             if stream.readable(false).await.is_err() {
-                return ReadEnd::Done;
+                break;
             }
             rbuf = shard.borrow_mut().take_read_buf();
         } else if rbuf.capacity() - rbuf.len() < 1024 || need > rbuf.capacity() {
@@ -222,13 +267,12 @@ async fn read_loop(
                 .min(READ_BUF_SIZE.max(need));
             rbuf.reserve(want);
         }
-        let (res, b) = read_append(rh, rbuf).await;
-        rbuf = b;
+        // Inline (not through `read_append`) so the task holds one copy of the buffer handle.
+        let slice = spare(rbuf);
+        let (res, slice) = rh.read(slice).await;
+        rbuf = slice.into_inner();
         match res {
-            Ok(0) | Err(_) => {
-                give_back(shard, rbuf);
-                return ReadEnd::Done;
-            }
+            Ok(0) | Err(_) => break,
             Ok(_) => {
                 if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
                     c.last_seen = Instant::now();
@@ -236,19 +280,25 @@ async fn read_loop(
             }
         }
     }
+    give_back(shard, rbuf);
 }
 
-/// Read into the spare capacity of `buf`, after the bytes it already holds (monoio's plain
-/// `read` would write from the start of the buffer).
-async fn read_append<R: AsyncReadRent>(
-    r: &mut R,
-    mut buf: BytesMut,
-) -> (std::io::Result<usize>, BytesMut) {
+/// The spare capacity of `buf` (after the bytes it already holds) as a read target: monoio's
+/// plain `read` would write from the start of the buffer.
+fn spare(mut buf: BytesMut) -> SliceMut<BytesMut> {
     if buf.capacity() == buf.len() {
         buf.reserve(4096);
     }
     let (len, cap) = (buf.len(), buf.capacity());
-    let (res, slice) = r.read(buf.slice_mut(len..cap)).await;
+    buf.slice_mut(len..cap)
+}
+
+/// Read into the spare capacity of `buf`.
+async fn read_append<R: AsyncReadRent>(
+    r: &mut R,
+    buf: BytesMut,
+) -> (std::io::Result<usize>, BytesMut) {
+    let (res, slice) = r.read(spare(buf)).await;
     (res, slice.into_inner())
 }
 

@@ -67,10 +67,19 @@ impl Outbox {
 
 impl ShardCore {
     /// Queue `frame` (holding `messages` messages) for every local member of `room` except `skip`.
-    pub(crate) fn deliver_local(&mut self, room: RoomId, frame: &Bytes, messages: u64, skip: Option<ConnId>, now: Instant) {
+    pub(crate) fn deliver_local(
+        &mut self,
+        room: RoomId,
+        frame: &Bytes,
+        messages: u64,
+        skip: Option<ConnId>,
+        now: Instant,
+    ) {
         let limit = self.cfg.max_buffered_bytes;
         let policy = self.cfg.slow_consumer;
-        let Some(r) = self.rooms.get(room) else { return };
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
         let mut delivered = 0u64;
         let mut dropped = 0u64;
         let mut over = std::mem::take(&mut self.over_limit);
@@ -78,7 +87,9 @@ impl ShardCore {
             if Some(m) == skip {
                 continue;
             }
-            let Some(conn) = self.conns.get_mut(m.0) else { continue };
+            let Some(conn) = self.conns.get_mut(m.0) else {
+                continue;
+            };
             match conn.push_broadcast(frame, limit, policy) {
                 Push::Queued => delivered += 1,
                 Push::Dropped => dropped += 1,
@@ -102,7 +113,9 @@ impl ShardCore {
     /// Broadcast `frame` to the local members of `room`, coalescing it with the other frames
     /// of this loop turn.
     pub(crate) fn enqueue_room(&mut self, room: RoomId, frame: Bytes, now: Instant) {
-        let Some(r) = self.rooms.get_mut(room) else { return };
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
         if frame.len() > COALESCE_FRAME_MAX {
             // Keep order: what is pending goes first, then the big frame as it is.
             self.flush_room(room, now);
@@ -145,7 +158,9 @@ impl ShardCore {
 
     /// Hand a room's pending frames to its members now.
     pub(crate) fn flush_room(&mut self, room: RoomId, now: Instant) {
-        let Some(r) = self.rooms.get_mut(room) else { return };
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
         if let Some((bytes, n)) = r.outbox.take() {
             self.deliver_local(room, &bytes, n, None, now);
         }
@@ -176,36 +191,51 @@ impl ShardCore {
 }
 
 /// Publish a complete message from connection `from` to `room`: deliver locally (coalesced),
-/// then hand the same `Bytes` to every other shard.
-pub(crate) async fn publish(shard: &ShardRef, from: ConnId, room: RoomId, frame: Bytes) {
-    let (name, peers, me) = {
-        let mut s = shard.borrow_mut();
-        let now = Instant::now();
-        if s.cfg.echo_to_sender {
-            s.enqueue_room(room, frame.clone(), now);
-        } else {
-            // The sender must be skipped, so this frame cannot share a buffer with others.
-            s.flush_room(room, now);
-            s.deliver_local(room, &frame, 1, Some(from), now);
-        }
-        if s.peers.len() <= 1 {
-            return;
-        }
-        let Some(r) = s.rooms.get(room) else { return };
-        (r.name.clone(), s.peers.clone(), s.id.0)
-    };
-    for (i, tx) in peers.iter().enumerate() {
-        if i == me {
+/// then hand the same `Bytes` to every other shard. Returns the messages that could not be
+/// handed over because a peer's inbox was full; the caller waits with [`send_blocked`].
+pub(crate) fn publish(
+    shard: &ShardRef,
+    from: ConnId,
+    room: RoomId,
+    frame: Bytes,
+) -> Option<Blocked> {
+    let mut s = shard.borrow_mut();
+    let now = Instant::now();
+    if s.cfg.echo_to_sender {
+        s.enqueue_room(room, frame.clone(), now);
+    } else {
+        // The sender must be skipped, so this frame cannot share a buffer with others.
+        s.flush_room(room, now);
+        s.deliver_local(room, &frame, 1, Some(from), now);
+    }
+    if s.peers.len() <= 1 {
+        return None;
+    }
+    let name = s.rooms.get(room)?.name.clone();
+    let mut blocked = None;
+    for (i, tx) in s.peers.iter().enumerate() {
+        if i == s.id.0 {
             continue;
         }
         let msg = ShardMsg::Broadcast {
             room: name.clone(),
             frame: frame.clone(),
         };
-        // Fast path without a future; wait only when the peer's inbox is full.
         if let Err(flume::TrySendError::Full(msg)) = tx.try_send(msg) {
-            let _ = tx.send_async(msg).await;
+            blocked.get_or_insert_with(Vec::new).push((tx.clone(), msg));
         }
+    }
+    blocked.map(Blocked)
+}
+
+/// Cross-shard messages waiting for room in a full inbox.
+#[derive(Debug)]
+pub(crate) struct Blocked(Vec<(flume::Sender<ShardMsg>, ShardMsg)>);
+
+/// Wait until every blocked message is in its peer's inbox (back-pressure on the publisher).
+pub(crate) async fn send_blocked(blocked: Blocked) {
+    for (tx, msg) in blocked.0 {
+        let _ = tx.send_async(msg).await;
     }
 }
 
@@ -239,5 +269,85 @@ pub(crate) async fn run_flusher(shard: ShardRef) {
         })
         .await;
         shard.borrow_mut().flush_all(Instant::now());
+    }
+}
+#[doc(hidden)]
+pub mod bench {
+    use std::rc::Rc;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use bytes::Bytes;
+
+    use crate::config::Config;
+    use crate::metrics::Stats;
+    use crate::room::RoomId;
+    use crate::shard::{Phase, ShardCore, ShardId};
+
+    /// One single-shard `ShardCore` holding one room whose members are open connections with no
+    /// socket (`fd = -1`) and no writer task.
+    pub struct LocalFanout {
+        core: ShardCore,
+        room: RoomId,
+        now: Instant,
+    }
+
+    impl LocalFanout {
+        /// A shard with one room of `members` open connections, each with a high-water mark of
+        /// `max_buffered_bytes` (slow-consumer policy: the default, `close`).
+        pub fn new(members: usize, max_buffered_bytes: usize) -> Self {
+            assert!(members > 0, "a room needs at least one member");
+            let cfg = Rc::new(Config {
+                max_buffered_bytes,
+                max_connections: members,
+                ..Config::default()
+            });
+            // A one-shard daemon: the peer list holds only our own inbox, which local delivery
+            // never uses.
+            let (tx, _rx) = flume::bounded(1);
+            let peers: Arc<[flume::Sender<super::ShardMsg>]> = Arc::from(vec![tx]);
+            let mut core = ShardCore::new(
+                ShardId(0),
+                cfg,
+                peers,
+                Stats::new(1),
+                Arc::new(AtomicUsize::new(0)),
+            );
+            let now = Instant::now();
+            let mut room = None;
+            for _ in 0..members {
+                let id = core.add_conn(-1, now);
+                core.conns[id.0].phase = Phase::Open;
+                room = core.join(id, "bench");
+            }
+            let room = room.expect("join cannot fail below max_rooms_per_connection");
+            LocalFanout { core, room, now }
+        }
+
+        /// Queue `frame` to every member at once through `deliver_local`, uncoalesced (the path
+        /// of frames over the coalescing limit and of every inbox message before coalescing);
+        /// nobody is skipped, as with `echo_to_sender = true`.
+        pub fn broadcast(&mut self, frame: &Bytes) {
+            self.core.deliver_local(self.room, frame, 1, None, self.now);
+        }
+
+        /// Broadcast `frame` `n` times through the coalescing path, as `n` client messages in one
+        /// loop turn are (`enqueue_room` each, then the end-of-turn `flush_all`).
+        pub fn broadcast_coalesced(&mut self, frame: &Bytes, n: usize) {
+            for _ in 0..n {
+                self.core.enqueue_room(self.room, frame.clone(), self.now);
+            }
+            self.core.flush_all(self.now);
+        }
+
+        /// Empty every member's queue, as the writers would after a successful `writev`
+        /// (queue capacity is kept, as it is for a live connection).
+        pub fn drain(&mut self) {
+            for (_, conn) in self.core.conns.iter_mut() {
+                conn.queue.clear();
+                conn.buffered = 0;
+            }
+        }
     }
 }

@@ -80,7 +80,8 @@ struct Partial {
 pub struct Decoder {
     rules: HeaderRules,
     max_message_bytes: usize,
-    partial: Option<Partial>,
+    /// Boxed: rarely present, and it keeps an idle connection's state small.
+    partial: Option<Box<Partial>>,
 }
 
 impl Decoder {
@@ -173,12 +174,12 @@ impl Decoder {
                 OpCode::Text | OpCode::Binary => {
                     let mut pbuf = BytesMut::with_capacity(HEADROOM + len);
                     pbuf.resize(HEADROOM, 0);
-                    self.partial = Some(Partial {
+                    self.partial = Some(Box::new(Partial {
                         opcode: h.opcode,
                         rsv1: h.rsv1,
                         buf: pbuf,
                         utf8_checked: 0,
-                    });
+                    }));
                 }
                 OpCode::Continuation => {}
             }
@@ -199,12 +200,17 @@ impl Decoder {
                 };
                 let len = p.buf.len() - HEADROOM;
                 let hl = server_header_len(len);
-                let mut b = p.buf;
-                write_server_header(&mut b[HEADROOM - hl..HEADROOM], true, p.rsv1, p.opcode, len);
+                let Partial {
+                    opcode,
+                    rsv1,
+                    buf: mut b,
+                    ..
+                } = *p;
+                write_server_header(&mut b[HEADROOM - hl..HEADROOM], true, rsv1, opcode, len);
                 let frame = b.freeze().slice(HEADROOM - hl..);
                 return Ok(Progress::Event(Event::Message(Message {
-                    opcode: p.opcode,
-                    rsv1: p.rsv1,
+                    opcode,
+                    rsv1,
                     frame,
                     header_len: hl,
                 })));

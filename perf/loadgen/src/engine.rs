@@ -114,6 +114,8 @@ pub struct Engine {
     pub server_closes: BTreeMap<u16, u64>,
     /// Close handshakes we started that completed.
     pub clean_closes: u64,
+    /// Connections whose close handshake or FIN did not arrive in time (dropped).
+    pub close_timeouts: u64,
     pub eof_errors: u64,
     pub io_errors: u64,
     pub connect_errors: u64,
@@ -177,6 +179,7 @@ impl Engine {
             pings: 0,
             server_closes: BTreeMap::new(),
             clean_closes: 0,
+            close_timeouts: 0,
             eof_errors: 0,
             io_errors: 0,
             connect_errors: 0,
@@ -851,9 +854,17 @@ impl Engine {
             }
             self.poll_once(Some((end - now).min(Duration::from_millis(20))));
         }
+        let mut left: BTreeMap<String, u64> = BTreeMap::new();
         for i in 0..self.conns.len() {
             if self.conns[i].state != State::Closed && self.conns[i].state != State::NotStarted {
+                *left.entry(format!("{:?}", self.conns[i].state)).or_default() += 1;
                 self.close(i);
+            }
+        }
+        if !left.is_empty() {
+            self.close_timeouts += left.values().sum::<u64>();
+            if std::env::var_os("LOADGEN_DEBUG").is_some() {
+                eprintln!("loadgen: close timed out: {left:?}");
             }
         }
     }

@@ -334,6 +334,12 @@ fn errors(r: &mut Report, e: &Engine) -> u64 {
     total
 }
 
+fn host(r: &mut Report, sh: &procstat::CpuShare) {
+    r.of("host_busy_cores", sh.host_busy);
+    r.of("host_softirq_cores", sh.host_softirq);
+    r.of("host_other_cores", sh.host_other);
+}
+
 fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
@@ -375,6 +381,7 @@ fn measure(e: &mut Engine, c: &Common, r: &mut Report) {
     r.of("server_cpu_sys", sh.server_sys);
     r.of("loadgen_cpu", sh.me);
     r.of("deliveries_per_server_cpu_s", sh.server.map(|s| del / s.max(1e-9)));
+    host(r, &sh);
     r.oi("server_rss_kib", rss);
 }
 
@@ -528,6 +535,7 @@ fn run() -> Result<u8, String> {
             r.of("rss_per_conn_kib", per);
             r.of("server_cpu", sh.server);
             r.of("loadgen_cpu", sh.me);
+            host(&mut r, &sh);
         }
         "churn" => {
             let mut known = COMMON.to_vec();
@@ -584,6 +592,7 @@ fn run() -> Result<u8, String> {
             );
             r.of("server_cpu", sh.server);
             r.of("loadgen_cpu", sh.me);
+            host(&mut r, &sh);
         }
         other => return Err(format!("unknown scenario {other:?} (try --help)")),
     }

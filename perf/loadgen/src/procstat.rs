@@ -36,12 +36,28 @@ pub fn rss_kib(pid: &str) -> Option<u64> {
     None
 }
 
-/// A point in time with the CPU counters of loadgen itself and of the server.
+/// Whole-machine CPU time from the first line of /proc/stat, in seconds: (busy, softirq), where
+/// busy is everything but idle, iowait and steal (softirq included).
+pub fn host_times() -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().next()?;
+    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
+    if v.len() < 8 {
+        return None;
+    }
+    let hz = clk_tck();
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6];
+    Some((busy / hz, v[6] / hz))
+}
+
+/// A point in time with the CPU counters of loadgen itself, of the server and of the machine.
 #[derive(Clone, Copy)]
 pub struct CpuSnap {
     pub at: Instant,
     pub me: Option<(f64, f64)>,
     pub server: Option<(f64, f64)>,
+    pub host: Option<(f64, f64)>,
 }
 
 impl CpuSnap {
@@ -50,6 +66,7 @@ impl CpuSnap {
             at: Instant::now(),
             me: cpu_times("self"),
             server: server_pid.and_then(cpu_times),
+            host: host_times(),
         }
     }
 }
@@ -61,6 +78,12 @@ pub struct CpuShare {
     pub server: Option<f64>,
     pub server_user: Option<f64>,
     pub server_sys: Option<f64>,
+    /// Whole machine, in cores: busy (softirq included) and softirq alone.
+    pub host_busy: Option<f64>,
+    pub host_softirq: Option<f64>,
+    /// Busy time of everything that is neither loadgen, the server nor softirq: other processes
+    /// competing for the two cores (a noisy-run indicator).
+    pub host_other: Option<f64>,
 }
 
 pub fn share(a: &CpuSnap, b: &CpuSnap) -> CpuShare {
@@ -71,7 +94,14 @@ pub fn share(a: &CpuSnap, b: &CpuSnap) -> CpuShare {
     };
     let me = d(a.me, b.me);
     let sv = d(a.server, b.server);
+    let host = d(a.host, b.host);
+    let other = host.map(|(busy, soft)| {
+        (busy - soft - me.map_or(0.0, |(u, s)| u + s) - sv.map_or(0.0, |(u, s)| u + s)).max(0.0)
+    });
     CpuShare {
+        host_busy: host.map(|h| h.0),
+        host_softirq: host.map(|h| h.1),
+        host_other: other,
         wall,
         me: me.map(|(u, s)| u + s),
         server: sv.map(|(u, s)| u + s),
