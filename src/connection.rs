@@ -24,7 +24,7 @@ use crate::protocol::decoder::{Decoder, Event, Progress};
 use crate::protocol::frame::{encode_close, encode_server_frame, OpCode};
 use crate::protocol::handshake::{parse_request, switching_protocols};
 use crate::room::{ConnId, RoomId};
-use crate::shard::{Phase, ShardRef, READ_BUF_SIZE};
+use crate::shard::{Phase, ShardRef, Tick, READ_BUF_SIZE};
 
 /// Most iovecs handed to one `writev`.
 const MAX_IOV: usize = 256;
@@ -64,7 +64,7 @@ async fn reader_task(
     {
         let mut s = shard.borrow_mut();
         s.leave_all(id);
-        let deadline = Instant::now() + s.cfg.close_timeout;
+        let deadline = Tick::at(Instant::now() + s.cfg.close_timeout);
         if let Some(c) = s.conns.get_mut(id.0) {
             c.finishing = true;
             c.sealed = true;
@@ -138,7 +138,7 @@ async fn handshake(
     res.ok()?;
     let room = {
         let mut s = shard.borrow_mut();
-        let now = Instant::now();
+        let now = Tick::at(Instant::now());
         let c = s.conns.get_mut(id.0)?;
         c.phase = Phase::Open;
         c.last_seen = now;
@@ -215,7 +215,7 @@ fn process(
             Err(e) => {
                 let mut s = shard.borrow_mut();
                 ShardStats::add(&s.my_stats().protocol_errors, 1);
-                let deadline = Instant::now() + s.cfg.close_timeout;
+                let deadline = Tick::at(Instant::now() + s.cfg.close_timeout);
                 if let Some(c) = s.conns.get_mut(id.0) {
                     c.start_close(e.close_code(), e.as_str(), deadline, false);
                 }
@@ -275,7 +275,7 @@ async fn read_loop(
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
-                    c.last_seen = Instant::now();
+                    c.last_seen = Tick::at(Instant::now());
                 }
             }
         }

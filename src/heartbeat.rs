@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::metrics::ShardStats;
 use crate::protocol::close::CloseCode;
-use crate::shard::{Phase, ShardCore, ShardRef, ShutdownMode};
+use crate::shard::{Phase, ShardCore, ShardRef, ShutdownMode, Tick};
 
 /// An empty ping frame (server frames are unmasked), shared by every connection.
 static PING: &[u8] = &[0x89, 0x00];
@@ -29,22 +29,22 @@ pub(crate) enum Verdict {
 /// Decide for one connection (pure function of its timestamps).
 pub(crate) fn judge(
     phase: Phase,
-    last_seen: Instant,
-    last_ping: Instant,
-    now: Instant,
+    last_seen: Tick,
+    last_ping: Tick,
+    now: Tick,
     interval: Duration,
     timeout: Duration,
 ) -> Verdict {
     match phase {
-        Phase::Handshake { deadline } if now >= deadline => Verdict::HandshakeTimeout,
+        Phase::Handshake { deadline } if deadline.reached(now) => Verdict::HandshakeTimeout,
         Phase::Handshake { .. } => Verdict::Keep,
-        Phase::Closing { deadline } if now >= deadline => Verdict::CloseTimeout,
+        Phase::Closing { deadline } if deadline.reached(now) => Verdict::CloseTimeout,
         Phase::Closing { .. } => Verdict::Keep,
         Phase::Open => {
-            let quiet = now.saturating_duration_since(last_seen);
+            let quiet = now.since(last_seen);
             if quiet >= interval + timeout {
                 Verdict::HeartbeatTimeout
-            } else if quiet >= interval && now.saturating_duration_since(last_ping) >= interval {
+            } else if quiet >= interval && now.since(last_ping) >= interval {
                 Verdict::Ping
             } else {
                 Verdict::Keep
@@ -60,6 +60,7 @@ impl ShardCore {
         let timeout = self.cfg.heartbeat_timeout;
         let drain_over = matches!(self.shutdown, Some((_, d)) if now >= d);
         let ping = Bytes::from_static(PING);
+        let tick = Tick::at(now);
         let (mut hb, mut hs) = (0u64, 0u64);
         for (_, c) in self.conns.iter_mut() {
             if c.killed {
@@ -69,10 +70,10 @@ impl ShardCore {
                 c.kill();
                 continue;
             }
-            match judge(c.phase, c.last_seen, c.last_ping, now, interval, timeout) {
+            match judge(c.phase, c.last_seen, c.last_ping, tick, interval, timeout) {
                 Verdict::Keep => {}
                 Verdict::Ping => {
-                    c.last_ping = now;
+                    c.last_ping = tick;
                     c.push_control(ping.clone());
                 }
                 Verdict::HeartbeatTimeout => {
@@ -102,6 +103,7 @@ impl ShardCore {
         };
         let deadline = now + grace;
         self.shutdown = Some((mode, deadline));
+        let deadline = Tick::at(deadline);
         if let Some(w) = self.accept_waker.take() {
             w.wake();
         }
@@ -146,33 +148,32 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let t0 = Instant::now();
+        let _ = Tick::at(Instant::now()); // fix the epoch before i0
+        let i0 = Instant::now();
+        let t0 = Tick::at(i0);
         let s = Duration::from_secs;
+        let at = |d: Duration| Tick::at(i0 + d);
         let open = Phase::Open;
-        assert_eq!(judge(open, t0, t0, t0 + s(1), s(30), s(10)), Verdict::Keep);
-        assert_eq!(judge(open, t0, t0, t0 + s(30), s(30), s(10)), Verdict::Ping);
+        assert_eq!(judge(open, t0, t0, at(s(1)), s(30), s(10)), Verdict::Keep);
+        assert_eq!(judge(open, t0, t0, at(s(30)), s(30), s(10)), Verdict::Ping);
         // Pinged at 30 s: no second ping before 60 s.
         assert_eq!(
-            judge(open, t0, t0 + s(30), t0 + s(35), s(30), s(10)),
+            judge(open, t0, at(s(30)), at(s(35)), s(30), s(10)),
             Verdict::Keep
         );
         assert_eq!(
-            judge(open, t0, t0 + s(30), t0 + s(40), s(30), s(10)),
+            judge(open, t0, at(s(30)), at(s(40)), s(30), s(10)),
             Verdict::HeartbeatTimeout
         );
-        let hs = Phase::Handshake {
-            deadline: t0 + s(5),
-        };
-        assert_eq!(judge(hs, t0, t0, t0 + s(4), s(30), s(10)), Verdict::Keep);
+        let hs = Phase::Handshake { deadline: at(s(5)) };
+        assert_eq!(judge(hs, t0, t0, at(s(4)), s(30), s(10)), Verdict::Keep);
         assert_eq!(
-            judge(hs, t0, t0, t0 + s(5), s(30), s(10)),
+            judge(hs, t0, t0, at(s(5)), s(30), s(10)),
             Verdict::HandshakeTimeout
         );
-        let cl = Phase::Closing {
-            deadline: t0 + s(1),
-        };
+        let cl = Phase::Closing { deadline: at(s(1)) };
         assert_eq!(
-            judge(cl, t0, t0, t0 + s(2), s(30), s(10)),
+            judge(cl, t0, t0, at(s(2)), s(30), s(10)),
             Verdict::CloseTimeout
         );
     }

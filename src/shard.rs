@@ -31,15 +31,44 @@ pub(crate) const READ_BUF_SIZE: usize = 64 * 1024;
 /// Pooled read buffers kept when idle.
 const READ_POOL_KEEP: usize = 32;
 
+/// A compact timestamp: milliseconds since the process started, wrapping every ~49 days
+/// (comparisons use wrapping differences, valid for spans under ~24 days). Four bytes instead of
+/// an `Instant`'s sixteen: it is stored several times per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tick(u32);
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Tick {
+    /// The tick of `t`.
+    pub(crate) fn at(t: Instant) -> Tick {
+        Tick(t.saturating_duration_since(epoch()).as_millis() as u32)
+    }
+
+    /// Has `self` been reached at `now`?
+    pub(crate) fn reached(self, now: Tick) -> bool {
+        (now.0.wrapping_sub(self.0) as i32) >= 0
+    }
+
+    /// Time from `earlier` to `self` (zero if `earlier` is later).
+    pub(crate) fn since(self, earlier: Tick) -> std::time::Duration {
+        let d = self.0.wrapping_sub(earlier.0) as i32;
+        std::time::Duration::from_millis(d.max(0) as u64)
+    }
+}
+
 /// Lifecycle of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// Reading the HTTP request head; dropped if not done by the deadline.
-    Handshake { deadline: Instant },
+    Handshake { deadline: Tick },
     /// Upgraded and open.
     Open,
     /// A close frame was queued; the socket is dropped at the deadline at the latest.
-    Closing { deadline: Instant },
+    Closing { deadline: Tick },
 }
 
 /// Per-connection state owned by the shard. Deliberately small: an idle connection holds no
@@ -59,8 +88,8 @@ pub(crate) struct Conn {
     pub(crate) finishing: bool,
     /// The socket was shut down by the shard (timeout, kill): the writer exits at once.
     pub(crate) killed: bool,
-    pub(crate) last_seen: Instant,
-    pub(crate) last_ping: Instant,
+    pub(crate) last_seen: Tick,
+    pub(crate) last_ping: Tick,
     pub(crate) rooms: SmallVec<[Membership; 1]>,
 }
 
@@ -75,7 +104,7 @@ pub(crate) enum Push {
 }
 
 impl Conn {
-    fn new(fd: RawFd, now: Instant, handshake_deadline: Instant) -> Conn {
+    fn new(fd: RawFd, now: Tick, handshake_deadline: Tick) -> Conn {
         Conn {
             fd,
             phase: Phase::Handshake {
@@ -131,7 +160,7 @@ impl Conn {
         &mut self,
         code: CloseCode,
         reason: &str,
-        deadline: Instant,
+        deadline: Tick,
         discard_queue: bool,
     ) {
         if self.sealed {
@@ -215,6 +244,7 @@ impl ShardCore {
         stats: Stats,
         open_connections: Arc<AtomicUsize>,
     ) -> ShardCore {
+        let _ = epoch(); // ticks count from before the first connection
         ShardCore {
             id,
             cfg,
@@ -238,8 +268,8 @@ impl ShardCore {
 
     /// Register a freshly accepted socket (in the handshake phase).
     pub(crate) fn add_conn(&mut self, fd: RawFd, now: Instant) -> ConnId {
-        let deadline = now + self.cfg.handshake_timeout;
-        ConnId(self.conns.insert(Conn::new(fd, now, deadline)))
+        let deadline = Tick::at(now + self.cfg.handshake_timeout);
+        ConnId(self.conns.insert(Conn::new(fd, Tick::at(now), deadline)))
     }
 
     /// Try to count a new WebSocket connection against `max_connections`.
@@ -322,7 +352,7 @@ impl ShardCore {
     /// Close one connection because it is over its high-water mark.
     pub(crate) fn close_slow_consumer(&mut self, id: ConnId, now: Instant) {
         self.leave_all(id);
-        let deadline = now + self.cfg.close_timeout;
+        let deadline = Tick::at(now + self.cfg.close_timeout);
         if let Some(c) = self.conns.get_mut(id.0) {
             c.start_close(CloseCode::POLICY, "slow consumer", deadline, true);
             ShardStats::add(&self.stats.shard(self.id.0).slow_consumer_closes, 1);
