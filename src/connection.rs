@@ -167,8 +167,11 @@ enum Step {
     Read(usize),
     /// A peer shard's inbox is full: wait, then decode again.
     Wait(Blocked),
-    /// The connection is done reading (close handshake, protocol error).
+    /// The connection is done reading (close handshake completed or answered).
     Done,
+    /// A protocol error: a close frame is queued; discard whatever the client still sends until
+    /// it closes (or the close deadline passes), so the close frame is not lost to a TCP reset.
+    Discard,
 }
 
 /// Decode and handle everything buffered. Synchronous, so none of its locals live in the
@@ -218,8 +221,9 @@ fn process(
                 let deadline = Tick::at(Instant::now() + s.cfg.close_timeout);
                 if let Some(c) = s.conns.get_mut(id.0) {
                     c.start_close(e.close_code(), e.as_str(), deadline, false);
+                    c.fin_after_flush = true;
                 }
-                return Step::Done;
+                return Step::Discard;
             }
         }
     }
@@ -236,9 +240,22 @@ async fn read_loop(
         let s = shard.borrow();
         Decoder::new(s.cfg.max_frame_bytes, s.cfg.max_message_bytes, false)
     };
+    let mut discard = false;
     loop {
-        let need = match process(shard, id, room, &mut dec, &mut rbuf) {
+        if discard {
+            rbuf.clear();
+        }
+        let need = match if discard {
+            Step::Read(0)
+        } else {
+            process(shard, id, room, &mut dec, &mut rbuf)
+        } {
             Step::Read(n) => n,
+            Step::Discard => {
+                discard = true;
+                rbuf.clear();
+                0
+            }
             Step::Wait(blocked) => {
                 // Rare: boxed so the common path keeps every connection's task small.
                 Box::pin(send_blocked(blocked)).await;
@@ -416,7 +433,19 @@ async fn write_loop(shard: ShardRef, id: ConnId, mut wh: OwnedWriteHalf<TcpStrea
                 }
             }
         }
-        ShardStats::add(&shard.borrow().my_stats().write_calls, calls);
+        let fin = {
+            let s = shard.borrow();
+            ShardStats::add(&s.my_stats().write_calls, calls);
+            s.conns
+                .get(id.0)
+                .is_some_and(|c| c.fin_after_flush && c.sealed && c.queue.is_empty())
+        };
+        if fin {
+            let _ = wh.shutdown().await;
+            if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                c.fin_after_flush = false;
+            }
+        }
         batch.trim();
     }
 }

@@ -88,6 +88,9 @@ pub(crate) struct Conn {
     pub(crate) finishing: bool,
     /// The socket was shut down by the shard (timeout, kill): the writer exits at once.
     pub(crate) killed: bool,
+    /// Send FIN once the queue (ending with a close frame) is flushed: used when failing a
+    /// connection, so the client sees the close frame and then the end of the stream.
+    pub(crate) fin_after_flush: bool,
     pub(crate) last_seen: Tick,
     pub(crate) last_ping: Tick,
     pub(crate) rooms: SmallVec<[Membership; 1]>,
@@ -116,6 +119,7 @@ impl Conn {
             sealed: false,
             finishing: false,
             killed: false,
+            fin_after_flush: false,
             last_seen: now,
             last_ping: now,
             rooms: SmallVec::new(),
