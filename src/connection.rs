@@ -413,13 +413,34 @@ async fn write_loop(shard: ShardRef, id: ConnId, mut wh: OwnedWriteHalf<TcpStrea
         }
         let mut calls = 0u64;
         while !batch.is_empty() {
-            batch.fill_iov();
-            let (res, b) = wh.writev(batch).await;
-            batch = b;
+            let res = match batch.bufs.pop() {
+                // One segment (the common case with coalesced fan-out): a plain send op, so the
+                // kernel has no iovec array to import.
+                Some(one) if batch.bufs.is_empty() => {
+                    let (res, mut one) = wh.write(one).await;
+                    if let Ok(n) = res {
+                        if n < one.len() {
+                            one.advance(n);
+                            batch.bufs.push(one);
+                        }
+                    }
+                    res
+                }
+                Some(last) => {
+                    batch.bufs.push(last);
+                    batch.fill_iov();
+                    let (res, b) = wh.writev(batch).await;
+                    batch = b;
+                    if let Ok(n) = res {
+                        batch.advance(n);
+                    }
+                    res
+                }
+                None => break,
+            };
             calls += 1;
             match res {
                 Ok(n) if n > 0 => {
-                    batch.advance(n);
                     if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
                         c.buffered = c.buffered.saturating_sub(n);
                     }

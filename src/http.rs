@@ -79,12 +79,20 @@ fn status_page(stats: &Stats) -> String {
 <table><tr><td>shards</td><td>{shards}</td></tr>\
 <tr><td>connections</td><td>{conns}</td></tr>\
 <tr><td>messages in</td><td>{msgs}</td></tr>\
-<tr><td>deliveries</td><td>{deliv}</td></tr></table>\
+<tr><td>deliveries</td><td>{deliv}</td></tr>\
+<tr><td>writes</td><td>{writes}</td></tr>\
+<tr><td>dropped frames</td><td>{dropped}</td></tr>\
+<tr><td>slow-consumer closes</td><td>{slow}</td></tr>\
+<tr><td>heartbeat timeouts</td><td>{hb}</td></tr></table>\
 <p><a href=\"/healthz\">/healthz</a></p></body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
         shards = stats.shard_count(),
         conns = s.connections,
         msgs = s.messages_in,
         deliv = s.deliveries,
+        writes = s.write_calls,
+        dropped = s.dropped_frames,
+        slow = s.slow_consumer_closes,
+        hb = s.heartbeat_timeouts,
     )
 }
