@@ -69,6 +69,23 @@ pub struct FileConfig {
     /// `[log]`
     #[serde(default)]
     pub log: LogSection,
+    /// `[compression]`
+    #[serde(default)]
+    pub compression: CompressionSection,
+}
+
+/// `[compression]` section (permessage-deflate, RFC 7692).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionSection {
+    /// Negotiate permessage-deflate with clients that offer it.
+    pub enabled: Option<bool>,
+    /// zlib level 0-9 for outbound messages.
+    pub level: Option<i64>,
+    /// Messages smaller than this are sent uncompressed.
+    pub threshold_bytes: Option<ByteSize>,
+    /// `"shared"` (compress once per broadcast) or `"dedicated"` (a context per connection).
+    pub mode: Option<String>,
 }
 
 /// `[server]` section.
@@ -249,6 +266,32 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Log filter.
     pub log_level: String,
+    /// permessage-deflate.
+    pub compression: Compression,
+}
+
+/// permessage-deflate settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    /// Negotiate permessage-deflate at all.
+    pub enabled: bool,
+    /// zlib level for outbound messages.
+    pub level: u32,
+    /// Smaller messages go uncompressed.
+    pub threshold_bytes: usize,
+    /// Shared (compress once per broadcast) or dedicated (context per connection).
+    pub mode: crate::protocol::deflate::DeflateMode,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression {
+            enabled: true,
+            level: 1,
+            threshold_bytes: 128,
+            mode: crate::protocol::deflate::DeflateMode::Shared,
+        }
+    }
 }
 
 impl Default for Config {
@@ -274,6 +317,7 @@ impl Default for Config {
             echo_to_sender: true,
             drain_timeout: Duration::from_secs(10),
             log_level: "info".to_string(),
+            compression: Compression::default(),
         }
     }
 }
@@ -455,6 +499,37 @@ impl FileConfig {
         }
         if let Some(t) = self.shutdown.drain_timeout {
             c.drain_timeout = duration("shutdown.drain_timeout", &t)?;
+        }
+        let z = self.compression;
+        if let Some(e) = z.enabled {
+            c.compression.enabled = e;
+        }
+        if let Some(l) = z.level {
+            if !(0..=9).contains(&l) {
+                return Err(invalid(
+                    "compression.level",
+                    format!("{l} is not a zlib level 0-9"),
+                ));
+            }
+            c.compression.level = l as u32;
+        }
+        if let Some(t) = &z.threshold_bytes {
+            c.compression.threshold_bytes = match t {
+                ByteSize::Bytes(0) => 0,
+                other => byte_size("compression.threshold_bytes", other)?,
+            };
+        }
+        if let Some(m) = z.mode {
+            c.compression.mode = match m.as_str() {
+                "shared" => crate::protocol::deflate::DeflateMode::Shared,
+                "dedicated" => crate::protocol::deflate::DeflateMode::Dedicated,
+                other => {
+                    return Err(invalid(
+                        "compression.mode",
+                        format!("`{other}` is not one of \"shared\", \"dedicated\""),
+                    ))
+                }
+            };
         }
         if let Some(level) = self.log.level {
             if tracing_subscriber::EnvFilter::try_new(&level).is_err() {

@@ -20,9 +20,14 @@ use crate::fanout::{publish, send_blocked, Blocked};
 use crate::http::{route, text, Route};
 use crate::metrics::ShardStats;
 use crate::protocol::close::CloseCode;
-use crate::protocol::decoder::{Decoder, Event, Progress};
+use crate::protocol::decoder::{Decoder, Event, Message, Progress};
+use crate::protocol::deflate::{
+    negotiate, Compressor, DeflateMode, DeflateParams, InflateError, Inflater,
+};
+use crate::protocol::frame::{decode_header, HeaderRules};
 use crate::protocol::frame::{encode_close, encode_server_frame, OpCode};
 use crate::protocol::handshake::{parse_request, switching_protocols};
+use crate::protocol::ProtocolError;
 use crate::room::{ConnId, RoomId};
 use crate::shard::{Phase, ShardRef, Tick, READ_BUF_SIZE};
 
@@ -38,10 +43,11 @@ pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
     let id = shard.borrow_mut().add_conn(fd, Instant::now());
     let mut admitted = false;
     match handshake(&shard, id, &mut stream, &mut admitted).await {
-        Some((room, rbuf)) => {
+        Some(up) => {
             let (rh, wh) = stream.into_split();
-            let writer = monoio::spawn(write_loop(shard.clone(), id, wh));
-            monoio::spawn(reader_task(shard, id, rh, rbuf, room, writer));
+            let dedicated = dedicated_compressor(&shard, up.deflate);
+            let writer = monoio::spawn(write_loop(shard.clone(), id, wh, dedicated));
+            monoio::spawn(reader_task(shard, id, rh, up, writer));
         }
         None => {
             // The stream (and its fd) goes first, then the connection is forgotten.
@@ -56,11 +62,10 @@ async fn reader_task(
     shard: ShardRef,
     id: ConnId,
     mut rh: OwnedReadHalf<TcpStream>,
-    rbuf: BytesMut,
-    room: RoomId,
+    up: Upgraded,
     writer: monoio::task::JoinHandle<()>,
 ) {
-    read_loop(&shard, id, &mut rh, rbuf, room).await;
+    read_loop(&shard, id, &mut rh, up).await;
     {
         let mut s = shard.borrow_mut();
         s.leave_all(id);
@@ -80,15 +85,24 @@ async fn reader_task(
     shard.borrow_mut().remove_conn(id, true);
 }
 
-/// Read and answer the HTTP request. On a successful upgrade, returns the joined room and any
-/// bytes the client sent after its request (already WebSocket frames). Everything allocated for
-/// the handshake is freed when this returns: an idle connection keeps none of it.
+/// What a successful upgrade leaves behind.
+struct Upgraded {
+    room: RoomId,
+    /// Bytes the client sent after its request (already WebSocket frames).
+    rbuf: BytesMut,
+    /// permessage-deflate, if negotiated.
+    deflate: Option<DeflateParams>,
+}
+
+/// Read and answer the HTTP request. On a successful upgrade, returns the joined room, any
+/// early frames, and the negotiated extension. Everything allocated for the handshake is freed
+/// when this returns: an idle connection keeps none of it.
 async fn handshake(
     shard: &ShardRef,
     id: ConnId,
     stream: &mut TcpStream,
     admitted: &mut bool,
-) -> Option<(RoomId, BytesMut)> {
+) -> Option<Upgraded> {
     let max_header = shard.borrow().cfg.max_header_bytes;
     // 1. Read the request head.
     let mut buf = BytesMut::with_capacity(1024.min(max_header));
@@ -133,13 +147,28 @@ async fn handshake(
     }
     *admitted = true;
 
-    // 3. Upgrade.
-    let (res, _) = stream.write_all(switching_protocols(&accept, "")).await;
+    // 3. Upgrade, with permessage-deflate if offered and enabled.
+    let z = shard.borrow().cfg.compression;
+    let deflate = if z.enabled {
+        negotiate(&req.extensions, z.mode)
+    } else {
+        None
+    };
+    let extra = match &deflate {
+        Some((_, resp)) => format!("Sec-WebSocket-Extensions: {resp}\r\n"),
+        None => String::new(),
+    };
+    let deflate = deflate.map(|(p, _)| p);
+    let (res, _) = stream.write_all(switching_protocols(&accept, &extra)).await;
     res.ok()?;
     let room = {
         let mut s = shard.borrow_mut();
         let now = Tick::at(Instant::now());
         let c = s.conns.get_mut(id.0)?;
+        // Shared mode: one compressed variant per broadcast, made with a 15-bit window; a client
+        // that asked for a smaller server window gets uncompressed frames (always valid).
+        c.compressed = deflate.is_some_and(|p| p.server_max_window_bits == 15)
+            && z.mode == DeflateMode::Shared;
         c.phase = Phase::Open;
         c.last_seen = now;
         c.last_ping = now;
@@ -151,7 +180,11 @@ async fn handshake(
     } else {
         BytesMut::new()
     };
-    Some((room, leftover))
+    Some(Upgraded {
+        room,
+        rbuf: leftover,
+        deflate,
+    })
 }
 
 async fn reject(shard: &ShardRef, stream: &mut TcpStream, resp: Vec<u8>) {
@@ -182,9 +215,16 @@ fn process(
     room: RoomId,
     dec: &mut Decoder,
     rbuf: &mut BytesMut,
+    inflate: &mut Option<Box<Inbound>>,
 ) -> Step {
     loop {
-        match dec.next(rbuf) {
+        let ev = match dec.next(rbuf) {
+            Ok(Progress::Event(Event::Message(m))) if m.rsv1 => {
+                inflate_message(shard, inflate, m).map(|m| Progress::Event(Event::Message(m)))
+            }
+            other => other,
+        };
+        match ev {
             Ok(Progress::NeedMore(n)) => return Step::Read(n),
             Ok(Progress::Event(Event::Message(m))) => {
                 let sealed = {
@@ -193,7 +233,7 @@ fn process(
                     s.conns.get(id.0).is_none_or(|c| c.sealed)
                 };
                 if !sealed {
-                    if let Some(blocked) = publish(shard, id, room, m.into_frame()) {
+                    if let Some(blocked) = publish(shard, id, room, m) {
                         return Step::Wait(blocked);
                     }
                 }
@@ -229,17 +269,21 @@ fn process(
     }
 }
 
-async fn read_loop(
-    shard: &ShardRef,
-    id: ConnId,
-    rh: &mut OwnedReadHalf<TcpStream>,
-    mut rbuf: BytesMut,
-    room: RoomId,
-) {
+async fn read_loop(shard: &ShardRef, id: ConnId, rh: &mut OwnedReadHalf<TcpStream>, up: Upgraded) {
+    let Upgraded {
+        room,
+        mut rbuf,
+        deflate,
+    } = up;
     let mut dec = {
         let s = shard.borrow();
-        Decoder::new(s.cfg.max_frame_bytes, s.cfg.max_message_bytes, false)
+        Decoder::new(
+            s.cfg.max_frame_bytes,
+            s.cfg.max_message_bytes,
+            deflate.is_some(),
+        )
     };
+    let mut inflate = deflate.map(|params| Box::new(Inbound { params, own: None }));
     let mut discard = false;
     loop {
         if discard {
@@ -248,7 +292,7 @@ async fn read_loop(
         let need = match if discard {
             Step::Read(0)
         } else {
-            process(shard, id, room, &mut dec, &mut rbuf)
+            process(shard, id, room, &mut dec, &mut rbuf, &mut inflate)
         } {
             Step::Read(n) => n,
             Step::Discard => {
@@ -298,6 +342,48 @@ async fn read_loop(
         }
     }
     give_back(shard, rbuf);
+}
+
+/// Inbound permessage-deflate state of one connection.
+struct Inbound {
+    params: DeflateParams,
+    /// Its own inflater, only when the client keeps its compression context between messages
+    /// (created on its first compressed message; idle connections never have one).
+    own: Option<Box<Inflater>>,
+}
+
+/// Inflate a compressed message (RSV1) into a plain one, bounded by `max_message_bytes` while
+/// inflating, so a deflate bomb cannot grow memory.
+fn inflate_message(
+    shard: &ShardRef,
+    inbound: &mut Option<Box<Inbound>>,
+    m: Message,
+) -> Result<Message, ProtocolError> {
+    let Some(inb) = inbound.as_mut() else {
+        return Err(ProtocolError::ReservedBits);
+    };
+    let max = shard.borrow().cfg.max_message_bytes;
+    let mut out = BytesMut::new();
+    let res = if inb.params.client_no_context_takeover {
+        let mut inf = shard.borrow_mut().take_inflater();
+        let r = inf.inflate(m.payload(), max, true, &mut out);
+        shard.borrow_mut().return_inflater(inf);
+        r
+    } else {
+        inb.own
+            .get_or_insert_with(|| Box::new(Inflater::new(15)))
+            .inflate(m.payload(), max, false, &mut out)
+    };
+    ShardStats::add(&shard.borrow().my_stats().inflations, 1);
+    match res {
+        Ok(()) => {}
+        Err(InflateError::TooBig) => return Err(ProtocolError::MessageTooLarge),
+        Err(InflateError::Corrupt) => return Err(ProtocolError::InvalidCompressedData),
+    }
+    if m.opcode == OpCode::Text && simdutf8::basic::from_utf8(&out).is_err() {
+        return Err(ProtocolError::InvalidUtf8);
+    }
+    Ok(Message::from_payload(m.opcode, &out))
 }
 
 /// The spare capacity of `buf` (after the bytes it already holds) as a read target: monoio's
@@ -382,7 +468,74 @@ impl WriteBatch {
     }
 }
 
-async fn write_loop(shard: ShardRef, id: ConnId, mut wh: OwnedWriteHalf<TcpStream>) {
+/// Dedicated-mode compression state of one connection (its own context, kept between messages
+/// unless the client asked for `server_no_context_takeover`).
+struct Dedicated {
+    comp: Compressor,
+    reset: bool,
+    threshold: usize,
+}
+
+fn dedicated_compressor(shard: &ShardRef, params: Option<DeflateParams>) -> Option<Box<Dedicated>> {
+    let z = shard.borrow().cfg.compression;
+    let p = params?;
+    (z.mode == DeflateMode::Dedicated).then(|| {
+        Box::new(Dedicated {
+            comp: Compressor::new(z.level, p.compress_window_bits()),
+            reset: p.server_no_context_takeover,
+            threshold: z.threshold_bytes,
+        })
+    })
+}
+
+impl Dedicated {
+    /// Replace the batch's frames by their compressed form (data frames over the threshold),
+    /// as one contiguous buffer. Returns (bytes before, bytes after).
+    fn transform(&mut self, batch: &mut WriteBatch) -> (usize, usize) {
+        let rules = HeaderRules {
+            allow_rsv1: true,
+            require_mask: false,
+            max_frame_bytes: u64::MAX,
+        };
+        let before: usize = batch.bufs.iter().map(Bytes::len).sum();
+        let mut out = BytesMut::with_capacity(before);
+        for chunk in batch.bufs.drain(..) {
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                // Our own frames: always complete and well-formed.
+                let Ok(Some(h)) = decode_header(rest, &rules) else {
+                    out.extend_from_slice(rest);
+                    break;
+                };
+                let end = h.header_len + h.payload_len as usize;
+                let Some(frame) = rest.get(..end) else {
+                    out.extend_from_slice(rest);
+                    break;
+                };
+                let payload = &frame[h.header_len..];
+                if matches!(h.opcode, OpCode::Text | OpCode::Binary)
+                    && !h.rsv1
+                    && payload.len() >= self.threshold
+                {
+                    out.extend_from_slice(&self.comp.compress_frame(h.opcode, payload, self.reset));
+                } else {
+                    out.extend_from_slice(frame);
+                }
+                rest = &rest[end..];
+            }
+        }
+        let after = out.len();
+        batch.bufs.push(out.freeze());
+        (before, after)
+    }
+}
+
+async fn write_loop(
+    shard: ShardRef,
+    id: ConnId,
+    mut wh: OwnedWriteHalf<TcpStream>,
+    mut dedicated: Option<Box<Dedicated>>,
+) {
     let mut batch = WriteBatch::default();
     loop {
         let more = poll_fn(|cx| {
@@ -410,6 +563,12 @@ async fn write_loop(shard: ShardRef, id: ConnId, mut wh: OwnedWriteHalf<TcpStrea
         .await;
         if !more {
             break;
+        }
+        if let Some(d) = dedicated.as_mut() {
+            let (before, after) = d.transform(&mut batch);
+            if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                c.buffered = c.buffered.saturating_sub(before) + after;
+            }
         }
         let mut calls = 0u64;
         while !batch.is_empty() {

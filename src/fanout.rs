@@ -20,6 +20,8 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use crate::metrics::ShardStats;
+use crate::protocol::decoder::Message;
+use crate::protocol::deflate::{Compressor, DeflateMode};
 use crate::room::{ConnId, RoomId};
 use crate::shard::{Push, ShardCore, ShardRef, ShutdownMode};
 
@@ -35,11 +37,41 @@ pub enum ShardMsg {
     Broadcast {
         /// Interned room name.
         room: Arc<str>,
-        /// The encoded server frame, shared.
-        frame: Bytes,
+        /// The encoded server frames, shared.
+        frames: Frames,
     },
     /// Begin shutting down.
     Shutdown(ShutdownMode),
+}
+
+/// One broadcast, encoded once per wire format: the plain frame, and (when compression applies)
+/// the permessage-deflate frame with RSV1, compressed once for every deflate client on every shard.
+#[derive(Debug, Clone)]
+pub struct Frames {
+    /// Uncompressed server frame(s).
+    pub plain: Bytes,
+    /// Compressed server frame(s), if any message in here was compressed.
+    pub deflate: Option<Bytes>,
+}
+
+impl Frames {
+    /// Plain frames only.
+    pub fn plain(plain: Bytes) -> Frames {
+        Frames {
+            plain,
+            deflate: None,
+        }
+    }
+
+    /// What a member gets: deflate clients the compressed variant when there is one (an
+    /// uncompressed message is always valid under permessage-deflate), others the plain one.
+    #[inline]
+    pub fn for_member(&self, compressed: bool) -> &Bytes {
+        match (&self.deflate, compressed) {
+            (Some(d), true) => d,
+            _ => &self.plain,
+        }
+    }
 }
 
 /// Frames waiting to be handed to a room's members at the end of the loop turn.
@@ -48,29 +80,60 @@ pub enum Outbox {
     /// Nothing pending.
     #[default]
     Empty,
-    /// One frame: handed over as it is, no copy.
-    One(Bytes),
-    /// Several frames concatenated once, and how many.
-    Many(BytesMut, u64),
+    /// One broadcast: handed over as it is, no copy.
+    One(Frames),
+    /// Several broadcasts concatenated once per wire format, and how many.
+    Many {
+        /// Plain frames.
+        plain: BytesMut,
+        /// Deflate-client variant, present once any message in here was compressed.
+        deflate: Option<BytesMut>,
+        /// Messages.
+        n: u64,
+    },
 }
 
 impl Outbox {
-    /// Take the pending frames as one `Bytes` and the number of messages in it.
-    fn take(&mut self) -> Option<(Bytes, u64)> {
+    /// Take the pending frames and the number of messages in them.
+    fn take(&mut self) -> Option<(Frames, u64)> {
         match std::mem::take(self) {
             Outbox::Empty => None,
-            Outbox::One(b) => Some((b, 1)),
-            Outbox::Many(b, n) => Some((b.freeze(), n)),
+            Outbox::One(f) => Some((f, 1)),
+            Outbox::Many { plain, deflate, n } => Some((
+                Frames {
+                    plain: plain.freeze(),
+                    deflate: deflate.map(BytesMut::freeze),
+                },
+                n,
+            )),
         }
+    }
+
+    /// Append `f` to a `Many` outbox.
+    fn append(plain: &mut BytesMut, deflate: &mut Option<BytesMut>, f: &Frames) {
+        match (deflate.as_mut(), &f.deflate) {
+            (Some(d), _) => d.extend_from_slice(f.for_member(true)),
+            (None, Some(fd)) => {
+                // First compressed message: the deflate variant starts as a copy of the plain
+                // frames so far (uncompressed frames are valid for deflate clients).
+                let mut d = BytesMut::with_capacity(plain.capacity());
+                d.extend_from_slice(plain);
+                d.extend_from_slice(fd);
+                *deflate = Some(d);
+            }
+            (None, None) => {}
+        }
+        plain.extend_from_slice(&f.plain);
     }
 }
 
 impl ShardCore {
-    /// Queue `frame` (holding `messages` messages) for every local member of `room` except `skip`.
+    /// Queue `frames` (holding `messages` messages) for every local member of `room` except
+    /// `skip`, each member getting its wire format.
     pub(crate) fn deliver_local(
         &mut self,
         room: RoomId,
-        frame: &Bytes,
+        frames: &Frames,
         messages: u64,
         skip: Option<ConnId>,
         now: Instant,
@@ -90,7 +153,7 @@ impl ShardCore {
             let Some(conn) = self.conns.get_mut(m.0) else {
                 continue;
             };
-            match conn.push_broadcast(frame, limit, policy) {
+            match conn.push_broadcast(frames.for_member(conn.compressed), limit, policy) {
                 Push::Queued => delivered += 1,
                 Push::Dropped => dropped += 1,
                 Push::OverLimit => over.push(m),
@@ -110,37 +173,47 @@ impl ShardCore {
         }
     }
 
-    /// Broadcast `frame` to the local members of `room`, coalescing it with the other frames
-    /// of this loop turn.
-    pub(crate) fn enqueue_room(&mut self, room: RoomId, frame: Bytes, now: Instant) {
+    /// Broadcast `frames` to the local members of `room`, coalescing them with the other
+    /// broadcasts of this loop turn.
+    pub(crate) fn enqueue_room(&mut self, room: RoomId, frames: Frames, now: Instant) {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
-        if frame.len() > COALESCE_FRAME_MAX {
+        if frames.plain.len() > COALESCE_FRAME_MAX {
             // Keep order: what is pending goes first, then the big frame as it is.
             self.flush_room(room, now);
-            self.deliver_local(room, &frame, 1, None, now);
+            self.deliver_local(room, &frames, 1, None, now);
             return;
         }
         match &mut r.outbox {
             Outbox::Empty => {
-                r.outbox = Outbox::One(frame);
+                r.outbox = Outbox::One(frames);
                 self.mark_dirty(room);
             }
             Outbox::One(prev) => {
-                let mut b = BytesMut::with_capacity((prev.len() + frame.len()).max(2048));
-                b.extend_from_slice(prev);
-                b.extend_from_slice(&frame);
-                r.outbox = Outbox::Many(b, 2);
+                let mut plain =
+                    BytesMut::with_capacity((prev.plain.len() + frames.plain.len()).max(2048));
+                plain.extend_from_slice(&prev.plain);
+                let mut deflate = prev.deflate.as_ref().map(|d| {
+                    let mut b = BytesMut::with_capacity(plain.capacity());
+                    b.extend_from_slice(d);
+                    b
+                });
+                Outbox::append(&mut plain, &mut deflate, &frames);
+                r.outbox = Outbox::Many {
+                    plain,
+                    deflate,
+                    n: 2,
+                };
             }
-            Outbox::Many(b, n) => {
-                if b.len() + frame.len() > OUTBOX_MAX {
+            Outbox::Many { plain, deflate, n } => {
+                if plain.len() + frames.plain.len() > OUTBOX_MAX {
                     self.flush_room(room, now);
                     if let Some(r) = self.rooms.get_mut(room) {
-                        r.outbox = Outbox::One(frame);
+                        r.outbox = Outbox::One(frames);
                     }
                 } else {
-                    b.extend_from_slice(&frame);
+                    Outbox::append(plain, deflate, &frames);
                     *n += 1;
                 }
             }
@@ -161,8 +234,8 @@ impl ShardCore {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
-        if let Some((bytes, n)) = r.outbox.take() {
-            self.deliver_local(room, &bytes, n, None, now);
+        if let Some((frames, n)) = r.outbox.take() {
+            self.deliver_local(room, &frames, n, None, now);
         }
     }
 
@@ -180,9 +253,9 @@ impl ShardCore {
     /// Handle one inbox message.
     pub(crate) fn handle_msg(&mut self, msg: ShardMsg, now: Instant) {
         match msg {
-            ShardMsg::Broadcast { room, frame } => {
+            ShardMsg::Broadcast { room, frames } => {
                 if let Some(id) = self.rooms.find(&room) {
-                    self.enqueue_room(id, frame, now);
+                    self.enqueue_room(id, frames, now);
                 }
             }
             ShardMsg::Shutdown(mode) => self.begin_shutdown(mode, now),
@@ -190,23 +263,25 @@ impl ShardCore {
     }
 }
 
-/// Publish a complete message from connection `from` to `room`: deliver locally (coalesced),
-/// then hand the same `Bytes` to every other shard. Returns the messages that could not be
-/// handed over because a peer's inbox was full; the caller waits with [`send_blocked`].
+/// Publish a complete message from connection `from` to `room`: encode it once per wire format
+/// (plain, and compressed once when deflate clients may receive it), deliver locally
+/// (coalesced), then hand the same `Bytes` to every other shard. Returns the messages that could
+/// not be handed over because a peer's inbox was full; the caller waits with [`send_blocked`].
 pub(crate) fn publish(
     shard: &ShardRef,
     from: ConnId,
     room: RoomId,
-    frame: Bytes,
+    msg: Message,
 ) -> Option<Blocked> {
     let mut s = shard.borrow_mut();
     let now = Instant::now();
+    let frames = s.encode_broadcast(room, &msg);
     if s.cfg.echo_to_sender {
-        s.enqueue_room(room, frame.clone(), now);
+        s.enqueue_room(room, frames.clone(), now);
     } else {
         // The sender must be skipped, so this frame cannot share a buffer with others.
         s.flush_room(room, now);
-        s.deliver_local(room, &frame, 1, Some(from), now);
+        s.deliver_local(room, &frames, 1, Some(from), now);
     }
     if s.peers.len() <= 1 {
         return None;
@@ -219,13 +294,41 @@ pub(crate) fn publish(
         }
         let msg = ShardMsg::Broadcast {
             room: name.clone(),
-            frame: frame.clone(),
+            frames: frames.clone(),
         };
         if let Err(flume::TrySendError::Full(msg)) = tx.try_send(msg) {
             blocked.get_or_insert_with(Vec::new).push((tx.clone(), msg));
         }
     }
     blocked.map(Blocked)
+}
+
+impl ShardCore {
+    /// The wire formats of one broadcast. The compressor runs at most once per broadcast, here,
+    /// on the publishing shard; other shards receive the compressed `Bytes` as it is.
+    fn encode_broadcast(&mut self, room: RoomId, msg: &Message) -> Frames {
+        let z = self.cfg.compression;
+        let may_need_deflate =
+            self.rooms.get(room).is_some_and(|r| r.deflate_members > 0) || self.peers.len() > 1;
+        let deflate = if z.enabled
+            && z.mode == DeflateMode::Shared
+            && msg.payload().len() >= z.threshold_bytes
+            && may_need_deflate
+        {
+            let level = z.level;
+            let c = self
+                .compressor
+                .get_or_insert_with(|| Box::new(Compressor::new(level, 15)));
+            ShardStats::add(&self.stats.shard(self.id.0).compressions, 1);
+            Some(c.compress_frame(msg.opcode, msg.payload(), true))
+        } else {
+            None
+        };
+        Frames {
+            plain: msg.frame().clone(),
+            deflate,
+        }
+    }
 }
 
 /// Cross-shard messages waiting for room in a full inbox.
@@ -329,14 +432,21 @@ pub mod bench {
         /// of frames over the coalescing limit and of every inbox message before coalescing);
         /// nobody is skipped, as with `echo_to_sender = true`.
         pub fn broadcast(&mut self, frame: &Bytes) {
-            self.core.deliver_local(self.room, frame, 1, None, self.now);
+            self.core.deliver_local(
+                self.room,
+                &super::Frames::plain(frame.clone()),
+                1,
+                None,
+                self.now,
+            );
         }
 
         /// Broadcast `frame` `n` times through the coalescing path, as `n` client messages in one
         /// loop turn are (`enqueue_room` each, then the end-of-turn `flush_all`).
         pub fn broadcast_coalesced(&mut self, frame: &Bytes, n: usize) {
             for _ in 0..n {
-                self.core.enqueue_room(self.room, frame.clone(), self.now);
+                self.core
+                    .enqueue_room(self.room, super::Frames::plain(frame.clone()), self.now);
             }
             self.core.flush_all(self.now);
         }

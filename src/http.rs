@@ -83,7 +83,9 @@ fn status_page(stats: &Stats) -> String {
 <tr><td>writes</td><td>{writes}</td></tr>\
 <tr><td>dropped frames</td><td>{dropped}</td></tr>\
 <tr><td>slow-consumer closes</td><td>{slow}</td></tr>\
-<tr><td>heartbeat timeouts</td><td>{hb}</td></tr></table>\
+<tr><td>heartbeat timeouts</td><td>{hb}</td></tr>\
+<tr><td>compressions</td><td>{comp}</td></tr>\
+<tr><td>inflations</td><td>{infl}</td></tr></table>\
 <p><a href=\"/healthz\">/healthz</a></p></body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
         shards = stats.shard_count(),
@@ -94,5 +96,7 @@ fn status_page(stats: &Stats) -> String {
         dropped = s.dropped_frames,
         slow = s.slow_consumer_closes,
         hb = s.heartbeat_timeouts,
+        comp = s.compressions,
+        infl = s.inflations,
     )
 }

@@ -32,6 +32,10 @@ pub struct ShardStats {
     pub write_calls: AtomicU64,
     /// Rooms with members on this shard.
     pub rooms: AtomicU64,
+    /// Broadcasts compressed (permessage-deflate, shared mode: once per broadcast).
+    pub compressions: AtomicU64,
+    /// Compressed client messages inflated.
+    pub inflations: AtomicU64,
 }
 
 impl ShardStats {
@@ -73,6 +77,10 @@ pub struct Snapshot {
     pub protocol_errors: u64,
     /// See [`ShardStats::write_calls`].
     pub write_calls: u64,
+    /// See [`ShardStats::compressions`].
+    pub compressions: u64,
+    /// See [`ShardStats::inflations`].
+    pub inflations: u64,
 }
 
 impl Stats {
@@ -117,6 +125,8 @@ impl Stats {
             s.handshake_timeouts += l(&sh.handshake_timeouts);
             s.protocol_errors += l(&sh.protocol_errors);
             s.write_calls += l(&sh.write_calls);
+            s.compressions += l(&sh.compressions);
+            s.inflations += l(&sh.inflations);
         }
         s
     }

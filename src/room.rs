@@ -35,6 +35,8 @@ pub struct Room {
     pub members: Vec<ConnId>,
     /// Frames broadcast to this room during the current loop turn, not yet handed to members.
     pub outbox: crate::fanout::Outbox,
+    /// Local members that take the shared compressed variant (permessage-deflate).
+    pub deflate_members: u32,
 }
 
 /// The registry.
@@ -98,6 +100,7 @@ impl RoomRegistry {
                     name: name.clone(),
                     members: Vec::new(),
                     outbox: Default::default(),
+                    deflate_members: 0,
                 }));
                 self.by_name.insert(name, id);
                 id

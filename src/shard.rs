@@ -19,6 +19,7 @@ use crate::config::{Config, SlowConsumer};
 use crate::fanout::ShardMsg;
 use crate::metrics::{ShardStats, Stats};
 use crate::protocol::close::CloseCode;
+use crate::protocol::deflate::{Compressor, Inflater};
 use crate::protocol::frame::encode_close;
 use crate::room::{ConnId, Membership, RoomId, RoomRegistry};
 
@@ -91,6 +92,8 @@ pub(crate) struct Conn {
     /// Send FIN once the queue (ending with a close frame) is flushed: used when failing a
     /// connection, so the client sees the close frame and then the end of the stream.
     pub(crate) fin_after_flush: bool,
+    /// Takes the shared compressed variant of broadcasts (permessage-deflate, shared mode).
+    pub(crate) compressed: bool,
     pub(crate) last_seen: Tick,
     pub(crate) last_ping: Tick,
     pub(crate) rooms: SmallVec<[Membership; 1]>,
@@ -120,6 +123,7 @@ impl Conn {
             finishing: false,
             killed: false,
             fin_after_flush: false,
+            compressed: false,
             last_seen: now,
             last_ping: now,
             rooms: SmallVec::new(),
@@ -235,6 +239,11 @@ pub(crate) struct ShardCore {
     pub(crate) dirty_rooms: Vec<RoomId>,
     /// Wakes the flush task when the first room becomes dirty.
     pub(crate) flush_waker: Option<Waker>,
+    /// The shard's compressor for shared-mode broadcasts (created on first use).
+    pub(crate) compressor: Option<Box<Compressor>>,
+    /// Inflaters for clients that agreed to `client_no_context_takeover`: they hold no state
+    /// between messages, so a few per shard serve every such connection.
+    inflaters: Vec<Inflater>,
 }
 
 /// Shared handle to a shard's state.
@@ -263,6 +272,8 @@ impl ShardCore {
             over_limit: Vec::new(),
             dirty_rooms: Vec::new(),
             flush_waker: None,
+            compressor: None,
+            inflaters: Vec::new(),
         }
     }
 
@@ -310,7 +321,13 @@ impl ShardCore {
         }
         let before = self.rooms.len();
         let m = self.rooms.join(room, id);
-        self.conns[id.0].rooms.push(m);
+        let conn = &mut self.conns[id.0];
+        conn.rooms.push(m);
+        if conn.compressed {
+            if let Some(r) = self.rooms.get_mut(m.room) {
+                r.deflate_members += 1;
+            }
+        }
         if self.rooms.len() != before {
             ShardStats::add(&self.my_stats().rooms, 1);
         }
@@ -323,7 +340,13 @@ impl ShardCore {
             return;
         };
         let memberships = std::mem::take(&mut conn.rooms);
+        let compressed = conn.compressed;
         for m in memberships {
+            if compressed {
+                if let Some(r) = self.rooms.get_mut(m.room) {
+                    r.deflate_members = r.deflate_members.saturating_sub(1);
+                }
+            }
             let before = self.rooms.len();
             if let Some(moved) = self.rooms.leave(m) {
                 if let Some(other) = self.conns.get_mut(moved.conn.0) {
@@ -350,6 +373,18 @@ impl ShardCore {
         buf.clear();
         if buf.capacity() >= READ_BUF_SIZE && self.read_pool.len() < READ_POOL_KEEP {
             self.read_pool.push(buf);
+        }
+    }
+
+    /// Take a pooled inflater (for `client_no_context_takeover` connections).
+    pub(crate) fn take_inflater(&mut self) -> Inflater {
+        self.inflaters.pop().unwrap_or_else(|| Inflater::new(15))
+    }
+
+    /// Return a pooled inflater.
+    pub(crate) fn return_inflater(&mut self, inf: Inflater) {
+        if self.inflaters.len() < 4 {
+            self.inflaters.push(inf);
         }
     }
 

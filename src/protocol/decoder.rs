@@ -28,6 +28,17 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message from an already unmasked (or inflated) payload: one copy into a server frame.
+    pub fn from_payload(opcode: OpCode, payload: &[u8]) -> Message {
+        let frame = super::frame::encode_server_frame(opcode, false, payload);
+        Message {
+            opcode,
+            rsv1: false,
+            header_len: server_header_len(payload.len()),
+            frame,
+        }
+    }
+
     /// The whole unmasked server frame: header then payload.
     pub fn frame(&self) -> &Bytes {
         &self.frame

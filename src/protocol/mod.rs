@@ -44,16 +44,21 @@ pub enum ProtocolError {
     /// A frame exceeds `max_frame_bytes`.
     #[error("frame of {0} bytes exceeds the frame limit")]
     FrameTooLarge(u64),
-    /// A message exceeds `max_message_bytes`.
+    /// A message exceeds `max_message_bytes` (also while inflating it).
     #[error("message exceeds the message limit")]
     MessageTooLarge,
+    /// A compressed message does not inflate (permessage-deflate).
+    #[error("invalid compressed data")]
+    InvalidCompressedData,
 }
 
 impl ProtocolError {
     /// The close code to send for this error.
     pub fn close_code(self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressedData => {
+                CloseCode::INVALID_PAYLOAD
+            }
             ProtocolError::FrameTooLarge(_) | ProtocolError::MessageTooLarge => CloseCode::TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }
@@ -73,6 +78,7 @@ impl ProtocolError {
             ProtocolError::InvalidClose => "invalid_close",
             ProtocolError::FrameTooLarge(_) => "frame_too_large",
             ProtocolError::MessageTooLarge => "message_too_large",
+            ProtocolError::InvalidCompressedData => "invalid_compressed_data",
         }
     }
 }
