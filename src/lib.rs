@@ -4,7 +4,17 @@
 //!
 //! # Layout
 //! - [`config`]: TOML file → validated typed [`config::Config`].
-//! - [`protocol`]: sans-io RFC 6455 (handshake, frame codec, reassembly, close codes).
+//! - [`protocol`]: sans-io RFC 6455 and RFC 7692 (handshake, frame codec, reassembly, close
+//!   codes, permessage-deflate negotiation, compressor and bounded inflater).
+//! - [`listener`]: one SO_REUSEPORT listener per shard.
+//! - [`server`]: shard threads, monoio runtimes (io_uring or epoll), accept loops, the handle.
+//! - [`shard`]: what one shard owns (connections, rooms, pools) and per-connection state.
+//! - [`connection`]: per-connection tasks: handshake, reader, writer.
+//! - [`room`]: per-shard room registry.
+//! - [`fanout`]: encode-once broadcast, per-turn coalescing, cross-shard inboxes.
+//! - [`heartbeat`]: the per-shard timer sweep (pings, timeouts, drain).
+//! - [`http`]: plain HTTP answers (`/healthz`, status page, errors).
+//! - [`metrics`]: per-shard counters.
 
 #![warn(missing_docs, unreachable_pub)]
 

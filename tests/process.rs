@@ -232,3 +232,50 @@ fn bad_config_refuses_to_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/shardcast.toml"));
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn deflate_bomb_gets_1009_and_memory_stays_bounded() {
+    use shardcast::protocol::deflate::Compressor;
+    use shardcast::protocol::frame::OpCode;
+    let dir = std::env::temp_dir().join(format!("shardcast-bomb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bomb.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\nmax_message_bytes = \"1MiB\"\nmax_frame_bytes = \"1MiB\"\n",
+    )
+    .unwrap();
+    let d = spawn(&["--shards", "1", "--config", cfg.to_str().unwrap()]);
+    // 100 MiB of zeros, compressed to about 100 KiB.
+    let zeros = vec![0u8; 100 << 20];
+    let mut bomb = Vec::new();
+    Compressor::new(9, 15).compress(&zeros, true, &mut bomb);
+    drop(zeros);
+    assert!(bomb.len() < 200 << 10, "bomb is {} bytes", bomb.len());
+    let offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+    let (mut c, head) = Client::connect_with(d.addr, "/ws/bomb", offer);
+    assert!(head.contains("permessage-deflate"), "{head}");
+    let before = rss_kib(d.child.id());
+    c.send_compressed(OpCode::Binary, &bomb);
+    assert_eq!(c.expect_close(), 1009);
+    let after = rss_kib(d.child.id());
+    eprintln!("daemon RSS {before} KiB before, {after} KiB after the bomb");
+    assert!(
+        after < before + 8 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    // The daemon is fine and serves others.
+    let mut other = Client::connect(d.addr, "/ws/bomb");
+    other.send_text("still up");
+    assert_eq!(other.recv().unwrap().payload, b"still up");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run the Autobahn|Testsuite fuzzingclient against a locally started shardcast.
 #
-#   tests/autobahn/run.sh            # all cases except 12.* and 13.* (compression)
+#   tests/autobahn/run.sh            # all cases except the 84 slow compression cases
+#                                    # (12.*.9-10, 12.*.14-18, same in 13: the Python 2
+#                                    # client compresses slowly; ~15 of a 20-minute run)
 #   tests/autobahn/run.sh --full     # every case, nothing excluded
 #
 # Steps: setup.sh (Python 2.7 venv with wstest) -> cargo build --release ->
@@ -12,7 +14,7 @@
 #
 # Environment knobs (all optional):
 #   AUTOBAHN_EXCLUDE   JSON list of case patterns to exclude
-#                      (default '["12.*", "13.*"]'; ignored with --full)
+#                      (default: the 84 slow compression cases; ignored with --full)
 #   AUTOBAHN_CASES     JSON list of case patterns to run (default '["*"]')
 #   AUTOBAHN_TIMEOUT   seconds before wstest is killed (default 3600)
 #   AUTOBAHN_REPORTS   report directory (default $REPO/target/autobahn-reports)
@@ -54,7 +56,7 @@ done
 if [[ "$FULL" == 1 ]]; then
     EXCLUDE='[]'
 else
-    EXCLUDE="${AUTOBAHN_EXCLUDE:-[\"12.*\", \"13.*\"]}"
+    EXCLUDE="${AUTOBAHN_EXCLUDE:-[\"12.*.9\",\"12.*.10\",\"12.*.14\",\"12.*.15\",\"12.*.16\",\"12.*.17\",\"12.*.18\",\"13.*.9\",\"13.*.10\",\"13.*.14\",\"13.*.15\",\"13.*.16\",\"13.*.17\",\"13.*.18\"]}"
 fi
 CASES="${AUTOBAHN_CASES:-[\"*\"]}"
 

@@ -29,6 +29,7 @@ pub fn daemon(driver: &str, extra_toml: &str) -> ServerHandle {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -48,9 +49,14 @@ pub struct Client {
 pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 pub fn upgrade_request(path: &str) -> String {
+    upgrade_request_with(path, "")
+}
+
+/// An upgrade request with extra header lines (each ending in \r\n).
+pub fn upgrade_request_with(path: &str, extra: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     )
 }
 
@@ -82,10 +88,23 @@ impl Client {
         Self::handshake(TcpStream::connect(addr)?, path)
     }
 
-    fn handshake(mut stream: TcpStream, path: &str) -> io::Result<Client> {
+    /// Connect with extra request headers; returns the client and the response head.
+    pub fn connect_with(addr: SocketAddr, path: &str, extra: &str) -> (Client, String) {
+        Self::handshake_with(TcpStream::connect(addr).unwrap(), path, extra).unwrap()
+    }
+
+    fn handshake(stream: TcpStream, path: &str) -> io::Result<Client> {
+        Self::handshake_with(stream, path, "").map(|(c, _)| c)
+    }
+
+    fn handshake_with(
+        mut stream: TcpStream,
+        path: &str,
+        extra: &str,
+    ) -> io::Result<(Client, String)> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-        stream.write_all(upgrade_request(path).as_bytes())?;
+        stream.write_all(upgrade_request_with(path, extra).as_bytes())?;
         let mut buf = Vec::new();
         let mut tmp = [0u8; 4096];
         let head_end = loop {
@@ -110,7 +129,7 @@ impl Client {
             "{head}"
         );
         buf.drain(..head_end);
-        Ok(Client { stream, buf })
+        Ok((Client { stream, buf }, head))
     }
 
     /// Wrap an already-upgraded stream (e.g. a `try_clone` used by a reader thread).
@@ -123,6 +142,13 @@ impl Client {
 
     pub fn send_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) {
         let f = encode_client_frame(fin, opcode, MASK, payload);
+        self.stream.write_all(&f).unwrap();
+    }
+
+    /// Send an already-compressed payload as one frame with RSV1 set (permessage-deflate).
+    pub fn send_compressed(&mut self, opcode: OpCode, compressed: &[u8]) {
+        let mut f = encode_client_frame(true, opcode, MASK, compressed);
+        f[0] |= 0x40;
         self.stream.write_all(&f).unwrap();
     }
 
@@ -177,6 +203,7 @@ impl Client {
         self.buf.drain(..hl + len);
         Ok(Frame {
             fin: b0 & 0x80 != 0,
+            rsv1: b0 & 0x40 != 0,
             opcode: b0 & 0x0f,
             payload,
         })
