@@ -284,8 +284,11 @@ async fn read_loop(shard: &ShardRef, id: ConnId, rh: &mut OwnedReadHalf<TcpStrea
         )
     };
     let mut inflate = deflate.map(|params| Box::new(Inbound { params, own: None }));
+    // SAFETY: a shared reference to the stream only to read its fd (see `readable` below).
+    let fd = std::os::fd::AsRawFd::as_raw_fd(unsafe { &*rh.0.get() });
     let mut discard = false;
-    loop {
+    let mut more_ready = !rbuf.is_empty();
+    'conn: loop {
         if discard {
             rbuf.clear();
         }
@@ -305,39 +308,49 @@ async fn read_loop(shard: &ShardRef, id: ConnId, rh: &mut OwnedReadHalf<TcpStrea
                 Box::pin(send_blocked(blocked)).await;
                 continue;
             }
-            Step::Done => break,
+            Step::Done => break 'conn,
         };
-        // Get a buffer to read into.
-        if rbuf.is_empty() {
-            // Idle: hold no buffer while waiting.
-            give_back(shard, std::mem::take(&mut rbuf));
-            // SAFETY: `readable` takes `&self` and only submits a poll for readiness; the write
-            // half never moves or mutates the stream while it is shared (monoio's own split works
-            // the same way).
-            let stream: &TcpStream = unsafe { &*rh.0.get() };
-            if stream.readable(false).await.is_err() {
-                break;
-            }
-            rbuf = shard.borrow_mut().take_read_buf();
-        } else if rbuf.capacity() - rbuf.len() < 1024 || need > rbuf.capacity() {
-            // A partial frame: make room for the rest of it (bounded by the frame limit, which
-            // the decoder has already checked against the header).
+        // Make room for the rest of a partial frame (bounded by the frame limit, which the
+        // decoder has already checked against the header).
+        if !rbuf.is_empty() && (rbuf.capacity() - rbuf.len() < 1024 || need > rbuf.capacity()) {
             let want = need
                 .saturating_sub(rbuf.len())
                 .max(4096)
                 .min(READ_BUF_SIZE.max(need));
             rbuf.reserve(want);
         }
-        // Inline (not through `read_append`) so the task holds one copy of the buffer handle.
-        let slice = spare(rbuf);
-        let (res, slice) = rh.read(slice).await;
-        rbuf = slice.into_inner();
-        match res {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
-                    c.last_seen = Tick::at(Instant::now());
+        // Read on readiness: wait for the socket to be readable holding no buffer (an idle
+        // connection keeps none), then take what is there with one non-blocking recv into the
+        // pooled buffer (or the partial frame's own). One ring round trip per read, not two.
+        loop {
+            if !more_ready {
+                if rbuf.is_empty() {
+                    give_back(shard, std::mem::take(&mut rbuf));
                 }
+                // SAFETY: `readable` takes `&self` and only submits a poll for readiness; the
+                // write half never moves or mutates the stream while it is shared (monoio's own
+                // split works the same way).
+                let stream: &TcpStream = unsafe { &*rh.0.get() };
+                if stream.readable(false).await.is_err() {
+                    break 'conn;
+                }
+            }
+            if rbuf.capacity() == 0 {
+                rbuf = shard.borrow_mut().take_read_buf();
+            }
+            match recv_nonblocking(fd, &mut rbuf) {
+                Ok(0) => break 'conn,
+                Ok(_) => {
+                    // A full buffer means more may be waiting: read again before polling.
+                    more_ready = rbuf.len() == rbuf.capacity();
+                    if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                        c.last_seen = Tick::at(Instant::now());
+                    }
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => more_ready = false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break 'conn,
             }
         }
     }
@@ -384,6 +397,31 @@ fn inflate_message(
         return Err(ProtocolError::InvalidUtf8);
     }
     Ok(Message::from_payload(m.opcode, &out))
+}
+
+/// One `recv(MSG_DONTWAIT)` into the spare capacity of `buf` (after the bytes it holds).
+fn recv_nonblocking(fd: std::os::fd::RawFd, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() == buf.len() {
+        buf.reserve(4096);
+    }
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: recv writes at most `spare.len()` bytes into memory we own and do not read until
+    // `set_len`, which covers exactly the bytes the kernel reported written.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised `n` bytes after the current length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 /// The spare capacity of `buf` (after the bytes it already holds) as a read target: monoio's

@@ -143,15 +143,32 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
                 let run =
                     move || shard_main(ShardId(i), cfg, listener, inbox, peers, stats, open, ready);
                 let res = match driver {
+                    // Cooperative task running first (no inter-processor interrupt per completion,
+                    // which is costly, above all in VMs); then a plain ring for kernels without it;
+                    // then (auto only) epoll.
                     IoDriver::Auto => RuntimeBuilder::<FusionDriver>::new()
                         .with_entries(URING_ENTRIES)
+                        .uring_builder(coop_ring())
                         .enable_timer()
                         .build()
+                        .or_else(|_| {
+                            RuntimeBuilder::<FusionDriver>::new()
+                                .with_entries(URING_ENTRIES)
+                                .enable_timer()
+                                .build()
+                        })
                         .map(|mut rt| rt.block_on(run())),
                     IoDriver::IoUring => RuntimeBuilder::<IoUringDriver>::new()
                         .with_entries(URING_ENTRIES)
+                        .uring_builder(coop_ring())
                         .enable_timer()
                         .build()
+                        .or_else(|_| {
+                            RuntimeBuilder::<IoUringDriver>::new()
+                                .with_entries(URING_ENTRIES)
+                                .enable_timer()
+                                .build()
+                        })
                         .map(|mut rt| rt.block_on(run())),
                     IoDriver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
                         .with_entries(URING_ENTRIES)
@@ -200,6 +217,14 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
         threads,
         driver,
     })
+}
+
+/// io_uring setup with IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG (Linux 5.19+):
+/// completions are processed when the shard next enters the kernel instead of interrupting it.
+fn coop_ring() -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    b.setup_coop_taskrun().setup_taskrun_flag();
+    b
 }
 
 fn runtime_failure() -> ServerError {

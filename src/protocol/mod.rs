@@ -6,6 +6,7 @@
 pub mod close;
 pub mod decoder;
 pub mod deflate;
+pub mod envelope;
 pub mod frame;
 pub mod handshake;
 
