@@ -65,17 +65,29 @@ struct Conn {
     pub_base: u32,
     expected: Box<[u64]>,
     ignore: bool,
+    /// Saw a gap in some publisher's sequence.
+    lossy: bool,
 }
 
 pub enum Traffic {
     None,
     /// One publisher (conn 0, id 0) at a fixed rate.
-    FanoutRate { t0: u64, period_ns: f64, k: u64 },
+    FanoutRate {
+        t0: u64,
+        period_ns: f64,
+        k: u64,
+    },
     /// One publisher keeping at most `window` publishes not yet received by every subscriber.
-    FanoutMax { window: u64 },
+    FanoutMax {
+        window: u64,
+    },
     /// Every connection publishes; the global schedule sends message j at t0 + j*period from
     /// connection j % n (so each connection sends every n*period, offsets evenly spread).
-    Rooms { t0: u64, period_ns: f64, j: u64 },
+    Rooms {
+        t0: u64,
+        period_ns: f64,
+        j: u64,
+    },
     /// Each connection keeps one message in flight to itself.
     Echo,
 }
@@ -106,6 +118,8 @@ pub struct Engine {
     pub hist: Hist,
     pub c: Counters,
     pub gaps: u64,
+    /// Connections that saw at least one gap.
+    pub lossy_conns: u64,
     pub out_of_order: u64,
     pub foreign: u64,
     pub short_msgs: u64,
@@ -136,7 +150,13 @@ pub struct OpenResult {
 }
 
 impl Engine {
-    pub fn new(dst: SocketAddrV4, host_header: String, path_prefix: String, sources: u32, size: usize) -> io::Result<Self> {
+    pub fn new(
+        dst: SocketAddrV4,
+        host_header: String,
+        path_prefix: String,
+        sources: u32,
+        size: usize,
+    ) -> io::Result<Self> {
         let size = size.max(HEADER_BYTES);
         let mut template = Vec::with_capacity(size + 14);
         template.push(0x82); // FIN + binary
@@ -173,6 +193,7 @@ impl Engine {
             hist: Hist::new(),
             c: Counters::default(),
             gaps: 0,
+            lossy_conns: 0,
             out_of_order: 0,
             foreign: 0,
             short_msgs: 0,
@@ -224,6 +245,7 @@ impl Engine {
                 pub_base: s.pub_base,
                 expected: vec![0u64; s.n_pubs as usize].into_boxed_slice(),
                 ignore: s.ignore,
+                lossy: false,
             });
             self.next_seq.push(0);
         }
@@ -269,7 +291,12 @@ impl Engine {
 
     fn start_connect(&mut self, i: usize) {
         let src = if self.sources > 0 && self.dst.ip().is_loopback() {
-            Some(Ipv4Addr::new(127, 0, 0, 1 + (i as u32 % self.sources) as u8))
+            Some(Ipv4Addr::new(
+                127,
+                0,
+                0,
+                1 + (i as u32 % self.sources) as u8,
+            ))
         } else {
             None
         };
@@ -317,8 +344,10 @@ impl Engine {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => panic!("poll: {e}"),
         }
-        let now = now_ns();
         for ev in events.iter() {
+            // Per event, not per batch: a batch of thousands of events takes a while to handle
+            // and latency is taken against this time.
+            let now = now_ns();
             let i = ev.token().0;
             if i >= self.conns.len() {
                 continue;
@@ -331,8 +360,9 @@ impl Engine {
                 }
                 _ => {}
             }
-            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                self.on_readable(i, now);
+            let closed = ev.is_read_closed() || ev.is_error();
+            if ev.is_readable() || closed {
+                self.on_readable(i, now, closed);
             }
             if ev.is_writable() && i < self.conns.len() && self.conns[i].blocked {
                 self.conns[i].blocked = false;
@@ -380,7 +410,10 @@ impl Engine {
         self.flush(i);
     }
 
-    fn on_readable(&mut self, i: usize, now: u64) {
+    /// Read until the socket is drained. A short read normally means it is (new data raises a
+    /// new edge), but not when the peer's FIN is queued behind the data (`closed`): then read on
+    /// until EOF, which would otherwise never be seen.
+    fn on_readable(&mut self, i: usize, now: u64, closed: bool) {
         let mut buf = std::mem::take(&mut self.rbuf);
         loop {
             let st = self.conns[i].state;
@@ -403,7 +436,7 @@ impl Engine {
                 Ok(n) => {
                     self.ingest(i, &buf[..n], now);
                     // A short read drained the socket: new data raises a new edge.
-                    if n < buf.len() {
+                    if n < buf.len() && !closed && self.conns[i].state != State::CloseAcked {
                         break;
                     }
                 }
@@ -411,7 +444,10 @@ impl Engine {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     if st == State::Handshake {
-                        *self.handshake_failures.entry(format!("{:?}", e.kind())).or_default() += 1;
+                        *self
+                            .handshake_failures
+                            .entry(format!("{:?}", e.kind()))
+                            .or_default() += 1;
                     } else if st != State::CloseAcked {
                         self.io_errors += 1;
                     }
@@ -429,7 +465,10 @@ impl Engine {
             c.inbuf.extend_from_slice(data);
             let Some(end) = c.inbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
                 if c.inbuf.len() > 16384 {
-                    *self.handshake_failures.entry("oversized response".into()).or_default() += 1;
+                    *self
+                        .handshake_failures
+                        .entry("oversized response".into())
+                        .or_default() += 1;
                     self.close(i);
                 }
                 return;
@@ -442,7 +481,11 @@ impl Engine {
                 })
             });
             if status != "101" || !accept_ok {
-                let key = if status != "101" { format!("HTTP {status}") } else { "bad accept".into() };
+                let key = if status != "101" {
+                    format!("HTTP {status}")
+                } else {
+                    "bad accept".into()
+                };
                 *self.handshake_failures.entry(key).or_default() += 1;
                 self.close(i);
                 return;
@@ -524,7 +567,11 @@ impl Engine {
             0x1 | 0x2 => self.on_message(i, payload, now),
             0x0 => {} // continuation: messages here are never fragmented by size, ignore
             0x8 => {
-                let code = if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 };
+                let code = if payload.len() >= 2 {
+                    u16::from_be_bytes([payload[0], payload[1]])
+                } else {
+                    1005
+                };
                 match self.conns[i].state {
                     State::Closing => {
                         self.clean_closes += 1;
@@ -587,14 +634,16 @@ impl Engine {
         }
         if seq > e {
             self.gaps += seq - e;
+            if !c.lossy {
+                c.lossy = true;
+                self.lossy_conns += 1;
+            }
         }
         c.expected[li] = seq + 1;
         match self.traffic {
             Traffic::FanoutMax { .. } => self.settle(e, seq + 1),
-            Traffic::Echo => {
-                if self.sending && pid as usize == i && seq + 1 == self.next_seq[i] {
-                    self.send_msg(i, now_ns());
-                }
+            Traffic::Echo if self.sending && pid as usize == i && seq + 1 == self.next_seq[i] => {
+                self.send_msg(i, now_ns());
             }
             _ => {}
         }
@@ -674,7 +723,10 @@ impl Engine {
                 Err(_) => {
                     match c.state {
                         State::Handshake => {
-                            *self.handshake_failures.entry("write error".into()).or_default() += 1
+                            *self
+                                .handshake_failures
+                                .entry("write error".into())
+                                .or_default() += 1
                         }
                         State::CloseAcked | State::Closing => {}
                         _ => self.io_errors += 1,
@@ -733,7 +785,11 @@ impl Engine {
             return;
         }
         match self.traffic {
-            Traffic::FanoutRate { t0, period_ns, mut k } => {
+            Traffic::FanoutRate {
+                t0,
+                period_ns,
+                mut k,
+            } => {
                 let mut n = 0;
                 while t0 + (k as f64 * period_ns) as u64 <= now && n < 4096 {
                     if self.conns[0].state == State::Open {
@@ -753,7 +809,11 @@ impl Engine {
                     self.send_msg(0, now);
                 }
             }
-            Traffic::Rooms { t0, period_ns, mut j } => {
+            Traffic::Rooms {
+                t0,
+                period_ns,
+                mut j,
+            } => {
                 let n = self.conns.len() as u64;
                 let mut sent = 0;
                 while t0 + (j as f64 * period_ns) as u64 <= now && sent < 65536 {
@@ -775,7 +835,11 @@ impl Engine {
         self.traffic = traffic;
         self.sending = true;
         if let Traffic::FanoutMax { .. } = self.traffic {
-            self.alive_subs = self.conns.iter().filter(|c| !c.ignore && c.state == State::Open).count() as u32;
+            self.alive_subs = self
+                .conns
+                .iter()
+                .filter(|c| !c.ignore && c.state == State::Open)
+                .count() as u32;
             self.oldest = self.next_seq[0];
             self.remaining.clear();
         }
@@ -840,7 +904,8 @@ impl Engine {
         for i in 0..self.conns.len() {
             if self.conns[i].state == State::Open {
                 let c = &mut self.conns[i];
-                c.out.extend_from_slice(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);
+                c.out
+                    .extend_from_slice(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);
                 c.state = State::Closing;
                 self.mark_dirty(i);
             }
@@ -857,7 +922,9 @@ impl Engine {
         let mut left: BTreeMap<String, u64> = BTreeMap::new();
         for i in 0..self.conns.len() {
             if self.conns[i].state != State::Closed && self.conns[i].state != State::NotStarted {
-                *left.entry(format!("{:?}", self.conns[i].state)).or_default() += 1;
+                *left
+                    .entry(format!("{:?}", self.conns[i].state))
+                    .or_default() += 1;
                 self.close(i);
             }
         }
@@ -888,7 +955,13 @@ fn connect_socket(src: Option<Ipv4Addr>, dst: SocketAddrV4) -> io::Result<TcpStr
             Ok(())
         }
     }
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -901,7 +974,11 @@ fn connect_socket(src: Option<Ipv4Addr>, dst: SocketAddrV4) -> io::Result<TcpStr
         setopt(fd, libc::IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)?;
         let sa = sockaddr(SocketAddrV4::new(src, 0));
         let r = unsafe {
-            libc::bind(fd, &sa as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as u32)
+            libc::bind(
+                fd,
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
         };
         if r < 0 {
             return Err(io::Error::last_os_error());
@@ -909,7 +986,11 @@ fn connect_socket(src: Option<Ipv4Addr>, dst: SocketAddrV4) -> io::Result<TcpStr
     }
     let sa = sockaddr(dst);
     let r = unsafe {
-        libc::connect(std_stream.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as u32)
+        libc::connect(
+            std_stream.as_raw_fd(),
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
     };
     if r < 0 {
         let e = io::Error::last_os_error();

@@ -102,7 +102,19 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_tight() {
         let mut last = 0;
-        for v in [0u64, 1, 5, 127, 128, 129, 1000, 65_535, 1 << 20, 123_456_789, u64::MAX / 3] {
+        for v in [
+            0u64,
+            1,
+            5,
+            127,
+            128,
+            129,
+            1000,
+            65_535,
+            1 << 20,
+            123_456_789,
+            u64::MAX / 3,
+        ] {
             let i = Hist::index(v);
             assert!(i >= last);
             last = i;

@@ -84,7 +84,11 @@ impl Args {
                 }
             }
         }
-        Ok(Args { scenario, flags, switches })
+        Ok(Args {
+            scenario,
+            flags,
+            switches,
+        })
     }
     fn has(&self, s: &str) -> bool {
         self.switches.iter().any(|x| x == s)
@@ -121,10 +125,12 @@ struct Report {
 
 impl Report {
     fn i(&mut self, k: &str, v: impl TryInto<i64>) {
-        self.fields.push((k.into(), V::I(v.try_into().unwrap_or(i64::MAX))));
+        self.fields
+            .push((k.into(), V::I(v.try_into().unwrap_or(i64::MAX))));
     }
     fn f(&mut self, k: &str, v: f64) {
-        self.fields.push((k.into(), if v.is_finite() { V::F(v) } else { V::Null }));
+        self.fields
+            .push((k.into(), if v.is_finite() { V::F(v) } else { V::Null }));
     }
     fn of(&mut self, k: &str, v: Option<f64>) {
         match v {
@@ -174,7 +180,8 @@ impl Report {
                 V::S(s) => esc(s),
                 V::Null => "null".into(),
                 V::Obj(m) => {
-                    let inner: Vec<String> = m.iter().map(|(k, v)| format!("{}:{v}", esc(k))).collect();
+                    let inner: Vec<String> =
+                        m.iter().map(|(k, v)| format!("{}:{v}", esc(k))).collect();
                     format!("{{{}}}", inner.join(","))
                 }
             };
@@ -201,7 +208,11 @@ impl Report {
                 V::S(s) => s.clone(),
                 V::Null => "-".into(),
                 V::Obj(m) if m.is_empty() => "none".into(),
-                V::Obj(m) => m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "),
+                V::Obj(m) => m
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             };
             o.push_str(&format!("  {k:<w$}  {val}\n"));
         }
@@ -213,7 +224,7 @@ fn group(x: i64) -> String {
     let s = x.unsigned_abs().to_string();
     let mut o = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             o.push('_');
         }
         o.push(ch);
@@ -243,13 +254,23 @@ struct Common {
 }
 
 const COMMON: &[&str] = &[
-    "url", "server-pid", "duration", "warmup", "drain", "size", "sources", "handshake-inflight",
-    "settle", "label",
+    "url",
+    "server-pid",
+    "duration",
+    "warmup",
+    "drain",
+    "size",
+    "sources",
+    "handshake-inflight",
+    "settle",
+    "label",
 ];
 
 fn common(a: &Args) -> Result<Common, String> {
     let url: String = a.get("url", "ws://127.0.0.1:9300".to_string())?;
-    let rest = url.strip_prefix("ws://").ok_or("--url must start with ws://")?;
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or("--url must start with ws://")?;
     let (hostport, prefix) = match rest.find('/') {
         Some(p) => (&rest[..p], rest[p..].trim_end_matches('/').to_string()),
         None => (rest, String::new()),
@@ -298,11 +319,17 @@ fn raise_nofile() -> u64 {
 }
 
 fn engine(c: &Common) -> Engine {
-    let mut e = Engine::new(c.dst, c.host_header.clone(), c.prefix.clone(), c.sources, c.size)
-        .unwrap_or_else(|e| {
-            eprintln!("loadgen: {e}");
-            std::process::exit(1)
-        });
+    let mut e = Engine::new(
+        c.dst,
+        c.host_header.clone(),
+        c.prefix.clone(),
+        c.sources,
+        c.size,
+    )
+    .unwrap_or_else(|e| {
+        eprintln!("loadgen: {e}");
+        std::process::exit(1)
+    });
     e.handshake_inflight = c.inflight;
     e
 }
@@ -311,13 +338,24 @@ fn head(r: &mut Report, scenario: &str, c: &Common) {
     r.s("scenario", scenario);
     r.s("label", &c.label);
     r.s("url", &c.url);
-    r.oi("server_pid", c.server_pid.as_deref().and_then(|p| p.parse().ok()));
+    r.oi(
+        "server_pid",
+        c.server_pid.as_deref().and_then(|p| p.parse().ok()),
+    );
 }
 
 fn errors(r: &mut Report, e: &Engine) -> u64 {
-    let closes: Vec<(String, i64)> = e.server_closes.iter().map(|(k, v)| (k.to_string(), *v as i64)).collect();
+    let closes: Vec<(String, i64)> = e
+        .server_closes
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v as i64))
+        .collect();
     let closes_total: u64 = e.server_closes.values().sum();
-    let hs: Vec<(String, i64)> = e.handshake_failures.iter().map(|(k, v)| (k.clone(), *v as i64)).collect();
+    let hs: Vec<(String, i64)> = e
+        .handshake_failures
+        .iter()
+        .map(|(k, v)| (k.clone(), *v as i64))
+        .collect();
     let hs_total: u64 = e.handshake_failures.values().sum();
     r.i("server_closes", closes_total);
     r.obj("server_closes_by_code", closes);
@@ -326,10 +364,21 @@ fn errors(r: &mut Report, e: &Engine) -> u64 {
     r.obj("handshake_failures_by_kind", hs);
     r.i("eof_errors", e.eof_errors);
     r.i("io_errors", e.io_errors);
-    r.i("protocol_errors", e.protocol_errors + e.foreign + e.short_msgs);
+    r.i(
+        "protocol_errors",
+        e.protocol_errors + e.foreign + e.short_msgs,
+    );
+    r.i("close_timeouts", e.close_timeouts);
     r.i("pings_answered", e.pings);
-    let total = closes_total + e.connect_errors + hs_total + e.eof_errors + e.io_errors
-        + e.protocol_errors + e.foreign + e.short_msgs;
+    let total = closes_total
+        + e.connect_errors
+        + hs_total
+        + e.eof_errors
+        + e.io_errors
+        + e.close_timeouts
+        + e.protocol_errors
+        + e.foreign
+        + e.short_msgs;
     r.i("errors_total", total);
     total
 }
@@ -374,14 +423,31 @@ fn measure(e: &mut Engine, c: &Common, r: &mut Report) {
     r.f("lat_max_us", us(h.max));
     r.f("lat_mean_us", h.mean() / 1000.0);
     r.i("losses", e.gaps);
+    r.i("conns_with_losses", e.lossy_conns);
     r.i("losses_tail", tail);
     r.i("out_of_order", e.out_of_order);
     r.of("server_cpu", sh.server);
     r.of("server_cpu_user", sh.server_user);
     r.of("server_cpu_sys", sh.server_sys);
     r.of("loadgen_cpu", sh.me);
-    r.of("deliveries_per_server_cpu_s", sh.server.map(|s| del / s.max(1e-9)));
+    r.of(
+        "deliveries_per_server_cpu_s",
+        sh.server.map(|s| del / s.max(1e-9)),
+    );
+    // Everything from the first message to the end of the drain (for per-message counts taken
+    // over the whole run, e.g. perf/profile.sh's syscalls per delivery).
+    r.i("deliveries_total", e.c.delivered);
+    r.i("sent_total", e.c.sent);
     host(r, &sh);
+    // A load generator near a full core may itself be what limits the numbers.
+    let saturated = sh.me.is_some_and(|m| m >= 0.9);
+    r.i("loadgen_saturated", saturated as u8);
+    if saturated {
+        eprintln!(
+            "loadgen: WARNING: loadgen used {:.2} of a core: it may be the bottleneck",
+            sh.me.unwrap()
+        );
+    }
     r.oi("server_rss_kib", rss);
 }
 
@@ -392,7 +458,10 @@ fn open_or_die(e: &mut Engine, specs: Vec<Spec>, r: &mut Report) -> bool {
     r.f("connect_s", o.secs);
     r.f("handshakes_per_s", o.opened as f64 / o.secs.max(1e-9));
     if o.failed > 0 || o.opened < n {
-        eprintln!("loadgen: {} of {n} connections failed to open", n - o.opened);
+        eprintln!(
+            "loadgen: {} of {n} connections failed to open",
+            n - o.opened
+        );
     }
     o.opened > 0
 }
@@ -429,8 +498,18 @@ fn run() -> Result<u8, String> {
             r.oi("window", max.then_some(window));
             r.i("size", c.size);
             e = engine(&c);
-            let mut specs = vec![Spec { room: "fanout".into(), pub_base: 0, n_pubs: 1, ignore: true }];
-            specs.extend((0..n).map(|_| Spec { room: "fanout".into(), pub_base: 0, n_pubs: 1, ignore: false }));
+            let mut specs = vec![Spec {
+                room: "fanout".into(),
+                pub_base: 0,
+                n_pubs: 1,
+                ignore: true,
+            }];
+            specs.extend((0..n).map(|_| Spec {
+                room: "fanout".into(),
+                pub_base: 0,
+                n_pubs: 1,
+                ignore: false,
+            }));
             if !open_or_die(&mut e, specs, &mut r) {
                 return Err("no connection opened".into());
             }
@@ -438,7 +517,11 @@ fn run() -> Result<u8, String> {
             if max {
                 e.start(Traffic::FanoutMax { window });
             } else {
-                e.start(Traffic::FanoutRate { t0: now_ns(), period_ns: 1e9 / rate, k: 0 });
+                e.start(Traffic::FanoutRate {
+                    t0: now_ns(),
+                    period_ns: 1e9 / rate,
+                    k: 0,
+                });
             }
             measure(&mut e, &c, &mut r);
         }
@@ -450,8 +533,10 @@ fn run() -> Result<u8, String> {
             let n: usize = a.get("clients", 2000)?;
             let k: usize = a.get("room-size", 10)?;
             let rate: f64 = a.get("rate", 5.0)?;
-            if k == 0 || n % k != 0 || rate <= 0.0 {
-                return Err("rooms: --clients must be a multiple of --room-size, --rate > 0".into());
+            if k == 0 || !n.is_multiple_of(k) || rate <= 0.0 {
+                return Err(
+                    "rooms: --clients must be a multiple of --room-size, --rate > 0".into(),
+                );
             }
             head(&mut r, "rooms", &c);
             r.i("clients", n);
@@ -471,7 +556,11 @@ fn run() -> Result<u8, String> {
                 return Err("no connection opened".into());
             }
             settle(&mut e, &c);
-            e.start(Traffic::Rooms { t0: now_ns(), period_ns: 1e9 / (rate * n as f64), j: 0 });
+            e.start(Traffic::Rooms {
+                t0: now_ns(),
+                period_ns: 1e9 / (rate * n as f64),
+                j: 0,
+            });
             measure(&mut e, &c, &mut r);
         }
         "echo" => {
@@ -484,7 +573,12 @@ fn run() -> Result<u8, String> {
             r.i("size", c.size);
             e = engine(&c);
             let specs = (0..n)
-                .map(|i| Spec { room: format!("echo{i}"), pub_base: i as u32, n_pubs: 1, ignore: false })
+                .map(|i| Spec {
+                    room: format!("echo{i}"),
+                    pub_base: i as u32,
+                    n_pubs: 1,
+                    ignore: false,
+                })
                 .collect();
             if !open_or_die(&mut e, specs, &mut r) {
                 return Err("no connection opened".into());
@@ -492,6 +586,12 @@ fn run() -> Result<u8, String> {
             settle(&mut e, &c);
             e.start(Traffic::Echo);
             measure(&mut e, &c, &mut r);
+            // In this scenario a delivery is a completed round trip and latency is the RTT.
+            let rt = r.fields.iter().find_map(|(k, v)| match v {
+                V::F(x) if k == "deliveries_per_s" => Some(*x),
+                _ => None,
+            });
+            r.of("round_trips_per_s", rt);
         }
         "idle" => {
             let mut known = COMMON.to_vec();
@@ -509,7 +609,10 @@ fn run() -> Result<u8, String> {
             e = engine(&c);
             let specs = (0..n)
                 .map(|i| Spec {
-                    room: if k == 0 { "idle".into() } else { format!("idle{}", i / k) },
+                    room: match i.checked_div(k) {
+                        None => "idle".into(), // --room-size 0: all in one room
+                        Some(r) => format!("idle{r}"),
+                    },
                     pub_base: 0,
                     n_pubs: 0,
                     ignore: true,
@@ -557,7 +660,12 @@ fn run() -> Result<u8, String> {
             let mut after_first = None;
             for cy in 0..cycles {
                 let specs = (0..n)
-                    .map(|i| Spec { room: format!("churn{i}"), pub_base: 0, n_pubs: 0, ignore: true })
+                    .map(|i| Spec {
+                        room: format!("churn{i}"),
+                        pub_base: 0,
+                        n_pubs: 0,
+                        ignore: true,
+                    })
                     .collect();
                 let o = e.open_all(specs);
                 opened += o.opened;
@@ -598,7 +706,14 @@ fn run() -> Result<u8, String> {
     }
     r.i("nofile_limit", nofile);
     let errs = errors(&mut r, &e);
-    println!("loadgen {sc}{}", if c.label.is_empty() { String::new() } else { format!(" [{}]", c.label) });
+    println!(
+        "loadgen {sc}{}",
+        if c.label.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", c.label)
+        }
+    );
     print!("{}", r.human());
     if c.json {
         println!("{}", r.json());

@@ -41,7 +41,11 @@ pub fn rss_kib(pid: &str) -> Option<u64> {
 pub fn host_times() -> Option<(f64, f64)> {
     let s = std::fs::read_to_string("/proc/stat").ok()?;
     let line = s.lines().next()?;
-    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
     if v.len() < 8 {
         return None;
@@ -81,8 +85,8 @@ pub struct CpuShare {
     /// Whole machine, in cores: busy (softirq included) and softirq alone.
     pub host_busy: Option<f64>,
     pub host_softirq: Option<f64>,
-    /// Busy time of everything that is neither loadgen, the server nor softirq: other processes
-    /// competing for the two cores (a noisy-run indicator).
+    /// Busy time of everything that is neither loadgen nor the server: other processes (and
+    /// ksoftirqd) competing for the cores (a noisy-run indicator).
     pub host_other: Option<f64>,
 }
 
@@ -95,8 +99,10 @@ pub fn share(a: &CpuSnap, b: &CpuSnap) -> CpuShare {
     let me = d(a.me, b.me);
     let sv = d(a.server, b.server);
     let host = d(a.host, b.host);
-    let other = host.map(|(busy, soft)| {
-        (busy - soft - me.map_or(0.0, |(u, s)| u + s) - sv.map_or(0.0, |(u, s)| u + s)).max(0.0)
+    // Tick-based accounting (no CONFIG_IRQ_TIME_ACCOUNTING, as here) charges softirq time to the
+    // task it interrupted, so loadgen's and the server's times already hold most of it.
+    let other = host.map(|(busy, _)| {
+        (busy - me.map_or(0.0, |(u, s)| u + s) - sv.map_or(0.0, |(u, s)| u + s)).max(0.0)
     });
     CpuShare {
         host_busy: host.map(|h| h.0),
