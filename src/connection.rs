@@ -509,7 +509,10 @@ impl WriteBatch {
 /// Dedicated-mode compression state of one connection (its own context, kept between messages
 /// unless the client asked for `server_no_context_takeover`).
 struct Dedicated {
-    comp: Compressor,
+    /// Created on the first message that is compressed: an idle connection holds no zlib state.
+    comp: Option<Compressor>,
+    level: u32,
+    window_bits: u8,
     reset: bool,
     threshold: usize,
 }
@@ -519,7 +522,9 @@ fn dedicated_compressor(shard: &ShardRef, params: Option<DeflateParams>) -> Opti
     let p = params?;
     (z.mode == DeflateMode::Dedicated).then(|| {
         Box::new(Dedicated {
-            comp: Compressor::new(z.level, p.compress_window_bits()),
+            comp: None,
+            level: z.level,
+            window_bits: p.compress_window_bits(),
             reset: p.server_no_context_takeover,
             threshold: z.threshold_bytes,
         })
@@ -555,7 +560,11 @@ impl Dedicated {
                     && !h.rsv1
                     && payload.len() >= self.threshold
                 {
-                    out.extend_from_slice(&self.comp.compress_frame(h.opcode, payload, self.reset));
+                    let (level, bits) = (self.level, self.window_bits);
+                    let comp = self
+                        .comp
+                        .get_or_insert_with(|| Compressor::new(level, bits));
+                    out.extend_from_slice(&comp.compress_frame(h.opcode, payload, self.reset));
                 } else {
                     out.extend_from_slice(frame);
                 }
