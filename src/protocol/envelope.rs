@@ -73,8 +73,8 @@ pub const SUBPROTOCOLS: [&str; 2] = [JSON_SUBPROTOCOL, CBOR_SUBPROTOCOL];
 pub const ENC_BASE64: &str = "base64";
 
 /// Deepest nesting of arrays, maps and tags accepted in a client frame (the frame's own map
-/// counts as one level). serde_json's limit; the CBOR decoder is given the same.
-pub const MAX_DEPTH: usize = 128;
+/// counts as one level): serde_json's fixed limit, given to the CBOR decoder too.
+pub const MAX_DEPTH: usize = 127;
 
 /// An op name (as sent by a client) longer than this is cut in [`EnvelopeError::UnknownOp`].
 const MAX_REPORTED_OP: usize = 32;
@@ -135,6 +135,14 @@ impl Format {
         match self {
             Format::Json => "json",
             Format::Cbor => "cbor",
+        }
+    }
+
+    /// The encoding's name for humans.
+    fn acronym(self) -> &'static str {
+        match self {
+            Format::Json => "JSON",
+            Format::Cbor => "CBOR",
         }
     }
 }
@@ -314,7 +322,7 @@ impl ServerOp<'_> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
     /// The payload does not parse in the connection's format.
-    #[error("frame is not a well-formed {} item", .0.as_str())]
+    #[error("frame is not a well-formed {} item", .0.acronym())]
     Malformed(Format),
     /// CBOR: bytes follow the first item.
     #[error("bytes follow the CBOR item")]
@@ -2299,7 +2307,17 @@ mod tests {
             Err(E::UnknownOp(name)) => assert_eq!(name, "é".repeat(16)),
             other => panic!("{other:?}"),
         }
-        // Labels.
+        // Reasons quoted in docs/protocol.md, and labels.
+        assert_eq!(
+            E::Malformed(Format::Json).to_string(),
+            "frame is not a well-formed JSON item"
+        );
+        assert_eq!(E::TrailingBytes.to_string(), "bytes follow the CBOR item");
+        assert_eq!(E::MissingField("room").to_string(), "missing field `room`");
+        assert_eq!(
+            E::UnknownOp("shout".into()).to_string(),
+            "unknown op \"shout\""
+        );
         assert_eq!(E::Malformed(Format::Cbor).as_str(), "malformed_cbor");
         assert_eq!(E::DuplicateField("op").as_str(), "duplicate_field");
         assert_eq!(E::DuplicateField("op").code(), "bad_field");
@@ -2507,14 +2525,26 @@ mod tests {
                 Err(EnvelopeError::Malformed(Format::Cbor))
             );
         }
-        // Just inside the limit: a frame whose data nests MAX_DEPTH - 2 arrays deep decodes.
-        let depth = MAX_DEPTH - 2;
-        let mut cbor = cbor_bytes(&map(&[("op", text("publish")), ("room", text("r"))]));
-        cbor[0] += 1; // one more pair
-        cbor_text(&mut cbor, "data");
-        cbor.extend(std::iter::repeat_n(0x81, depth));
-        cbor.push(0x00);
-        assert!(decode_client(&cbor, Format::Cbor).is_ok());
+        // The limit exactly: the frame's map plus MAX_DEPTH - 1 nested arrays decode in both
+        // formats, one more array does not.
+        for (arrays, ok) in [(MAX_DEPTH - 1, true), (MAX_DEPTH, false)] {
+            let json = format!(
+                r#"{{"op":"publish","room":"r","data":{}0{}}}"#,
+                "[".repeat(arrays),
+                "]".repeat(arrays)
+            );
+            assert_eq!(
+                decode_client(json.as_bytes(), Format::Json).is_ok(),
+                ok,
+                "{arrays}"
+            );
+            let mut cbor = cbor_bytes(&map(&[("op", text("publish")), ("room", text("r"))]));
+            cbor[0] += 1; // one more pair
+            cbor_text(&mut cbor, "data");
+            cbor.extend(std::iter::repeat_n(0x81, arrays));
+            cbor.push(0x00);
+            assert_eq!(decode_client(&cbor, Format::Cbor).is_ok(), ok, "{arrays}");
+        }
         // Declared lengths far beyond the payload fail without allocating them.
         for head in [0x5b, 0x7b, 0x9b, 0xbb] {
             let mut cbor = vec![head];
@@ -2637,6 +2667,7 @@ mod tests {
         let members = [(12, info.clone()), (15, Data::Null)];
         let messages = [(21, Some(12), data.clone()), (22, None, bytes.clone())];
         let id = int(7);
+        let bad_room = EnvelopeError::BadRoom.to_string();
         let server: Vec<(ServerOp<'_>, &str)> = vec![
             (ServerOp::Welcome { conn: 12 }, "a2626f706777656c636f6d6564636f6e6e0c"),
             (ServerOp::Subscribed { room: "chat:42", seq: 20, epoch: 3, recovered: true }, "a5626f706a7375627363726962656464726f6f6d67636861743a343263736571146565706f636803697265636f7665726564f5"),
@@ -2647,7 +2678,7 @@ mod tests {
             (ServerOp::Presence { room: "chat:42", members: &members }, "a3626f706870726573656e636564726f6f6d67636861743a3432676d656d6265727382a264636f6e6e0c64696e666fa1646e616d6563616461a264636f6e6e0f64696e666ff6"),
             (ServerOp::History { room: "chat:42", epoch: 3, messages: &messages, complete: true }, "a5626f7067686973746f727964726f6f6d67636861743a34326565706f636803686d6573736167657382a363736571156466726f6d0c6464617461a16474657874626869a363736571166466726f6df664646174614300010268636f6d706c657465f5"),
             (ServerOp::Ack { id: &id, seq: 21 }, "a3626f706361636b626964076373657115"),
-            (ServerOp::Error { code: "bad_room", reason: "room name must be 1-128 bytes of A-Z a-z 0-9 _ . : -", id: Some(&id) }, "a4626f70656572726f7264636f6465686261645f726f6f6d66726561736f6e7834726f6f6d206e616d65206d75737420626520312d313238206279746573206f6620412d5a20612d7a20302d39205f202e203a202d62696407"),
+            (ServerOp::Error { code: EnvelopeError::BadRoom.code(), reason: &bad_room, id: Some(&id) }, "a4626f70656572726f7264636f6465686261645f726f6f6d66726561736f6e7834726f6f6d206e616d65206d75737420626520312d313238206279746573206f6620412d5a20612d7a20302d39205f202e203a202d62696407"),
         ];
         for (op, cbor_hex) in server {
             let cbor = encode_server(&op, Format::Cbor);
