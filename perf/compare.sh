@@ -24,6 +24,15 @@
 #   churn-1000x10       churn --connections 1000 --cycles 10   (not in the default list)
 #   shards2             shardcast --shards 1 vs --shards 2 on fanout-1k-max and fanout-10k-rate10
 #                       (only shardcast; see PLACEMENT below)
+#   fanout-1k-json-deflate
+#                       only shardcast, permessage-deflate off / shared / dedicated (perf/configs/
+#                       deflate-*.toml), alternating with fresh servers: fanout --subscribers 1000
+#                       --max --payload json --size 1024 --deflate (1 KiB compressible JSON text
+#                       messages; loadgen offers the extension and inflates what it receives)
+#   idle-deflate-5000   only shardcast, deflate shared vs dedicated: idle --connections 5000
+#                       --deflate --broadcast-once (RSS per connection idle, and again after one
+#                       1 KiB JSON broadcast to all: dedicated mode allocates a connection's
+#                       compressor on its first compressed message)
 #
 # PLACEMENT for shards2: on this 2-core machine a 2-shard server needs both cores, so there is no
 # core left to pin the load generator to. "shardcast-s1" runs exactly as everywhere else (server
@@ -117,6 +126,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 server_available() {
   case "$1" in
     shardcast|shardcast-s1|shardcast-s2) [ -x "$SHARDCAST" ] ;;
+    shardcast-deflate-*)
+      [ -x "$SHARDCAST" ] || return 1
+      [ -f "$PERF/configs/${1#shardcast-}.toml" ] \
+        || { warn "perf/configs/${1#shardcast-}.toml missing: skipping $1"; return 1; } ;;
     node-ws)
       [ -x "$PERF/ref/run-node-ws.sh" ] || { warn "perf/ref/run-node-ws.sh missing: skipping node-ws"; return 1; }
       [ -f "$PERF/ref/node-ws/node_modules/ws/package.json" ] \
@@ -197,6 +210,9 @@ start_server() {
   case "$name" in
     shardcast|shardcast-s1) taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 1 >"$logf" 2>&1 & ;;
     shardcast-s2) taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 2 >"$logf" 2>&1 & ;;
+    shardcast-deflate-*)  # perf/configs/deflate-{off,shared,dedicated}.toml
+      taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 1 \
+        --config "$PERF/configs/${name#shardcast-}.toml" >"$logf" 2>&1 & ;;
     node-ws) taskset -c "$cpus" "$PERF/ref/run-node-ws.sh" "$port" >"$logf" 2>&1 & ;;
     uws) taskset -c "$cpus" "$PERF/ref/run-uws.sh" "$port" >"$logf" 2>&1 & ;;
   esac
@@ -220,6 +236,8 @@ bench_args() {
     echo-100) echo "echo --connections 100" ;;
     idle-19000) echo "idle --connections 19000 --hold 5" ;;
     churn-1000x10) echo "churn --connections 1000 --cycles 10" ;;
+    fanout-1k-json-deflate) echo "fanout --subscribers 1000 --max --payload json --size 1024 --deflate" ;;
+    idle-deflate-5000) echo "idle --connections 5000 --deflate --broadcast-once" ;;
     *) return 1 ;;
   esac
 }
@@ -255,7 +273,7 @@ run_one() {  # bench server rep server_cpus loadgen_cpus
   stop_server
   if [ -n "$line" ]; then
     echo "{\"bench\":\"$bench\",\"server\":\"$server\",\"rep\":$rep,\"io_driver\":\"${drv:-}\",\"busy_before_run\":$BUSY_BEFORE,${line#\{}" >>"$RESULTS"
-    grep -E '^  (deliveries_per_s|lat_p99_us|server_cpu |rss_per_conn_kib|cycles_per_s|errors_total)' "$out" | sed 's/^/    /' >&2
+    grep -E '^  (deliveries_per_s|deliveries_per_server_cpu_s|lat_p99_us|server_cpu |wire_bytes_per_delivery|deflate_negotiated|rss_per_conn_kib|rss_per_conn_after_broadcast_kib|cycles_per_s|errors_total)' "$out" | sed 's/^/    /' >&2
   else
     warn "no JSON from loadgen for $bench/$server (see $out)"
     tail -3 "$out" | sed 's/^/    /' >&2
@@ -272,6 +290,22 @@ for bench in "${BENCHES[@]}"; do
       for rep in $(seq "$REPS"); do
         run_one "$sub" shardcast-s1 "$rep" "$SERVER_CPU" "$LOADGEN_CPU"
         run_one "$sub" shardcast-s2 "$rep" "0-$(( $(nproc) - 1 ))" "0-$(( $(nproc) - 1 ))"
+      done
+    done
+    continue
+  fi
+  # permessage-deflate variants: only shardcast, one fresh server per variant (A B C A B C ...).
+  variants=""
+  case "$bench" in
+    fanout-1k-json-deflate) variants="off shared dedicated" ;;
+    idle-deflate-5000) variants="shared dedicated" ;;
+  esac
+  if [ -n "$variants" ]; then
+    [ -x "$SHARDCAST" ] || { warn "shardcast missing: skipping $bench"; continue; }
+    for rep in $(seq "$REPS"); do
+      for v in $variants; do
+        server_available "shardcast-deflate-$v" || continue
+        run_one "$bench" "shardcast-deflate-$v" "$rep" "$SERVER_CPU" "$LOADGEN_CPU"
       done
     done
     continue

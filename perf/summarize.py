@@ -12,7 +12,9 @@ import os
 import statistics
 import sys
 
-SERVER_ORDER = ["shardcast", "shardcast-s1", "shardcast-s2", "node-ws", "uws"]
+SERVER_ORDER = ["shardcast", "shardcast-s1", "shardcast-s2", "shardcast-deflate-off", "shardcast-deflate-shared",
+                "shardcast-deflate-dedicated", "node-ws", "uws"]
+DEFLATE_PREFIX = "shardcast-deflate-"
 REF = "uws"
 
 
@@ -164,6 +166,53 @@ def churn_table(bench, by_server):
     return table(head, lines)
 
 
+def deflate_variant(server):
+    return server[len(DEFLATE_PREFIX):] if server.startswith(DEFLATE_PREFIX) else server
+
+
+def deflate_fanout_table(bench, by_server):
+    """permessage-deflate off / shared / dedicated on the same JSON fan-out."""
+    off = by_server.get(DEFLATE_PREFIX + "off")
+    off_c = med(off, "deliveries_per_server_cpu_s") if off else None
+    head = ["compression", "runs", "negotiated", "deliveries/s", "deliveries / server CPU-s", "per CPU-s vs off",
+            "p50", "p99", "wire B / delivery", "inflated B / delivery", "ratio", "server CPU", "loadgen CPU",
+            "other CPU", "errors"]
+    lines = []
+    for s in order(by_server):
+        runs = by_server[s]
+        c = med(runs, "deliveries_per_server_cpu_s")
+        w = med(runs, "wire_bytes_per_delivery")
+        lines.append([deflate_variant(s), len(runs), fmt(med(runs, "deflate_negotiated")),
+                      fmt(med(runs, "deliveries_per_s"), "rate"), fmt(c, "rate"), fmt(ratio(c, off_c), "ratio"),
+                      fmt(med(runs, "lat_p50_us"), "us"), fmt(med(runs, "lat_p99_us"), "us"),
+                      "–" if w is None else f"{w:.0f}", fmt(med(runs, "inflated_bytes_per_delivery")),
+                      fmt(med(runs, "compression_ratio"), "ratio"), fmt(med(runs, "server_cpu"), "cpu"),
+                      fmt(med(runs, "loadgen_cpu"), "cpu"), fmt(med(runs, "host_other_cores"), "cpu"),
+                      errors_cell(runs)])
+    return table(head, lines) + contended_note(by_server)
+
+
+def deflate_idle_table(bench, by_server):
+    """RSS per connection with permessage-deflate, idle and after one broadcast to all."""
+    head = ["compression", "runs", "connections", "negotiated", "RSS/conn idle (KiB)",
+            "RSS/conn after 1 broadcast (KiB)", "RSS after broadcast (MiB)", "broadcast received", "broadcast time",
+            "wire B / conn", "errors"]
+    lines = []
+    for s in order(by_server):
+        runs = by_server[s]
+        missing = sum(int(r.get("broadcast_missing") or 0) for r in runs)
+        err = errors_cell(runs)
+        if missing:
+            err = f"{missing} missed broadcast" if err == "0" else f"{err}; {missing} missed broadcast"
+        w = med(runs, "wire_bytes_per_delivery")
+        took = med(runs, "broadcast_s")
+        lines.append([deflate_variant(s), len(runs), fmt(med(runs, "open_at_end")), fmt(med(runs, "deflate_negotiated")),
+                      fmt(med(runs, "rss_per_conn_kib"), "kib"), fmt(med(runs, "rss_per_conn_after_broadcast_kib"), "kib"),
+                      fmt(med(runs, "server_rss_after_broadcast_kib"), "mib"), fmt(med(runs, "broadcast_received")),
+                      "–" if took is None else fmt(took * 1e6, "us"), "–" if w is None else f"{w:.0f}", err])
+    return table(head, lines)
+
+
 def shards_table(rows):
     head = ["scenario", "shards", "runs", "deliveries/s", "deliveries / server CPU-s", "server CPU", "p50", "p99",
             "p99.9", "errors"]
@@ -215,7 +264,18 @@ def main():
         scenario = next(iter(by_server.values()))[0].get("scenario")
         out.append(f"### {bench}")
         out.append("")
-        if scenario == "idle":
+        deflate = all(s.startswith(DEFLATE_PREFIX) for s in by_server)
+        if deflate and scenario == "fanout":
+            out += ["shardcast only, permessage-deflate off / shared / dedicated (perf/configs/deflate-*.toml); "
+                    "1 KiB JSON text messages. *wire B* = frame bytes received per delivery (headers included), "
+                    "*ratio* = inflated ÷ wire.", ""]
+            out.append(deflate_fanout_table(bench, by_server))
+        elif deflate and scenario == "idle":
+            out += ["shardcast only; server RSS growth per connection after connecting (idle), and again after "
+                    "one 1 KiB JSON broadcast reached every connection (+1 s): dedicated mode creates a "
+                    "connection's compressor on its first compressed message.", ""]
+            out.append(deflate_idle_table(bench, by_server))
+        elif scenario == "idle":
             out.append(idle_table(bench, by_server))
         elif scenario == "churn":
             out.append(churn_table(bench, by_server))

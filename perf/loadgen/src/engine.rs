@@ -8,10 +8,13 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use flate2::Decompress;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::deflate::{self, Mode};
 use crate::hist::Hist;
+use crate::payload::{self, Kind};
 
 /// Nanoseconds since a process-local monotonic epoch (the timestamps carried in payloads).
 pub fn now_ns() -> u64 {
@@ -25,8 +28,6 @@ const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
 /// RFC 6455 §1.3's sample key and its accept value.
 const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-/// Payload layout: send timestamp (8, LE), sequence (8, LE), publisher id (4, LE).
-pub const HEADER_BYTES: usize = 20;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum State {
@@ -67,6 +68,10 @@ struct Conn {
     ignore: bool,
     /// Saw a gap in some publisher's sequence.
     lossy: bool,
+    /// permessage-deflate as negotiated.
+    deflate: Mode,
+    /// Mode::Takeover: this connection's inflater (created on its first compressed message).
+    inflater: Option<Box<Decompress>>,
 }
 
 pub enum Traffic {
@@ -96,6 +101,12 @@ pub enum Traffic {
 pub struct Counters {
     pub delivered: u64,
     pub sent: u64,
+    /// Data frames received on counting (non-ignored) connections: frame bytes on the wire
+    /// (headers included), message bytes after inflating, and how many were compressed.
+    pub wire_bytes: u64,
+    pub inflated_bytes: u64,
+    pub data_frames: u64,
+    pub compressed_msgs: u64,
 }
 
 pub struct Engine {
@@ -106,6 +117,20 @@ pub struct Engine {
     dirty: Vec<usize>,
     template: Vec<u8>,
     size: usize,
+    kind: Kind,
+    /// JSON: offsets (in the payload) of the x/y digits rewritten in every message.
+    vary_at: Vec<usize>,
+    rng: u64,
+    /// Offer permessage-deflate in the handshake.
+    pub offer_deflate: bool,
+    /// Inflater shared by every Mode::Reset connection (reset after each message, memo of
+    /// identical frames unless `set_inflate_memo(false)`). None only while in use.
+    shared_inflater: Option<Box<deflate::SharedInflater>>,
+    /// Scratch output of inflating.
+    zbuf: Vec<u8>,
+    pub deflate_negotiated: u64,
+    pub deflate_no_context_takeover: u64,
+    pub inflate_errors: u64,
     next_seq: Vec<u64>,
     host_header: String,
     path_prefix: String,
@@ -156,10 +181,14 @@ impl Engine {
         path_prefix: String,
         sources: u32,
         size: usize,
+        kind: Kind,
     ) -> io::Result<Self> {
-        let size = size.max(HEADER_BYTES);
+        let size = size.max(kind.min_size());
         let mut template = Vec::with_capacity(size + 14);
-        template.push(0x82); // FIN + binary
+        template.push(match kind {
+            Kind::Binary => 0x82, // FIN + binary
+            Kind::Json => 0x81,   // FIN + text
+        });
         if size < 126 {
             template.push(0x80 | size as u8);
         } else if size <= 0xffff {
@@ -172,7 +201,15 @@ impl Engine {
         // Mask key 0,0,0,0: the mask bit is set (RFC 6455 requires masked client frames) and
         // masking is the identity, so the payload is written as is.
         template.extend_from_slice(&[0, 0, 0, 0]);
-        template.resize(template.len() + size, 0);
+        let mut vary_at = Vec::new();
+        match kind {
+            Kind::Binary => template.resize(template.len() + size, 0),
+            Kind::Json => {
+                let (p, at) = payload::json_template(size);
+                template.extend_from_slice(&p);
+                vary_at = at;
+            }
+        }
         Ok(Engine {
             poll: Poll::new()?,
             events: Events::with_capacity(8192),
@@ -181,6 +218,15 @@ impl Engine {
             dirty: Vec::new(),
             template,
             size,
+            kind,
+            vary_at,
+            rng: 0x2545_f491_4f6c_dd1d,
+            offer_deflate: false,
+            shared_inflater: Some(Box::new(deflate::SharedInflater::new(true))),
+            zbuf: Vec::with_capacity(64 * 1024),
+            deflate_negotiated: 0,
+            deflate_no_context_takeover: 0,
+            inflate_errors: 0,
             next_seq: Vec::new(),
             host_header,
             path_prefix,
@@ -246,6 +292,8 @@ impl Engine {
                 expected: vec![0u64; s.n_pubs as usize].into_boxed_slice(),
                 ignore: s.ignore,
                 lossy: false,
+                deflate: Mode::Off,
+                inflater: None,
             });
             self.next_seq.push(0);
         }
@@ -399,9 +447,14 @@ impl Engine {
                 return;
             }
         }
+        let ext = if self.offer_deflate {
+            format!("Sec-WebSocket-Extensions: {}\r\n", deflate::OFFER)
+        } else {
+            String::new()
+        };
         let req = format!(
             "GET {}/ws/{} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+             Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n",
             self.path_prefix, self.conns[i].room, self.host_header
         );
         let c = &mut self.conns[i];
@@ -490,6 +543,30 @@ impl Engine {
                 self.close(i);
                 return;
             }
+            let ext = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("sec-websocket-extensions"))
+                .map(|(_, v)| v.trim())
+                .collect::<Vec<_>>()
+                .join(",");
+            match deflate::negotiate(&ext, self.offer_deflate) {
+                Ok(m) => {
+                    c.deflate = m;
+                    if m != Mode::Off {
+                        self.deflate_negotiated += 1;
+                    }
+                    if m == Mode::Reset {
+                        self.deflate_no_context_takeover += 1;
+                    }
+                }
+                Err(kind) => {
+                    *self.handshake_failures.entry(kind.into()).or_default() += 1;
+                    self.close(i);
+                    return;
+                }
+            }
+            let c = &mut self.conns[i];
             c.inbuf.drain(..end + 4);
             c.state = State::Open;
             self.connecting -= 1;
@@ -549,12 +626,12 @@ impl Engine {
                 break;
             }
             p += h + len;
-            if masked {
-                // Servers must not mask (RFC 6455 §5.1).
+            if masked || b0 & 0x30 != 0 {
+                // Servers must not mask (RFC 6455 §5.1); RSV2/RSV3 are never negotiated.
                 self.protocol_errors += 1;
                 continue;
             }
-            self.on_frame(i, b0 & 0x0f, &rem[h..h + len], now);
+            self.on_frame(i, b0, &rem[h..h + len], h + len, now);
             if self.conns[i].state == State::Closed {
                 break;
             }
@@ -562,9 +639,16 @@ impl Engine {
         p
     }
 
-    fn on_frame(&mut self, i: usize, opcode: u8, payload: &[u8], now: u64) {
+    fn on_frame(&mut self, i: usize, b0: u8, payload: &[u8], wire: usize, now: u64) {
+        let opcode = b0 & 0x0f;
+        let rsv1 = b0 & 0x40 != 0;
+        if rsv1 && opcode >= 0x8 {
+            // Control frames are never compressed (RFC 7692 §6.1).
+            self.protocol_errors += 1;
+            return;
+        }
         match opcode {
-            0x1 | 0x2 => self.on_message(i, payload, now),
+            0x1 | 0x2 => self.on_data(i, opcode, rsv1, payload, wire, now),
             0x0 => {} // continuation: messages here are never fragmented by size, ignore
             0x8 => {
                 let code = if payload.len() >= 2 {
@@ -605,19 +689,77 @@ impl Engine {
         }
     }
 
+    /// A data frame (a whole message: nothing here is fragmented). Compressed ones (RSV1) are
+    /// inflated first. Ignored connections (the fan-out publisher's echoes) skip all of it.
     #[inline]
-    fn on_message(&mut self, i: usize, p: &[u8], now: u64) {
-        if p.len() < HEADER_BYTES {
-            self.short_msgs += 1;
-            return;
-        }
-        let ts = u64::from_le_bytes(p[0..8].try_into().unwrap());
-        let seq = u64::from_le_bytes(p[8..16].try_into().unwrap());
-        let pid = u32::from_le_bytes(p[16..20].try_into().unwrap());
+    fn on_data(&mut self, i: usize, opcode: u8, rsv1: bool, p: &[u8], wire: usize, now: u64) {
         let c = &mut self.conns[i];
         if c.ignore {
             return;
         }
+        self.c.wire_bytes += wire as u64;
+        self.c.data_frames += 1;
+        if !rsv1 {
+            self.c.inflated_bytes += p.len() as u64;
+            self.on_message(i, opcode, p, now);
+            return;
+        }
+        let ok = match c.deflate {
+            Mode::Off => {
+                self.protocol_errors += 1;
+                return;
+            }
+            Mode::Reset => {
+                let mut si = std::mem::take(&mut self.shared_inflater).expect("shared inflater");
+                match si.inflate(p) {
+                    Ok(out) => {
+                        self.c.compressed_msgs += 1;
+                        self.c.inflated_bytes += out.len() as u64;
+                        self.on_message(i, opcode, out, now);
+                    }
+                    Err(()) => self.inflate_errors += 1,
+                }
+                self.shared_inflater = Some(si);
+                return;
+            }
+            Mode::Takeover => {
+                let d = c
+                    .inflater
+                    .get_or_insert_with(|| Box::new(deflate::inflater()));
+                match deflate::inflate(d, p, &mut self.zbuf) {
+                    Ok(ended) => {
+                        if ended {
+                            d.reset(false);
+                        }
+                        true
+                    }
+                    Err(()) => false,
+                }
+            }
+        };
+        if ok {
+            let z = std::mem::take(&mut self.zbuf);
+            self.c.compressed_msgs += 1;
+            self.c.inflated_bytes += z.len() as u64;
+            self.on_message(i, opcode, &z, now);
+            self.zbuf = z;
+        } else {
+            self.inflate_errors += 1;
+        }
+    }
+
+    #[inline]
+    fn on_message(&mut self, i: usize, opcode: u8, p: &[u8], now: u64) {
+        let parsed = if opcode == 0x1 {
+            payload::parse_json_header(p)
+        } else {
+            payload::parse_binary_header(p)
+        };
+        let Some((ts, seq, pid)) = parsed else {
+            self.short_msgs += 1;
+            return;
+        };
+        let c = &mut self.conns[i];
         let li = pid.wrapping_sub(c.pub_base) as usize;
         if li >= c.expected.len() {
             self.foreign += 1;
@@ -679,9 +821,18 @@ impl Engine {
         let c = &mut self.conns[i];
         let start = c.out.len() + self.template.len() - self.size;
         c.out.extend_from_slice(&self.template);
-        c.out[start..start + 8].copy_from_slice(&now.to_le_bytes());
-        c.out[start + 8..start + 16].copy_from_slice(&seq.to_le_bytes());
-        c.out[start + 16..start + 20].copy_from_slice(&(i as u32).to_le_bytes());
+        let p = &mut c.out[start..];
+        match self.kind {
+            Kind::Binary => {
+                p[0..8].copy_from_slice(&now.to_le_bytes());
+                p[8..16].copy_from_slice(&seq.to_le_bytes());
+                p[16..20].copy_from_slice(&(i as u32).to_le_bytes());
+            }
+            Kind::Json => {
+                payload::vary(p, &self.vary_at, &mut self.rng);
+                payload::write_json_header(p, now, seq, i as u32);
+            }
+        }
         self.mark_dirty(i);
     }
 
@@ -751,6 +902,7 @@ impl Engine {
         c.out = Vec::new();
         c.out_off = 0;
         c.inbuf = Vec::new();
+        c.inflater = None;
         c.blocked = false;
         match st {
             State::Connecting | State::Handshake => self.connecting -= 1,
@@ -852,6 +1004,27 @@ impl Engine {
             }
         }
         self.pump(now_ns());
+        self.flush_dirty();
+    }
+
+    /// Memoize inflated server_no_context_takeover messages (default) or inflate every frame.
+    pub fn set_inflate_memo(&mut self, on: bool) {
+        self.shared_inflater = Some(Box::new(deflate::SharedInflater::new(on)));
+    }
+
+    /// Compressed frames served from the shared inflater's memo.
+    pub fn inflate_memo_hits(&self) -> u64 {
+        self.shared_inflater.as_ref().map_or(0, |s| s.hits)
+    }
+
+    /// Queue one message from each of `pubs` (if open) and flush (idle --broadcast-once).
+    pub fn publish_once(&mut self, pubs: &[usize]) {
+        let now = now_ns();
+        for &i in pubs {
+            if self.conns.get(i).is_some_and(|c| c.state == State::Open) {
+                self.send_msg(i, now);
+            }
+        }
         self.flush_dirty();
     }
 

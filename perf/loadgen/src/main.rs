@@ -1,8 +1,10 @@
 //! loadgen: a single-threaded WebSocket load generator for shardcast's performance suite.
 //! See `loadgen --help`.
 
+mod deflate;
 mod engine;
 mod hist;
+mod payload;
 mod procstat;
 
 use std::collections::BTreeMap;
@@ -11,6 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use engine::{now_ns, Counters, Engine, Spec, Traffic};
+use payload::Kind;
 use procstat::{rss_kib, share, CpuSnap};
 
 const HELP: &str = "\
@@ -28,7 +31,11 @@ SCENARIOS
   echo    --connections N (100)
           N connections, each alone in its room, one message in flight each.
   idle    --connections N (19000) --hold SECS (5) [--room-size K (0 = all in one room)]
+          [--broadcast-once]
           open N connections, hold them, report handshakes/s and server RSS per connection.
+          --broadcast-once: then the first connection of each room publishes one message
+          (JSON, 1024 bytes unless --payload/--size say otherwise), wait until every connection
+          has it, hold 1 s and report server RSS per connection again.
   churn   --connections N (1000) --cycles C (10)
           C times: open N connections (each in its own room), close them cleanly.
 
@@ -38,7 +45,15 @@ COMMON FLAGS
   --duration SECS (5)             measured phase (message scenarios)
   --warmup SECS (1)               unmeasured phase before it
   --drain SECS (3)                after the measured phase: stop sending, wait for in-flight messages
-  --size BYTES (64)               binary message size (>= 20: timestamp, seq, publisher id)
+  --payload binary|json (binary)  binary: timestamp, seq, publisher id (LE) + zero padding;
+                                  json: a TEXT message, compressible JSON (cursor objects) with
+                                  the three numbers as fixed-width fields at its start
+  --size BYTES (64; json: 1024)   message size (binary >= 20, json >= 73)
+  --deflate                       offer permessage-deflate (client_max_window_bits); inflate
+                                  received RSV1 frames (loadgen itself sends uncompressed frames)
+  --no-inflate-memo               with server_no_context_takeover, inflate every compressed
+                                  frame (default: identical frames, i.e. one shared broadcast
+                                  received by many connections, are inflated once, exactly)
   --sources N (8)                 spread connections over source addresses 127.0.0.1..127.0.0.N
   --handshake-inflight N (256)    handshakes in flight at once while connecting
   --settle SECS (0.2)             pause between 'all connected' and the first message
@@ -73,7 +88,9 @@ impl Args {
                 continue;
             }
             match name {
-                "json" | "max" => switches.push(name.to_string()),
+                "json" | "max" | "deflate" | "broadcast-once" | "no-inflate-memo" => {
+                    switches.push(name.to_string())
+                }
                 "help" => {
                     print!("{HELP}");
                     std::process::exit(0);
@@ -246,6 +263,9 @@ struct Common {
     warmup: f64,
     drain: f64,
     size: usize,
+    payload: Kind,
+    deflate: bool,
+    inflate_memo: bool,
     sources: u32,
     inflight: usize,
     settle: f64,
@@ -260,13 +280,14 @@ const COMMON: &[&str] = &[
     "warmup",
     "drain",
     "size",
+    "payload",
     "sources",
     "handshake-inflight",
     "settle",
     "label",
 ];
 
-fn common(a: &Args) -> Result<Common, String> {
+fn common(a: &Args, default_payload: Kind) -> Result<Common, String> {
     let url: String = a.get("url", "ws://127.0.0.1:9300".to_string())?;
     let rest = url
         .strip_prefix("ws://")
@@ -283,9 +304,19 @@ fn common(a: &Args) -> Result<Common, String> {
             _ => None,
         })
         .ok_or("--url: no IPv4 address")?;
-    let size: usize = a.get("size", 64)?;
-    if size < engine::HEADER_BYTES {
-        return Err(format!("--size must be at least {}", engine::HEADER_BYTES));
+    let payload = match a.flags.get("payload").map(String::as_str) {
+        None => default_payload,
+        Some("binary") => Kind::Binary,
+        Some("json") => Kind::Json,
+        Some(v) => return Err(format!("--payload: {v:?} is neither binary nor json")),
+    };
+    let size: usize = a.get("size", payload.default_size())?;
+    if size < payload.min_size() {
+        return Err(format!(
+            "--size must be at least {} for --payload {}",
+            payload.min_size(),
+            payload.name()
+        ));
     }
     Ok(Common {
         dst,
@@ -297,6 +328,9 @@ fn common(a: &Args) -> Result<Common, String> {
         warmup: a.get("warmup", 1.0)?,
         drain: a.get("drain", 3.0)?,
         size,
+        payload,
+        deflate: a.has("deflate"),
+        inflate_memo: !a.has("no-inflate-memo"),
         sources: a.get("sources", 8u32)?.min(254),
         inflight: a.get("handshake-inflight", 256usize)?.max(1),
         settle: a.get("settle", 0.2)?,
@@ -325,12 +359,15 @@ fn engine(c: &Common) -> Engine {
         c.prefix.clone(),
         c.sources,
         c.size,
+        c.payload,
     )
     .unwrap_or_else(|e| {
         eprintln!("loadgen: {e}");
         std::process::exit(1)
     });
     e.handshake_inflight = c.inflight;
+    e.offer_deflate = c.deflate;
+    e.set_inflate_memo(c.inflate_memo);
     e
 }
 
@@ -342,6 +379,9 @@ fn head(r: &mut Report, scenario: &str, c: &Common) {
         "server_pid",
         c.server_pid.as_deref().and_then(|p| p.parse().ok()),
     );
+    r.s("payload", c.payload.name());
+    r.i("deflate_offered", c.deflate as u8);
+    r.i("inflate_memo", c.inflate_memo as u8);
 }
 
 fn errors(r: &mut Report, e: &Engine) -> u64 {
@@ -368,6 +408,8 @@ fn errors(r: &mut Report, e: &Engine) -> u64 {
         "protocol_errors",
         e.protocol_errors + e.foreign + e.short_msgs,
     );
+    r.i("inflate_errors", e.inflate_errors);
+    r.i("inflate_memo_hits", e.inflate_memo_hits());
     r.i("close_timeouts", e.close_timeouts);
     r.i("pings_answered", e.pings);
     let total = closes_total
@@ -377,6 +419,7 @@ fn errors(r: &mut Report, e: &Engine) -> u64 {
         + e.io_errors
         + e.close_timeouts
         + e.protocol_errors
+        + e.inflate_errors
         + e.foreign
         + e.short_msgs;
     r.i("errors_total", total);
@@ -414,6 +457,7 @@ fn measure(e: &mut Engine, c: &Common, r: &mut Report) {
     r.f("deliveries_per_s", del);
     r.i("sent", c1.sent - c0.sent);
     r.f("sent_per_s", sent);
+    bytes_report(r, &c0, &c1);
     let h = &e.hist;
     r.i("lat_samples", h.n);
     r.f("lat_p50_us", us(h.quantile(0.50)));
@@ -451,12 +495,38 @@ fn measure(e: &mut Engine, c: &Common, r: &mut Report) {
     r.oi("server_rss_kib", rss);
 }
 
+/// Received data-message bytes between two counter snapshots: on the wire (frame headers
+/// included) and after inflating, per delivery, and their ratio.
+fn bytes_report(r: &mut Report, c0: &Counters, c1: &Counters) {
+    let wire = c1.wire_bytes - c0.wire_bytes;
+    let infl = c1.inflated_bytes - c0.inflated_bytes;
+    let frames = c1.data_frames - c0.data_frames;
+    let per = |x: u64| (frames > 0).then(|| x as f64 / frames as f64);
+    r.i("bytes_received_wire", wire);
+    r.i("bytes_received_inflated", infl);
+    r.of("wire_bytes_per_delivery", per(wire));
+    r.of("inflated_bytes_per_delivery", per(infl));
+    r.of(
+        "compression_ratio",
+        (wire > 0).then(|| infl as f64 / wire as f64),
+    );
+    r.i(
+        "messages_compressed",
+        c1.compressed_msgs - c0.compressed_msgs,
+    );
+}
+
 fn open_or_die(e: &mut Engine, specs: Vec<Spec>, r: &mut Report) -> bool {
     let n = specs.len();
     let o = e.open_all(specs);
     r.i("connections", o.opened);
     r.f("connect_s", o.secs);
     r.f("handshakes_per_s", o.opened as f64 / o.secs.max(1e-9));
+    r.i("deflate_negotiated", e.deflate_negotiated);
+    r.i(
+        "deflate_server_no_context_takeover",
+        e.deflate_no_context_takeover,
+    );
     if o.failed > 0 || o.opened < n {
         eprintln!(
             "loadgen: {} of {n} connections failed to open",
@@ -483,7 +553,7 @@ fn run() -> Result<u8, String> {
             let mut known = COMMON.to_vec();
             known.extend(["subscribers", "rate", "window"]);
             a.take_known(&known)?;
-            c = common(&a)?;
+            c = common(&a, Kind::Binary)?;
             let n: usize = a.get("subscribers", 1000)?;
             let max = a.has("max");
             let rate: f64 = a.get("rate", 0.0)?;
@@ -529,7 +599,7 @@ fn run() -> Result<u8, String> {
             let mut known = COMMON.to_vec();
             known.extend(["clients", "room-size", "rate"]);
             a.take_known(&known)?;
-            c = common(&a)?;
+            c = common(&a, Kind::Binary)?;
             let n: usize = a.get("clients", 2000)?;
             let k: usize = a.get("room-size", 10)?;
             let rate: f64 = a.get("rate", 5.0)?;
@@ -567,7 +637,7 @@ fn run() -> Result<u8, String> {
             let mut known = COMMON.to_vec();
             known.extend(["connections"]);
             a.take_known(&known)?;
-            c = common(&a)?;
+            c = common(&a, Kind::Binary)?;
             let n: usize = a.get("connections", 100)?;
             head(&mut r, "echo", &c);
             r.i("size", c.size);
@@ -597,25 +667,32 @@ fn run() -> Result<u8, String> {
             let mut known = COMMON.to_vec();
             known.extend(["connections", "hold", "room-size"]);
             a.take_known(&known)?;
-            c = common(&a)?;
+            let bcast = a.has("broadcast-once");
+            c = common(&a, if bcast { Kind::Json } else { Kind::Binary })?;
             let n: usize = a.get("connections", 19000)?;
             let hold: f64 = a.get("hold", 5.0)?;
             let k: usize = a.get("room-size", 0)?;
             head(&mut r, "idle", &c);
             r.i("room_size", k);
             r.f("hold_s", hold);
+            r.i("broadcast_once", bcast as u8);
+            if bcast {
+                r.i("size", c.size);
+            }
             let pid = c.server_pid.as_deref();
             let before = pid.and_then(rss_kib);
             e = engine(&c);
+            // The first connection of each room publishes (--broadcast-once).
+            let first = |i: usize| i.checked_div(k).map_or(0, |r| r * k);
             let specs = (0..n)
                 .map(|i| Spec {
                     room: match i.checked_div(k) {
                         None => "idle".into(), // --room-size 0: all in one room
                         Some(r) => format!("idle{r}"),
                     },
-                    pub_base: 0,
-                    n_pubs: 0,
-                    ignore: true,
+                    pub_base: first(i) as u32,
+                    n_pubs: bcast as u32,
+                    ignore: !bcast,
                 })
                 .collect();
             if !open_or_die(&mut e, specs, &mut r) {
@@ -639,12 +716,48 @@ fn run() -> Result<u8, String> {
             r.of("server_cpu", sh.server);
             r.of("loadgen_cpu", sh.me);
             host(&mut r, &sh);
+            if bcast {
+                // One message from the first connection of each room to the room; wait until
+                // every connection has it (at most 30 s), hold 1 s, measure RSS again.
+                let pubs: Vec<usize> = (0..n).filter(|&i| first(i) == i).collect();
+                let c0: Counters = e.c;
+                let s0 = CpuSnap::take(pid);
+                let t = Instant::now();
+                e.publish_once(&pubs);
+                let missing = e.drain(Duration::from_secs(30));
+                let took = t.elapsed().as_secs_f64();
+                e.run_for(Duration::from_secs(1));
+                let s1 = CpuSnap::take(pid);
+                let c1: Counters = e.c;
+                let after_b = pid.and_then(rss_kib);
+                let sh = share(&s0, &s1);
+                r.i("broadcast_publishers", pubs.len());
+                r.i("broadcast_received", c1.delivered - c0.delivered);
+                r.i("broadcast_missing", missing);
+                r.f("broadcast_s", took);
+                bytes_report(&mut r, &c0, &c1);
+                r.oi("server_rss_after_broadcast_kib", after_b);
+                r.of(
+                    "rss_per_conn_after_broadcast_kib",
+                    match (before, after_b) {
+                        (Some(b), Some(a)) if e.open_count > 0 => {
+                            Some((a as f64 - b as f64) / e.open_count as f64)
+                        }
+                        _ => None,
+                    },
+                );
+                r.of("broadcast_server_cpu_s", sh.server.map(|x| x * sh.wall));
+                r.of("broadcast_loadgen_cpu_s", sh.me.map(|x| x * sh.wall));
+                if missing > 0 {
+                    eprintln!("loadgen: {missing} connections did not receive the broadcast");
+                }
+            }
         }
         "churn" => {
             let mut known = COMMON.to_vec();
             known.extend(["connections", "cycles"]);
             a.take_known(&known)?;
-            c = common(&a)?;
+            c = common(&a, Kind::Binary)?;
             let n: usize = a.get("connections", 1000)?;
             let cycles: usize = a.get("cycles", 10)?;
             head(&mut r, "churn", &c);
