@@ -46,8 +46,12 @@ pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
         Some(up) => {
             let (rh, wh) = stream.into_split();
             let dedicated = dedicated_compressor(&shard, up.deflate);
-            let writer = monoio::spawn(write_loop(shard.clone(), id, wh, dedicated));
-            monoio::spawn(reader_task(shard, id, rh, up, writer));
+            // No writer task yet: one is spawned when something is queued (ShardCore::kick).
+            if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                c.wh = Some(wh);
+                c.dedicated = dedicated;
+            }
+            monoio::spawn(reader_task(shard, id, rh, up));
         }
         None => {
             // The stream (and its fd) goes first, then the connection is forgotten.
@@ -58,13 +62,7 @@ pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
 }
 
 /// The reader for an upgraded connection; when it ends, it closes the connection down.
-async fn reader_task(
-    shard: ShardRef,
-    id: ConnId,
-    mut rh: OwnedReadHalf<TcpStream>,
-    up: Upgraded,
-    writer: monoio::task::JoinHandle<()>,
-) {
+async fn reader_task(shard: ShardRef, id: ConnId, mut rh: OwnedReadHalf<TcpStream>, up: Upgraded) {
     read_loop(&shard, id, &mut rh, up).await;
     {
         let mut s = shard.borrow_mut();
@@ -76,11 +74,22 @@ async fn reader_task(
             if !matches!(c.phase, Phase::Closing { .. }) {
                 c.phase = Phase::Closing { deadline };
             }
-            c.wake_writer();
         }
+        s.kick(id);
     }
-    // The writer flushes what is queued (a close reply, say) and exits; then the socket goes.
-    writer.await;
+    // The writer (if any) flushes what is queued (a close reply, say) and exits; then the
+    // socket goes.
+    poll_fn(|cx| {
+        let mut s = shard.borrow_mut();
+        match s.conns.get_mut(id.0) {
+            Some(c) if c.writer_alive => {
+                c.reader_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    })
+    .await;
     drop(rh);
     shard.borrow_mut().remove_conn(id, true);
 }
@@ -240,19 +249,23 @@ fn process(
             }
             Ok(Progress::Event(Event::Ping(payload))) => {
                 let pong = encode_server_frame(OpCode::Pong, false, &payload);
-                if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                let mut s = shard.borrow_mut();
+                if let Some(c) = s.conns.get_mut(id.0) {
                     c.push_control(pong);
                 }
+                s.kick(id);
             }
             Ok(Progress::Event(Event::Pong)) => {}
             Ok(Progress::Event(Event::Close(code))) => {
                 // Answer with the same code unless we already sent our close.
-                if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                let mut s = shard.borrow_mut();
+                if let Some(c) = s.conns.get_mut(id.0) {
                     if !c.sealed {
                         c.push_control(encode_close(code.unwrap_or(CloseCode::NORMAL), ""));
                         c.sealed = true;
                     }
                 }
+                s.kick(id);
                 return Step::Done;
             }
             Err(e) => {
@@ -263,6 +276,7 @@ fn process(
                     c.start_close(e.close_code(), e.as_str(), deadline, false);
                     c.fin_after_flush = true;
                 }
+                s.kick(id);
                 return Step::Discard;
             }
         }
@@ -508,7 +522,8 @@ impl WriteBatch {
 
 /// Dedicated-mode compression state of one connection (its own context, kept between messages
 /// unless the client asked for `server_no_context_takeover`).
-struct Dedicated {
+#[derive(Debug)]
+pub(crate) struct Dedicated {
     /// Created on the first message that is compressed: an idle connection holds no zlib state.
     comp: Option<Compressor>,
     level: u32,
@@ -577,7 +592,20 @@ impl Dedicated {
     }
 }
 
-async fn write_loop(
+/// How a writer's wait for work ended.
+enum Next {
+    /// Frames were moved into the batch.
+    Write,
+    /// The connection is finished or killed: drop the write half (FIN) and exit.
+    Exit,
+    /// Idle for a while: hand the write half back to the connection and exit.
+    Retire,
+}
+
+/// The writer task of one connection: spawned by `ShardCore::kick` when something is queued,
+/// it writes everything queued (one send or writev per batch), parks while the queue is empty,
+/// and retires after a quiet spell.
+pub(crate) async fn write_loop(
     shard: ShardRef,
     id: ConnId,
     mut wh: OwnedWriteHalf<TcpStream>,
@@ -585,17 +613,23 @@ async fn write_loop(
 ) {
     let mut batch = WriteBatch::default();
     loop {
-        let more = poll_fn(|cx| {
+        let next = poll_fn(|cx| {
             let mut s = shard.borrow_mut();
             let Some(c) = s.conns.get_mut(id.0) else {
-                return Poll::Ready(false);
+                return Poll::Ready(Next::Exit);
             };
             if c.killed {
-                return Poll::Ready(false);
+                return Poll::Ready(Next::Exit);
             }
             if c.queue.is_empty() {
                 if c.finishing {
-                    return Poll::Ready(false);
+                    return Poll::Ready(Next::Exit);
+                }
+                if c.retire {
+                    return Poll::Ready(Next::Retire);
+                }
+                if c.writer_waker.is_none() {
+                    c.writer_parked = Tick::at(Instant::now());
                 }
                 match &c.writer_waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
@@ -603,11 +637,26 @@ async fn write_loop(
                 }
                 return Poll::Pending;
             }
+            c.retire = false;
             let n = c.queue.len().min(MAX_IOV);
             batch.bufs.extend(c.queue.drain(..n));
-            Poll::Ready(true)
+            Poll::Ready(Next::Write)
         })
         .await;
+        let more = match next {
+            Next::Write => true,
+            Next::Exit => false,
+            Next::Retire => {
+                let mut s = shard.borrow_mut();
+                if let Some(c) = s.conns.get_mut(id.0) {
+                    c.writer_alive = false;
+                    c.writer_waker = None;
+                    c.wh = Some(wh);
+                    c.dedicated = dedicated;
+                }
+                return;
+            }
+        };
         if !more {
             break;
         }
@@ -656,6 +705,7 @@ async fn write_loop(
                     if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
                         c.kill();
                     }
+                    writer_exited(&shard, id);
                     return;
                 }
             }
@@ -674,5 +724,18 @@ async fn write_loop(
             }
         }
         batch.trim();
+    }
+    writer_exited(&shard, id);
+    // `wh` drops here: FIN to the peer.
+}
+
+/// The writer task is gone for good: let a reader waiting on it finish the teardown.
+fn writer_exited(shard: &ShardRef, id: ConnId) {
+    if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+        c.writer_alive = false;
+        c.writer_waker = None;
+        if let Some(w) = c.reader_waker.take() {
+            w.wake();
+        }
     }
 }

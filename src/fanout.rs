@@ -146,6 +146,7 @@ impl ShardCore {
         let mut delivered = 0u64;
         let mut dropped = 0u64;
         let mut over = std::mem::take(&mut self.over_limit);
+        let mut spawn = std::mem::take(&mut self.spawn_list);
         for &m in &r.members {
             if Some(m) == skip {
                 continue;
@@ -154,7 +155,12 @@ impl ShardCore {
                 continue;
             };
             match conn.push_broadcast(frames.for_member(conn.compressed), limit, policy) {
-                Push::Queued => delivered += 1,
+                Push::Queued => {
+                    delivered += 1;
+                    if !conn.writer_alive {
+                        spawn.push(m);
+                    }
+                }
                 Push::Dropped => dropped += 1,
                 Push::OverLimit => over.push(m),
                 Push::Sealed => {}
@@ -164,6 +170,10 @@ impl ShardCore {
             self.close_slow_consumer(id, now);
         }
         self.over_limit = over;
+        for id in spawn.drain(..) {
+            self.kick(id);
+        }
+        self.spawn_list = spawn;
         let st = self.my_stats();
         if delivered > 0 {
             ShardStats::add(&st.deliveries, delivered * messages);
@@ -422,6 +432,8 @@ pub mod bench {
             for _ in 0..members {
                 let id = core.add_conn(-1, now);
                 core.conns[id.0].phase = Phase::Open;
+                // Steady state of a busy room: every member has a writer task.
+                core.conns[id.0].writer_alive = true;
                 room = core.join(id, "bench");
             }
             let room = room.expect("join cannot fail below max_rooms_per_connection");

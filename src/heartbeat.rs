@@ -10,6 +10,9 @@ use crate::metrics::ShardStats;
 use crate::protocol::close::CloseCode;
 use crate::shard::{Phase, ShardCore, ShardRef, ShutdownMode, Tick};
 
+/// A writer task idle for this long exits (and is spawned again when needed).
+const WRITER_RETIRE: Duration = Duration::from_secs(2);
+
 /// An empty ping frame (server frames are unmasked), shared by every connection.
 static PING: &[u8] = &[0x89, 0x00];
 
@@ -62,9 +65,20 @@ impl ShardCore {
         let ping = Bytes::from_static(PING);
         let tick = Tick::at(now);
         let (mut hb, mut hs) = (0u64, 0u64);
-        for (_, c) in self.conns.iter_mut() {
+        let mut kick = std::mem::take(&mut self.spawn_list);
+        for (i, c) in self.conns.iter_mut() {
             if c.killed {
                 continue;
+            }
+            if c.writer_alive {
+                // Retire a writer that has had nothing to do for a while: an idle connection
+                // keeps no writer task (one is spawned again when something is queued).
+                if c.queue.is_empty() && !c.retire && tick.since(c.writer_parked) >= WRITER_RETIRE {
+                    c.retire = true;
+                    c.wake_writer();
+                }
+            } else if !c.queue.is_empty() {
+                kick.push(crate::room::ConnId(i));
             }
             if drain_over {
                 c.kill();
@@ -75,6 +89,7 @@ impl ShardCore {
                 Verdict::Ping => {
                     c.last_ping = tick;
                     c.push_control(ping.clone());
+                    kick.push(crate::room::ConnId(i));
                 }
                 Verdict::HeartbeatTimeout => {
                     hb += 1;
@@ -87,6 +102,10 @@ impl ShardCore {
                 Verdict::CloseTimeout => c.kill(),
             }
         }
+        for id in kick.drain(..) {
+            self.kick(id);
+        }
+        self.spawn_list = kick;
         let st = self.my_stats();
         ShardStats::add(&st.heartbeat_timeouts, hb);
         ShardStats::add(&st.handshake_timeouts, hs);
@@ -124,6 +143,7 @@ impl ShardCore {
                     c.phase = Phase::Closing { deadline };
                 }
             }
+            self.kick(crate::room::ConnId(i));
         }
     }
 

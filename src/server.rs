@@ -271,6 +271,7 @@ async fn shard_main(
         stats,
         open,
     )));
+    core.borrow_mut().me = Rc::downgrade(&core);
     monoio::spawn(run_inbox(core.clone(), inbox));
     monoio::spawn(run_sweeper(core.clone()));
     monoio::spawn(run_flusher(core.clone()));

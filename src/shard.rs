@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::rc::Weak;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
@@ -15,7 +16,11 @@ use bytes::{Bytes, BytesMut};
 use slab::Slab;
 use smallvec::SmallVec;
 
+use monoio::io::OwnedWriteHalf;
+use monoio::net::TcpStream;
+
 use crate::config::{Config, SlowConsumer};
+use crate::connection::Dedicated;
 use crate::fanout::ShardMsg;
 use crate::metrics::{ShardStats, Stats};
 use crate::protocol::close::CloseCode;
@@ -94,6 +99,19 @@ pub(crate) struct Conn {
     pub(crate) fin_after_flush: bool,
     /// Takes the shared compressed variant of broadcasts (permessage-deflate, shared mode).
     pub(crate) compressed: bool,
+    /// A writer task is running for this connection. Writers are spawned when something is
+    /// queued and retire after a quiet spell, so an idle connection has no writer task.
+    pub(crate) writer_alive: bool,
+    /// The sweep asked the (idle) writer to retire.
+    pub(crate) retire: bool,
+    /// When the writer last parked with an empty queue.
+    pub(crate) writer_parked: Tick,
+    /// The write half while no writer task holds it.
+    pub(crate) wh: Option<OwnedWriteHalf<TcpStream>>,
+    /// Dedicated-mode compressor while no writer task holds it.
+    pub(crate) dedicated: Option<Box<Dedicated>>,
+    /// The reader waiting for the writer to finish (connection teardown).
+    pub(crate) reader_waker: Option<Waker>,
     pub(crate) last_seen: Tick,
     pub(crate) last_ping: Tick,
     pub(crate) rooms: SmallVec<[Membership; 1]>,
@@ -124,6 +142,12 @@ impl Conn {
             killed: false,
             fin_after_flush: false,
             compressed: false,
+            writer_alive: false,
+            retire: false,
+            writer_parked: now,
+            wh: None,
+            dedicated: None,
+            reader_waker: None,
             last_seen: now,
             last_ping: now,
             rooms: SmallVec::new(),
@@ -235,12 +259,16 @@ pub(crate) struct ShardCore {
     read_pool: Vec<BytesMut>,
     /// Scratch list reused by fan-out for members over their high-water mark.
     pub(crate) over_limit: Vec<ConnId>,
+    /// Scratch list reused by fan-out for members that need a writer task spawned.
+    pub(crate) spawn_list: Vec<ConnId>,
     /// Rooms with a non-empty outbox in this loop turn.
     pub(crate) dirty_rooms: Vec<RoomId>,
     /// Wakes the flush task when the first room becomes dirty.
     pub(crate) flush_waker: Option<Waker>,
     /// The shard's compressor for shared-mode broadcasts (created on first use).
     pub(crate) compressor: Option<Box<Compressor>>,
+    /// This shard's own handle, to spawn writer tasks from inside its methods.
+    pub(crate) me: Weak<RefCell<ShardCore>>,
     /// Inflaters for clients that agreed to `client_no_context_takeover`: they hold no state
     /// between messages, so a few per shard serve every such connection.
     inflaters: Vec<Inflater>,
@@ -270,9 +298,11 @@ impl ShardCore {
             accept_waker: None,
             read_pool: Vec::new(),
             over_limit: Vec::new(),
+            spawn_list: Vec::new(),
             dirty_rooms: Vec::new(),
             flush_waker: None,
             compressor: None,
+            me: Weak::new(),
             inflaters: Vec::new(),
         }
     }
@@ -376,6 +406,30 @@ impl ShardCore {
         }
     }
 
+    /// Make sure what is queued for `id` gets written: wake its writer, or spawn one.
+    pub(crate) fn kick(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id.0) else {
+            return;
+        };
+        if c.writer_alive {
+            c.wake_writer();
+            return;
+        }
+        if c.queue.is_empty() || c.killed {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        let Some(wh) = c.wh.take() else { return };
+        c.writer_alive = true;
+        c.retire = false;
+        monoio::spawn(crate::connection::write_loop(
+            me,
+            id,
+            wh,
+            c.dedicated.take(),
+        ));
+    }
+
     /// Take a pooled inflater (for `client_no_context_takeover` connections).
     pub(crate) fn take_inflater(&mut self) -> Inflater {
         self.inflaters.pop().unwrap_or_else(|| Inflater::new(15))
@@ -396,5 +450,6 @@ impl ShardCore {
             c.start_close(CloseCode::POLICY, "slow consumer", deadline, true);
             ShardStats::add(&self.stats.shard(self.id.0).slow_consumer_closes, 1);
         }
+        self.kick(id);
     }
 }

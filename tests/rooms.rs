@@ -26,7 +26,34 @@ both_drivers!(
     slowloris_handshake_is_dropped,
     http_endpoints,
     shutdown_sends_1001_to_every_client,
+    idle_writer_retires_and_comes_back,
 );
+
+/// A connection's writer task exits after ~2 s without output and is spawned again when a frame
+/// is queued: delivery must not notice.
+fn idle_writer_retires_and_comes_back(driver: &str) {
+    let d = daemon(driver, "");
+    let mut a = Client::connect(d.local_addr(), "/ws/quiet");
+    let mut b = Client::connect(d.local_addr(), "/ws/quiet");
+    wait_until(Duration::from_secs(5), "2 connections", || {
+        d.stats().snapshot().connections == 2
+    });
+    for round in 0..2 {
+        a.send_text(&format!("round {round}"));
+        assert_eq!(
+            b.recv().unwrap().payload,
+            format!("round {round}").as_bytes()
+        );
+        assert_eq!(
+            a.recv().unwrap().payload,
+            format!("round {round}").as_bytes()
+        );
+        if round == 0 {
+            std::thread::sleep(Duration::from_millis(3500));
+        }
+    }
+    d.stop().unwrap();
+}
 
 fn broadcast_reaches_room_across_shards_only(driver: &str) {
     let d = daemon(driver, "shards = 2\n");
