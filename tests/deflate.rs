@@ -89,21 +89,8 @@ fn compressed_both_ways_and_plain_clients_get_plain(driver: &str) {
     d.stop().unwrap();
 }
 
-fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on our own process.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
-}
-
 fn compressor_runs_once_for_1000_clients(driver: &str) {
-    raise_nofile();
+    common::raise_nofile();
     let d = daemon(driver, "shards = 2\n");
     let addr = d.local_addr();
     let mut clients: Vec<Client> = (0..1000)

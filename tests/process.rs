@@ -75,24 +75,9 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on our own process.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-    }
-    lim.rlim_cur
-}
-
 #[test]
 fn ten_thousand_connections_all_receive_a_broadcast() {
-    let limit = raise_nofile();
+    let limit = common::raise_nofile();
     assert!(
         limit >= 10_100,
         "RLIMIT_NOFILE is {limit}: need 10,100 descriptors"
