@@ -1,4 +1,6 @@
-//! Sans-io RFC 6455: handshake, frame codec, message reassembly, close codes.
+//! Sans-io protocol code: RFC 6455 (handshake, frame codec, message reassembly, close codes),
+//! RFC 7692 permessage-deflate (negotiation, compressor, bounded inflater) and the envelope
+//! protocol's JSON/CBOR codec.
 //!
 //! Nothing in here touches a socket or a runtime: it works on byte slices and `Bytes`, so it is
 //! unit-tested, fuzzed and benched on its own.
