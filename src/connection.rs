@@ -653,6 +653,9 @@ pub(crate) async fn write_loop(
                     c.writer_waker = None;
                     c.wh = Some(wh);
                     c.dedicated = dedicated;
+                    if let Some(w) = c.reader_waker.take() {
+                        w.wake();
+                    }
                 }
                 return;
             }
