@@ -257,8 +257,10 @@ fn process(
             }
             Ok(Progress::Event(Event::Pong)) => {}
             Ok(Progress::Event(Event::Close(code))) => {
-                // Answer with the same code unless we already sent our close.
+                // Answer with the same code unless we already sent our close; what this client
+                // published before closing is handed out first.
                 let mut s = shard.borrow_mut();
+                s.flush_room(room, Instant::now());
                 if let Some(c) = s.conns.get_mut(id.0) {
                     if !c.sealed {
                         c.push_control(encode_close(code.unwrap_or(CloseCode::NORMAL), ""));
@@ -270,6 +272,9 @@ fn process(
             }
             Err(e) => {
                 let mut s = shard.borrow_mut();
+                // Messages that arrived before the bad frame still go out first (their echo to
+                // this client included), then the close frame.
+                s.flush_room(room, Instant::now());
                 ShardStats::add(&s.my_stats().protocol_errors, 1);
                 let deadline = Tick::at(Instant::now() + s.cfg.close_timeout);
                 if let Some(c) = s.conns.get_mut(id.0) {

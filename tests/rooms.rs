@@ -27,7 +27,33 @@ both_drivers!(
     http_endpoints,
     shutdown_sends_1001_to_every_client,
     idle_writer_retires_and_comes_back,
+    messages_before_a_bad_frame_are_delivered_first,
 );
+
+/// A valid message and a protocol violation in the same read: the message still reaches the
+/// room (its sender included) before the close frame.
+fn messages_before_a_bad_frame_are_delivered_first(driver: &str) {
+    use std::io::Write;
+    let d = daemon(driver, "");
+    let mut a = Client::connect(d.local_addr(), "/ws/order");
+    let mut b = Client::connect(d.local_addr(), "/ws/order");
+    wait_until(Duration::from_secs(5), "2 connections", || {
+        d.stats().snapshot().connections == 2
+    });
+    let mut bytes = shardcast::protocol::frame::encode_client_frame(
+        true,
+        OpCode::Text,
+        common::MASK,
+        b"before",
+    );
+    bytes.extend_from_slice(&[0x81, 0x02, b'h', b'i']); // unmasked: 1002
+    a.stream.write_all(&bytes).unwrap();
+    let f = a.recv().unwrap();
+    assert_eq!((f.opcode, f.payload.as_slice()), (0x1, &b"before"[..]));
+    assert_eq!(a.expect_close(), 1002);
+    assert_eq!(b.recv().unwrap().payload, b"before");
+    d.stop().unwrap();
+}
 
 /// A connection's writer task exits after ~2 s without output and is spawned again when a frame
 /// is queued: delivery must not notice.
