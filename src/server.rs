@@ -146,30 +146,10 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
                     // Cooperative task running first (no inter-processor interrupt per completion,
                     // which is costly, above all in VMs); then a plain ring for kernels without it;
                     // then (auto only) epoll.
-                    IoDriver::Auto => RuntimeBuilder::<FusionDriver>::new()
-                        .with_entries(URING_ENTRIES)
-                        .uring_builder(coop_ring())
-                        .enable_timer()
-                        .build()
-                        .or_else(|_| {
-                            RuntimeBuilder::<FusionDriver>::new()
-                                .with_entries(URING_ENTRIES)
-                                .enable_timer()
-                                .build()
-                        })
-                        .map(|mut rt| rt.block_on(run())),
-                    IoDriver::IoUring => RuntimeBuilder::<IoUringDriver>::new()
-                        .with_entries(URING_ENTRIES)
-                        .uring_builder(coop_ring())
-                        .enable_timer()
-                        .build()
-                        .or_else(|_| {
-                            RuntimeBuilder::<IoUringDriver>::new()
-                                .with_entries(URING_ENTRIES)
-                                .enable_timer()
-                                .build()
-                        })
-                        .map(|mut rt| rt.block_on(run())),
+                    IoDriver::Auto => uring_runtime!(FusionDriver).map(|mut rt| rt.block_on(run())),
+                    IoDriver::IoUring => {
+                        uring_runtime!(IoUringDriver).map(|mut rt| rt.block_on(run()))
+                    }
                     IoDriver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
                         .with_entries(URING_ENTRIES)
                         .enable_timer()
@@ -218,6 +198,25 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
         driver,
     })
 }
+
+/// Build a runtime on an io_uring-capable driver: a cooperative ring first, then a plain one (for
+/// kernels before 5.19). The driver types differ in their runtime type, hence a macro.
+macro_rules! uring_runtime {
+    ($driver:ty) => {
+        RuntimeBuilder::<$driver>::new()
+            .with_entries(URING_ENTRIES)
+            .uring_builder(coop_ring())
+            .enable_timer()
+            .build()
+            .or_else(|_| {
+                RuntimeBuilder::<$driver>::new()
+                    .with_entries(URING_ENTRIES)
+                    .enable_timer()
+                    .build()
+            })
+    };
+}
+use uring_runtime;
 
 /// io_uring setup with IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG (Linux 5.19+):
 /// completions are processed when the shard next enters the kernel instead of interrupting it.

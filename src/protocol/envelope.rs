@@ -588,25 +588,23 @@ fn room(value: Option<Data>) -> Result<String, EnvelopeError> {
 }
 
 fn opt_u64(value: Option<Data>, field: &'static str) -> Result<Option<u64>, EnvelopeError> {
-    let bad = EnvelopeError::BadField {
-        field,
-        expected: "an integer from 0 to 2^64-1",
-    };
-    match value.map(untag) {
-        None | Some(Data::Null) => Ok(None),
-        Some(Data::Integer(n)) => u64::try_from(n).map(Some).map_err(|_| bad),
-        Some(_) => Err(bad),
-    }
+    opt_uint(value, field, "an integer from 0 to 2^64-1")
 }
 
 fn opt_u32(value: Option<Data>, field: &'static str) -> Result<Option<u32>, EnvelopeError> {
-    let bad = EnvelopeError::BadField {
-        field,
-        expected: "an integer from 0 to 2^32-1",
-    };
+    opt_uint(value, field, "an integer from 0 to 2^32-1")
+}
+
+/// An optional unsigned integer field (absent and `null` are the same).
+fn opt_uint<T: TryFrom<ciborium::value::Integer>>(
+    value: Option<Data>,
+    field: &'static str,
+    expected: &'static str,
+) -> Result<Option<T>, EnvelopeError> {
+    let bad = EnvelopeError::BadField { field, expected };
     match value.map(untag) {
         None | Some(Data::Null) => Ok(None),
-        Some(Data::Integer(n)) => u32::try_from(n).map(Some).map_err(|_| bad),
+        Some(Data::Integer(n)) => T::try_from(n).map(Some).map_err(|_| bad),
         Some(_) => Err(bad),
     }
 }
