@@ -72,6 +72,45 @@ pub struct FileConfig {
     /// `[compression]`
     #[serde(default)]
     pub compression: CompressionSection,
+    /// `[history]`
+    #[serde(default)]
+    pub history: HistorySection,
+    /// `[envelope]`
+    #[serde(default)]
+    pub envelope: EnvelopeSection,
+    /// `[api]`
+    #[serde(default)]
+    pub api: ApiSection,
+}
+
+/// `[history]` section: the per-room history ring behind `since`/resume and `history`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySection {
+    /// Messages kept per room (0 disables history).
+    pub size: Option<i64>,
+    /// How long a message is kept.
+    pub ttl: Option<String>,
+    /// Most messages in one `history` answer.
+    pub max_page: Option<i64>,
+}
+
+/// `[envelope]` section: the `shardcast.v1` protocol on `/ws`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvelopeSection {
+    /// Consecutive bad frames after which the connection is closed with 1008.
+    pub max_bad_frames: Option<i64>,
+    /// Largest `info` (JSON bytes) a connection may carry.
+    pub max_info_bytes: Option<ByteSize>,
+}
+
+/// `[api]` section: the HTTP publish API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Bearer key; the API is off when unset or empty.
+    pub key: Option<String>,
 }
 
 /// `[compression]` section (permessage-deflate, RFC 7692).
@@ -268,6 +307,18 @@ pub struct Config {
     pub log_level: String,
     /// permessage-deflate.
     pub compression: Compression,
+    /// Messages kept per room for resume and `history` (0: none).
+    pub history_size: usize,
+    /// How long a kept message stays.
+    pub history_ttl: Duration,
+    /// Most messages in one `history` answer.
+    pub history_max_page: usize,
+    /// Consecutive bad envelope frames before close 1008.
+    pub max_bad_frames: u32,
+    /// Largest per-connection `info`, in bytes of JSON.
+    pub max_info_bytes: usize,
+    /// HTTP API bearer key (API disabled when `None`).
+    pub api_key: Option<String>,
 }
 
 /// permessage-deflate settings.
@@ -318,6 +369,12 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             log_level: "info".to_string(),
             compression: Compression::default(),
+            history_size: 1000,
+            history_ttl: Duration::from_secs(300),
+            history_max_page: 1000,
+            max_bad_frames: 10,
+            max_info_bytes: 1024,
+            api_key: None,
         }
     }
 }
@@ -539,6 +596,36 @@ impl FileConfig {
                 ));
             }
             c.log_level = level;
+        }
+        let h = self.history;
+        if let Some(n) = h.size {
+            if n < 0 {
+                return Err(invalid("history.size", "must not be negative"));
+            }
+            c.history_size =
+                usize::try_from(n).map_err(|_| invalid("history.size", "too large"))?;
+        }
+        if let Some(t) = h.ttl {
+            c.history_ttl = duration("history.ttl", &t)?;
+        }
+        if let Some(n) = h.max_page {
+            c.history_max_page = positive("history.max_page", n)?;
+        }
+        if let Some(n) = self.envelope.max_bad_frames {
+            c.max_bad_frames = u32::try_from(positive("envelope.max_bad_frames", n)?)
+                .map_err(|_| invalid("envelope.max_bad_frames", "too large"))?;
+        }
+        if let Some(v) = &self.envelope.max_info_bytes {
+            c.max_info_bytes = byte_size("envelope.max_info_bytes", v)?;
+        }
+        if let Some(k) = self.api.key {
+            if k.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                return Err(invalid(
+                    "api.key",
+                    "must not contain spaces or control characters",
+                ));
+            }
+            c.api_key = (!k.is_empty()).then_some(k);
         }
         Ok(c)
     }

@@ -6,6 +6,7 @@
 //! takes a buffer from the shard's pool, and gives it back as soon as no partial frame remains.
 
 use std::future::poll_fn;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -16,14 +17,16 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
-use crate::fanout::{publish, send_blocked, Blocked};
-use crate::http::{route, text, Route};
+use crate::fanout::{envelope_frame, publish_raw, Wire};
+use crate::home::{ConnRef, HomeMsg, Query, SubReq};
+use crate::http::{route, serve_api, text, Route};
 use crate::metrics::ShardStats;
 use crate::protocol::close::CloseCode;
 use crate::protocol::decoder::{Decoder, Event, Message, Progress};
 use crate::protocol::deflate::{
     negotiate, Compressor, DeflateMode, DeflateParams, InflateError, Inflater,
 };
+use crate::protocol::envelope::{self, ClientOp, Data, Format, Rejected, ServerOp};
 use crate::protocol::frame::{decode_header, HeaderRules};
 use crate::protocol::frame::{encode_close, encode_server_frame, OpCode};
 use crate::protocol::handshake::{parse_request, switching_protocols};
@@ -94,9 +97,22 @@ async fn reader_task(shard: ShardRef, id: ConnId, mut rh: OwnedReadHalf<TcpStrea
     shard.borrow_mut().remove_conn(id, true);
 }
 
+/// What a connection speaks after the upgrade.
+enum Mode {
+    /// A raw room (`/ws/{room}`): every message is broadcast to it.
+    Raw(RoomId),
+    /// The envelope protocol (`/ws`).
+    Envelope {
+        format: Format,
+        info: Arc<Data>,
+        /// Bad frames in a row.
+        bad: u32,
+    },
+}
+
 /// What a successful upgrade leaves behind.
 struct Upgraded {
-    room: RoomId,
+    mode: Mode,
     /// Bytes the client sent after its request (already WebSocket frames).
     rbuf: BytesMut,
     /// permessage-deflate, if negotiated.
@@ -135,8 +151,11 @@ async fn handshake(
     };
 
     // 2. Route it.
-    let stats = shard.borrow().stats.clone();
-    let (room_name, accept) = match route(&req, &stats) {
+    let (stats, max_info) = {
+        let s = shard.borrow();
+        (s.stats.clone(), s.cfg.max_info_bytes)
+    };
+    let (target, accept) = match route(&req, &stats, max_info) {
         Route::Respond(resp) => {
             if !resp.starts_with(b"HTTP/1.1 200") {
                 ShardStats::add(&shard.borrow().my_stats().http_rejected, 1);
@@ -144,7 +163,16 @@ async fn handshake(
             let _ = stream.write_all(resp).await;
             return None;
         }
-        Route::Room { name, accept } => (name, accept),
+        Route::Api => {
+            serve_api(shard, stream, &req, &buf[used..]).await;
+            return None;
+        }
+        Route::Room { name, accept } => (Target::Room(name), accept),
+        Route::Envelope {
+            format,
+            info,
+            accept,
+        } => (Target::Envelope(format, info), accept),
     };
     let refused = {
         let s = shard.borrow();
@@ -163,25 +191,44 @@ async fn handshake(
     } else {
         None
     };
-    let extra = match &deflate {
+    let mut extra = match &deflate {
         Some((_, resp)) => format!("Sec-WebSocket-Extensions: {resp}\r\n"),
         None => String::new(),
     };
+    if let Target::Envelope(format, _) = &target {
+        extra.push_str(&format!("Sec-WebSocket-Protocol: {}\r\n", format.name()));
+    }
     let deflate = deflate.map(|(p, _)| p);
     let (res, _) = stream.write_all(switching_protocols(&accept, &extra)).await;
     res.ok()?;
-    let room = {
+    let mode = {
         let mut s = shard.borrow_mut();
         let now = Tick::at(Instant::now());
         let c = s.conns.get_mut(id.0)?;
         // Shared mode: one compressed variant per broadcast, made with a 15-bit window; a client
         // that asked for a smaller server window gets uncompressed frames (always valid).
-        c.compressed = deflate.is_some_and(|p| p.server_max_window_bits == 15)
+        let compressed = deflate.is_some_and(|p| p.server_max_window_bits == 15)
             && z.mode == DeflateMode::Shared;
         c.phase = Phase::Open;
         c.last_seen = now;
         c.last_ping = now;
-        s.join(id, &room_name)?
+        match target {
+            Target::Room(name) => {
+                c.wire = Wire::of(None, compressed);
+                Mode::Raw(s.join_raw(id, &name)?)
+            }
+            Target::Envelope(format, info) => {
+                c.wire = Wire::of(Some(format), compressed);
+                let welcome = envelope_frame(&ServerOp::Welcome { conn: c.uid }, format);
+                c.push_control(welcome);
+                s.kick(id);
+                Mode::Envelope {
+                    format,
+                    info,
+                    bad: 0,
+                }
+            }
+        }
     };
     // Keep only the bytes after the request head, in a buffer of their own size.
     let leftover = if buf.len() > used {
@@ -190,10 +237,16 @@ async fn handshake(
         BytesMut::new()
     };
     Some(Upgraded {
-        room,
+        mode,
         rbuf: leftover,
         deflate,
     })
+}
+
+/// Where an upgrade leads.
+enum Target {
+    Room(String),
+    Envelope(Format, Arc<Data>),
 }
 
 async fn reject(shard: &ShardRef, stream: &mut TcpStream, resp: Vec<u8>) {
@@ -207,8 +260,8 @@ async fn reject(shard: &ShardRef, stream: &mut TcpStream, resp: Vec<u8>) {
 enum Step {
     /// Read more; at least this many bytes are needed in the buffer.
     Read(usize),
-    /// A peer shard's inbox is full: wait, then decode again.
-    Wait(Blocked),
+    /// Too many messages wait for peer shards' inboxes: pause reading a little.
+    Backlog,
     /// The connection is done reading (close handshake completed or answered).
     Done,
     /// A protocol error: a close frame is queued; discard whatever the client still sends until
@@ -221,7 +274,7 @@ enum Step {
 fn process(
     shard: &ShardRef,
     id: ConnId,
-    room: RoomId,
+    mode: &mut Mode,
     dec: &mut Decoder,
     rbuf: &mut BytesMut,
     inflate: &mut Option<Box<Inbound>>,
@@ -242,8 +295,17 @@ fn process(
                     s.conns.get(id.0).is_none_or(|c| c.sealed)
                 };
                 if !sealed {
-                    if let Some(blocked) = publish(shard, id, room, m) {
-                        return Step::Wait(blocked);
+                    match mode {
+                        Mode::Raw(room) => publish_raw(shard, id, *room, m),
+                        Mode::Envelope { format, info, bad } => {
+                            if let Some(step) = envelope_in(shard, id, *format, info, bad, &m) {
+                                return step;
+                            }
+                        }
+                    }
+                    let s = shard.borrow();
+                    if s.backlog() > s.cfg.inbox_capacity {
+                        return Step::Backlog;
                     }
                 }
             }
@@ -260,7 +322,7 @@ fn process(
                 // Answer with the same code unless we already sent our close; what this client
                 // published before closing is handed out first.
                 let mut s = shard.borrow_mut();
-                s.flush_room(room, Instant::now());
+                s.flush_conn_rooms(id, Instant::now());
                 if let Some(c) = s.conns.get_mut(id.0) {
                     if !c.sealed {
                         c.push_control(encode_close(code.unwrap_or(CloseCode::NORMAL), ""));
@@ -274,7 +336,7 @@ fn process(
                 let mut s = shard.borrow_mut();
                 // Messages that arrived before the bad frame still go out first (their echo to
                 // this client included), then the close frame.
-                s.flush_room(room, Instant::now());
+                s.flush_conn_rooms(id, Instant::now());
                 ShardStats::add(&s.my_stats().protocol_errors, 1);
                 let deadline = Tick::at(Instant::now() + s.cfg.close_timeout);
                 if let Some(c) = s.conns.get_mut(id.0) {
@@ -290,7 +352,7 @@ fn process(
 
 async fn read_loop(shard: &ShardRef, id: ConnId, rh: &mut OwnedReadHalf<TcpStream>, up: Upgraded) {
     let Upgraded {
-        room,
+        mut mode,
         mut rbuf,
         deflate,
     } = up;
@@ -314,7 +376,7 @@ async fn read_loop(shard: &ShardRef, id: ConnId, rh: &mut OwnedReadHalf<TcpStrea
         let need = match if discard {
             Step::Read(0)
         } else {
-            process(shard, id, room, &mut dec, &mut rbuf, &mut inflate)
+            process(shard, id, &mut mode, &mut dec, &mut rbuf, &mut inflate)
         } {
             Step::Read(n) => n,
             Step::Discard => {
@@ -322,9 +384,9 @@ async fn read_loop(shard: &ShardRef, id: ConnId, rh: &mut OwnedReadHalf<TcpStrea
                 rbuf.clear();
                 0
             }
-            Step::Wait(blocked) => {
+            Step::Backlog => {
                 // Rare: boxed so the common path keeps every connection's task small.
-                Box::pin(send_blocked(blocked)).await;
+                Box::pin(monoio::time::sleep(std::time::Duration::from_millis(1))).await;
                 continue;
             }
             Step::Done => break 'conn,
@@ -374,6 +436,137 @@ async fn read_loop(shard: &ShardRef, id: ConnId, rh: &mut OwnedReadHalf<TcpStrea
         }
     }
     give_back(shard, rbuf);
+}
+
+/// Handle one envelope frame. Returns a step when the connection must stop reading normally.
+fn envelope_in(
+    shard: &ShardRef,
+    id: ConnId,
+    format: Format,
+    info: &Arc<Data>,
+    bad: &mut u32,
+    m: &Message,
+) -> Option<Step> {
+    let mut s = shard.borrow_mut();
+    let now = Instant::now();
+    let op = match envelope::decode_client_with_id(m.payload(), format) {
+        Ok(op) => op,
+        Err(Rejected { error, id: req }) => {
+            *bad += 1;
+            if *bad >= s.cfg.max_bad_frames {
+                ShardStats::add(&s.my_stats().protocol_errors, 1);
+                s.flush_conn_rooms(id, now);
+                let deadline = Tick::at(now + s.cfg.close_timeout);
+                if let Some(c) = s.conns.get_mut(id.0) {
+                    c.start_close(CloseCode::POLICY, "too many bad frames", deadline, false);
+                    c.fin_after_flush = true;
+                }
+                s.kick(id);
+                return Some(Step::Discard);
+            }
+            s.send_error(id, error.code(), &error.to_string(), req.as_ref());
+            return None;
+        }
+    };
+    *bad = 0;
+    let c = s.conns.get(id.0)?;
+    let me = ConnRef {
+        shard: s.id,
+        id,
+        uid: c.uid,
+    };
+    let (wire, joined) = (c.wire, c.rooms.len());
+    let member_of = |s: &crate::shard::ShardCore, room: &str| {
+        s.rooms
+            .find(room)
+            .filter(|r| s.conns[id.0].rooms.iter().any(|m| m.room == *r))
+    };
+    match op {
+        ClientOp::Subscribe {
+            room,
+            since,
+            epoch,
+            presence,
+        } => {
+            if member_of(&s, &room).is_some() {
+                s.send_error(
+                    id,
+                    "already_subscribed",
+                    "already subscribed to this room",
+                    None,
+                );
+            } else if joined >= s.cfg.max_rooms_per_connection {
+                s.send_error(
+                    id,
+                    "too_many_rooms",
+                    "too many rooms on this connection",
+                    None,
+                );
+            } else {
+                let room: Arc<str> = Arc::from(room);
+                let sub = SubReq {
+                    conn: me,
+                    since,
+                    epoch,
+                    presence,
+                    info: info.clone(),
+                };
+                let msg = HomeMsg::Join {
+                    room: room.clone(),
+                    shard: s.id,
+                    wire,
+                    sub: Some(sub),
+                };
+                s.send_home(&room, msg, now);
+            }
+        }
+        ClientOp::Unsubscribe { room } => match member_of(&s, &room) {
+            Some(rid) => {
+                s.leave_room(id, rid);
+                let frame = envelope_frame(&ServerOp::Unsubscribed { room: &room }, format);
+                if let Some(c) = s.conns.get_mut(id.0) {
+                    c.push_control(frame);
+                }
+                s.kick(id);
+            }
+            None => s.send_error(id, "not_subscribed", "not subscribed to this room", None),
+        },
+        ClientOp::Publish {
+            room,
+            data,
+            id: req,
+        } => {
+            let room: Arc<str> = Arc::from(room);
+            let msg = HomeMsg::Publish {
+                room: room.clone(),
+                data,
+                from: me,
+                ack: req.map(|r| (format, r)),
+            };
+            s.send_home(&room, msg, now);
+        }
+        ClientOp::Presence { room } => {
+            let room: Arc<str> = Arc::from(room);
+            let msg = HomeMsg::Query {
+                room: room.clone(),
+                conn: me,
+                format,
+                query: Query::Presence,
+            };
+            s.send_home(&room, msg, now);
+        }
+        ClientOp::History { room, since, limit } => {
+            let room: Arc<str> = Arc::from(room);
+            let msg = HomeMsg::Query {
+                room: room.clone(),
+                conn: me,
+                format,
+                query: Query::History { since, limit },
+            };
+            s.send_home(&room, msg, now);
+        }
+    }
+    None
 }
 
 /// Inbound permessage-deflate state of one connection.

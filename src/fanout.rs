@@ -1,77 +1,377 @@
-//! Fan-out: one encoded frame (`Bytes`) to every member of a room, on this shard and on the
-//! others. Recipients share the frame by refcount; nothing is copied or allocated per recipient
-//! beyond a queue slot.
+//! Fan-out: one message to every member of a room, on this shard and on the others, encoded once
+//! per wire format. Recipients share each encoding (`Bytes`) by refcount; nothing is copied or
+//! allocated per recipient beyond a queue slot.
+//!
+//! Wire formats ([`Wire`]): raw frames (`/ws/{room}`), envelope JSON and envelope CBOR (`/ws`),
+//! each plain or permessage-deflate compressed (shared mode). A room tracks how many local members
+//! take each format (its census), and only the formats someone takes are produced.
+//!
+//! Two paths:
+//! - **raw**: a raw client's message is delivered to raw members directly, as before envelope
+//!   rooms existed: locally at once, and through each other shard's inbox
+//!   ([`ShardMsg::Raw`]). The message also goes to the room's home shard (see [`crate::home`]),
+//!   which numbers it, keeps it in the room's history and sends it on to envelope members.
+//! - **sequenced**: envelope publishes, API publishes and presence events are numbered (or
+//!   produced) by the room's home shard, which sends one [`Bcast`] to every shard with members
+//!   ([`ShardMsg::Event`]). Because each shard-to-shard channel is FIFO, every shard sees the
+//!   room's sequenced messages in seq order.
 //!
 //! Coalescing: frames broadcast to a room during one turn of the shard's loop are appended to the
-//! room's [`Outbox`] and handed to the members once, as one shared `Bytes`, by the flush task
-//! ([`run_flusher`]), which runs after the tasks already ready in this turn. A subscriber then
-//! gets everything of that turn in one buffer segment: the kernel's send op, not the syscall, is
-//! the unit of cost, and fewer, larger segments per send is what pays.
+//! room's [`Outbox`] (one buffer per wire format) and handed to the members once, by the flush
+//! task ([`run_flusher`]). A subscriber then gets everything of that turn in one buffer segment:
+//! the kernel's send op, not the syscall, is the unit of cost.
 //!
-//! Cross-shard delivery goes through each shard's bounded inbox (flume), drained in batches by
-//! [`run_inbox`]. A publisher whose peers' inboxes are full waits (back-pressure on the sender
-//! only; no other connection is slowed).
+//! Cross-shard sends never block a shard's loop: a full peer inbox spills into an ordered
+//! per-peer overflow queue drained by a task ([`ShardCore::send_to`]); readers stop reading while
+//! it is long (back-pressure on publishers only).
 
 use std::future::poll_fn;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::home::{ApiAnswer, ApiReq, HomeMsg, Reply};
 use crate::metrics::ShardStats;
 use crate::protocol::decoder::Message;
 use crate::protocol::deflate::{Compressor, DeflateMode};
+use crate::protocol::envelope::{self, Data, Format, ServerOp};
+use crate::protocol::frame::{encode_server_frame, OpCode};
 use crate::room::{ConnId, RoomId};
-use crate::shard::{Push, ShardCore, ShardRef, ShutdownMode};
+use crate::shard::{Push, ShardCore, ShardId, ShardRef, ShutdownMode, Tick};
 
 /// Frames larger than this are never copied into an outbox; they go out as they are.
 const COALESCE_FRAME_MAX: usize = 4096;
 /// An outbox is flushed early once it holds this much.
 const OUTBOX_MAX: usize = 64 * 1024;
 
-/// A message between shards.
-#[derive(Debug)]
-pub enum ShardMsg {
-    /// Deliver `frame` to the local members of `room`.
-    Broadcast {
-        /// Interned room name.
-        room: Arc<str>,
-        /// The encoded server frames, shared.
-        frames: Frames,
-    },
-    /// Begin shutting down.
-    Shutdown(ShutdownMode),
+/// The wire formats a room message can be sent in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Wire {
+    /// Raw client, plain frames.
+    Raw = 0,
+    /// Raw client with permessage-deflate (shared mode).
+    RawZ = 1,
+    /// Envelope JSON, plain.
+    Json = 2,
+    /// Envelope JSON, compressed.
+    JsonZ = 3,
+    /// Envelope CBOR, plain.
+    Cbor = 4,
+    /// Envelope CBOR, compressed.
+    CborZ = 5,
 }
 
-/// One broadcast, encoded once per wire format: the plain frame, and (when compression applies)
-/// the permessage-deflate frame with RSV1, compressed once for every deflate client on every shard.
-#[derive(Debug, Clone)]
-pub struct Frames {
-    /// Uncompressed server frame(s).
-    pub plain: Bytes,
-    /// Compressed server frame(s), if any message in here was compressed.
-    pub deflate: Option<Bytes>,
+/// Number of wire formats.
+pub const WIRES: usize = 6;
+
+impl Wire {
+    /// All formats, by index.
+    pub const ALL: [Wire; WIRES] = [
+        Wire::Raw,
+        Wire::RawZ,
+        Wire::Json,
+        Wire::JsonZ,
+        Wire::Cbor,
+        Wire::CborZ,
+    ];
+
+    /// The wire of a connection: raw or an envelope format, compressed or not.
+    pub fn of(format: Option<Format>, compressed: bool) -> Wire {
+        match (format, compressed) {
+            (None, false) => Wire::Raw,
+            (None, true) => Wire::RawZ,
+            (Some(Format::Json), false) => Wire::Json,
+            (Some(Format::Json), true) => Wire::JsonZ,
+            (Some(Format::Cbor), false) => Wire::Cbor,
+            (Some(Format::Cbor), true) => Wire::CborZ,
+        }
+    }
+
+    /// Raw frames (`/ws/{room}`)?
+    pub fn is_raw(self) -> bool {
+        matches!(self, Wire::Raw | Wire::RawZ)
+    }
+
+    /// Compressed variant?
+    pub fn is_compressed(self) -> bool {
+        matches!(self, Wire::RawZ | Wire::JsonZ | Wire::CborZ)
+    }
+
+    /// The envelope format, if any.
+    pub fn format(self) -> Option<Format> {
+        match self {
+            Wire::Raw | Wire::RawZ => None,
+            Wire::Json | Wire::JsonZ => Some(Format::Json),
+            Wire::Cbor | Wire::CborZ => Some(Format::Cbor),
+        }
+    }
+
+    /// The uncompressed variant.
+    fn plain(self) -> Wire {
+        match self {
+            Wire::RawZ => Wire::Raw,
+            Wire::JsonZ => Wire::Json,
+            Wire::CborZ => Wire::Cbor,
+            w => w,
+        }
+    }
 }
+
+/// One room message (or event) encoded per wire format: `None` where nobody on this shard takes
+/// that format (or it does not apply, e.g. presence events for raw clients).
+#[derive(Debug, Clone, Default)]
+pub struct Frames(pub [Option<Bytes>; WIRES]);
 
 impl Frames {
-    /// Plain frames only.
+    /// A raw message: plain frame, and the shared compressed frame when there is one.
+    pub fn raw(plain: Bytes, deflate: Option<Bytes>) -> Frames {
+        let z = deflate.unwrap_or_else(|| plain.clone());
+        Frames([Some(plain), Some(z), None, None, None, None])
+    }
+
+    /// Plain frames only (raw and raw-deflate members get the same bytes).
     pub fn plain(plain: Bytes) -> Frames {
-        Frames {
-            plain,
-            deflate: None,
+        Frames::raw(plain, None)
+    }
+
+    /// The largest encoding.
+    fn max_len(&self) -> usize {
+        self.0.iter().flatten().map(Bytes::len).max().unwrap_or(0)
+    }
+}
+
+/// A once-set slot for one encoding, shared between shards without a lock: the first shard to
+/// need an encoding makes it; if two race, one keeps its own and the other's is dropped.
+#[derive(Debug, Default)]
+struct RaceCell(AtomicPtr<Bytes>);
+
+impl RaceCell {
+    fn get(&self) -> Option<&Bytes> {
+        // SAFETY: a non-null pointer was made by `Box::into_raw` in `set` and is freed only in
+        // `drop`, which has `&mut self`.
+        unsafe { self.0.load(Ordering::Acquire).as_ref() }
+    }
+
+    fn set(&self, b: Bytes) -> &Bytes {
+        let new = Box::into_raw(Box::new(b));
+        match self
+            .0
+            .compare_exchange(ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire)
+        {
+            // SAFETY: we just published `new`; it lives until `drop`.
+            Ok(_) => unsafe { &*new },
+            Err(current) => {
+                // SAFETY: `new` was never shared; `current` is the published one (see `get`).
+                unsafe {
+                    drop(Box::from_raw(new));
+                    &*current
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RaceCell {
+    fn drop(&mut self) {
+        let p = *self.0.get_mut();
+        if !p.is_null() {
+            // SAFETY: made by `Box::into_raw` in `set`; nobody else can hold it any more.
+            unsafe { drop(Box::from_raw(p)) }
+        }
+    }
+}
+
+/// What a room message carries.
+#[derive(Debug)]
+pub enum Body {
+    /// A raw client's message, as the server frame it became.
+    Raw {
+        /// The unmasked server frame.
+        frame: Bytes,
+    },
+    /// An envelope or API publish.
+    Data(Data),
+}
+
+/// What a sequenced broadcast is.
+#[derive(Debug)]
+pub enum Kind {
+    /// A room message.
+    Message {
+        /// Publishing envelope connection (`None`: raw client or HTTP API).
+        from: Option<u64>,
+        /// The content.
+        body: Body,
+    },
+    /// A presence event: `conn` subscribed.
+    Join {
+        /// The connection.
+        conn: u64,
+        /// Its info.
+        info: Arc<Data>,
+    },
+    /// A presence event: `conn` left.
+    Leave {
+        /// The connection.
+        conn: u64,
+        /// Its info.
+        info: Arc<Data>,
+    },
+}
+
+/// A sequenced room message or presence event, shared by every shard (and kept in the room's
+/// history), with each wire encoding made at most once.
+#[derive(Debug)]
+pub struct Bcast {
+    /// Room name.
+    pub room: Arc<str>,
+    /// Seq in the room (0 for presence events).
+    pub seq: u64,
+    /// When it was sequenced (history ttl).
+    pub(crate) at: Tick,
+    /// Message or event.
+    pub kind: Kind,
+    /// The publishing connection (shard, slot), for `echo_to_sender = false`.
+    pub origin: Option<(ShardId, ConnId)>,
+    /// Raw members already got it on the direct path: only envelope formats go out.
+    pub raw_done: bool,
+    cells: [RaceCell; WIRES],
+}
+
+impl Bcast {
+    pub(crate) fn new(
+        room: Arc<str>,
+        seq: u64,
+        at: Tick,
+        kind: Kind,
+        origin: Option<(ShardId, ConnId)>,
+    ) -> Bcast {
+        Bcast {
+            room,
+            seq,
+            at,
+            kind,
+            origin,
+            raw_done: false,
+            cells: Default::default(),
         }
     }
 
-    /// What a member gets: deflate clients the compressed variant when there is one (an
-    /// uncompressed message is always valid under permessage-deflate), others the plain one.
-    #[inline]
-    pub fn for_member(&self, compressed: bool) -> &Bytes {
-        match (&self.deflate, compressed) {
-            (Some(d), true) => d,
-            _ => &self.plain,
+    /// A raw message sequenced after its direct delivery: the raw encodings are known already.
+    pub(crate) fn raw_sequenced(room: Arc<str>, seq: u64, at: Tick, frames: &Frames) -> Bcast {
+        let plain = frames.0[Wire::Raw as usize].clone().unwrap_or_default();
+        let b = Bcast {
+            room,
+            seq,
+            at,
+            kind: Kind::Message {
+                from: None,
+                body: Body::Raw {
+                    frame: plain.clone(),
+                },
+            },
+            origin: None,
+            raw_done: true,
+            cells: Default::default(),
+        };
+        b.cells[Wire::Raw as usize].set(plain);
+        if let Some(z) = &frames.0[Wire::RawZ as usize] {
+            b.cells[Wire::RawZ as usize].set(z.clone());
+        }
+        b
+    }
+
+    /// Presence events only go to members that asked for them.
+    pub fn is_event(&self) -> bool {
+        !matches!(self.kind, Kind::Message { .. })
+    }
+
+    /// The message's data as envelope clients see it.
+    pub fn data(&self) -> Option<std::borrow::Cow<'_, Data>> {
+        match &self.kind {
+            Kind::Message {
+                body: Body::Data(d),
+                ..
+            } => Some(std::borrow::Cow::Borrowed(d)),
+            Kind::Message {
+                body: Body::Raw { frame },
+                ..
+            } => {
+                let (op, payload) = split_frame(frame);
+                Some(std::borrow::Cow::Owned(envelope::raw_frame_data(
+                    op == OpCode::Text,
+                    payload,
+                )))
+            }
+            _ => None,
         }
     }
+
+    /// `from` of a message.
+    pub fn from(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Message { from, .. } => *from,
+            _ => None,
+        }
+    }
+}
+
+/// Opcode and payload of one of our own (complete, unmasked, single) server frames.
+pub(crate) fn split_frame(frame: &[u8]) -> (OpCode, &[u8]) {
+    let op = match frame.first().map(|b| b & 0x0f) {
+        Some(1) => OpCode::Text,
+        _ => OpCode::Binary,
+    };
+    let hl = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    (op, frame.get(hl..).unwrap_or(&[]))
+}
+
+/// Frame an envelope payload: text messages for JSON, binary for CBOR.
+pub(crate) fn envelope_frame(op: &ServerOp<'_>, format: Format) -> Bytes {
+    let payload = envelope::encode_server(op, format);
+    let opcode = if format.is_text() {
+        OpCode::Text
+    } else {
+        OpCode::Binary
+    };
+    encode_server_frame(opcode, false, &payload)
+}
+
+/// A message between shards. Every pair of shards talks through one FIFO channel, so messages
+/// from one shard arrive at another in the order they were sent.
+#[derive(Debug)]
+pub(crate) enum ShardMsg {
+    /// A raw client's message for the local raw members of `room`; with `sequence`, this shard is
+    /// the room's home and also numbers it.
+    Raw {
+        /// Interned room name.
+        room: Arc<str>,
+        /// The raw encodings.
+        frames: Frames,
+        /// Number it (this shard is the room's home).
+        sequence: bool,
+        /// The message came from a publisher on a shard whose local members already have it.
+        origin: ShardId,
+    },
+    /// A sequenced message or presence event for the local members of its room.
+    Event(Arc<Bcast>),
+    /// A request to the room's home shard.
+    Home(HomeMsg),
+    /// A home shard's answer to one connection.
+    Reply(Reply),
+    /// An HTTP API request (answered on the channel).
+    Api(ApiReq, flume::Sender<ApiAnswer>),
+    /// Begin shutting down.
+    Shutdown(ShutdownMode),
 }
 
 /// Frames waiting to be handed to a room's members at the end of the loop turn.
@@ -84,10 +384,8 @@ pub enum Outbox {
     One(Frames),
     /// Several broadcasts concatenated once per wire format, and how many.
     Many {
-        /// Plain frames.
-        plain: BytesMut,
-        /// Deflate-client variant, present once any message in here was compressed.
-        deflate: Option<BytesMut>,
+        /// One buffer per wire format.
+        bufs: Box<[Option<BytesMut>; WIRES]>,
         /// Messages.
         n: u64,
     },
@@ -99,43 +397,41 @@ impl Outbox {
         match std::mem::take(self) {
             Outbox::Empty => None,
             Outbox::One(f) => Some((f, 1)),
-            Outbox::Many { plain, deflate, n } => Some((
-                Frames {
-                    plain: plain.freeze(),
-                    deflate: deflate.map(BytesMut::freeze),
-                },
-                n,
-            )),
+            Outbox::Many { bufs, n } => {
+                let mut f = Frames::default();
+                for (slot, b) in f.0.iter_mut().zip(*bufs) {
+                    *slot = b.map(BytesMut::freeze);
+                }
+                Some((f, n))
+            }
         }
     }
 
-    /// Append `f` to a `Many` outbox.
-    fn append(plain: &mut BytesMut, deflate: &mut Option<BytesMut>, f: &Frames) {
-        match (deflate.as_mut(), &f.deflate) {
-            (Some(d), _) => d.extend_from_slice(f.for_member(true)),
-            (None, Some(fd)) => {
-                // First compressed message: the deflate variant starts as a copy of the plain
-                // frames so far (uncompressed frames are valid for deflate clients).
-                let mut d = BytesMut::with_capacity(plain.capacity());
-                d.extend_from_slice(plain);
-                d.extend_from_slice(fd);
-                *deflate = Some(d);
+    fn append(bufs: &mut [Option<BytesMut>; WIRES], f: &Frames) {
+        for (b, x) in bufs.iter_mut().zip(&f.0) {
+            if let Some(x) = x {
+                b.get_or_insert_with(|| BytesMut::with_capacity(2048))
+                    .extend_from_slice(x);
             }
-            (None, None) => {}
         }
-        plain.extend_from_slice(&f.plain);
+    }
+
+    fn len(bufs: &[Option<BytesMut>; WIRES]) -> usize {
+        bufs.iter().flatten().map(BytesMut::len).max().unwrap_or(0)
     }
 }
 
 impl ShardCore {
     /// Queue `frames` (holding `messages` messages) for every local member of `room` except
-    /// `skip`, each member getting its wire format.
+    /// `skip`, each member getting its wire format (members whose format is `None` get nothing).
+    /// With `events_only`, only members that asked for presence events.
     pub(crate) fn deliver_local(
         &mut self,
         room: RoomId,
         frames: &Frames,
         messages: u64,
         skip: Option<ConnId>,
+        events_only: bool,
         now: Instant,
     ) {
         let limit = self.cfg.max_buffered_bytes;
@@ -154,7 +450,13 @@ impl ShardCore {
             let Some(conn) = self.conns.get_mut(m.0) else {
                 continue;
             };
-            match conn.push_broadcast(frames.for_member(conn.compressed), limit, policy) {
+            let Some(frame) = &frames.0[conn.wire as usize] else {
+                continue;
+            };
+            if events_only && !conn.rooms.iter().any(|x| x.room == room && x.presence) {
+                continue;
+            }
+            match conn.push_broadcast(frame, limit, policy) {
                 Push::Queued => {
                     delivered += 1;
                     if !conn.writer_alive {
@@ -185,45 +487,42 @@ impl ShardCore {
 
     /// Broadcast `frames` to the local members of `room`, coalescing them with the other
     /// broadcasts of this loop turn.
-    pub(crate) fn enqueue_room(&mut self, room: RoomId, frames: Frames, now: Instant) {
+    pub(crate) fn enqueue_room(
+        &mut self,
+        room: RoomId,
+        frames: Frames,
+        skip: Option<ConnId>,
+        events_only: bool,
+        now: Instant,
+    ) {
+        if skip.is_some() || events_only || frames.max_len() > COALESCE_FRAME_MAX {
+            // Keep order: what is pending goes first, then this one on its own.
+            self.flush_room(room, now);
+            self.deliver_local(room, &frames, 1, skip, events_only, now);
+            return;
+        }
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
-        if frames.plain.len() > COALESCE_FRAME_MAX {
-            // Keep order: what is pending goes first, then the big frame as it is.
-            self.flush_room(room, now);
-            self.deliver_local(room, &frames, 1, None, now);
-            return;
-        }
         match &mut r.outbox {
             Outbox::Empty => {
                 r.outbox = Outbox::One(frames);
                 self.mark_dirty(room);
             }
             Outbox::One(prev) => {
-                let mut plain =
-                    BytesMut::with_capacity((prev.plain.len() + frames.plain.len()).max(2048));
-                plain.extend_from_slice(&prev.plain);
-                let mut deflate = prev.deflate.as_ref().map(|d| {
-                    let mut b = BytesMut::with_capacity(plain.capacity());
-                    b.extend_from_slice(d);
-                    b
-                });
-                Outbox::append(&mut plain, &mut deflate, &frames);
-                r.outbox = Outbox::Many {
-                    plain,
-                    deflate,
-                    n: 2,
-                };
+                let mut bufs: Box<[Option<BytesMut>; WIRES]> = Box::default();
+                Outbox::append(&mut bufs, prev);
+                Outbox::append(&mut bufs, &frames);
+                r.outbox = Outbox::Many { bufs, n: 2 };
             }
-            Outbox::Many { plain, deflate, n } => {
-                if plain.len() + frames.plain.len() > OUTBOX_MAX {
+            Outbox::Many { bufs, n } => {
+                if Outbox::len(bufs) + frames.max_len() > OUTBOX_MAX {
                     self.flush_room(room, now);
                     if let Some(r) = self.rooms.get_mut(room) {
                         r.outbox = Outbox::One(frames);
                     }
                 } else {
-                    Outbox::append(plain, deflate, &frames);
+                    Outbox::append(bufs, &frames);
                     *n += 1;
                 }
             }
@@ -245,7 +544,7 @@ impl ShardCore {
             return;
         };
         if let Some((frames, n)) = r.outbox.take() {
-            self.deliver_local(room, &frames, n, None, now);
+            self.deliver_local(room, &frames, n, None, false, now);
         }
     }
 
@@ -260,66 +559,165 @@ impl ShardCore {
         self.dirty_rooms = dirty;
     }
 
+    /// The encoding of `b` for `wire` (made now if nobody made it yet); `None` when it does not
+    /// apply (presence events to raw clients).
+    pub(crate) fn wire_frame(&mut self, b: &Bcast, wire: Wire) -> Option<Bytes> {
+        let cell = &b.cells[wire as usize];
+        if let Some(f) = cell.get() {
+            return Some(f.clone());
+        }
+        let frame = if wire.is_compressed() {
+            let base = self.wire_frame(b, wire.plain())?;
+            let z = self.cfg.compression;
+            let (op, payload) = split_frame(&base);
+            if z.enabled && z.mode == DeflateMode::Shared && payload.len() >= z.threshold_bytes {
+                let level = z.level;
+                let c = self
+                    .compressor
+                    .get_or_insert_with(|| Box::new(Compressor::new(level, 15)));
+                let out = c.compress_frame(op, payload, true);
+                ShardStats::add(&self.stats.shard(self.id.0).compressions, 1);
+                out
+            } else {
+                base
+            }
+        } else {
+            match (wire.format(), &b.kind) {
+                (None, Kind::Message { body, .. }) => match body {
+                    Body::Raw { frame } => frame.clone(),
+                    Body::Data(d) => {
+                        let (text, payload) = envelope::data_to_raw(d);
+                        let op = if text { OpCode::Text } else { OpCode::Binary };
+                        encode_server_frame(op, false, &payload)
+                    }
+                },
+                (None, _) => return None,
+                (Some(format), kind) => {
+                    let room = &*b.room;
+                    match kind {
+                        Kind::Message { from, .. } => {
+                            let data = b.data()?;
+                            envelope_frame(
+                                &ServerOp::Message {
+                                    room,
+                                    seq: b.seq,
+                                    from: *from,
+                                    data: &data,
+                                },
+                                format,
+                            )
+                        }
+                        Kind::Join { conn, info } => envelope_frame(
+                            &ServerOp::Join {
+                                room,
+                                conn: *conn,
+                                info,
+                            },
+                            format,
+                        ),
+                        Kind::Leave { conn, info } => envelope_frame(
+                            &ServerOp::Leave {
+                                room,
+                                conn: *conn,
+                                info,
+                            },
+                            format,
+                        ),
+                    }
+                }
+            }
+        };
+        Some(cell.set(frame).clone())
+    }
+
+    /// The encodings of `b` that the local members of `room` take.
+    pub(crate) fn frames_for(&mut self, room: RoomId, b: &Bcast) -> Frames {
+        let census = self.rooms.get(room).map(|r| r.census).unwrap_or_default();
+        let mut f = Frames::default();
+        for w in Wire::ALL {
+            if census[w as usize] > 0 && !(b.raw_done && w.is_raw()) {
+                f.0[w as usize] = self.wire_frame(b, w);
+            }
+        }
+        f
+    }
+
+    /// Deliver a sequenced message or event to the local members of its room.
+    pub(crate) fn deliver_bcast(&mut self, b: &Bcast, now: Instant) {
+        let Some(id) = self.rooms.find(&b.room) else {
+            return;
+        };
+        let frames = self.frames_for(id, b);
+        let skip = if self.cfg.echo_to_sender {
+            None
+        } else {
+            b.origin.filter(|o| o.0 == self.id).map(|o| o.1)
+        };
+        self.enqueue_room(id, frames, skip, b.is_event(), now);
+    }
+
     /// Handle one inbox message.
     pub(crate) fn handle_msg(&mut self, msg: ShardMsg, now: Instant) {
         match msg {
-            ShardMsg::Broadcast { room, frames } => {
+            ShardMsg::Raw {
+                room,
+                frames,
+                sequence,
+                origin,
+            } => {
                 if let Some(id) = self.rooms.find(&room) {
-                    self.enqueue_room(id, frames, now);
+                    self.enqueue_room(id, frames.clone(), None, false, now);
                 }
+                if sequence {
+                    self.home_sequence_raw(room, &frames, origin, now);
+                }
+            }
+            ShardMsg::Event(b) => self.deliver_bcast(&b, now),
+            ShardMsg::Home(m) => self.home_handle(m, now),
+            ShardMsg::Reply(r) => self.handle_reply(r, now),
+            ShardMsg::Api(req, tx) => {
+                let answer = self.home_api(req, now);
+                let _ = tx.try_send(answer);
             }
             ShardMsg::Shutdown(mode) => self.begin_shutdown(mode, now),
         }
     }
-}
 
-/// Publish a complete message from connection `from` to `room`: encode it once per wire format
-/// (plain, and compressed once when deflate clients may receive it), deliver locally
-/// (coalesced), then hand the same `Bytes` to every other shard. Returns the messages that could
-/// not be handed over because a peer's inbox was full; the caller waits with [`send_blocked`].
-pub(crate) fn publish(
-    shard: &ShardRef,
-    from: ConnId,
-    room: RoomId,
-    msg: Message,
-) -> Option<Blocked> {
-    let mut s = shard.borrow_mut();
-    let now = Instant::now();
-    let frames = s.encode_broadcast(room, &msg);
-    if s.cfg.echo_to_sender {
-        s.enqueue_room(room, frames.clone(), now);
-    } else {
-        // The sender must be skipped, so this frame cannot share a buffer with others.
-        s.flush_room(room, now);
-        s.deliver_local(room, &frames, 1, Some(from), now);
-    }
-    if s.peers.len() <= 1 {
-        return None;
-    }
-    let name = s.rooms.get(room)?.name.clone();
-    let mut blocked = None;
-    for (i, tx) in s.peers.iter().enumerate() {
-        if i == s.id.0 {
-            continue;
+    /// Send `msg` to shard `peer` in order: straight into its inbox when it has room and nothing
+    /// is waiting, otherwise behind what is waiting (drained by a task). Never blocks.
+    pub(crate) fn send_to(&mut self, peer: ShardId, msg: ShardMsg) {
+        let i = peer.0;
+        if self.overflow[i].is_empty() {
+            match self.peers[i].try_send(msg) {
+                Ok(()) => return,
+                Err(flume::TrySendError::Full(m)) => self.overflow[i].push_back(m),
+                Err(flume::TrySendError::Disconnected(_)) => return,
+            }
+        } else {
+            self.overflow[i].push_back(msg);
         }
-        let msg = ShardMsg::Broadcast {
-            room: name.clone(),
-            frames: frames.clone(),
-        };
-        if let Err(flume::TrySendError::Full(msg)) = tx.try_send(msg) {
-            blocked.get_or_insert_with(Vec::new).push((tx.clone(), msg));
+        if !self.draining[i] {
+            if let Some(me) = self.me.upgrade() {
+                self.draining[i] = true;
+                monoio::spawn(drain_overflow(me, i));
+            }
         }
     }
-    blocked.map(Blocked)
-}
 
-impl ShardCore {
-    /// The wire formats of one broadcast. The compressor runs at most once per broadcast, here,
-    /// on the publishing shard; other shards receive the compressed `Bytes` as it is.
-    fn encode_broadcast(&mut self, room: RoomId, msg: &Message) -> Frames {
+    /// Messages waiting for room in peers' inboxes.
+    pub(crate) fn backlog(&self) -> usize {
+        self.overflow.iter().map(|q| q.len()).sum()
+    }
+
+    /// The encodings of a raw client's message: plain, and compressed once when deflate clients
+    /// may receive it (here or on another shard).
+    fn encode_raw(&mut self, room: RoomId, msg: &Message) -> Frames {
         let z = self.cfg.compression;
-        let may_need_deflate =
-            self.rooms.get(room).is_some_and(|r| r.deflate_members > 0) || self.peers.len() > 1;
+        let may_need_deflate = self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.census[Wire::RawZ as usize] > 0)
+            || self.peers.len() > 1;
         let deflate = if z.enabled
             && z.mode == DeflateMode::Shared
             && msg.payload().len() >= z.threshold_bytes
@@ -334,21 +732,67 @@ impl ShardCore {
         } else {
             None
         };
-        Frames {
-            plain: msg.frame().clone(),
-            deflate,
-        }
+        Frames::raw(msg.frame().clone(), deflate)
     }
 }
 
-/// Cross-shard messages waiting for room in a full inbox.
-#[derive(Debug)]
-pub(crate) struct Blocked(Vec<(flume::Sender<ShardMsg>, ShardMsg)>);
+/// Publish a raw client's message to `room`: encode it once per raw format, deliver it to the
+/// local members (coalesced), hand the same `Bytes` to every other shard, and have the room's home
+/// number it for envelope members and history.
+pub(crate) fn publish_raw(shard: &ShardRef, from: ConnId, room: RoomId, msg: Message) {
+    let mut s = shard.borrow_mut();
+    let now = Instant::now();
+    let frames = s.encode_raw(room, &msg);
+    if s.cfg.echo_to_sender {
+        s.enqueue_room(room, frames.clone(), None, false, now);
+    } else {
+        // The sender must be skipped, so this frame cannot share a buffer with others.
+        s.enqueue_room(room, frames.clone(), Some(from), false, now);
+    }
+    let Some(name) = s.rooms.get(room).map(|r| r.name.clone()) else {
+        return;
+    };
+    let home = s.home_of(&name);
+    let me = s.id;
+    for i in 0..s.peers.len() {
+        if i == me.0 {
+            continue;
+        }
+        s.send_to(
+            ShardId(i),
+            ShardMsg::Raw {
+                room: name.clone(),
+                frames: frames.clone(),
+                sequence: home.0 == i,
+                origin: me,
+            },
+        );
+    }
+    if home == me {
+        s.home_sequence_raw(name, &frames, me, now);
+    }
+}
 
-/// Wait until every blocked message is in its peer's inbox (back-pressure on the publisher).
-pub(crate) async fn send_blocked(blocked: Blocked) {
-    for (tx, msg) in blocked.0 {
-        let _ = tx.send_async(msg).await;
+/// Push what waits for shard `peer` into its inbox, in order, waiting while it is full.
+async fn drain_overflow(shard: ShardRef, peer: usize) {
+    loop {
+        let next = {
+            let mut s = shard.borrow_mut();
+            match s.overflow[peer].pop_front() {
+                Some(m) => Some((s.peers[peer].clone(), m)),
+                None => {
+                    s.draining[peer] = false;
+                    None
+                }
+            }
+        };
+        let Some((tx, msg)) = next else { return };
+        if tx.send_async(msg).await.is_err() {
+            let mut s = shard.borrow_mut();
+            s.overflow[peer].clear();
+            s.draining[peer] = false;
+            return;
+        }
     }
 }
 
@@ -384,6 +828,7 @@ pub(crate) async fn run_flusher(shard: ShardRef) {
         shard.borrow_mut().flush_all(Instant::now());
     }
 }
+
 #[doc(hidden)]
 pub mod bench {
     use std::rc::Rc;
@@ -434,7 +879,7 @@ pub mod bench {
                 core.conns[id.0].phase = Phase::Open;
                 // Steady state of a busy room: every member has a writer task.
                 core.conns[id.0].writer_alive = true;
-                room = core.join(id, "bench");
+                room = core.join_local(id, "bench", false);
             }
             let room = room.expect("join cannot fail below max_rooms_per_connection");
             LocalFanout { core, room, now }
@@ -449,6 +894,7 @@ pub mod bench {
                 &super::Frames::plain(frame.clone()),
                 1,
                 None,
+                false,
                 self.now,
             );
         }
@@ -457,8 +903,13 @@ pub mod bench {
         /// loop turn are (`enqueue_room` each, then the end-of-turn `flush_all`).
         pub fn broadcast_coalesced(&mut self, frame: &Bytes, n: usize) {
             for _ in 0..n {
-                self.core
-                    .enqueue_room(self.room, super::Frames::plain(frame.clone()), self.now);
+                self.core.enqueue_room(
+                    self.room,
+                    super::Frames::plain(frame.clone()),
+                    None,
+                    false,
+                    self.now,
+                );
             }
             self.core.flush_all(self.now);
         }

@@ -106,6 +106,8 @@ impl ShardCore {
             self.kick(id);
         }
         self.spawn_list = kick;
+        let ttl = self.cfg.history_ttl;
+        self.home.sweep(now, ttl);
         let st = self.my_stats();
         ShardStats::add(&st.heartbeat_timeouts, hb);
         ShardStats::add(&st.handshake_timeouts, hs);

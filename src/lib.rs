@@ -12,8 +12,9 @@
 //! - [`connection`]: per-connection tasks: handshake, reader, writer.
 //! - [`room`]: per-shard room registry.
 //! - [`fanout`]: encode-once broadcast, per-turn coalescing, cross-shard inboxes.
+//! - [`home`]: each room's home shard: seq, epoch, history ring, presence, member census.
 //! - [`heartbeat`]: the per-shard timer sweep (pings, timeouts, drain).
-//! - [`http`]: plain HTTP answers (`/healthz`, status page, errors).
+//! - [`http`]: plain HTTP answers (`/healthz`, status page, errors) and the HTTP API.
 //! - [`metrics`]: per-shard counters.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -22,6 +23,7 @@ pub mod config;
 pub mod connection;
 pub mod fanout;
 pub mod heartbeat;
+pub mod home;
 pub mod http;
 pub mod listener;
 pub mod metrics;

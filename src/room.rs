@@ -35,8 +35,9 @@ pub struct Room {
     pub members: Vec<ConnId>,
     /// Frames broadcast to this room during the current loop turn, not yet handed to members.
     pub outbox: crate::fanout::Outbox,
-    /// Local members that take the shared compressed variant (permessage-deflate).
-    pub deflate_members: u32,
+    /// Local members per wire format ([`crate::fanout::Wire`]): only formats someone takes are
+    /// encoded.
+    pub census: [u32; crate::fanout::WIRES],
 }
 
 /// The registry.
@@ -53,6 +54,8 @@ pub struct Membership {
     pub room: RoomId,
     /// Index in `Room::members`.
     pub slot: usize,
+    /// The member receives presence events (`join`/`leave`) of this room.
+    pub presence: bool,
 }
 
 /// Result of a leave: if another member moved into the freed slot, its new slot.
@@ -100,7 +103,7 @@ impl RoomRegistry {
                     name: name.clone(),
                     members: Vec::new(),
                     outbox: Default::default(),
-                    deflate_members: 0,
+                    census: [0; crate::fanout::WIRES],
                 }));
                 self.by_name.insert(name, id);
                 id
@@ -111,6 +114,7 @@ impl RoomRegistry {
         Membership {
             room: id,
             slot: room.members.len() - 1,
+            presence: false,
         }
     }
 

@@ -21,7 +21,8 @@ use monoio::net::TcpStream;
 
 use crate::config::{Config, SlowConsumer};
 use crate::connection::Dedicated;
-use crate::fanout::ShardMsg;
+use crate::fanout::{ShardMsg, Wire};
+use crate::home::{HomeMsg, HomeRooms};
 use crate::metrics::{ShardStats, Stats};
 use crate::protocol::close::CloseCode;
 use crate::protocol::deflate::{Compressor, Inflater};
@@ -97,8 +98,11 @@ pub(crate) struct Conn {
     /// Send FIN once the queue (ending with a close frame) is flushed: used when failing a
     /// connection, so the client sees the close frame and then the end of the stream.
     pub(crate) fin_after_flush: bool,
-    /// Takes the shared compressed variant of broadcasts (permessage-deflate, shared mode).
-    pub(crate) compressed: bool,
+    /// The wire format broadcasts reach it in (raw or envelope; shared-deflate or plain).
+    pub(crate) wire: Wire,
+    /// Node-unique connection id (`welcome`, `from`, presence): a per-shard counter shifted left
+    /// by 10 bits, or'ed with the shard index.
+    pub(crate) uid: u64,
     /// A writer task is running for this connection. Writers are spawned when something is
     /// queued and retire after a quiet spell, so an idle connection has no writer task.
     pub(crate) writer_alive: bool,
@@ -128,9 +132,10 @@ pub(crate) enum Push {
 }
 
 impl Conn {
-    fn new(fd: RawFd, now: Tick, handshake_deadline: Tick) -> Conn {
+    fn new(fd: RawFd, uid: u64, now: Tick, handshake_deadline: Tick) -> Conn {
         Conn {
             fd,
+            uid,
             phase: Phase::Handshake {
                 deadline: handshake_deadline,
             },
@@ -141,7 +146,7 @@ impl Conn {
             finishing: false,
             killed: false,
             fin_after_flush: false,
-            compressed: false,
+            wire: Wire::Raw,
             writer_alive: false,
             retire: false,
             writer_parked: now,
@@ -272,6 +277,14 @@ pub(crate) struct ShardCore {
     /// Inflaters for clients that agreed to `client_no_context_takeover`: they hold no state
     /// between messages, so a few per shard serve every such connection.
     inflaters: Vec<Inflater>,
+    /// Rooms this shard is home for.
+    pub(crate) home: HomeRooms,
+    /// Per peer: messages waiting for room in its inbox, in order.
+    pub(crate) overflow: Vec<VecDeque<ShardMsg>>,
+    /// Per peer: a task is draining `overflow`.
+    pub(crate) draining: Vec<bool>,
+    /// Counter behind connection ids.
+    next_uid: u64,
 }
 
 /// Shared handle to a shard's state.
@@ -286,7 +299,12 @@ impl ShardCore {
         open_connections: Arc<AtomicUsize>,
     ) -> ShardCore {
         let _ = epoch(); // ticks count from before the first connection
+        let n = peers.len();
         ShardCore {
+            home: HomeRooms::default(),
+            overflow: (0..n).map(|_| VecDeque::new()).collect(),
+            draining: vec![false; n],
+            next_uid: 0,
             id,
             cfg,
             conns: Slab::new(),
@@ -314,7 +332,12 @@ impl ShardCore {
     /// Register a freshly accepted socket (in the handshake phase).
     pub(crate) fn add_conn(&mut self, fd: RawFd, now: Instant) -> ConnId {
         let deadline = Tick::at(now + self.cfg.handshake_timeout);
-        ConnId(self.conns.insert(Conn::new(fd, Tick::at(now), deadline)))
+        self.next_uid += 1;
+        let uid = (self.next_uid << 10) | self.id.0 as u64;
+        ConnId(
+            self.conns
+                .insert(Conn::new(fd, uid, Tick::at(now), deadline)),
+        )
     }
 
     /// Try to count a new WebSocket connection against `max_connections`.
@@ -338,30 +361,59 @@ impl ShardCore {
         }
     }
 
-    /// Join a room by name.
-    pub(crate) fn join(&mut self, id: ConnId, room: &str) -> Option<RoomId> {
+    /// Join a room by name on this shard only (the room's home is told separately). `None`
+    /// when the connection is gone or in too many rooms.
+    pub(crate) fn join_local(&mut self, id: ConnId, room: &str, presence: bool) -> Option<RoomId> {
         let conn = self.conns.get(id.0)?;
-        if conn.rooms.len() >= self.cfg.max_rooms_per_connection {
-            return None;
-        }
         if let Some(r) = self.rooms.find(room) {
             if conn.rooms.iter().any(|m| m.room == r) {
                 return Some(r);
             }
         }
+        if conn.rooms.len() >= self.cfg.max_rooms_per_connection {
+            return None;
+        }
         let before = self.rooms.len();
-        let m = self.rooms.join(room, id);
+        let mut m = self.rooms.join(room, id);
+        m.presence = presence;
         let conn = &mut self.conns[id.0];
         conn.rooms.push(m);
-        if conn.compressed {
-            if let Some(r) = self.rooms.get_mut(m.room) {
-                r.deflate_members += 1;
-            }
+        let wire = conn.wire;
+        if let Some(r) = self.rooms.get_mut(m.room) {
+            r.census[wire as usize] += 1;
         }
         if self.rooms.len() != before {
             ShardStats::add(&self.my_stats().rooms, 1);
         }
         Some(m.room)
+    }
+
+    /// Join a raw room: locally, and counted by the room's home.
+    pub(crate) fn join_raw(&mut self, id: ConnId, room: &str) -> Option<RoomId> {
+        let rid = self.join_local(id, room, false)?;
+        let wire = self.conns.get(id.0)?.wire;
+        let name = self.rooms.get(rid)?.name.clone();
+        let msg = HomeMsg::Join {
+            room: name.clone(),
+            shard: self.id,
+            wire,
+            sub: None,
+        };
+        self.send_home(&name, msg, Instant::now());
+        Some(rid)
+    }
+
+    /// Leave one room (here and at its home). Returns whether the connection was a member.
+    pub(crate) fn leave_room(&mut self, id: ConnId, room: RoomId) -> bool {
+        let Some(conn) = self.conns.get_mut(id.0) else {
+            return false;
+        };
+        let Some(pos) = conn.rooms.iter().position(|m| m.room == room) else {
+            return false;
+        };
+        let m = conn.rooms.swap_remove(pos);
+        self.leave_membership(id, m);
+        true
     }
 
     /// Leave every room (no further deliveries reach this connection).
@@ -370,24 +422,39 @@ impl ShardCore {
             return;
         };
         let memberships = std::mem::take(&mut conn.rooms);
-        let compressed = conn.compressed;
         for m in memberships {
-            if compressed {
-                if let Some(r) = self.rooms.get_mut(m.room) {
-                    r.deflate_members = r.deflate_members.saturating_sub(1);
+            self.leave_membership(id, m);
+        }
+    }
+
+    fn leave_membership(&mut self, id: ConnId, m: Membership) {
+        let Some(conn) = self.conns.get(id.0) else {
+            return;
+        };
+        let (wire, uid) = (conn.wire, conn.uid);
+        let name = self.rooms.get(m.room).map(|r| r.name.clone());
+        if let Some(r) = self.rooms.get_mut(m.room) {
+            r.census[wire as usize] = r.census[wire as usize].saturating_sub(1);
+        }
+        let before = self.rooms.len();
+        if let Some(moved) = self.rooms.leave(m) {
+            if let Some(other) = self.conns.get_mut(moved.conn.0) {
+                if let Some(mm) = other.rooms.iter_mut().find(|x| x.room == m.room) {
+                    mm.slot = moved.slot;
                 }
             }
-            let before = self.rooms.len();
-            if let Some(moved) = self.rooms.leave(m) {
-                if let Some(other) = self.conns.get_mut(moved.conn.0) {
-                    if let Some(mm) = other.rooms.iter_mut().find(|x| x.room == m.room) {
-                        mm.slot = moved.slot;
-                    }
-                }
-            }
-            if self.rooms.len() != before {
-                self.my_stats().rooms.fetch_sub(1, Ordering::Relaxed);
-            }
+        }
+        if self.rooms.len() != before {
+            self.my_stats().rooms.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(name) = name {
+            let msg = HomeMsg::Leave {
+                room: name.clone(),
+                shard: self.id,
+                wire,
+                uid: (!wire.is_raw()).then_some(uid),
+            };
+            self.send_home(&name, msg, Instant::now());
         }
     }
 
@@ -439,6 +506,17 @@ impl ShardCore {
     pub(crate) fn return_inflater(&mut self, inf: Inflater) {
         if self.inflaters.len() < 4 {
             self.inflaters.push(inf);
+        }
+    }
+
+    /// Hand out what is pending in every room of `id` (before closing it).
+    pub(crate) fn flush_conn_rooms(&mut self, id: ConnId, now: Instant) {
+        let rooms: SmallVec<[RoomId; 4]> = match self.conns.get(id.0) {
+            Some(c) => c.rooms.iter().map(|m| m.room).collect(),
+            None => return,
+        };
+        for r in rooms {
+            self.flush_room(r, now);
         }
     }
 

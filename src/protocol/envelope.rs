@@ -234,6 +234,11 @@ pub enum ServerOp<'a> {
         /// Whether every message after the requested `since` was (or will be) replayed.
         recovered: bool,
     },
+    /// `{"op":"unsubscribed","room":R}`: the answer to `unsubscribe`; nothing of the room follows.
+    Unsubscribed {
+        /// Room name.
+        room: &'a str,
+    },
     /// `{"op":"message","room":R,"seq":N,"from":CONN|null,"data":ANY}`
     Message {
         /// Room name.
@@ -306,6 +311,7 @@ impl ServerOp<'_> {
         match self {
             ServerOp::Welcome { .. } => "welcome",
             ServerOp::Subscribed { .. } => "subscribed",
+            ServerOp::Unsubscribed { .. } => "unsubscribed",
             ServerOp::Message { .. } => "message",
             ServerOp::Join { .. } => "join",
             ServerOp::Leave { .. } => "leave",
@@ -705,7 +711,7 @@ fn server_size_hint(op: &ServerOp<'_>) -> usize {
     }
     64 + match op {
         ServerOp::Welcome { .. } => 0,
-        ServerOp::Subscribed { room, .. } => room.len(),
+        ServerOp::Subscribed { room, .. } | ServerOp::Unsubscribed { room } => room.len(),
         ServerOp::Message { room, data, .. } => room.len() + data_hint(data),
         ServerOp::Join { room, info, .. } | ServerOp::Leave { room, info, .. } => {
             room.len() + data_hint(info)
@@ -752,6 +758,7 @@ fn json_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> 
             json_key(out, "recovered");
             json_bool(out, recovered);
         }
+        ServerOp::Unsubscribed { room } => json_room(out, room),
         ServerOp::Message {
             room,
             seq,
@@ -1093,6 +1100,10 @@ fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> 
             cbor_entry_u64(out, "epoch", epoch);
             cbor_text(out, "recovered");
             cbor_bool(out, recovered);
+        }
+        ServerOp::Unsubscribed { room } => {
+            cbor_open(out, op.name(), 2);
+            cbor_entry_text(out, "room", room);
         }
         ServerOp::Message {
             room,

@@ -55,6 +55,10 @@ pub struct Request {
     pub extensions: Vec<String>,
     /// HTTP minor version (1 for HTTP/1.1).
     pub http_minor: u8,
+    /// `Authorization`, verbatim.
+    pub authorization: Option<String>,
+    /// `Content-Length`, when present and a valid number.
+    pub content_length: Option<usize>,
 }
 
 /// Parse a request head from the front of `buf`.
@@ -92,6 +96,8 @@ pub fn parse_request(
     let mut version = None;
     let mut protocols = Vec::new();
     let mut extensions = Vec::new();
+    let mut authorization = None;
+    let mut content_length = None;
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value)
             .map_err(|_| HandshakeError::Malformed("non-UTF-8 header value"))?;
@@ -120,6 +126,17 @@ pub fn parse_request(
             );
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
             extensions.push(value.to_string());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value.trim().to_string());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let n = value
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| HandshakeError::Malformed("bad Content-Length"))?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err(HandshakeError::Malformed("conflicting Content-Length"));
+            }
+            content_length = Some(n);
         }
     }
     Ok(Some((
@@ -133,6 +150,8 @@ pub fn parse_request(
             protocols,
             extensions,
             http_minor: req.version.unwrap_or(0),
+            authorization,
+            content_length,
         },
         n,
     )))
