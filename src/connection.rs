@@ -50,9 +50,14 @@ pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
             let (rh, wh) = stream.into_split();
             let dedicated = dedicated_compressor(&shard, up.deflate);
             // No writer task yet: one is spawned when something is queued (ShardCore::kick).
-            if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
-                c.wh = Some(wh);
-                c.dedicated = dedicated;
+            {
+                let mut s = shard.borrow_mut();
+                if let Some(c) = s.conns.get_mut(id.0) {
+                    c.wh = Some(wh);
+                    c.dedicated = dedicated;
+                }
+                // Anything queued during the upgrade (the envelope `welcome`) goes out now.
+                s.kick(id);
             }
             monoio::spawn(reader_task(shard, id, rh, up));
         }
@@ -220,8 +225,8 @@ async fn handshake(
             Target::Envelope(format, info) => {
                 c.wire = Wire::of(Some(format), compressed);
                 let welcome = envelope_frame(&ServerOp::Welcome { conn: c.uid }, format);
+                // Written as soon as the write half is in place (see `serve`).
                 c.push_control(welcome);
-                s.kick(id);
                 Mode::Envelope {
                     format,
                     info,
@@ -449,8 +454,8 @@ fn envelope_in(
 ) -> Option<Step> {
     let mut s = shard.borrow_mut();
     let now = Instant::now();
-    let op = match envelope::decode_client_with_id(m.payload(), format) {
-        Ok(op) => op,
+    let (op, req_id) = match envelope::decode_request(m.payload(), format) {
+        Ok(x) => x,
         Err(Rejected { error, id: req }) => {
             *bad += 1;
             if *bad >= s.cfg.max_bad_frames {
@@ -493,14 +498,14 @@ fn envelope_in(
                     id,
                     "already_subscribed",
                     "already subscribed to this room",
-                    None,
+                    req_id.as_ref(),
                 );
             } else if joined >= s.cfg.max_rooms_per_connection {
                 s.send_error(
                     id,
                     "too_many_rooms",
                     "too many rooms on this connection",
-                    None,
+                    req_id.as_ref(),
                 );
             } else {
                 let room: Arc<str> = Arc::from(room);
@@ -529,7 +534,12 @@ fn envelope_in(
                 }
                 s.kick(id);
             }
-            None => s.send_error(id, "not_subscribed", "not subscribed to this room", None),
+            None => s.send_error(
+                id,
+                "not_subscribed",
+                "not subscribed to this room",
+                req_id.as_ref(),
+            ),
         },
         ClientOp::Publish {
             room,

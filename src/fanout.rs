@@ -262,10 +262,10 @@ impl Bcast {
         }
     }
 
-    /// A raw message sequenced after its direct delivery: the raw encodings are known already.
+    /// A raw message sequenced after its direct delivery (raw members have it already).
     pub(crate) fn raw_sequenced(room: Arc<str>, seq: u64, at: Tick, frames: &Frames) -> Bcast {
         let plain = frames.0[Wire::Raw as usize].clone().unwrap_or_default();
-        let b = Bcast {
+        Bcast {
             room,
             seq,
             at,
@@ -278,12 +278,7 @@ impl Bcast {
             origin: None,
             raw_done: true,
             cells: Default::default(),
-        };
-        b.cells[Wire::Raw as usize].set(plain);
-        if let Some(z) = &frames.0[Wire::RawZ as usize] {
-            b.cells[Wire::RawZ as usize].set(z.clone());
         }
-        b
     }
 
     /// Presence events only go to members that asked for them.
@@ -359,8 +354,6 @@ pub(crate) enum ShardMsg {
         frames: Frames,
         /// Number it (this shard is the room's home).
         sequence: bool,
-        /// The message came from a publisher on a shard whose local members already have it.
-        origin: ShardId,
     },
     /// A sequenced message or presence event for the local members of its room.
     Event(Arc<Bcast>),
@@ -593,6 +586,7 @@ impl ShardCore {
                 },
                 (None, _) => return None,
                 (Some(format), kind) => {
+                    ShardStats::add(&self.stats.shard(self.id.0).envelope_encodings, 1);
                     let room = &*b.room;
                     match kind {
                         Kind::Message { from, .. } => {
@@ -663,13 +657,12 @@ impl ShardCore {
                 room,
                 frames,
                 sequence,
-                origin,
             } => {
                 if let Some(id) = self.rooms.find(&room) {
                     self.enqueue_room(id, frames.clone(), None, false, now);
                 }
                 if sequence {
-                    self.home_sequence_raw(room, &frames, origin, now);
+                    self.home_sequence_raw(room, &frames, now);
                 }
             }
             ShardMsg::Event(b) => self.deliver_bcast(&b, now),
@@ -764,12 +757,11 @@ pub(crate) fn publish_raw(shard: &ShardRef, from: ConnId, room: RoomId, msg: Mes
                 room: name.clone(),
                 frames: frames.clone(),
                 sequence: home.0 == i,
-                origin: me,
             },
         );
     }
     if home == me {
-        s.home_sequence_raw(name, &frames, me, now);
+        s.home_sequence_raw(name, &frames, now);
     }
 }
 

@@ -352,22 +352,19 @@ impl ShardCore {
     }
 
     /// Number a raw message (already delivered to raw members) and send it to envelope members.
-    pub(crate) fn home_sequence_raw(
-        &mut self,
-        room: Arc<str>,
-        frames: &Frames,
-        _origin: ShardId,
-        now: Instant,
-    ) {
+    pub(crate) fn home_sequence_raw(&mut self, room: Arc<str>, frames: &Frames, now: Instant) {
         let shards = self.peers.len();
         let size = self.cfg.history_size;
         let r = self.home.get_or_create(&room, shards);
         r.seq += 1;
-        let b = Arc::new(Bcast::raw_sequenced(room, r.seq, Tick::at(now), frames));
-        r.keep(b.clone(), size);
         let envelope_members = Wire::ALL
             .iter()
             .any(|w| !w.is_raw() && r.total[*w as usize] > 0);
+        if size == 0 && !envelope_members {
+            return; // numbered, and nobody needs more
+        }
+        let b = Arc::new(Bcast::raw_sequenced(room, r.seq, Tick::at(now), frames));
+        r.keep(b.clone(), size);
         if envelope_members {
             self.home_fanout(b, now);
         }

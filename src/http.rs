@@ -130,7 +130,8 @@ Rooms with presence, history and resume: <code>ws://HOST:PORT/ws</code> with sub
 <tr><td>slow-consumer closes</td><td>{slow}</td></tr>\
 <tr><td>heartbeat timeouts</td><td>{hb}</td></tr>\
 <tr><td>compressions</td><td>{comp}</td></tr>\
-<tr><td>inflations</td><td>{infl}</td></tr></table>\
+<tr><td>inflations</td><td>{infl}</td></tr>\
+<tr><td>envelope encodings</td><td>{enc}</td></tr></table>\
 <p><a href=\"/healthz\">/healthz</a></p></body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
         shards = stats.shard_count(),
@@ -143,6 +144,7 @@ Rooms with presence, history and resume: <code>ws://HOST:PORT/ws</code> with sub
         hb = s.heartbeat_timeouts,
         comp = s.compressions,
         infl = s.inflations,
+        enc = s.envelope_encodings,
     )
 }
 

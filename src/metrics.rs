@@ -36,6 +36,9 @@ pub struct ShardStats {
     pub compressions: AtomicU64,
     /// Compressed client messages inflated.
     pub inflations: AtomicU64,
+    /// Envelope frames (JSON or CBOR) serialized for room messages and presence events: once
+    /// per message per format, however many subscribers.
+    pub envelope_encodings: AtomicU64,
 }
 
 impl ShardStats {
@@ -81,6 +84,8 @@ pub struct Snapshot {
     pub compressions: u64,
     /// See [`ShardStats::inflations`].
     pub inflations: u64,
+    /// See [`ShardStats::envelope_encodings`].
+    pub envelope_encodings: u64,
 }
 
 impl Stats {
@@ -127,6 +132,7 @@ impl Stats {
             s.write_calls += l(&sh.write_calls);
             s.compressions += l(&sh.compressions);
             s.inflations += l(&sh.inflations);
+            s.envelope_encodings += l(&sh.envelope_encodings);
         }
         s
     }

@@ -409,6 +409,15 @@ pub fn decode_client(payload: &[u8], format: Format) -> Result<ClientOp, Envelop
 
 /// [`decode_client`], but a rejection also returns the frame's `id` (for the `error` frame).
 pub fn decode_client_with_id(payload: &[u8], format: Format) -> Result<ClientOp, Rejected> {
+    decode_request(payload, format).map(|(op, _)| op)
+}
+
+/// Decode one client frame and also return its `id` (any op may carry one; the daemon echoes it
+/// in an `error` about the request, and `publish` keeps it for the `ack`).
+pub fn decode_request(
+    payload: &[u8],
+    format: Format,
+) -> Result<(ClientOp, Option<Data>), Rejected> {
     let no_id = |error| Rejected { error, id: None };
     let entries = match untag(parse(payload, format).map_err(no_id)?) {
         Data::Map(entries) => entries,
@@ -431,8 +440,15 @@ pub fn decode_client_with_id(payload: &[u8], format: Format) -> Result<ClientOp,
         None => fields.into_op(),
     };
     match result {
-        Ok(ClientOp::Publish { room, data, .. }) => Ok(ClientOp::Publish { room, data, id }),
-        Ok(op) => Ok(op),
+        Ok(ClientOp::Publish { room, data, .. }) => Ok((
+            ClientOp::Publish {
+                room,
+                data,
+                id: id.clone(),
+            },
+            id,
+        )),
+        Ok(op) => Ok((op, id)),
         Err(error) => Err(Rejected { error, id }),
     }
 }
@@ -2330,6 +2346,17 @@ mod tests {
         assert_eq!(E::Malformed(Format::Cbor).as_str(), "malformed_cbor");
         assert_eq!(E::DuplicateField("op").as_str(), "duplicate_field");
         assert_eq!(E::DuplicateField("op").code(), "bad_field");
+    }
+
+    #[test]
+    fn decode_request_returns_any_ops_id() {
+        let (op, id) =
+            decode_request(br#"{"op":"subscribe","room":"a","id":"dup"}"#, Format::Json).unwrap();
+        assert_eq!(op.name(), "subscribe");
+        assert_eq!(id, Some(text("dup")));
+        let (_, id) =
+            decode_request(br#"{"op":"presence","room":"a","id":null}"#, Format::Json).unwrap();
+        assert_eq!(id, None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Third-party client tests (Python `websockets`) against the release daemon.
+# Third-party client tests (Python `websockets`, `cbor2`) against the release daemon.
 # Creates a Python 3 virtualenv in target/py3-venv with tests/python/requirements.txt.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -10,12 +10,33 @@ if [[ ! -x "$VENV/bin/python" ]] || ! cmp -s tests/python/requirements.txt "$VEN
   "$VENV/bin/pip" install -q -r tests/python/requirements.txt
   cp tests/python/requirements.txt "$VENV/.requirements"
 fi
+
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+}
+
+# Raw rooms and permessage-deflate with the `websockets` client.
 PORT=9011
 target/release/shardcast --listen "127.0.0.1:$PORT" --shards 2 >target/python-daemon.log 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
-  sleep 0.05
-done
+PIDS+=($!)
+wait_port $PORT
 "$VENV/bin/python" tests/python/test_websockets_client.py "127.0.0.1:$PORT"
+
+# The envelope protocol (docs/protocol.md), HTTP API and raw interop; config listens on 9012.
+target/release/shardcast --config tests/python/envelope.toml >target/python-envelope-daemon.log 2>&1 &
+PIDS+=($!)
+wait_port 9012
+"$VENV/bin/python" tests/python/test_envelope.py 127.0.0.1:9012
