@@ -497,6 +497,13 @@ impl ShardCore {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
+        // Keep only the formats someone here takes: nothing else is copied into the outbox.
+        let mut frames = frames;
+        for (f, &n) in frames.0.iter_mut().zip(&r.census) {
+            if n == 0 {
+                *f = None;
+            }
+        }
         match &mut r.outbox {
             Outbox::Empty => {
                 r.outbox = Outbox::One(frames);

@@ -148,6 +148,8 @@ pub(crate) struct HomeRoom {
     per_shard: Vec<[u32; WIRES]>,
     /// Members per wire format, all shards.
     total: [u32; WIRES],
+    /// Last time the room had an envelope member (raw messages are kept only around then).
+    envelope_seen: Option<Tick>,
 }
 
 impl HomeRoom {
@@ -159,6 +161,7 @@ impl HomeRoom {
             presence: BTreeMap::new(),
             per_shard: vec![[0; WIRES]; shards],
             total: [0; WIRES],
+            envelope_seen: None,
         }
     }
 
@@ -178,6 +181,13 @@ impl HomeRoom {
             *c = c.saturating_sub(1);
             *t = t.saturating_sub(1);
         }
+    }
+
+    /// Envelope members on any shard?
+    fn has_envelope_members(&self) -> bool {
+        Wire::ALL
+            .iter()
+            .any(|w| !w.is_raw() && self.total[*w as usize] > 0)
     }
 
     /// Members on all shards, every format.
@@ -355,15 +365,22 @@ impl ShardCore {
     pub(crate) fn home_sequence_raw(&mut self, room: Arc<str>, frames: &Frames, now: Instant) {
         let shards = self.peers.len();
         let size = self.cfg.history_size;
+        let ttl = self.cfg.history_ttl;
         let r = self.home.get_or_create(&room, shards);
         r.seq += 1;
-        let envelope_members = Wire::ALL
-            .iter()
-            .any(|w| !w.is_raw() && r.total[*w as usize] > 0);
-        if size == 0 && !envelope_members {
-            return; // numbered, and nobody needs more
+        let tick = Tick::at(now);
+        let envelope_members = r.has_envelope_members();
+        if envelope_members {
+            r.envelope_seen = Some(tick);
         }
-        let b = Arc::new(Bcast::raw_sequenced(room, r.seq, Tick::at(now), frames));
+        // A room only raw clients use (now and for the last `ttl`) numbers its messages but does
+        // not keep them: nobody can resume into it, and raw fan-out stays as cheap as it was. A
+        // later resume across such a stretch finds the gap and answers `recovered: false`.
+        let resumable = r.envelope_seen.is_some_and(|t| tick.since(t) < ttl);
+        if size == 0 || !resumable {
+            return;
+        }
+        let b = Arc::new(Bcast::raw_sequenced(room, r.seq, tick, frames));
         r.keep(b.clone(), size);
         if envelope_members {
             self.home_fanout(b, now);
@@ -450,6 +467,9 @@ impl ShardCore {
                     return;
                 };
                 r.count(shard, wire, false);
+                if !wire.is_raw() {
+                    r.envelope_seen = Some(tick);
+                }
                 let left = uid.and_then(|u| r.presence.remove(&u).map(|info| (u, info)));
                 if let Some((conn, info)) = left {
                     let ev = Kind::Leave { conn, info };
