@@ -5,6 +5,10 @@
 #                   [--duration SECS] [--warmup SECS] [--out DIR] [--no-build]
 #                   [--quiet-wait SECS] [--quiet-max CORES]
 #
+# Regression check of a change: build the other version elsewhere and add it as a server,
+#   SHARDCAST_BASE=/tmp/base/target/release/shardcast perf/compare.sh --servers shardcast,shardcast-base,uws
+# ("shardcast-base" runs exactly like "shardcast": one shard, pinned).
+#
 # This machine is shared: before each run compare.sh waits (up to --quiet-wait s, default 30)
 # until the machine's busy time over 0.5 s is below --quiet-max cores (default 0.25), and records
 # what it saw ("busy_before_run"). loadgen's host_other_cores tells how contended each run was.
@@ -126,6 +130,9 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 server_available() {
   case "$1" in
     shardcast|shardcast-s1|shardcast-s2) [ -x "$SHARDCAST" ] ;;
+    shardcast-base)
+      [ -n "${SHARDCAST_BASE:-}" ] && [ -x "$SHARDCAST_BASE" ] \
+        || { warn "set SHARDCAST_BASE to another shardcast binary for shardcast-base"; return 1; } ;;
     shardcast-deflate-*)
       [ -x "$SHARDCAST" ] || return 1
       [ -f "$PERF/configs/${1#shardcast-}.toml" ] \
@@ -210,6 +217,7 @@ start_server() {
   case "$name" in
     shardcast|shardcast-s1) taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 1 >"$logf" 2>&1 & ;;
     shardcast-s2) taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 2 >"$logf" 2>&1 & ;;
+    shardcast-base) taskset -c "$cpus" "$SHARDCAST_BASE" --listen "127.0.0.1:$port" --shards 1 >"$logf" 2>&1 & ;;
     shardcast-deflate-*)  # perf/configs/deflate-{off,shared,dedicated}.toml
       taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 1 \
         --config "$PERF/configs/${name#shardcast-}.toml" >"$logf" 2>&1 & ;;

@@ -43,7 +43,7 @@ AUTOBAHN_DAEMON_ARGS="--io-driver io_uring" bash tests/autobahn/run.sh
 step "Autobahn fuzzingclient, epoll (all but the 84 slow compression cases)"
 AUTOBAHN_NO_BUILD=1 AUTOBAHN_DAEMON_ARGS="--io-driver epoll" bash tests/autobahn/run.sh
 
-step "third-party client: Python websockets with permessage-deflate"
+step "third-party clients: Python websockets (permessage-deflate) and the envelope protocol suite (cbor2)"
 bash tests/python/run.sh
 
 step "systemd unit"
