@@ -93,6 +93,8 @@ pub struct HistorySection {
     pub ttl: Option<String>,
     /// Most messages in one `history` answer.
     pub max_page: Option<i64>,
+    /// Most payload bytes kept per room.
+    pub max_room_bytes: Option<ByteSize>,
 }
 
 /// `[envelope]` section: the `shardcast.v1` protocol on `/ws`.
@@ -313,6 +315,8 @@ pub struct Config {
     pub history_ttl: Duration,
     /// Most messages in one `history` answer.
     pub history_max_page: usize,
+    /// Most payload bytes kept in one room's history.
+    pub history_max_room_bytes: usize,
     /// Consecutive bad envelope frames before close 1008.
     pub max_bad_frames: u32,
     /// Largest per-connection `info`, in bytes of JSON.
@@ -372,6 +376,7 @@ impl Default for Config {
             history_size: 1000,
             history_ttl: Duration::from_secs(300),
             history_max_page: 1000,
+            history_max_room_bytes: 16 << 20,
             max_bad_frames: 10,
             max_info_bytes: 1024,
             api_key: None,
@@ -610,6 +615,9 @@ impl FileConfig {
         }
         if let Some(n) = h.max_page {
             c.history_max_page = positive("history.max_page", n)?;
+        }
+        if let Some(v) = &h.max_room_bytes {
+            c.history_max_room_bytes = byte_size("history.max_room_bytes", v)?;
         }
         if let Some(n) = self.envelope.max_bad_frames {
             c.max_bad_frames = u32::try_from(positive("envelope.max_bad_frames", n)?)

@@ -281,6 +281,31 @@ impl Bcast {
         }
     }
 
+    /// Approximate payload bytes, for the history's byte cap.
+    pub fn weight(&self) -> usize {
+        fn data(d: &Data) -> usize {
+            match d {
+                Data::Bytes(b) => b.len(),
+                Data::Text(t) => t.len(),
+                Data::Array(a) => 8 + a.iter().map(data).sum::<usize>(),
+                Data::Map(m) => 8 + m.iter().map(|(k, v)| data(k) + data(v)).sum::<usize>(),
+                Data::Tag(_, v) => 8 + data(v),
+                _ => 8,
+            }
+        }
+        64 + match &self.kind {
+            Kind::Message {
+                body: Body::Raw { frame },
+                ..
+            } => frame.len(),
+            Kind::Message {
+                body: Body::Data(d),
+                ..
+            } => data(d),
+            Kind::Join { info, .. } | Kind::Leave { info, .. } => data(info),
+        }
+    }
+
     /// Presence events only go to members that asked for them.
     pub fn is_event(&self) -> bool {
         !matches!(self.kind, Kind::Message { .. })

@@ -142,6 +142,8 @@ pub(crate) struct HomeRoom {
     pub(crate) seq: u64,
     pub(crate) epoch: u64,
     history: VecDeque<Arc<Bcast>>,
+    /// Payload bytes of the kept messages.
+    history_bytes: usize,
     /// Envelope subscribers: conn id → info (sorted, so `presence` lists are stable).
     presence: BTreeMap<u64, Arc<Data>>,
     /// Members per shard and wire format.
@@ -158,6 +160,7 @@ impl HomeRoom {
             seq: 0,
             epoch: new_epoch(),
             history: VecDeque::new(),
+            history_bytes: 0,
             presence: BTreeMap::new(),
             per_shard: vec![[0; WIRES]; shards],
             total: [0; WIRES],
@@ -199,20 +202,29 @@ impl HomeRoom {
     fn expire(&mut self, now: Tick, ttl: Duration) {
         while let Some(b) = self.history.front() {
             if now.since(b.at) >= ttl {
-                self.history.pop_front();
+                self.drop_oldest();
             } else {
                 break;
             }
         }
     }
 
-    fn keep(&mut self, b: Arc<Bcast>, size: usize) {
-        if size == 0 {
+    fn drop_oldest(&mut self) {
+        if let Some(b) = self.history.pop_front() {
+            self.history_bytes = self.history_bytes.saturating_sub(b.weight());
+        }
+    }
+
+    /// Keep `b`, dropping the oldest messages beyond `size` messages or `max_bytes` of payload.
+    fn keep(&mut self, b: Arc<Bcast>, size: usize, max_bytes: usize) {
+        let w = b.weight();
+        if size == 0 || w > max_bytes {
             return;
         }
-        while self.history.len() >= size {
-            self.history.pop_front();
+        while self.history.len() >= size || self.history_bytes + w > max_bytes {
+            self.drop_oldest();
         }
+        self.history_bytes += w;
         self.history.push_back(b);
     }
 
@@ -364,7 +376,7 @@ impl ShardCore {
     /// Number a raw message (already delivered to raw members) and send it to envelope members.
     pub(crate) fn home_sequence_raw(&mut self, room: Arc<str>, frames: &Frames, now: Instant) {
         let shards = self.peers.len();
-        let size = self.cfg.history_size;
+        let (size, max_bytes) = (self.cfg.history_size, self.cfg.history_max_room_bytes);
         let ttl = self.cfg.history_ttl;
         let r = self.home.get_or_create(&room, shards);
         r.seq += 1;
@@ -381,7 +393,7 @@ impl ShardCore {
             return;
         }
         let b = Arc::new(Bcast::raw_sequenced(room, r.seq, tick, frames));
-        r.keep(b.clone(), size);
+        r.keep(b.clone(), size, max_bytes);
         if envelope_members {
             self.home_fanout(b, now);
         }
@@ -397,7 +409,7 @@ impl ShardCore {
         now: Instant,
     ) -> u64 {
         let shards = self.peers.len();
-        let size = self.cfg.history_size;
+        let (size, max_bytes) = (self.cfg.history_size, self.cfg.history_max_room_bytes);
         let r = self.home.get_or_create(&room, shards);
         r.seq += 1;
         let seq = r.seq;
@@ -411,7 +423,7 @@ impl ShardCore {
             },
             from.map(|c| (c.shard, c.id)),
         ));
-        r.keep(b.clone(), size);
+        r.keep(b.clone(), size, max_bytes);
         self.home_fanout(b, now);
         seq
     }
@@ -707,7 +719,7 @@ mod tests {
         let t = Tick::at(Instant::now());
         for _ in 0..n {
             r.seq += 1;
-            r.keep(msg(r.seq, t), size);
+            r.keep(msg(r.seq, t), size, usize::MAX);
         }
         r
     }
@@ -744,6 +756,32 @@ mod tests {
     }
 
     #[test]
+    fn byte_cap_drops_the_oldest() {
+        let mut r = HomeRoom::new(1);
+        let t = Tick::at(Instant::now());
+        let big = |seq| {
+            Arc::new(Bcast::new(
+                Arc::from("r"),
+                seq,
+                t,
+                Kind::Message {
+                    from: None,
+                    body: Body::Data(Data::Bytes(vec![0; 100])),
+                },
+                None,
+            ))
+        };
+        for seq in 1..=10 {
+            r.seq = seq;
+            r.keep(big(seq), 1000, 500); // 164 bytes each: three fit
+        }
+        assert_eq!(seqs(&Vec::from(r.history.clone())), vec![8, 9, 10]);
+        assert!(r.history_bytes <= 500);
+        assert!(!r.resume(Some(6), Some(r.epoch)).0);
+        assert!(r.resume(Some(7), Some(r.epoch)).0);
+    }
+
+    #[test]
     fn page_and_completeness() {
         let r = room_with(10, 4);
         let (m, complete) = r.page(None, 2);
@@ -759,7 +797,7 @@ mod tests {
         let mut r = HomeRoom::new(1);
         let t0 = Tick::at(Instant::now());
         r.seq = 1;
-        r.keep(msg(1, t0), 10);
+        r.keep(msg(1, t0), 10, usize::MAX);
         r.expire(t0, Duration::from_secs(1));
         assert_eq!(r.history.len(), 1);
         let later = Tick::at(Instant::now() + Duration::from_secs(2));
