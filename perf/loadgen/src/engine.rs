@@ -1,7 +1,7 @@
 //! The single-threaded event loop: non-blocking sockets on one mio (epoll) poller, one shared read
 //! buffer, pre-built client frames, one write per connection per loop iteration.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -13,6 +13,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::deflate::{self, Mode};
+use crate::envelope::{self, Envelope, PubTemplate, Wire};
 use crate::hist::Hist;
 use crate::payload::{self, Kind};
 
@@ -34,6 +35,9 @@ enum State {
     NotStarted,
     Connecting,
     Handshake,
+    /// Envelope protocol: upgraded, waiting for `welcome`, then (subscribe sent) for
+    /// `subscribed`. Still counted as connecting.
+    Subscribing,
     Open,
     /// We sent a close frame and wait for the server's.
     Closing,
@@ -72,6 +76,12 @@ struct Conn {
     deflate: Mode,
     /// Mode::Takeover: this connection's inflater (created on its first compressed message).
     inflater: Option<Box<Decompress>>,
+    /// Index of this connection's publish template (one per room in envelope mode).
+    tmpl: u32,
+    /// Envelope: 0 = waiting for `welcome`, 1 = `subscribe` sent, waiting for `subscribed`.
+    env_phase: u8,
+    /// Envelope: the room seq expected next (`subscribed.seq + 1`, then +1 per message).
+    env_next: u64,
 }
 
 pub enum Traffic {
@@ -115,11 +125,20 @@ pub struct Engine {
     conns: Vec<Conn>,
     rbuf: Vec<u8>,
     dirty: Vec<usize>,
-    template: Vec<u8>,
+    /// Publish frames: one in raw mode (the room is in the URL), one per room in envelope mode.
+    tmpls: Vec<PubTemplate>,
+    tmpl_of_room: HashMap<String, u32>,
+    /// The raw payload (all header fields zero) the templates are built around.
+    payload: Vec<u8>,
     size: usize,
     kind: Kind,
-    /// JSON: offsets (in the payload) of the x/y digits rewritten in every message.
+    env: Envelope,
+    /// How the payload sits in a publish template (raw, base64, escaped JSON text).
+    wire: Wire,
+    /// JSON payload: offsets (from the template's payload offset) of the x/y digits rewritten
+    /// in every message, and of the timestamp / seq / publisher-id fields.
     vary_at: Vec<usize>,
+    json_at: [usize; 3],
     rng: u64,
     /// Offer permessage-deflate in the handshake.
     pub offer_deflate: bool,
@@ -160,6 +179,17 @@ pub struct Engine {
     pub connect_errors: u64,
     pub handshake_failures: BTreeMap<String, u64>,
     pub protocol_errors: u64,
+    /// Envelope: room seq numbers skipped (a subscriber got seq n+k after n, k > 1: k-1 lost).
+    pub seq_gaps: u64,
+    /// Envelope: a message whose room seq was not above the previous one's.
+    pub seq_out_of_order: u64,
+    /// Envelope: `error` frames from the server.
+    pub env_errors: u64,
+    /// Envelope: frames that are not a map of the connection's encoding, or a `message`
+    /// without an integer `seq`.
+    pub env_bad_frames: u64,
+    /// Envelope: other ops received and ignored (`join`, `leave`, `ack`, ...).
+    pub env_other: u64,
     pub open_count: usize,
     connecting: usize,
     // FanoutMax bookkeeping: remaining[i] = subscribers still missing seq oldest + i.
@@ -182,33 +212,27 @@ impl Engine {
         sources: u32,
         size: usize,
         kind: Kind,
+        env: Envelope,
     ) -> io::Result<Self> {
         let size = size.max(kind.min_size());
-        let mut template = Vec::with_capacity(size + 14);
-        template.push(match kind {
-            Kind::Binary => 0x82, // FIN + binary
-            Kind::Json => 0x81,   // FIN + text
-        });
-        if size < 126 {
-            template.push(0x80 | size as u8);
-        } else if size <= 0xffff {
-            template.push(0x80 | 126);
-            template.extend_from_slice(&(size as u16).to_be_bytes());
-        } else {
-            template.push(0x80 | 127);
-            template.extend_from_slice(&(size as u64).to_be_bytes());
-        }
-        // Mask key 0,0,0,0: the mask bit is set (RFC 6455 requires masked client frames) and
-        // masking is the identity, so the payload is written as is.
-        template.extend_from_slice(&[0, 0, 0, 0]);
-        let mut vary_at = Vec::new();
-        match kind {
-            Kind::Binary => template.resize(template.len() + size, 0),
-            Kind::Json => {
-                let (p, at) = payload::json_template(size);
-                template.extend_from_slice(&p);
-                vary_at = at;
+        // Client frames have the mask bit set (RFC 6455 requires masked client frames) with
+        // mask key 0,0,0,0: masking is the identity, so the payload is written as is.
+        let (payload, mut vary_at) = match kind {
+            Kind::Binary => (vec![0u8; size], Vec::new()),
+            Kind::Json => payload::json_template(size),
+        };
+        let wire = envelope::wire(env, kind);
+        let mut json_at = payload::JSON_FIELDS;
+        if wire == Wire::EscJson {
+            // The JSON text escaped into a JSON string: every offset moves.
+            let map = envelope::escape(&payload).1;
+            for o in vary_at.iter_mut().chain(json_at.iter_mut()) {
+                *o = map[*o];
             }
+        }
+        let mut tmpls = Vec::new();
+        if env == Envelope::Raw {
+            tmpls.push(envelope::publish_template(env, kind, "", &payload));
         }
         Ok(Engine {
             poll: Poll::new()?,
@@ -216,10 +240,15 @@ impl Engine {
             conns: Vec::new(),
             rbuf: vec![0u8; READ_BUF],
             dirty: Vec::new(),
-            template,
+            tmpls,
+            tmpl_of_room: HashMap::new(),
+            payload,
             size,
             kind,
+            env,
+            wire,
             vary_at,
+            json_at,
             rng: 0x2545_f491_4f6c_dd1d,
             offer_deflate: false,
             shared_inflater: Some(Box::new(deflate::SharedInflater::new(true))),
@@ -252,6 +281,11 @@ impl Engine {
             connect_errors: 0,
             handshake_failures: BTreeMap::new(),
             protocol_errors: 0,
+            seq_gaps: 0,
+            seq_out_of_order: 0,
+            env_errors: 0,
+            env_bad_frames: 0,
+            env_other: 0,
             open_count: 0,
             connecting: 0,
             remaining: VecDeque::new(),
@@ -278,6 +312,7 @@ impl Engine {
     pub fn open_all(&mut self, specs: Vec<Spec>) -> OpenResult {
         let base = self.conns.len();
         for s in specs {
+            let tmpl = self.template_for(&s.room);
             self.conns.push(Conn {
                 stream: None,
                 state: State::NotStarted,
@@ -294,6 +329,9 @@ impl Engine {
                 lossy: false,
                 deflate: Mode::Off,
                 inflater: None,
+                tmpl,
+                env_phase: 0,
+                env_next: 0,
             });
             self.next_seq.push(0);
         }
@@ -317,8 +355,10 @@ impl Engine {
                 last_sweep = now;
                 for i in base..total {
                     let c = &self.conns[i];
-                    if matches!(c.state, State::Connecting | State::Handshake)
-                        && now - c.started > HANDSHAKE_TIMEOUT_NS
+                    if matches!(
+                        c.state,
+                        State::Connecting | State::Handshake | State::Subscribing
+                    ) && now - c.started > HANDSHAKE_TIMEOUT_NS
                     {
                         *self.handshake_failures.entry("timeout".into()).or_default() += 1;
                         self.close(i);
@@ -331,6 +371,25 @@ impl Engine {
             failed: (self.failures() - failed_before) as usize,
             secs: t.elapsed().as_secs_f64(),
         }
+    }
+
+    /// The publish template for `room` (raw mode: the one template).
+    fn template_for(&mut self, room: &str) -> u32 {
+        if self.env == Envelope::Raw {
+            return 0;
+        }
+        if let Some(&t) = self.tmpl_of_room.get(room) {
+            return t;
+        }
+        let t = self.tmpls.len() as u32;
+        self.tmpls.push(envelope::publish_template(
+            self.env,
+            self.kind,
+            room,
+            &self.payload,
+        ));
+        self.tmpl_of_room.insert(room.to_string(), t);
+        t
     }
 
     fn failures(&self) -> u64 {
@@ -452,10 +511,18 @@ impl Engine {
         } else {
             String::new()
         };
+        // Raw: one room per connection, in the path. Envelope: /ws and the subprotocol.
+        let (path, proto) = match self.env.subprotocol() {
+            None => (format!("/ws/{}", self.conns[i].room), String::new()),
+            Some(p) => (
+                "/ws".to_string(),
+                format!("Sec-WebSocket-Protocol: {p}\r\n"),
+            ),
+        };
         let req = format!(
-            "GET {}/ws/{} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n",
-            self.path_prefix, self.conns[i].room, self.host_header
+            "GET {}{path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n{proto}{ext}\r\n",
+            self.path_prefix, self.host_header
         );
         let c = &mut self.conns[i];
         c.state = State::Handshake;
@@ -478,7 +545,7 @@ impl Engine {
                 Ok(0) => {
                     match st {
                         State::CloseAcked => {}
-                        State::Handshake => {
+                        State::Handshake | State::Subscribing => {
                             *self.handshake_failures.entry("eof".into()).or_default() += 1
                         }
                         _ => self.eof_errors += 1,
@@ -496,7 +563,7 @@ impl Engine {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    if st == State::Handshake {
+                    if matches!(st, State::Handshake | State::Subscribing) {
                         *self
                             .handshake_failures
                             .entry(format!("{:?}", e.kind()))
@@ -543,6 +610,21 @@ impl Engine {
                 self.close(i);
                 return;
             }
+            if let Some(want) = self.env.subprotocol() {
+                let got = head.lines().find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("sec-websocket-protocol"))
+                        .map(|(_, v)| v.trim())
+                });
+                if got != Some(want) {
+                    *self
+                        .handshake_failures
+                        .entry("subprotocol".into())
+                        .or_default() += 1;
+                    self.close(i);
+                    return;
+                }
+            }
             let ext = head
                 .lines()
                 .filter_map(|l| l.split_once(':'))
@@ -568,9 +650,15 @@ impl Engine {
             }
             let c = &mut self.conns[i];
             c.inbuf.drain(..end + 4);
-            c.state = State::Open;
-            self.connecting -= 1;
-            self.open_count += 1;
+            if self.env == Envelope::Raw {
+                c.state = State::Open;
+                self.connecting -= 1;
+                self.open_count += 1;
+            } else {
+                // Open once `subscribed` arrives (see on_setup).
+                c.state = State::Subscribing;
+                c.env_phase = 0;
+            }
             if !self.conns[i].inbuf.is_empty() {
                 let ib = std::mem::take(&mut self.conns[i].inbuf);
                 let used = self.parse(i, &ib, now);
@@ -694,13 +782,20 @@ impl Engine {
     #[inline]
     fn on_data(&mut self, i: usize, opcode: u8, rsv1: bool, p: &[u8], wire: usize, now: u64) {
         let c = &mut self.conns[i];
-        if c.ignore {
+        // Envelope set-up frames (welcome, subscribed) are read on every connection and not
+        // counted.
+        let count = c.state != State::Subscribing;
+        if c.ignore && count {
             return;
         }
-        self.c.wire_bytes += wire as u64;
-        self.c.data_frames += 1;
+        if count {
+            self.c.wire_bytes += wire as u64;
+            self.c.data_frames += 1;
+        }
         if !rsv1 {
-            self.c.inflated_bytes += p.len() as u64;
+            if count {
+                self.c.inflated_bytes += p.len() as u64;
+            }
             self.on_message(i, opcode, p, now);
             return;
         }
@@ -713,8 +808,10 @@ impl Engine {
                 let mut si = std::mem::take(&mut self.shared_inflater).expect("shared inflater");
                 match si.inflate(p) {
                     Ok(out) => {
-                        self.c.compressed_msgs += 1;
-                        self.c.inflated_bytes += out.len() as u64;
+                        if count {
+                            self.c.compressed_msgs += 1;
+                            self.c.inflated_bytes += out.len() as u64;
+                        }
                         self.on_message(i, opcode, out, now);
                     }
                     Err(()) => self.inflate_errors += 1,
@@ -739,8 +836,10 @@ impl Engine {
         };
         if ok {
             let z = std::mem::take(&mut self.zbuf);
-            self.c.compressed_msgs += 1;
-            self.c.inflated_bytes += z.len() as u64;
+            if count {
+                self.c.compressed_msgs += 1;
+                self.c.inflated_bytes += z.len() as u64;
+            }
             self.on_message(i, opcode, &z, now);
             self.zbuf = z;
         } else {
@@ -750,15 +849,113 @@ impl Engine {
 
     #[inline]
     fn on_message(&mut self, i: usize, opcode: u8, p: &[u8], now: u64) {
+        if self.env != Envelope::Raw {
+            self.on_envelope(i, opcode, p, now);
+            return;
+        }
         let parsed = if opcode == 0x1 {
             payload::parse_json_header(p)
         } else {
             payload::parse_binary_header(p)
         };
-        let Some((ts, seq, pid)) = parsed else {
+        let Some(h) = parsed else {
             self.short_msgs += 1;
             return;
         };
+        self.on_payload(i, h, now);
+    }
+
+    /// One envelope frame (JSON text or CBOR binary, already inflated).
+    #[inline]
+    fn on_envelope(&mut self, i: usize, opcode: u8, p: &[u8], now: u64) {
+        let f = match (self.env, opcode) {
+            (Envelope::Json, 0x1) => envelope::parse_json(p),
+            (Envelope::Cbor, 0x2) => envelope::parse_cbor(p),
+            _ => None,
+        };
+        let Some(f) = f else {
+            self.env_bad_frames += 1;
+            if self.conns[i].state == State::Subscribing {
+                self.setup_failed(i, "bad envelope frame");
+            }
+            return;
+        };
+        if self.conns[i].state == State::Subscribing {
+            self.on_setup(i, &f);
+            return;
+        }
+        match f.op {
+            b"message" => {
+                let Some(seq) = f.seq else {
+                    self.env_bad_frames += 1;
+                    return;
+                };
+                // The room's seq: +1 per room message for every subscriber.
+                let c = &mut self.conns[i];
+                if seq == c.env_next {
+                    c.env_next += 1;
+                } else if seq > c.env_next {
+                    self.seq_gaps += seq - c.env_next;
+                    c.env_next = seq + 1;
+                } else {
+                    self.seq_out_of_order += 1;
+                }
+                match f.payload_header() {
+                    Some(h) => self.on_payload(i, h, now),
+                    None => self.short_msgs += 1,
+                }
+            }
+            b"error" => {
+                self.env_errors += 1;
+                if self.env_errors <= 5 {
+                    eprintln!(
+                        "loadgen: conn #{i}: server error frame: {}",
+                        String::from_utf8_lossy(p)
+                    );
+                }
+            }
+            _ => self.env_other += 1,
+        }
+    }
+
+    /// Envelope set-up: `welcome` → send `subscribe`; `subscribed` → open.
+    fn on_setup(&mut self, i: usize, f: &envelope::Frame) {
+        let c = &mut self.conns[i];
+        match (c.env_phase, f.op) {
+            (0, b"welcome") => {
+                let sub = envelope::subscribe_frame(self.env, &c.room);
+                c.out.extend_from_slice(&sub);
+                c.env_phase = 1;
+                self.mark_dirty(i);
+            }
+            (1, b"subscribed") => {
+                let Some(seq) = f.seq.filter(|_| f.room == c.room.as_bytes()) else {
+                    self.env_bad_frames += 1;
+                    self.setup_failed(i, "bad subscribed");
+                    return;
+                };
+                c.env_next = seq + 1;
+                c.state = State::Open;
+                self.connecting -= 1;
+                self.open_count += 1;
+            }
+            (_, b"error") => {
+                self.env_errors += 1;
+                self.setup_failed(i, "subscribe refused");
+            }
+            (0, _) => self.setup_failed(i, "no welcome"),
+            _ => self.env_other += 1,
+        }
+    }
+
+    fn setup_failed(&mut self, i: usize, kind: &str) {
+        *self.handshake_failures.entry(kind.into()).or_default() += 1;
+        self.close(i);
+    }
+
+    /// A payload (ours, from any encoding): latency, per-publisher sequence, fan-out settling.
+    #[inline]
+    fn on_payload(&mut self, i: usize, (ts, seq, pid): (u64, u64, u32), now: u64) {
         let c = &mut self.conns[i];
         let li = pid.wrapping_sub(c.pub_base) as usize;
         if li >= c.expected.len() {
@@ -819,18 +1016,20 @@ impl Engine {
         self.next_seq[i] += 1;
         self.c.sent += 1;
         let c = &mut self.conns[i];
-        let start = c.out.len() + self.template.len() - self.size;
-        c.out.extend_from_slice(&self.template);
+        let t = &self.tmpls[c.tmpl as usize];
+        let start = c.out.len() + t.off;
+        c.out.extend_from_slice(&t.frame);
         let p = &mut c.out[start..];
-        match self.kind {
-            Kind::Binary => {
+        match self.wire {
+            Wire::Bin => {
                 p[0..8].copy_from_slice(&now.to_le_bytes());
                 p[8..16].copy_from_slice(&seq.to_le_bytes());
                 p[16..20].copy_from_slice(&(i as u32).to_le_bytes());
             }
-            Kind::Json => {
+            Wire::B64 => envelope::write_b64_header(p, self.size, now, seq, i as u32),
+            Wire::JsonText | Wire::EscJson => {
                 payload::vary(p, &self.vary_at, &mut self.rng);
-                payload::write_json_header(p, now, seq, i as u32);
+                payload::write_json_header_at(p, &self.json_at, now, seq, i as u32);
             }
         }
         self.mark_dirty(i);
@@ -873,7 +1072,7 @@ impl Engine {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     match c.state {
-                        State::Handshake => {
+                        State::Handshake | State::Subscribing => {
                             *self
                                 .handshake_failures
                                 .entry("write error".into())
@@ -905,7 +1104,7 @@ impl Engine {
         c.inflater = None;
         c.blocked = false;
         match st {
-            State::Connecting | State::Handshake => self.connecting -= 1,
+            State::Connecting | State::Handshake | State::Subscribing => self.connecting -= 1,
             State::Open | State::Closing | State::CloseAcked => {
                 self.open_count -= 1;
                 let (ignore, e) = (c.ignore, c.expected.first().copied().unwrap_or(0));

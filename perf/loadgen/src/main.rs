@@ -3,6 +3,7 @@
 
 mod deflate;
 mod engine;
+mod envelope;
 mod hist;
 mod payload;
 mod procstat;
@@ -13,11 +14,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use engine::{now_ns, Counters, Engine, Spec, Traffic};
+use envelope::Envelope;
 use payload::Kind;
 use procstat::{rss_kib, share, CpuSnap};
 
 const HELP: &str = "\
-loadgen: single-threaded epoll WebSocket load generator (one connection per room path /ws/{room})
+loadgen: single-threaded epoll WebSocket load generator (one connection per room path /ws/{room},
+or per envelope subscription on /ws with --envelope)
 
 USAGE: loadgen SCENARIO [FLAGS]
 
@@ -51,6 +54,12 @@ COMMON FLAGS
   --size BYTES (64; json: 1024)   message size (binary >= 20, json >= 73)
   --deflate                       offer permessage-deflate (client_max_window_bits); inflate
                                   received RSV1 frames (loadgen itself sends uncompressed frames)
+  --envelope raw|json|cbor (raw)  fanout, rooms, echo: json/cbor connect to /ws with subprotocol
+                                  shardcast.v1.json/.cbor, wait for welcome, subscribe to the
+                                  room, wait for subscribed, then publish {\"op\":\"publish\",
+                                  \"room\":R,\"data\":PAYLOAD} (binary payload: JSON base64 +
+                                  \"enc\":\"base64\", CBOR a byte string; json payload: a text
+                                  string); checks the room seq (seq_gaps, seq_out_of_order)
   --no-inflate-memo               with server_no_context_takeover, inflate every compressed
                                   frame (default: identical frames, i.e. one shared broadcast
                                   received by many connections, are inflated once, exactly)
@@ -264,6 +273,7 @@ struct Common {
     drain: f64,
     size: usize,
     payload: Kind,
+    envelope: Envelope,
     deflate: bool,
     inflate_memo: bool,
     sources: u32,
@@ -310,6 +320,12 @@ fn common(a: &Args, default_payload: Kind) -> Result<Common, String> {
         Some("json") => Kind::Json,
         Some(v) => return Err(format!("--payload: {v:?} is neither binary nor json")),
     };
+    let envelope = match a.flags.get("envelope").map(String::as_str) {
+        None | Some("raw") => Envelope::Raw,
+        Some("json") => Envelope::Json,
+        Some("cbor") => Envelope::Cbor,
+        Some(v) => return Err(format!("--envelope: {v:?} is not raw, json or cbor")),
+    };
     let size: usize = a.get("size", payload.default_size())?;
     if size < payload.min_size() {
         return Err(format!(
@@ -329,6 +345,7 @@ fn common(a: &Args, default_payload: Kind) -> Result<Common, String> {
         drain: a.get("drain", 3.0)?,
         size,
         payload,
+        envelope,
         deflate: a.has("deflate"),
         inflate_memo: !a.has("no-inflate-memo"),
         sources: a.get("sources", 8u32)?.min(254),
@@ -360,6 +377,7 @@ fn engine(c: &Common) -> Engine {
         c.sources,
         c.size,
         c.payload,
+        c.envelope,
     )
     .unwrap_or_else(|e| {
         eprintln!("loadgen: {e}");
@@ -380,6 +398,7 @@ fn head(r: &mut Report, scenario: &str, c: &Common) {
         c.server_pid.as_deref().and_then(|p| p.parse().ok()),
     );
     r.s("payload", c.payload.name());
+    r.s("envelope", c.envelope.name());
     r.i("deflate_offered", c.deflate as u8);
     r.i("inflate_memo", c.inflate_memo as u8);
 }
@@ -406,8 +425,9 @@ fn errors(r: &mut Report, e: &Engine) -> u64 {
     r.i("io_errors", e.io_errors);
     r.i(
         "protocol_errors",
-        e.protocol_errors + e.foreign + e.short_msgs,
+        e.protocol_errors + e.foreign + e.short_msgs + e.env_bad_frames,
     );
+    r.i("envelope_errors", e.env_errors);
     r.i("inflate_errors", e.inflate_errors);
     r.i("inflate_memo_hits", e.inflate_memo_hits());
     r.i("close_timeouts", e.close_timeouts);
@@ -421,7 +441,9 @@ fn errors(r: &mut Report, e: &Engine) -> u64 {
         + e.protocol_errors
         + e.inflate_errors
         + e.foreign
-        + e.short_msgs;
+        + e.short_msgs
+        + e.env_bad_frames
+        + e.env_errors;
     r.i("errors_total", total);
     total
 }
@@ -470,6 +492,11 @@ fn measure(e: &mut Engine, c: &Common, r: &mut Report) {
     r.i("conns_with_losses", e.lossy_conns);
     r.i("losses_tail", tail);
     r.i("out_of_order", e.out_of_order);
+    // Envelope: the room seq as each subscriber saw it (null in raw mode: not numbered).
+    let env = c.envelope != Envelope::Raw;
+    r.oi("seq_gaps", env.then_some(e.seq_gaps));
+    r.oi("seq_out_of_order", env.then_some(e.seq_out_of_order));
+    r.oi("envelope_other_ops", env.then_some(e.env_other));
     r.of("server_cpu", sh.server);
     r.of("server_cpu_user", sh.server_user);
     r.of("server_cpu_sys", sh.server_sys);
@@ -551,7 +578,7 @@ fn run() -> Result<u8, String> {
     match sc.as_str() {
         "fanout" => {
             let mut known = COMMON.to_vec();
-            known.extend(["subscribers", "rate", "window"]);
+            known.extend(["subscribers", "rate", "window", "envelope"]);
             a.take_known(&known)?;
             c = common(&a, Kind::Binary)?;
             let n: usize = a.get("subscribers", 1000)?;
@@ -597,7 +624,7 @@ fn run() -> Result<u8, String> {
         }
         "rooms" => {
             let mut known = COMMON.to_vec();
-            known.extend(["clients", "room-size", "rate"]);
+            known.extend(["clients", "room-size", "rate", "envelope"]);
             a.take_known(&known)?;
             c = common(&a, Kind::Binary)?;
             let n: usize = a.get("clients", 2000)?;
@@ -635,7 +662,7 @@ fn run() -> Result<u8, String> {
         }
         "echo" => {
             let mut known = COMMON.to_vec();
-            known.extend(["connections"]);
+            known.extend(["connections", "envelope"]);
             a.take_known(&known)?;
             c = common(&a, Kind::Binary)?;
             let n: usize = a.get("connections", 100)?;

@@ -108,11 +108,24 @@ pub fn json_template(size: usize) -> (Vec<u8>, Vec<usize>) {
 }
 
 /// Write timestamp, sequence and publisher id into a JSON payload built by `json_template`.
+#[cfg_attr(not(test), allow(dead_code))]
 #[inline]
 pub fn write_json_header(p: &mut [u8], ts: u64, seq: u64, pid: u32) {
     put_num(&mut p[T_OFF..T_OFF + T_W], ts);
     put_num(&mut p[S_OFF..S_OFF + S_W], seq);
     put_num(&mut p[P_OFF..P_OFF + P_W], pid as u64);
+}
+
+/// Offsets of the timestamp, sequence and publisher-id fields in a JSON payload.
+pub const JSON_FIELDS: [usize; 3] = [T_OFF, S_OFF, P_OFF];
+
+/// `write_json_header` for a copy of the payload whose fields start at `at` (the JSON payload
+/// escaped into a JSON string: its fields move, their widths do not).
+#[inline]
+pub fn write_json_header_at(p: &mut [u8], at: &[usize; 3], ts: u64, seq: u64, pid: u32) {
+    put_num(&mut p[at[0]..at[0] + T_W], ts);
+    put_num(&mut p[at[1]..at[1] + S_W], seq);
+    put_num(&mut p[at[2]..at[2] + P_W], pid as u64);
 }
 
 /// Fresh 3-digit values (100..=999) at the given offsets.
@@ -145,6 +158,26 @@ pub fn parse_json_header(p: &[u8]) -> Option<(u64, u64, u32)> {
     let ts = get_num(&p[T_OFF..T_OFF + T_W])?;
     let seq = get_num(&p[S_OFF..S_OFF + S_W])?;
     let pid = get_num(&p[P_OFF..P_OFF + P_W])?;
+    Some((ts, seq, u32::try_from(pid).ok()?))
+}
+
+/// The same for the payload escaped into a JSON string's content (as the server writes it:
+/// every `"` as `\"`), read in place: `{\"t\":<20>,\"s\":<20>,\"p\":<10>`. None for any other
+/// form (the caller may unescape and use `parse_json_header`).
+#[inline]
+pub fn parse_escaped_json_header(p: &[u8]) -> Option<(u64, u64, u32)> {
+    const T: &[u8] = b"{\\\"t\\\":";
+    const S: &[u8] = b",\\\"s\\\":";
+    const P: &[u8] = b",\\\"p\\\":";
+    const T0: usize = T.len();
+    const S0: usize = T0 + T_W + S.len();
+    const P0: usize = S0 + S_W + P.len();
+    if p.len() < P0 + P_W || &p[..T0] != T || &p[T0 + T_W..S0] != S || &p[S0 + S_W..P0] != P {
+        return None;
+    }
+    let ts = get_num(&p[T0..T0 + T_W])?;
+    let seq = get_num(&p[S0..S0 + S_W])?;
+    let pid = get_num(&p[P0..P0 + P_W])?;
     Some((ts, seq, u32::try_from(pid).ok()?))
 }
 
@@ -224,6 +257,20 @@ mod tests {
         let s = String::from_utf8(p).unwrap();
         assert!(s.contains("{\"user\":\"user-1\",\"x\":"), "{s}");
         assert!(s.contains(",\"color\":\"#ff8800\"}"), "{s}");
+    }
+
+    #[test]
+    fn escaped_header() {
+        let (mut p, _) = json_template(300);
+        write_json_header(&mut p, 11, 22, 33);
+        let esc: Vec<u8> = p
+            .iter()
+            .flat_map(|&b| if b == b'"' { vec![b'\\', b] } else { vec![b] })
+            .collect();
+        assert!(esc.starts_with(b"{\\\"t\\\":"));
+        assert_eq!(parse_escaped_json_header(&esc), Some((11, 22, 33)));
+        assert_eq!(parse_escaped_json_header(&p), None);
+        assert_eq!(parse_escaped_json_header(&esc[..60]), None);
     }
 
     #[test]
