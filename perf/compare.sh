@@ -33,6 +33,11 @@
 #                       deflate-*.toml), alternating with fresh servers: fanout --subscribers 1000
 #                       --max --payload json --size 1024 --deflate (1 KiB compressible JSON text
 #                       messages; loadgen offers the extension and inflates what it receives)
+#   fanout-1k-envelope  only shardcast, raw vs envelope JSON vs envelope CBOR clients
+#                       (loadgen --envelope): fanout --subscribers 1000 --max
+#   rooms-2000x10-envelope
+#                       only shardcast, raw vs JSON vs CBOR: rooms --clients 2000 --room-size 10
+#                       --rate 5
 #   idle-deflate-5000   only shardcast, deflate shared vs dedicated: idle --connections 5000
 #                       --deflate --broadcast-once (RSS per connection idle, and again after one
 #                       1 KiB JSON broadcast to all: dedicated mode allocates a connection's
@@ -130,6 +135,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 server_available() {
   case "$1" in
     shardcast|shardcast-s1|shardcast-s2) [ -x "$SHARDCAST" ] ;;
+    shardcast-env-*) [ -x "$SHARDCAST" ] ;;
     shardcast-base)
       [ -n "${SHARDCAST_BASE:-}" ] && [ -x "$SHARDCAST_BASE" ] \
         || { warn "set SHARDCAST_BASE to another shardcast binary for shardcast-base"; return 1; } ;;
@@ -215,7 +221,7 @@ wait_quiet() {
 start_server() {
   local name="$1" port="$2" logf="$3" cpus="$4"
   case "$name" in
-    shardcast|shardcast-s1) taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 1 >"$logf" 2>&1 & ;;
+    shardcast|shardcast-s1|shardcast-env-*) taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 1 >"$logf" 2>&1 & ;;
     shardcast-s2) taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 2 >"$logf" 2>&1 & ;;
     shardcast-base) taskset -c "$cpus" "$SHARDCAST_BASE" --listen "127.0.0.1:$port" --shards 1 >"$logf" 2>&1 & ;;
     shardcast-deflate-*)  # perf/configs/deflate-{off,shared,dedicated}.toml
@@ -246,6 +252,8 @@ bench_args() {
     churn-1000x10) echo "churn --connections 1000 --cycles 10" ;;
     fanout-1k-json-deflate) echo "fanout --subscribers 1000 --max --payload json --size 1024 --deflate" ;;
     idle-deflate-5000) echo "idle --connections 5000 --deflate --broadcast-once" ;;
+    fanout-1k-envelope) echo "fanout --subscribers 1000 --max" ;;
+    rooms-2000x10-envelope) echo "rooms --clients 2000 --room-size 10 --rate 5" ;;
     *) return 1 ;;
   esac
 }
@@ -254,6 +262,7 @@ run_one() {  # bench server rep server_cpus loadgen_cpus
   local bench="$1" server="$2" rep="$3" scpu="$4" lcpu="$5"
   local args port logf out line
   args="$(bench_args "$bench")" || { warn "unknown scenario $bench"; return; }
+  case "$server" in shardcast-env-*) args="$args --envelope ${server#shardcast-env-}" ;; esac
   PORT=$((PORT + 1))
   port=$PORT
   logf="$OUT/logs/$bench.$server.$rep.log"
@@ -318,6 +327,17 @@ for bench in "${BENCHES[@]}"; do
     done
     continue
   fi
+  # Envelope protocol: the same daemon, clients raw (/ws/{room}) or envelope JSON / CBOR (/ws).
+  case "$bench" in
+    *-envelope)
+      [ -x "$SHARDCAST" ] || { warn "shardcast missing: skipping $bench"; continue; }
+      for rep in $(seq "$REPS"); do
+        for v in raw json cbor; do
+          run_one "$bench" "shardcast-env-$v" "$rep" "$SERVER_CPU" "$LOADGEN_CPU"
+        done
+      done
+      continue ;;
+  esac
   for rep in $(seq "$REPS"); do
     for server in "${AVAIL[@]}"; do
       run_one "$bench" "$server" "$rep" "$SERVER_CPU" "$LOADGEN_CPU"

@@ -12,7 +12,8 @@ import os
 import statistics
 import sys
 
-SERVER_ORDER = ["shardcast", "shardcast-s1", "shardcast-s2", "shardcast-deflate-off", "shardcast-deflate-shared",
+SERVER_ORDER = ["shardcast", "shardcast-s1", "shardcast-s2", "shardcast-env-raw", "shardcast-env-json",
+                "shardcast-env-cbor", "shardcast-base", "shardcast-deflate-off", "shardcast-deflate-shared",
                 "shardcast-deflate-dedicated", "node-ws", "uws"]
 DEFLATE_PREFIX = "shardcast-deflate-"
 REF = "uws"
