@@ -41,7 +41,7 @@ use crate::protocol::deflate::{Compressor, DeflateMode};
 use crate::protocol::envelope::{self, Data, Format, ServerOp};
 use crate::protocol::frame::{encode_server_frame, OpCode};
 use crate::room::{ConnId, RoomId};
-use crate::shard::{Push, ShardCore, ShardId, ShardRef, ShutdownMode, Tick};
+use crate::shard::{Direct, Push, ShardCore, ShardId, ShardRef, ShutdownMode, Tick};
 
 /// Frames larger than this are never copied into an outbox; they go out as they are.
 const COALESCE_FRAME_MAX: usize = 4096;
@@ -459,6 +459,8 @@ impl ShardCore {
         };
         let mut delivered = 0u64;
         let mut dropped = 0u64;
+        let mut writes = 0u64;
+        let direct = self.direct_send;
         let mut over = std::mem::take(&mut self.over_limit);
         let mut spawn = std::mem::take(&mut self.spawn_list);
         for &m in &r.members {
@@ -473,6 +475,25 @@ impl ShardCore {
             };
             if events_only && !conn.rooms.iter().any(|x| x.room == room && x.presence) {
                 continue;
+            }
+            if direct {
+                match conn.send_direct(frame) {
+                    Some(Direct::Sent) => {
+                        delivered += 1;
+                        writes += 1;
+                        continue;
+                    }
+                    Some(Direct::Partial) => {
+                        delivered += 1;
+                        writes += 1;
+                        if !conn.writer_alive {
+                            spawn.push(m);
+                        }
+                        continue;
+                    }
+                    Some(Direct::Failed) => continue,
+                    None => {}
+                }
             }
             match conn.push_broadcast(frame, limit, policy) {
                 Push::Queued => {
@@ -500,6 +521,9 @@ impl ShardCore {
         }
         if dropped > 0 {
             ShardStats::add(&st.dropped_frames, dropped * messages);
+        }
+        if writes > 0 {
+            ShardStats::add(&st.write_calls, writes);
         }
     }
 

@@ -121,6 +121,17 @@ pub(crate) struct Conn {
     pub(crate) rooms: SmallVec<[Membership; 1]>,
 }
 
+/// Outcome of a direct write ([`Conn::send_direct`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direct {
+    /// All of it went out.
+    Sent,
+    /// Some went out; the rest is queued for the writer.
+    Partial,
+    /// The socket is broken: the connection was killed.
+    Failed,
+}
+
 /// Outcome of queueing a broadcast frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Push {
@@ -189,6 +200,45 @@ impl Conn {
         self.queue.push_back(frame.clone());
         self.wake_writer();
         Push::Queued
+    }
+
+    /// Write a broadcast frame at once with one non-blocking `send`, without the writer task:
+    /// only when nothing is queued or in flight (`buffered == 0`), so order is kept. `None`: not
+    /// tried or the socket is full (the caller queues the frame); otherwise what happened (a
+    /// partial write queues the rest and wakes or needs a writer).
+    pub(crate) fn send_direct(&mut self, frame: &Bytes) -> Option<Direct> {
+        if self.sealed || self.buffered != 0 || self.fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` is open while the connection is in the slab (see `kill`); the kernel
+        // reads at most `frame.len()` bytes from memory we hold.
+        let n = unsafe {
+            libc::send(
+                self.fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => None,
+                _ => {
+                    self.kill();
+                    Some(Direct::Failed)
+                }
+            };
+        }
+        let n = n as usize;
+        if n >= frame.len() {
+            return Some(Direct::Sent);
+        }
+        let rest = frame.slice(n..);
+        self.buffered += rest.len();
+        self.queue.push_back(rest);
+        self.wake_writer();
+        Some(Direct::Partial)
     }
 
     /// Queue a close frame and seal the queue. With `discard_queue`, frames not yet handed to
@@ -285,6 +335,9 @@ pub(crate) struct ShardCore {
     pub(crate) draining: Vec<bool>,
     /// Counter behind connection ids.
     next_uid: u64,
+    /// Broadcast frames to a connection with nothing queued are written at once from the
+    /// delivery loop (off in dedicated compression mode, whose writer compresses each frame).
+    pub(crate) direct_send: bool,
 }
 
 /// Shared handle to a shard's state.
@@ -305,6 +358,8 @@ impl ShardCore {
             overflow: (0..n).map(|_| VecDeque::new()).collect(),
             draining: vec![false; n],
             next_uid: 0,
+            direct_send: !(cfg.compression.enabled
+                && cfg.compression.mode == crate::protocol::deflate::DeflateMode::Dedicated),
             id,
             cfg,
             conns: Slab::new(),
