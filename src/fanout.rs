@@ -450,6 +450,7 @@ impl ShardCore {
         messages: u64,
         skip: Option<ConnId>,
         events_only: bool,
+        direct: bool,
         now: Instant,
     ) {
         let limit = self.cfg.max_buffered_bytes;
@@ -460,7 +461,7 @@ impl ShardCore {
         let mut delivered = 0u64;
         let mut dropped = 0u64;
         let mut writes = 0u64;
-        let direct = self.direct_send;
+        let direct = direct && self.direct_send;
         let mut over = std::mem::take(&mut self.over_limit);
         let mut spawn = std::mem::take(&mut self.spawn_list);
         for &m in &r.members {
@@ -540,12 +541,14 @@ impl ShardCore {
         if skip.is_some() || events_only || frames.max_len() > COALESCE_FRAME_MAX {
             // Keep order: what is pending goes first, then this one on its own.
             self.flush_room(room, now);
-            self.deliver_local(room, &frames, 1, skip, events_only, now);
+            let direct = !self.in_inbox;
+            self.deliver_local(room, &frames, 1, skip, events_only, direct, now);
             return;
         }
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
+        r.outbox_remote |= self.in_inbox;
         // Keep only the formats someone here takes: nothing else is copied into the outbox.
         let mut frames = frames;
         for (f, &n) in frames.0.iter_mut().zip(&r.census) {
@@ -592,8 +595,13 @@ impl ShardCore {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
+        // Frames that came through the inbox go out through the writer tasks: while a write is
+        // in flight the next batches merge behind it (more messages per send op), which matters
+        // more there than the ring round trip a direct send saves (measured with two shards:
+        // 12.8 messages per send direct, 14.9 through writers).
+        let direct = !std::mem::take(&mut r.outbox_remote);
         if let Some((frames, n)) = r.outbox.take() {
-            self.deliver_local(room, &frames, n, None, false, now);
+            self.deliver_local(room, &frames, n, None, false, direct, now);
         }
     }
 
@@ -849,6 +857,7 @@ pub(crate) async fn run_inbox(shard: ShardRef, rx: flume::Receiver<ShardMsg>) {
     while let Ok(first) = rx.recv_async().await {
         let now = Instant::now();
         let mut s = shard.borrow_mut();
+        s.in_inbox = true;
         s.handle_msg(first, now);
         // Drain what else is already there in the same turn (bounded, to stay fair).
         for _ in 0..1024 {
@@ -857,6 +866,7 @@ pub(crate) async fn run_inbox(shard: ShardRef, rx: flume::Receiver<ShardMsg>) {
                 Err(_) => break,
             }
         }
+        s.in_inbox = false;
     }
 }
 
@@ -943,6 +953,7 @@ pub mod bench {
                 1,
                 None,
                 false,
+                true,
                 self.now,
             );
         }

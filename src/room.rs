@@ -35,6 +35,8 @@ pub struct Room {
     pub members: Vec<ConnId>,
     /// Frames broadcast to this room during the current loop turn, not yet handed to members.
     pub outbox: crate::fanout::Outbox,
+    /// Something in the outbox came from another shard (see `ShardCore::flush_room`).
+    pub outbox_remote: bool,
     /// Local members per wire format ([`crate::fanout::Wire`]): only formats someone takes are
     /// encoded.
     pub census: [u32; crate::fanout::WIRES],
@@ -103,6 +105,7 @@ impl RoomRegistry {
                     name: name.clone(),
                     members: Vec::new(),
                     outbox: Default::default(),
+                    outbox_remote: false,
                     census: [0; crate::fanout::WIRES],
                 }));
                 self.by_name.insert(name, id);

@@ -338,6 +338,8 @@ pub(crate) struct ShardCore {
     /// Broadcast frames to a connection with nothing queued are written at once from the
     /// delivery loop (off in dedicated compression mode, whose writer compresses each frame).
     pub(crate) direct_send: bool,
+    /// The inbox task is handling messages from other shards.
+    pub(crate) in_inbox: bool,
 }
 
 /// Shared handle to a shard's state.
@@ -358,6 +360,7 @@ impl ShardCore {
             overflow: (0..n).map(|_| VecDeque::new()).collect(),
             draining: vec![false; n],
             next_uid: 0,
+            in_inbox: false,
             direct_send: !(cfg.compression.enabled
                 && cfg.compression.mode == crate::protocol::deflate::DeflateMode::Dedicated),
             id,
