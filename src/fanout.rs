@@ -392,6 +392,17 @@ pub(crate) enum ShardMsg {
     Shutdown(ShutdownMode),
 }
 
+/// How a batch of frames is handed to a room's members.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct How {
+    /// Leave this member out (`echo_to_sender = false`).
+    pub(crate) skip: Option<ConnId>,
+    /// Only members that asked for presence events.
+    pub(crate) events_only: bool,
+    /// Members with nothing queued get the frame written at once (see `Conn::send_direct`).
+    pub(crate) direct: bool,
+}
+
 /// Frames waiting to be handed to a room's members at the end of the loop turn.
 #[derive(Debug, Default)]
 pub enum Outbox {
@@ -448,11 +459,14 @@ impl ShardCore {
         room: RoomId,
         frames: &Frames,
         messages: u64,
-        skip: Option<ConnId>,
-        events_only: bool,
-        direct: bool,
+        how: How,
         now: Instant,
     ) {
+        let How {
+            skip,
+            events_only,
+            direct,
+        } = how;
         let limit = self.cfg.max_buffered_bytes;
         let policy = self.cfg.slow_consumer;
         let Some(r) = self.rooms.get(room) else {
@@ -541,8 +555,12 @@ impl ShardCore {
         if skip.is_some() || events_only || frames.max_len() > COALESCE_FRAME_MAX {
             // Keep order: what is pending goes first, then this one on its own.
             self.flush_room(room, now);
-            let direct = !self.in_inbox;
-            self.deliver_local(room, &frames, 1, skip, events_only, direct, now);
+            let how = How {
+                skip,
+                events_only,
+                direct: !self.in_inbox,
+            };
+            self.deliver_local(room, &frames, 1, how, now);
             return;
         }
         let Some(r) = self.rooms.get_mut(room) else {
@@ -601,7 +619,11 @@ impl ShardCore {
         // 12.8 messages per send direct, 14.9 through writers).
         let direct = !std::mem::take(&mut r.outbox_remote);
         if let Some((frames, n)) = r.outbox.take() {
-            self.deliver_local(room, &frames, n, None, false, direct, now);
+            let how = How {
+                direct,
+                ..How::default()
+            };
+            self.deliver_local(room, &frames, n, how, now);
         }
     }
 
@@ -951,9 +973,7 @@ pub mod bench {
                 self.room,
                 &super::Frames::plain(frame.clone()),
                 1,
-                None,
-                false,
-                true,
+                super::How::default(),
                 self.now,
             );
         }
