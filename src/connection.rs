@@ -493,7 +493,10 @@ fn envelope_in(
             epoch,
             presence,
         } => {
-            if member_of(&s, &room).is_some() {
+            let pending = s
+                .pending_subs
+                .contains_key(&(me.uid, Arc::from(room.as_str())));
+            if member_of(&s, &room).is_some() || pending {
                 s.send_error(
                     id,
                     "already_subscribed",
@@ -509,6 +512,7 @@ fn envelope_in(
                 );
             } else {
                 let room: Arc<str> = Arc::from(room);
+                s.pending_subs.insert((me.uid, room.clone()), false);
                 let sub = SubReq {
                     conn: me,
                     since,
@@ -528,11 +532,15 @@ fn envelope_in(
         ClientOp::Unsubscribe { room } => match member_of(&s, &room) {
             Some(rid) => {
                 s.leave_room(id, rid);
-                let frame = envelope_frame(&ServerOp::Unsubscribed { room: &room }, format);
-                if let Some(c) = s.conns.get_mut(id.0) {
-                    c.push_control(frame);
-                }
-                s.kick(id);
+                s.send_unsubscribed(id, &room, format);
+            }
+            // Subscribed, but the home's answer is still on its way: cancel it there.
+            None if s
+                .pending_subs
+                .get_mut(&(me.uid, Arc::from(room.as_str())))
+                .is_some_and(|cancel| !std::mem::replace(cancel, true)) =>
+            {
+                s.send_unsubscribed(id, &room, format);
             }
             None => s.send_error(
                 id,

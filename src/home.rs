@@ -307,7 +307,7 @@ impl HomeRooms {
 }
 
 /// The home shard of `room` among `shards` (FNV-1a of the name).
-pub(crate) fn home_index(room: &str, shards: usize) -> usize {
+pub fn home_index(room: &str, shards: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in room.bytes() {
         h ^= u64::from(b);
@@ -600,10 +600,16 @@ impl ShardCore {
                 recovered,
                 replay,
             } => {
-                let alive = self
-                    .conns
-                    .get(conn.id.0)
-                    .is_some_and(|c| c.uid == conn.uid && !c.sealed);
+                // Unsubscribed while the answer was on its way: treated like a closed connection.
+                let cancelled = self
+                    .pending_subs
+                    .remove(&(conn.uid, room.clone()))
+                    .unwrap_or(false);
+                let alive = !cancelled
+                    && self
+                        .conns
+                        .get(conn.id.0)
+                        .is_some_and(|c| c.uid == conn.uid && !c.sealed);
                 let already = alive
                     && self.rooms.find(&room).is_some_and(|rid| {
                         self.conns[conn.id.0].rooms.iter().any(|m| m.room == rid)
@@ -674,6 +680,15 @@ impl ShardCore {
                 self.kick(conn.id);
             }
         }
+    }
+
+    /// Queue an `unsubscribed` frame for an envelope connection.
+    pub(crate) fn send_unsubscribed(&mut self, id: ConnId, room: &str, format: Format) {
+        let frame = envelope_frame(&ServerOp::Unsubscribed { room }, format);
+        if let Some(c) = self.conns.get_mut(id.0) {
+            c.push_control(frame);
+        }
+        self.kick(id);
     }
 
     /// Queue an `error` frame for an envelope connection.

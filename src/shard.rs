@@ -340,6 +340,9 @@ pub(crate) struct ShardCore {
     pub(crate) direct_send: bool,
     /// The inbox task is handling messages from other shards.
     pub(crate) in_inbox: bool,
+    /// Envelope subscriptions sent to their room's home and not answered yet, by (connection
+    /// id, room); `true` once the client unsubscribed meanwhile (the answer is then undone).
+    pub(crate) pending_subs: std::collections::HashMap<(u64, Arc<str>), bool>,
 }
 
 /// Shared handle to a shard's state.
@@ -361,6 +364,7 @@ impl ShardCore {
             draining: vec![false; n],
             next_uid: 0,
             in_inbox: false,
+            pending_subs: std::collections::HashMap::new(),
             direct_send: !(cfg.compression.enabled
                 && cfg.compression.mode == crate::protocol::deflate::DeflateMode::Dedicated),
             id,

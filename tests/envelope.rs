@@ -15,6 +15,7 @@ both_drivers!(
     encodes_once_per_wire_format,
     seq_is_gapless_and_ordered_across_shards,
     subscribe_answers_in_order_then_live,
+    requests_while_a_subscribe_is_in_flight,
 );
 
 const JSON: &str = "Sec-WebSocket-Protocol: shardcast.v1.json\r\n";
@@ -244,5 +245,42 @@ fn subscribe_answers_in_order_then_live(driver: &str) {
     wait_until(Duration::from_secs(5), "counts", || {
         d.stats().snapshot().connections == 3
     });
+    d.stop().unwrap();
+}
+
+fn requests_while_a_subscribe_is_in_flight(driver: &str) {
+    let d = two_shard(driver);
+    let addr = d.local_addr();
+    let mut c = Env::connect(addr, false);
+    // A room whose home is the other shard, so the subscription's answer is in flight for a while.
+    let room = (0..)
+        .map(|i| format!("away-{i}"))
+        .find(|r| shardcast::home::home_index(r, 2) as u64 != c.shard())
+        .unwrap();
+    // Pipelined, before any answer: subscribe, subscribe again, unsubscribe.
+    c.send(json!({"op":"subscribe","room":room}));
+    c.send(json!({"op":"subscribe","room":room,"id":"dup"}));
+    c.send(json!({"op":"unsubscribe","room":room,"id":"u"}));
+    let e = c.recv();
+    assert_eq!(e["op"], "error", "{e}");
+    assert_eq!(
+        (e["code"].clone(), e["id"].clone()),
+        (json!("already_subscribed"), json!("dup"))
+    );
+    assert_eq!(c.recv(), json!({"op":"unsubscribed","room":room}));
+    // The cancelled subscription never becomes live: no `subscribed`, no messages.
+    let mut p = Env::connect(addr, true);
+    p.send(json!({"op":"publish","room":room,"data":"x","id":1}));
+    assert_eq!(p.recv()["op"], "ack");
+    // The home answers in order: its answer to the subscribe was handled before this one.
+    c.send(json!({"op":"history","room":room}));
+    let h = c.recv();
+    assert_eq!(
+        h["op"], "history",
+        "nothing of the cancelled subscription arrived: {h}"
+    );
+    // And a fresh subscribe works.
+    let s = c.subscribe(&room);
+    assert_eq!(s["seq"], 1);
     d.stop().unwrap();
 }
