@@ -338,17 +338,11 @@ fn process(
                 return Step::Done;
             }
             Err(e) => {
-                let mut s = shard.borrow_mut();
                 // Messages that arrived before the bad frame still go out first (their echo to
                 // this client included), then the close frame.
-                s.flush_conn_rooms(id, Instant::now());
-                ShardStats::add(&s.my_stats().protocol_errors, 1);
-                let deadline = Tick::at(Instant::now() + s.cfg.close_timeout);
-                if let Some(c) = s.conns.get_mut(id.0) {
-                    c.start_close(e.close_code(), e.as_str(), deadline, false);
-                    c.fin_after_flush = true;
-                }
-                s.kick(id);
+                shard
+                    .borrow_mut()
+                    .fail_conn(id, e.close_code(), e.as_str(), Instant::now());
                 return Step::Discard;
             }
         }
@@ -459,14 +453,7 @@ fn envelope_in(
         Err(Rejected { error, id: req }) => {
             *bad += 1;
             if *bad >= s.cfg.max_bad_frames {
-                ShardStats::add(&s.my_stats().protocol_errors, 1);
-                s.flush_conn_rooms(id, now);
-                let deadline = Tick::at(now + s.cfg.close_timeout);
-                if let Some(c) = s.conns.get_mut(id.0) {
-                    c.start_close(CloseCode::POLICY, "too many bad frames", deadline, false);
-                    c.fin_after_flush = true;
-                }
-                s.kick(id);
+                s.fail_conn(id, CloseCode::POLICY, "too many bad frames", now);
                 return Some(Step::Discard);
             }
             s.send_error(id, error.code(), &error.to_string(), req.as_ref());
@@ -481,11 +468,6 @@ fn envelope_in(
         uid: c.uid,
     };
     let (wire, joined) = (c.wire, c.rooms.len());
-    let member_of = |s: &crate::shard::ShardCore, room: &str| {
-        s.rooms
-            .find(room)
-            .filter(|r| s.conns[id.0].rooms.iter().any(|m| m.room == *r))
-    };
     match op {
         ClientOp::Subscribe {
             room,
@@ -493,10 +475,12 @@ fn envelope_in(
             epoch,
             presence,
         } => {
+            let room: Arc<str> = Arc::from(room);
             let pending = s
                 .pending_subs
-                .contains_key(&(me.uid, Arc::from(room.as_str())));
-            if member_of(&s, &room).is_some() || pending {
+                .get(&(me.uid, room.clone()))
+                .is_some_and(|p| p.live);
+            if s.member_room(id, &room).is_some() || pending {
                 s.send_error(
                     id,
                     "already_subscribed",
@@ -511,8 +495,10 @@ fn envelope_in(
                     req_id.as_ref(),
                 );
             } else {
-                let room: Arc<str> = Arc::from(room);
-                s.pending_subs.insert((me.uid, room.clone()), false);
+                s.pending_subs
+                    .entry((me.uid, room.clone()))
+                    .or_default()
+                    .live = true;
                 let sub = SubReq {
                     conn: me,
                     since,
@@ -521,24 +507,29 @@ fn envelope_in(
                     info: info.clone(),
                 };
                 let msg = HomeMsg::Join {
-                    room: room.clone(),
+                    room,
                     shard: s.id,
                     wire,
                     sub: Some(sub),
                 };
-                s.send_home(&room, msg, now);
+                s.send_home(msg, now);
             }
         }
-        ClientOp::Unsubscribe { room } => match member_of(&s, &room) {
+        ClientOp::Unsubscribe { room } => match s.member_room(id, &room) {
             Some(rid) => {
                 s.leave_room(id, rid);
                 s.send_unsubscribed(id, &room, format);
             }
-            // Subscribed, but the home's answer is still on its way: cancel it there.
+            // Subscribed, but the home's answer is still on its way: cancel it (the answer is
+            // undone when it comes).
             None if s
                 .pending_subs
                 .get_mut(&(me.uid, Arc::from(room.as_str())))
-                .is_some_and(|cancel| !std::mem::replace(cancel, true)) =>
+                .is_some_and(|p| {
+                    let live = std::mem::take(&mut p.live);
+                    p.cancelled += u32::from(live);
+                    live
+                }) =>
             {
                 s.send_unsubscribed(id, &room, format);
             }
@@ -554,34 +545,31 @@ fn envelope_in(
             data,
             id: req,
         } => {
-            let room: Arc<str> = Arc::from(room);
             let msg = HomeMsg::Publish {
-                room: room.clone(),
+                room: Arc::from(room),
                 data,
                 from: me,
                 ack: req.map(|r| (format, r)),
             };
-            s.send_home(&room, msg, now);
+            s.send_home(msg, now);
         }
         ClientOp::Presence { room } => {
-            let room: Arc<str> = Arc::from(room);
             let msg = HomeMsg::Query {
-                room: room.clone(),
+                room: Arc::from(room),
                 conn: me,
                 format,
                 query: Query::Presence,
             };
-            s.send_home(&room, msg, now);
+            s.send_home(msg, now);
         }
         ClientOp::History { room, since, limit } => {
-            let room: Arc<str> = Arc::from(room);
             let msg = HomeMsg::Query {
-                room: room.clone(),
+                room: Arc::from(room),
                 conn: me,
                 format,
                 query: Query::History { since, limit },
             };
-            s.send_home(&room, msg, now);
+            s.send_home(msg, now);
         }
     }
     None

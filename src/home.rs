@@ -74,6 +74,18 @@ pub(crate) enum HomeMsg {
     },
 }
 
+impl HomeMsg {
+    /// The room the request is about (its home handles it).
+    pub(crate) fn room(&self) -> &Arc<str> {
+        match self {
+            HomeMsg::Join { room, .. }
+            | HomeMsg::Leave { room, .. }
+            | HomeMsg::Publish { room, .. }
+            | HomeMsg::Query { room, .. } => room,
+        }
+    }
+}
+
 /// What a [`HomeMsg::Query`] asks.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Query {
@@ -322,9 +334,9 @@ impl ShardCore {
         ShardId(home_index(room, self.peers.len()))
     }
 
-    /// Send a request to `room`'s home (handled at once when that is this shard).
-    pub(crate) fn send_home(&mut self, room: &str, msg: HomeMsg, now: Instant) {
-        let home = self.home_of(room);
+    /// Send a request to its room's home (handled at once when that is this shard).
+    pub(crate) fn send_home(&mut self, msg: HomeMsg, now: Instant) {
+        let home = self.home_of(msg.room());
         if home == self.id {
             self.home_handle(msg, now);
         } else {
@@ -601,59 +613,59 @@ impl ShardCore {
                 replay,
             } => {
                 // Unsubscribed while the answer was on its way: treated like a closed connection.
-                let cancelled = self
+                let key = (conn.uid, room.clone());
+                // `wanted_again`: a later subscribe to the room is in flight, so the presence
+                // this answer registered stays.
+                let (cancelled, wanted_again) = match self.pending_subs.get_mut(&key) {
+                    Some(p) if p.cancelled > 0 => {
+                        p.cancelled -= 1;
+                        (true, p.live)
+                    }
+                    Some(p) => {
+                        p.live = false;
+                        (false, false)
+                    }
+                    None => (false, false),
+                };
+                if self
                     .pending_subs
-                    .remove(&(conn.uid, room.clone()))
-                    .unwrap_or(false);
+                    .get(&key)
+                    .is_some_and(|p| !p.live && p.cancelled == 0)
+                {
+                    self.pending_subs.remove(&key);
+                }
                 let alive = !cancelled
                     && self
                         .conns
                         .get(conn.id.0)
                         .is_some_and(|c| c.uid == conn.uid && !c.sealed);
-                let already = alive
-                    && self.rooms.find(&room).is_some_and(|rid| {
-                        self.conns[conn.id.0].rooms.iter().any(|m| m.room == rid)
-                    });
-                if !alive || already {
-                    // Undo what the home counted for this request (and its presence, unless
-                    // the connection is still subscribed through an earlier request).
-                    let uid = (!already).then_some(conn.uid);
+                // Subscribe requests are refused while one is in flight or the connection is a
+                // member, so a live answer always finds it not yet in the room.
+                let joined = alive && {
+                    if let Some(rid) = self.rooms.find(&room) {
+                        // What was broadcast before the subscription (seq <= `seq`) goes to the
+                        // members it was meant for, not to this one.
+                        self.flush_room(rid, now);
+                    }
+                    self.join_local(conn.id, &room, presence).is_some()
+                };
+                if !joined {
+                    // Undo what the home counted for this request, presence included.
                     let leave = HomeMsg::Leave {
-                        room: room.clone(),
+                        room,
                         shard: self.id,
                         wire,
-                        uid,
+                        uid: (!wanted_again).then_some(conn.uid),
                     };
-                    self.send_home(&room, leave, now);
-                    if already {
+                    self.send_home(leave, now);
+                    if alive {
                         self.send_error(
                             conn.id,
-                            "already_subscribed",
-                            "already subscribed to this room",
+                            "too_many_rooms",
+                            "too many rooms on this connection",
                             None,
                         );
                     }
-                    return;
-                }
-                if let Some(rid) = self.rooms.find(&room) {
-                    // What was broadcast before the subscription (seq <= `seq`) goes to the
-                    // members it was meant for, not to this one.
-                    self.flush_room(rid, now);
-                }
-                if self.join_local(conn.id, &room, presence).is_none() {
-                    let leave = HomeMsg::Leave {
-                        room: room.clone(),
-                        shard: self.id,
-                        wire,
-                        uid: Some(conn.uid),
-                    };
-                    self.send_home(&room, leave, now);
-                    self.send_error(
-                        conn.id,
-                        "too_many_rooms",
-                        "too many rooms on this connection",
-                        None,
-                    );
                     return;
                 }
                 let Some(format) = wire.format() else { return };

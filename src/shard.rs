@@ -121,6 +121,16 @@ pub(crate) struct Conn {
     pub(crate) rooms: SmallVec<[Membership; 1]>,
 }
 
+/// Answers still to come from a room's home for one connection's subscriptions to that room.
+/// The home answers in order, so the cancelled ones arrive first.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PendingSub {
+    /// A subscription the client still wants is in flight.
+    pub(crate) live: bool,
+    /// Answers to subscriptions the client cancelled (unsubscribed) before they came.
+    pub(crate) cancelled: u32,
+}
+
 /// Outcome of a direct write ([`Conn::send_direct`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Direct {
@@ -341,8 +351,8 @@ pub(crate) struct ShardCore {
     /// The inbox task is handling messages from other shards.
     pub(crate) in_inbox: bool,
     /// Envelope subscriptions sent to their room's home and not answered yet, by (connection
-    /// id, room); `true` once the client unsubscribed meanwhile (the answer is then undone).
-    pub(crate) pending_subs: std::collections::HashMap<(u64, Arc<str>), bool>,
+    /// id, room).
+    pub(crate) pending_subs: std::collections::HashMap<(u64, Arc<str>), PendingSub>,
 }
 
 /// Shared handle to a shard's state.
@@ -456,12 +466,12 @@ impl ShardCore {
         let wire = self.conns.get(id.0)?.wire;
         let name = self.rooms.get(rid)?.name.clone();
         let msg = HomeMsg::Join {
-            room: name.clone(),
+            room: name,
             shard: self.id,
             wire,
             sub: None,
         };
-        self.send_home(&name, msg, Instant::now());
+        self.send_home(msg, Instant::now());
         Some(rid)
     }
 
@@ -511,12 +521,12 @@ impl ShardCore {
         }
         if let Some(name) = name {
             let msg = HomeMsg::Leave {
-                room: name.clone(),
+                room: name,
                 shard: self.id,
                 wire,
                 uid: (!wire.is_raw()).then_some(uid),
             };
-            self.send_home(&name, msg, Instant::now());
+            self.send_home(msg, Instant::now());
         }
     }
 
@@ -569,6 +579,26 @@ impl ShardCore {
         if self.inflaters.len() < 4 {
             self.inflaters.push(inf);
         }
+    }
+
+    /// The local room called `room`, if `id` is a member of it.
+    pub(crate) fn member_room(&self, id: ConnId, room: &str) -> Option<RoomId> {
+        let r = self.rooms.find(room)?;
+        let c = self.conns.get(id.0)?;
+        c.rooms.iter().any(|m| m.room == r).then_some(r)
+    }
+
+    /// Fail a connection: what its rooms have pending goes out first (its own echoes included),
+    /// then a close frame with `code`, then FIN; the reader discards what the client still sends.
+    pub(crate) fn fail_conn(&mut self, id: ConnId, code: CloseCode, reason: &str, now: Instant) {
+        self.flush_conn_rooms(id, now);
+        ShardStats::add(&self.my_stats().protocol_errors, 1);
+        let deadline = Tick::at(now + self.cfg.close_timeout);
+        if let Some(c) = self.conns.get_mut(id.0) {
+            c.start_close(code, reason, deadline, false);
+            c.fin_after_flush = true;
+        }
+        self.kick(id);
     }
 
     /// Hand out what is pending in every room of `id` (before closing it).

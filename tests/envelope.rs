@@ -61,6 +61,23 @@ impl Env {
         }
     }
 
+    /// Send several frames in one write, so the daemon reads them together (before any answer
+    /// from another shard can come in between).
+    fn send_batch(&mut self, frames: &[Value]) {
+        use std::io::Write;
+        let mut bytes = Vec::new();
+        for v in frames {
+            assert!(!self.cbor, "JSON only");
+            bytes.extend(shardcast::protocol::frame::encode_client_frame(
+                true,
+                shardcast::protocol::frame::OpCode::Text,
+                common::MASK,
+                v.to_string().as_bytes(),
+            ));
+        }
+        self.c.stream.write_all(&bytes).unwrap();
+    }
+
     fn recv(&mut self) -> Value {
         let f = self.c.recv().expect("a frame");
         if self.cbor {
@@ -258,9 +275,11 @@ fn requests_while_a_subscribe_is_in_flight(driver: &str) {
         .find(|r| shardcast::home::home_index(r, 2) as u64 != c.shard())
         .unwrap();
     // Pipelined, before any answer: subscribe, subscribe again, unsubscribe.
-    c.send(json!({"op":"subscribe","room":room}));
-    c.send(json!({"op":"subscribe","room":room,"id":"dup"}));
-    c.send(json!({"op":"unsubscribe","room":room,"id":"u"}));
+    c.send_batch(&[
+        json!({"op":"subscribe","room":room}),
+        json!({"op":"subscribe","room":room,"id":"dup"}),
+        json!({"op":"unsubscribe","room":room,"id":"u"}),
+    ]);
     let e = c.recv();
     assert_eq!(e["op"], "error", "{e}");
     assert_eq!(
@@ -279,8 +298,28 @@ fn requests_while_a_subscribe_is_in_flight(driver: &str) {
         h["op"], "history",
         "nothing of the cancelled subscription arrived: {h}"
     );
-    // And a fresh subscribe works.
-    let s = c.subscribe(&room);
+    // Subscribe, cancel, subscribe again, all in flight: the second one holds (and is listed).
+    c.send_batch(&[
+        json!({"op":"subscribe","room":room}),
+        json!({"op":"unsubscribe","room":room}),
+        json!({"op":"subscribe","room":room}),
+    ]);
+    assert_eq!(c.recv(), json!({"op":"unsubscribed","room":room}));
+    let s = c.recv();
+    assert_eq!(s["op"], "subscribed", "{s}");
     assert_eq!(s["seq"], 1);
+    c.send(json!({"op":"presence","room":room}));
+    let pres = c.recv();
+    assert_eq!(
+        pres["members"],
+        json!([{"conn":c.conn,"info":null}]),
+        "{pres}"
+    );
+    p.send(json!({"op":"publish","room":room,"data":"y"}));
+    let m = c.recv();
+    assert_eq!(
+        (m["op"].clone(), m["seq"].clone()),
+        (json!("message"), json!(2))
+    );
     d.stop().unwrap();
 }
