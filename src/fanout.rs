@@ -647,19 +647,8 @@ impl ShardCore {
         }
         let frame = if wire.is_compressed() {
             let base = self.wire_frame(b, wire.plain())?;
-            let z = self.cfg.compression;
             let (op, payload) = split_frame(&base);
-            if z.enabled && z.mode == DeflateMode::Shared && payload.len() >= z.threshold_bytes {
-                let level = z.level;
-                let c = self
-                    .compressor
-                    .get_or_insert_with(|| Box::new(Compressor::new(level, 15)));
-                let out = c.compress_frame(op, payload, true);
-                ShardStats::add(&self.stats.shard(self.id.0).compressions, 1);
-                out
-            } else {
-                base
-            }
+            self.compress_shared(op, payload).unwrap_or(base)
         } else {
             match (wire.format(), &b.kind) {
                 (None, Kind::Message { body, .. }) => match body {
@@ -791,27 +780,32 @@ impl ShardCore {
     /// The encodings of a raw client's message: plain, and compressed once when deflate clients
     /// may receive it (here or on another shard).
     fn encode_raw(&mut self, room: RoomId, msg: &Message) -> Frames {
-        let z = self.cfg.compression;
         let may_need_deflate = self
             .rooms
             .get(room)
             .is_some_and(|r| r.census[Wire::RawZ as usize] > 0)
             || self.peers.len() > 1;
-        let deflate = if z.enabled
-            && z.mode == DeflateMode::Shared
-            && msg.payload().len() >= z.threshold_bytes
-            && may_need_deflate
-        {
-            let level = z.level;
-            let c = self
-                .compressor
-                .get_or_insert_with(|| Box::new(Compressor::new(level, 15)));
-            ShardStats::add(&self.stats.shard(self.id.0).compressions, 1);
-            Some(c.compress_frame(msg.opcode, msg.payload(), true))
+        let deflate = if may_need_deflate {
+            self.compress_shared(msg.opcode, msg.payload())
         } else {
             None
         };
         Frames::raw(msg.frame().clone(), deflate)
+    }
+
+    /// The shared-mode compressed frame of one message (15-bit window, no context kept), or
+    /// `None` when shared compression is off or the message is under the threshold.
+    fn compress_shared(&mut self, op: OpCode, payload: &[u8]) -> Option<Bytes> {
+        let z = self.cfg.compression;
+        if !(z.enabled && z.mode == DeflateMode::Shared && payload.len() >= z.threshold_bytes) {
+            return None;
+        }
+        let level = z.level;
+        let c = self
+            .compressor
+            .get_or_insert_with(|| Box::new(Compressor::new(level, 15)));
+        ShardStats::add(&self.stats.shard(self.id.0).compressions, 1);
+        Some(c.compress_frame(op, payload, true))
     }
 }
 
