@@ -31,6 +31,10 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
+step "layout: no import cycle in src/, protocol/ sans-io, no function over 80 lines"
+python3 scripts/check-layout.py
+python3 scripts/check-layout.py --self-test
+
 step "cargo test --release (unit, integration on io_uring and epoll, 10k connections, CLI)"
 cargo test --locked --release
 
