@@ -1,5 +1,5 @@
 //! Hot path: local fan-out, `ShardCore::deliver_local` (reached through the `#[doc(hidden)]` hook
-//! `shardcast::fanout::bench::LocalFanout`), the loop that queues one encoded frame to every
+//! `shardcast::shard::bench::LocalFanout`), the loop that queues one encoded frame to every
 //! member of a room on this shard.
 //!
 //! Measures one room of 1,000 socketless open connections and a 64-byte message (a 66-byte server
@@ -17,8 +17,8 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use shardcast::fanout::bench::LocalFanout;
 use shardcast::protocol::frame::{encode_server_frame, OpCode};
+use shardcast::shard::bench::LocalFanout;
 
 const MEMBERS: usize = 1_000;
 /// Default `limits.max_buffered_bytes`.

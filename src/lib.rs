@@ -1,33 +1,48 @@
 //! # shardcast
 //!
-//! A thread-per-core WebSocket gateway: raw rooms over RFC 6455 with encode-once fan-out.
+//! A thread-per-core WebSocket gateway: rooms over RFC 6455 with encode-once fan-out, and the
+//! envelope protocol (many rooms per connection, presence, history, resume).
 //!
 //! # Layout
-//! - [`config`]: TOML file → validated typed [`config::Config`].
-//! - [`protocol`]: sans-io RFC 6455 and RFC 7692 (handshake, frame codec, reassembly, close
-//!   codes, permessage-deflate negotiation, compressor and bounded inflater).
+//! Data flows accept → gate → shard → connection → session → room → fan-out → write; each module
+//! imports only the ones before it (checked by `scripts/check-layout.py`).
+//! - [`ids`]: `ShardId`, `ConnId`, `RoomId` and the compact `Tick` clock (a leaf).
+//! - [`protocol`]: sans-io RFC 6455 and RFC 7692 (handshake, frames, reassembly, close codes,
+//!   permessage-deflate), the envelope codec (JSON, CBOR), room names, session error codes.
+//! - [`config`]: TOML file schema → validated typed [`config::Config`], swappable per shard.
+//! - [`metrics`]: per-shard counters, summed on read; their names in [`metrics::names`].
+//! - `wire`: wire formats, a message's encodings, the sequenced broadcast and its once-cells.
+//! - `conn`: a connection as its shard owns it (queue, high-water mark, direct send, close) and
+//!   its writer task.
+//! - [`room`]: room registry, end-of-turn coalescing, the fan-out loop, each room's home state
+//!   ([`room::home`]: seq, epoch, history, presence) and the home protocol's messages.
+//! - [`heartbeat`]: the pure heartbeat verdict the sweep applies.
+//! - [`gate`]: every decision about an HTTP request before any WebSocket state exists
+//!   (routing, upgrade validation, subprotocol and deflate negotiation, admission).
+//! - [`shard`]: one shard's state composed of those parts, and everything that needs more than
+//!   one of them (membership, broadcasting, the home protocol's two sides, the shard-to-shard
+//!   bus, sweep and drain).
+//! - `session`: what an upgraded connection speaks (raw room or envelope) and what its messages
+//!   do.
+//! - `http`: the HTTP API, pages and responses on the public listener.
+//! - `transport`: sockets to sessions: the WebSocket upgrade and reader.
 //! - [`listener`]: one SO_REUSEPORT listener per shard.
-//! - [`server`]: shard threads, monoio runtimes (io_uring or epoll), accept loops, the handle.
-//! - [`shard`]: what one shard owns (connections, rooms, pools) and per-connection state.
-//! - [`connection`]: per-connection tasks: handshake, reader, writer.
-//! - [`room`]: per-shard room registry.
-//! - [`fanout`]: encode-once broadcast, per-turn coalescing, cross-shard inboxes.
-//! - [`home`]: each room's home shard: seq, epoch, history ring, presence, member census.
-//! - [`heartbeat`]: the per-shard timer sweep (pings, timeouts, drain).
-//! - [`http`]: plain HTTP answers (`/healthz`, status page, errors) and the HTTP API.
-//! - [`metrics`]: per-shard counters.
+//! - [`server`]: shard threads and runtimes (io_uring or epoll), accept loops, the handle.
 
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod config;
-pub mod connection;
-pub mod fanout;
+pub(crate) mod conn;
+pub mod gate;
 pub mod heartbeat;
-pub mod home;
-pub mod http;
+pub(crate) mod http;
+pub mod ids;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;
 pub mod room;
 pub mod server;
+pub(crate) mod session;
 pub mod shard;
+pub(crate) mod transport;
+pub mod wire;

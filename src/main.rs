@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use shardcast::config::{parse_listen, Config};
+use shardcast::config::{parse_io_driver, parse_listen, parse_shards, Config};
 use shardcast::server;
 use shardcast::shard::ShutdownMode;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -70,18 +70,10 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
         cfg.listen = parse_listen(l).context("--listen")?;
     }
     if let Some(s) = &cli.shards {
-        let text = if s == "auto" {
-            "\"auto\"".to_string()
-        } else {
-            s.clone()
-        };
-        let c = Config::from_toml(&format!("[server]\nshards = {text}")).context("--shards")?;
-        cfg.shards = c.shards;
+        cfg.shards = parse_shards(s).context("--shards")?;
     }
     if let Some(d) = &cli.io_driver {
-        let c =
-            Config::from_toml(&format!("[server]\nio_driver = {d:?}")).context("--io-driver")?;
-        cfg.io_driver = c.io_driver;
+        cfg.io_driver = parse_io_driver(d).context("--io-driver")?;
     }
     Ok(cfg)
 }

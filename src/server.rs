@@ -2,7 +2,7 @@
 //! own listener, and returns a handle to stop it. Tests start a whole daemon in-process on port 0.
 
 use std::cell::RefCell;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 use monoio::{FusionDriver, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::config::{Config, IoDriver};
-use crate::connection::serve;
-use crate::fanout::{run_flusher, run_inbox, ShardMsg};
-use crate::heartbeat::run_sweeper;
+use crate::ids::ShardId;
 use crate::listener::bind_reuseport;
 use crate::metrics::Stats;
-use crate::shard::{ShardCore, ShardId, ShardRef, ShutdownMode};
+use crate::shard::broadcast::run_flusher;
+use crate::shard::bus::{run_inbox, ShardMsg};
+use crate::shard::sweep::run_sweeper;
+use crate::shard::{ShardCore, ShardRef, ShutdownMode};
+use crate::transport::ws::serve;
 
 /// io_uring submission queue size per shard.
 const URING_ENTRIES: u32 = 16384;
@@ -76,6 +78,16 @@ impl ServerHandle {
         self.driver
     }
 
+    /// Put a new configuration in force on every shard (see `ShardCore::reconfigure` for what
+    /// follows at once and what applies to new connections only). The listen address, shard
+    /// count and I/O driver cannot change without a restart.
+    pub fn reconfigure(&self, cfg: Config) {
+        let cfg = Arc::new(cfg);
+        for tx in &self.inboxes {
+            let _ = tx.send(ShardMsg::Reconfigure(cfg.clone()));
+        }
+    }
+
     /// Ask every shard to stop. Returns at once; use [`ServerHandle::join`] to wait.
     pub fn shutdown(&self, mode: ShutdownMode) {
         for tx in &self.inboxes {
@@ -105,17 +117,12 @@ impl ServerHandle {
 /// Start the server described by `cfg`.
 pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
     let n = cfg.shards.get();
-    let listeners =
-        bind_reuseport(cfg.listen, n, cfg.backlog).map_err(|source| ServerError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-    let addr = listeners[0]
-        .local_addr()
-        .map_err(|source| ServerError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+    let bind_err = |source| ServerError::Bind {
+        addr: cfg.listen,
+        source,
+    };
+    let listeners = bind_reuseport(cfg.listen, n, cfg.backlog).map_err(bind_err)?;
+    let addr = listeners[0].local_addr().map_err(bind_err)?;
     let stats = Stats::new(n);
     let open = Arc::new(AtomicUsize::new(0));
     let (senders, receivers): (Vec<_>, Vec<_>) =
@@ -124,72 +131,32 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<&'static str, ServerError>>();
     let mut threads = Vec::with_capacity(n);
     for (i, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
-        let cfg = cfg.clone();
-        let peers = peers.clone();
-        let stats = stats.clone();
-        let open = open.clone();
-        let ready = ready_tx.clone();
-        let ready_fail = ready_tx.clone();
+        let shard = ShardStart {
+            id: ShardId(i),
+            cfg: cfg.clone(),
+            listener,
+            inbox,
+            peers: peers.clone(),
+            stats: stats.clone(),
+            open: open.clone(),
+            ready: ready_tx.clone(),
+        };
         let t = std::thread::Builder::new()
             .name(format!("shard-{i}"))
-            .spawn(move || {
-                if cfg.pin_cores {
-                    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-                    if let Err(e) = monoio::utils::bind_to_cpu_set([i % cores]) {
-                        tracing::warn!(shard = i, error = ?e, "cannot pin shard to a core");
-                    }
-                }
-                let driver = cfg.io_driver;
-                let run =
-                    move || shard_main(ShardId(i), cfg, listener, inbox, peers, stats, open, ready);
-                let res = match driver {
-                    // Cooperative task running first (no inter-processor interrupt per completion,
-                    // which is costly, above all in VMs); then a plain ring for kernels without it;
-                    // then (auto only) epoll.
-                    IoDriver::Auto => uring_runtime!(FusionDriver).map(|mut rt| rt.block_on(run())),
-                    IoDriver::IoUring => {
-                        uring_runtime!(IoUringDriver).map(|mut rt| rt.block_on(run()))
-                    }
-                    IoDriver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
-                        .with_entries(URING_ENTRIES)
-                        .enable_timer()
-                        .build()
-                        .map(|mut rt| rt.block_on(run())),
-                };
-                if let Err(source) = res {
-                    let _ = ready_fail.send(Err(ServerError::Runtime {
-                        shard: i,
-                        driver: driver.as_str(),
-                        source,
-                    }));
-                }
-            })
+            .spawn(move || shard_thread(shard))
             .map_err(|_| ServerError::Thread(i))?;
         threads.push(t);
     }
     drop(ready_tx);
-    let mut driver = "io_uring";
-    for _ in 0..n {
-        match ready_rx.recv() {
-            Ok(Ok(d)) => {
-                if d == "epoll" {
-                    driver = "epoll";
-                }
+    let driver = match wait_ready(&ready_rx, n) {
+        Ok(d) => d,
+        Err(e) => {
+            for tx in &senders {
+                let _ = tx.send(ShardMsg::Shutdown(ShutdownMode::Fast));
             }
-            Ok(Err(e)) => {
-                for tx in &senders {
-                    let _ = tx.send(ShardMsg::Shutdown(ShutdownMode::Fast));
-                }
-                return Err(e);
-            }
-            Err(_) => {
-                for tx in &senders {
-                    let _ = tx.send(ShardMsg::Shutdown(ShutdownMode::Fast));
-                }
-                return Err(runtime_failure());
-            }
+            return Err(e);
         }
-    }
+    };
     Ok(ServerHandle {
         addr,
         stats,
@@ -197,6 +164,69 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
         threads,
         driver,
     })
+}
+
+/// Wait until all `n` shards report their runtime running; the driver in use ("epoll" if any
+/// shard fell back to it).
+fn wait_ready(
+    ready: &mpsc::Receiver<Result<&'static str, ServerError>>,
+    n: usize,
+) -> Result<&'static str, ServerError> {
+    let mut driver = "io_uring";
+    for _ in 0..n {
+        match ready.recv() {
+            Ok(Ok("epoll")) => driver = "epoll",
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(runtime_failure()),
+        }
+    }
+    Ok(driver)
+}
+
+/// What one shard thread starts with.
+struct ShardStart {
+    id: ShardId,
+    cfg: Config,
+    listener: std::net::TcpListener,
+    inbox: flume::Receiver<ShardMsg>,
+    peers: Arc<[flume::Sender<ShardMsg>]>,
+    stats: Stats,
+    open: Arc<AtomicUsize>,
+    ready: mpsc::Sender<Result<&'static str, ServerError>>,
+}
+
+/// A shard thread: pin it if asked, build its runtime, run the shard until it has drained.
+fn shard_thread(shard: ShardStart) {
+    let i = shard.id.0;
+    if shard.cfg.pin_cores {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        if let Err(e) = monoio::utils::bind_to_cpu_set([i % cores]) {
+            tracing::warn!(shard = i, error = ?e, "cannot pin shard to a core");
+        }
+    }
+    let driver = shard.cfg.io_driver;
+    let ready_fail = shard.ready.clone();
+    let run = move || shard_main(shard);
+    let res = match driver {
+        // Cooperative task running first (no inter-processor interrupt per completion, which is
+        // costly, above all in VMs); then a plain ring for kernels without it; then (auto only)
+        // epoll.
+        IoDriver::Auto => uring_runtime!(FusionDriver).map(|mut rt| rt.block_on(run())),
+        IoDriver::IoUring => uring_runtime!(IoUringDriver).map(|mut rt| rt.block_on(run())),
+        IoDriver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
+            .with_entries(URING_ENTRIES)
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(run())),
+    };
+    if let Err(source) = res {
+        let _ = ready_fail.send(Err(ServerError::Runtime {
+            shard: i,
+            driver: driver.as_str(),
+            source,
+        }));
+    }
 }
 
 /// Build a runtime on an io_uring-capable driver: a cooperative ring first, then a plain one (for
@@ -236,17 +266,17 @@ fn runtime_failure() -> ServerError {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn shard_main(
-    id: ShardId,
-    cfg: Config,
-    listener: std::net::TcpListener,
-    inbox: flume::Receiver<ShardMsg>,
-    peers: Arc<[flume::Sender<ShardMsg>]>,
-    stats: Stats,
-    open: Arc<AtomicUsize>,
-    ready: mpsc::Sender<Result<&'static str, ServerError>>,
-) {
+async fn shard_main(shard: ShardStart) {
+    let ShardStart {
+        id,
+        cfg,
+        listener,
+        inbox,
+        peers,
+        stats,
+        open,
+        ready,
+    } = shard;
     let driver = if monoio::utils::is_legacy() {
         "epoll"
     } else {
@@ -297,10 +327,10 @@ async fn accept_loop(core: &ShardRef, listener: &monoio::net::TcpListener) {
     loop {
         let stop = poll_fn(|cx| {
             let mut s = core.borrow_mut();
-            if s.shutdown.is_some() {
+            if s.life.shutdown.is_some() {
                 Poll::Ready(())
             } else {
-                s.accept_waker = Some(cx.waker().clone());
+                s.life.accept_waker = Some(cx.waker().clone());
                 Poll::Pending
             }
         });
@@ -318,36 +348,5 @@ async fn accept_loop(core: &ShardRef, listener: &monoio::net::TcpListener) {
                 }
             }
         }
-    }
-}
-
-/// Run a server until `shutdown` resolves, then stop it in the mode the future returns.
-pub fn run_until<F: Future<Output = ShutdownMode>>(
-    cfg: Config,
-    shutdown: F,
-) -> Result<(), ServerError> {
-    let handle = start(cfg)?;
-    let mode = futures_lite_block_on(shutdown);
-    handle.shutdown(mode);
-    handle.join()
-}
-
-/// Minimal blocking executor for the shutdown future (runs on the calling thread).
-fn futures_lite_block_on<F: Future>(f: F) -> F::Output {
-    use std::task::{Context, Wake, Waker};
-    struct ThreadWaker(std::thread::Thread);
-    impl Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
     }
 }

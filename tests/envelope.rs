@@ -272,7 +272,7 @@ fn requests_while_a_subscribe_is_in_flight(driver: &str) {
     // A room whose home is the other shard, so the subscription's answer is in flight for a while.
     let room = (0..)
         .map(|i| format!("away-{i}"))
-        .find(|r| shardcast::home::home_index(r, 2) as u64 != c.shard())
+        .find(|r| shardcast::room::home::home_index(r, 2) as u64 != c.shard())
         .unwrap();
     // Pipelined, before any answer: subscribe, subscribe again, unsubscribe.
     c.send_batch(&[

@@ -58,7 +58,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::room::valid_room_name;
+use super::room_name::valid_room_name;
 
 /// The JSON subprotocol: text messages, one JSON object each.
 pub const JSON_SUBPROTOCOL: &str = "shardcast.v1.json";

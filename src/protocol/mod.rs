@@ -11,6 +11,8 @@ pub mod deflate;
 pub mod envelope;
 pub mod frame;
 pub mod handshake;
+pub mod room_name;
+pub mod session;
 
 use close::CloseCode;
 

@@ -1,5 +1,7 @@
 //! Counters. Each shard writes only its own `ShardStats` (relaxed atomics, no contention); readers
-//! (status page, tests, later Prometheus) sum them.
+//! (status page, tests, later Prometheus) sum them. Their exported names are in [`names`].
+
+pub mod names;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +22,9 @@ pub struct ShardStats {
     pub deliveries: AtomicU64,
     /// Broadcast frames dropped for slow consumers (`slow_consumer = "drop"`).
     pub dropped_frames: AtomicU64,
+    /// Replies (pongs, acks, errors, presence, history, subscribe answers) dropped because the
+    /// client was over its high-water mark (`slow_consumer = "drop"`; pongs under any policy).
+    pub dropped_replies: AtomicU64,
     /// Connections closed with 1008 for exceeding `max_buffered_bytes`.
     pub slow_consumer_closes: AtomicU64,
     /// Connections dropped for heartbeat silence.
@@ -70,6 +75,8 @@ pub struct Snapshot {
     pub deliveries: u64,
     /// See [`ShardStats::dropped_frames`].
     pub dropped_frames: u64,
+    /// See [`ShardStats::dropped_replies`].
+    pub dropped_replies: u64,
     /// See [`ShardStats::slow_consumer_closes`].
     pub slow_consumer_closes: u64,
     /// See [`ShardStats::heartbeat_timeouts`].
@@ -125,6 +132,7 @@ impl Stats {
             s.messages_in += l(&sh.messages_in);
             s.deliveries += l(&sh.deliveries);
             s.dropped_frames += l(&sh.dropped_frames);
+            s.dropped_replies += l(&sh.dropped_replies);
             s.slow_consumer_closes += l(&sh.slow_consumer_closes);
             s.heartbeat_timeouts += l(&sh.heartbeat_timeouts);
             s.handshake_timeouts += l(&sh.handshake_timeouts);

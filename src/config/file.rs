@@ -1,0 +1,191 @@
+//! The configuration file's schema, as the user writes it: every key optional (defaults come
+//! from `Config::default`), unknown keys rejected so a typo never silently falls back to a
+//! default. `config.example.toml` documents each key.
+
+use serde::Deserialize;
+
+/// The file as written by the user. Every field is optional; defaults come from [`Config::default`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[server]`
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[limits]`
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// `[heartbeat]`
+    #[serde(default)]
+    pub heartbeat: HeartbeatSection,
+    /// `[rooms]`
+    #[serde(default)]
+    pub rooms: RoomsSection,
+    /// `[shutdown]`
+    #[serde(default)]
+    pub shutdown: ShutdownSection,
+    /// `[log]`
+    #[serde(default)]
+    pub log: LogSection,
+    /// `[compression]`
+    #[serde(default)]
+    pub compression: CompressionSection,
+    /// `[history]`
+    #[serde(default)]
+    pub history: HistorySection,
+    /// `[envelope]`
+    #[serde(default)]
+    pub envelope: EnvelopeSection,
+    /// `[api]`
+    #[serde(default)]
+    pub api: ApiSection,
+}
+
+/// `[history]` section: the per-room history ring behind `since`/resume and `history`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySection {
+    /// Messages kept per room (0 disables history).
+    pub size: Option<i64>,
+    /// How long a message is kept.
+    pub ttl: Option<String>,
+    /// Most messages in one `history` answer.
+    pub max_page: Option<i64>,
+    /// Most payload bytes kept per room.
+    pub max_room_bytes: Option<ByteSize>,
+}
+
+/// `[envelope]` section: the `shardcast.v1` protocol on `/ws`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvelopeSection {
+    /// Consecutive bad frames after which the connection is closed with 1008.
+    pub max_bad_frames: Option<i64>,
+    /// Largest `info` (JSON bytes) a connection may carry.
+    pub max_info_bytes: Option<ByteSize>,
+}
+
+/// `[api]` section: the HTTP publish API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Bearer key; the API is off when unset or empty.
+    pub key: Option<String>,
+}
+
+/// `[compression]` section (permessage-deflate, RFC 7692).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionSection {
+    /// Negotiate permessage-deflate with clients that offer it.
+    pub enabled: Option<bool>,
+    /// zlib level 0-9 for outbound messages.
+    pub level: Option<i64>,
+    /// Messages smaller than this are sent uncompressed.
+    pub threshold_bytes: Option<ByteSize>,
+    /// `"shared"` (compress once per broadcast) or `"dedicated"` (a context per connection).
+    pub mode: Option<String>,
+}
+
+/// `[server]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Listen address, `host:port`.
+    pub listen: Option<String>,
+    /// `"auto"` or a positive integer.
+    pub shards: Option<Shards>,
+    /// Pin shard N to core N.
+    pub pin_cores: Option<bool>,
+    /// `"auto" | "io_uring" | "epoll"`.
+    pub io_driver: Option<String>,
+    /// Accept backlog.
+    pub backlog: Option<u32>,
+    /// Capacity of each shard's cross-shard inbox (messages).
+    pub inbox_capacity: Option<usize>,
+}
+
+/// `shards = "auto"` or `shards = N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Shards {
+    /// A fixed number of shards.
+    Count(i64),
+    /// `"auto"`: one per core.
+    Named(AutoKeyword),
+}
+
+/// The literal `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoKeyword {
+    /// `"auto"`
+    Auto,
+}
+
+/// A byte size: an integer, or a string such as `"64KiB"`, `"16MiB"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSize {
+    /// Plain number of bytes.
+    Bytes(i64),
+    /// Human-readable size.
+    Text(String),
+}
+
+/// `[limits]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Maximum open WebSocket connections for the whole daemon.
+    pub max_connections: Option<i64>,
+    /// Maximum size of a reassembled message.
+    pub max_message_bytes: Option<ByteSize>,
+    /// Maximum payload size of a single frame.
+    pub max_frame_bytes: Option<ByteSize>,
+    /// Per-connection high-water mark on queued outbound bytes.
+    pub max_buffered_bytes: Option<ByteSize>,
+    /// `"close"` or `"drop"`.
+    pub slow_consumer: Option<String>,
+    /// Time allowed for the HTTP upgrade request.
+    pub handshake_timeout: Option<String>,
+    /// Maximum size of the HTTP request head.
+    pub max_header_bytes: Option<ByteSize>,
+    /// Time allowed for the close handshake before the socket is dropped.
+    pub close_timeout: Option<String>,
+    /// Maximum rooms one connection may belong to.
+    pub max_rooms_per_connection: Option<i64>,
+}
+
+/// `[heartbeat]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatSection {
+    /// Ping period.
+    pub interval: Option<String>,
+    /// Extra silence tolerated after `interval` before the connection is dropped.
+    pub timeout: Option<String>,
+}
+
+/// `[rooms]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomsSection {
+    /// Whether the sender receives its own messages.
+    pub echo_to_sender: Option<bool>,
+}
+
+/// `[shutdown]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSection {
+    /// Time allowed for a graceful drain on SIGTERM.
+    pub drain_timeout: Option<String>,
+}
+
+/// `[log]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// A `tracing` filter such as `"info"` or `"shardcast=debug"`; `RUST_LOG` overrides it.
+    pub level: Option<String>,
+}

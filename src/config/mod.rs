@@ -1,0 +1,368 @@
+//! Configuration: the TOML file ([`file`]: `FileConfig`), validated ([`validate`]) into a typed
+//! [`Config`]. Shards hold it as an `Rc<Config>` that is replaced whole on a `Reconfigure`
+//! message (`ShardCore::reconfigure`), so a reload needs no locks on the hot path.
+//!
+//! Every limit the daemon enforces is a key here with a documented default; `config.example.toml`
+//! mirrors this file. Unknown keys are rejected so a typo never silently falls back to a default.
+
+pub mod file;
+mod validate;
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::time::Duration;
+
+/// Errors found while loading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Path that was read.
+        path: String,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema (unknown key, wrong type).
+    #[error("invalid config: {0}")]
+    Parse(toml::de::Error),
+    /// A key parsed but its value is not acceptable.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key name, e.g. `limits.max_message_bytes`.
+        key: &'static str,
+        /// Why the value was refused.
+        reason: String,
+    },
+}
+
+impl From<toml::de::Error> for ConfigError {
+    fn from(e: toml::de::Error) -> Self {
+        ConfigError::Parse(e)
+    }
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+use crate::protocol::deflate::DeflateMode;
+pub use file::FileConfig;
+
+/// Which monoio driver a shard runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriver {
+    /// io_uring when available, else epoll.
+    Auto,
+    /// io_uring only; start-up fails if unavailable.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+impl IoDriver {
+    /// Config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoDriver::Auto => "auto",
+            IoDriver::IoUring => "io_uring",
+            IoDriver::Epoll => "epoll",
+        }
+    }
+}
+
+/// What happens to a client whose queued bytes exceed `max_buffered_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// Close it with 1008 and free its queue.
+    Close,
+    /// Discard new broadcast frames for it (counted).
+    Drop,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Number of shards (threads, runtimes, listeners).
+    pub shards: NonZeroUsize,
+    /// Pin shard N to core N mod cores.
+    pub pin_cores: bool,
+    /// I/O driver.
+    pub io_driver: IoDriver,
+    /// Listen backlog.
+    pub backlog: u32,
+    /// Cross-shard inbox capacity per shard.
+    pub inbox_capacity: usize,
+    /// Daemon-wide connection limit (503 before upgrade when reached).
+    pub max_connections: usize,
+    /// Max reassembled message size (close 1009 beyond).
+    pub max_message_bytes: usize,
+    /// Max single frame payload (close 1009 beyond).
+    pub max_frame_bytes: usize,
+    /// Per-connection outbound high-water mark.
+    pub max_buffered_bytes: usize,
+    /// Slow consumer policy.
+    pub slow_consumer: SlowConsumer,
+    /// Handshake timeout.
+    pub handshake_timeout: Duration,
+    /// Max HTTP request head size (431 beyond).
+    pub max_header_bytes: usize,
+    /// Close handshake timeout.
+    pub close_timeout: Duration,
+    /// Max rooms per connection.
+    pub max_rooms_per_connection: usize,
+    /// Ping interval.
+    pub heartbeat_interval: Duration,
+    /// Extra silence after `heartbeat_interval` before a connection is dropped.
+    pub heartbeat_timeout: Duration,
+    /// Echo messages back to their sender.
+    pub echo_to_sender: bool,
+    /// Graceful drain timeout.
+    pub drain_timeout: Duration,
+    /// Log filter.
+    pub log_level: String,
+    /// permessage-deflate.
+    pub compression: Compression,
+    /// Messages kept per room for resume and `history` (0: none).
+    pub history_size: usize,
+    /// How long a kept message stays.
+    pub history_ttl: Duration,
+    /// Most messages in one `history` answer.
+    pub history_max_page: usize,
+    /// Most payload bytes kept in one room's history.
+    pub history_max_room_bytes: usize,
+    /// Consecutive bad envelope frames before close 1008.
+    pub max_bad_frames: u32,
+    /// Largest per-connection `info`, in bytes of JSON.
+    pub max_info_bytes: usize,
+    /// HTTP API bearer key (API disabled when `None`).
+    pub api_key: Option<String>,
+}
+
+/// permessage-deflate settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    /// Negotiate permessage-deflate at all.
+    pub enabled: bool,
+    /// zlib level for outbound messages.
+    pub level: u32,
+    /// Smaller messages go uncompressed.
+    pub threshold_bytes: usize,
+    /// Shared (compress once per broadcast) or dedicated (context per connection).
+    pub mode: DeflateMode,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression {
+            enabled: true,
+            level: 1,
+            threshold_bytes: 128,
+            mode: DeflateMode::Shared,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shards: available_cores(),
+            pin_cores: false,
+            io_driver: IoDriver::Auto,
+            backlog: 4096,
+            inbox_capacity: 8192,
+            max_connections: 100_000,
+            max_message_bytes: 1 << 20,
+            max_frame_bytes: 1 << 20,
+            max_buffered_bytes: 1 << 20,
+            slow_consumer: SlowConsumer::Close,
+            handshake_timeout: Duration::from_secs(10),
+            max_header_bytes: 8 * 1024,
+            close_timeout: Duration::from_secs(5),
+            max_rooms_per_connection: 64,
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(10),
+            echo_to_sender: true,
+            drain_timeout: Duration::from_secs(10),
+            log_level: "info".to_string(),
+            compression: Compression::default(),
+            history_size: 1000,
+            history_ttl: Duration::from_secs(300),
+            history_max_page: 1000,
+            history_max_room_bytes: 16 << 20,
+            max_bad_frames: 10,
+            max_info_bytes: 1024,
+            api_key: None,
+        }
+    }
+}
+
+fn available_cores() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Parse a listen address (`host:port`); `localhost` is accepted as 127.0.0.1.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
+    let t = text.trim();
+    let t2 = t
+        .strip_prefix("localhost:")
+        .map(|p| format!("127.0.0.1:{p}"));
+    t2.as_deref().unwrap_or(t).parse().map_err(|_| {
+        invalid(
+            "server.listen",
+            format!("`{text}` is not an address like \"127.0.0.1:8080\""),
+        )
+    })
+}
+
+/// Parse `--shards`: `"auto"` or 1 to 1024.
+pub fn parse_shards(text: &str) -> Result<NonZeroUsize, ConfigError> {
+    match text.trim() {
+        "auto" => Ok(available_cores()),
+        t => {
+            let n: i64 = t.parse().map_err(|_| {
+                invalid(
+                    "server.shards",
+                    format!("`{t}` is not \"auto\" or a number"),
+                )
+            })?;
+            validate::shard_count(n)
+        }
+    }
+}
+
+/// Parse `--io-driver`: `"auto"`, `"io_uring"` or `"epoll"`.
+pub fn parse_io_driver(text: &str) -> Result<IoDriver, ConfigError> {
+    validate::parse_io_driver(text.trim())
+}
+
+impl Config {
+    /// Load and validate a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        FileConfig::parse(&text)?.validate()
+    }
+
+    /// Parse and validate TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        FileConfig::parse(text)?.validate()
+    }
+
+    /// Granularity of the per-shard timer sweep.
+    pub fn sweep_period(&self) -> Duration {
+        let shortest = self
+            .heartbeat_interval
+            .min(self.heartbeat_timeout)
+            .min(self.handshake_timeout)
+            .min(self.close_timeout);
+        (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.max_buffered_bytes, 1 << 20);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.slow_consumer, SlowConsumer::Close);
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let c = Config::from_toml(
+            r#"
+            [server]
+            listen = "0.0.0.0:9000"
+            shards = 3
+            pin_cores = true
+            io_driver = "epoll"
+            [limits]
+            max_connections = 10
+            max_message_bytes = "16MiB"
+            max_frame_bytes = 65536
+            max_buffered_bytes = "64KiB"
+            slow_consumer = "drop"
+            handshake_timeout = "250ms"
+            max_header_bytes = 4096
+            [heartbeat]
+            interval = "1s"
+            timeout = "500ms"
+            [rooms]
+            echo_to_sender = false
+            [shutdown]
+            drain_timeout = "2s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.shards.get(), 3);
+        assert_eq!(c.io_driver, IoDriver::Epoll);
+        assert_eq!(c.max_message_bytes, 16 << 20);
+        assert_eq!(c.max_buffered_bytes, 64 << 10);
+        assert_eq!(c.slow_consumer, SlowConsumer::Drop);
+        assert_eq!(c.handshake_timeout, Duration::from_millis(250));
+        assert!(!c.echo_to_sender);
+    }
+
+    #[test]
+    fn auto_shards() {
+        let c = Config::from_toml("[server]\nshards = \"auto\"").unwrap();
+        assert_eq!(c.shards, available_cores());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml("[limits]\nmax_conections = 5").unwrap_err();
+        assert!(e.to_string().contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("[server]\nshards = 0", "server.shards"),
+            ("[server]\nio_driver = \"kqueue\"", "server.io_driver"),
+            ("[server]\nlisten = \"nowhere\"", "server.listen"),
+            ("[limits]\nslow_consumer = \"wait\"", "limits.slow_consumer"),
+            ("[heartbeat]\ninterval = \"soon\"", "heartbeat.interval"),
+            (
+                "[limits]\nmax_message_bytes = -1",
+                "limits.max_message_bytes",
+            ),
+            (
+                "[limits]\nmax_frame_bytes = \"2MiB\"",
+                "limits.max_frame_bytes",
+            ),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn cli_values_are_checked_like_the_file() {
+        assert_eq!(parse_shards("3").unwrap().get(), 3);
+        assert_eq!(parse_shards("auto").unwrap(), available_cores());
+        for bad in ["0", "-1", "2000", "two", ""] {
+            let e = parse_shards(bad).unwrap_err().to_string();
+            assert!(e.contains("server.shards"), "{bad}: {e}");
+        }
+        assert_eq!(parse_io_driver("epoll").unwrap(), IoDriver::Epoll);
+        assert_eq!(parse_io_driver("io_uring").unwrap(), IoDriver::IoUring);
+        let e = parse_io_driver("kqueue").unwrap_err().to_string();
+        assert!(e.contains("server.io_driver"), "{e}");
+    }
+}

@@ -1,0 +1,304 @@
+//! Validation: the file's sections ([`super::file`]) into a typed [`Config`], one function per
+//! section, each error naming its dotted key.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use super::file::*;
+use super::{available_cores, invalid, parse_listen, Config, ConfigError, IoDriver, SlowConsumer};
+use crate::protocol::deflate::DeflateMode;
+
+impl FileConfig {
+    /// Parse TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Validate into a typed [`Config`].
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        server(&mut c, self.server)?;
+        limits(&mut c, self.limits)?;
+        compression(&mut c, self.compression)?;
+        history(&mut c, self.history)?;
+        envelope(&mut c, self.envelope)?;
+        api(&mut c, self.api)?;
+        log(&mut c, self.log)?;
+        if let Some(t) = self.heartbeat.interval {
+            c.heartbeat_interval = duration("heartbeat.interval", &t)?;
+        }
+        if let Some(t) = self.heartbeat.timeout {
+            c.heartbeat_timeout = duration("heartbeat.timeout", &t)?;
+        }
+        if let Some(e) = self.rooms.echo_to_sender {
+            c.echo_to_sender = e;
+        }
+        if let Some(t) = self.shutdown.drain_timeout {
+            c.drain_timeout = duration("shutdown.drain_timeout", &t)?;
+        }
+        Ok(c)
+    }
+}
+
+/// `[server]`.
+fn server(c: &mut Config, s: ServerSection) -> Result<(), ConfigError> {
+    if let Some(listen) = s.listen {
+        c.listen = parse_listen(&listen)?;
+    }
+    if let Some(shards) = s.shards {
+        c.shards = match shards {
+            Shards::Named(AutoKeyword::Auto) => available_cores(),
+            Shards::Count(n) => shard_count(n)?,
+        };
+    }
+    if let Some(p) = s.pin_cores {
+        c.pin_cores = p;
+    }
+    if let Some(d) = s.io_driver {
+        c.io_driver = parse_io_driver(&d)?;
+    }
+    if let Some(b) = s.backlog {
+        if b == 0 {
+            return Err(invalid("server.backlog", "must be greater than zero"));
+        }
+        c.backlog = b;
+    }
+    if let Some(n) = s.inbox_capacity {
+        if n == 0 {
+            return Err(invalid(
+                "server.inbox_capacity",
+                "must be greater than zero",
+            ));
+        }
+        c.inbox_capacity = n;
+    }
+    Ok(())
+}
+
+/// `[limits]`.
+fn limits(c: &mut Config, l: LimitsSection) -> Result<(), ConfigError> {
+    if let Some(n) = l.max_connections {
+        c.max_connections = positive("limits.max_connections", n)?;
+    }
+    if let Some(v) = &l.max_message_bytes {
+        c.max_message_bytes = byte_size("limits.max_message_bytes", v)?;
+    }
+    if let Some(v) = &l.max_frame_bytes {
+        c.max_frame_bytes = byte_size("limits.max_frame_bytes", v)?;
+    }
+    if let Some(v) = &l.max_buffered_bytes {
+        c.max_buffered_bytes = byte_size("limits.max_buffered_bytes", v)?;
+    }
+    if let Some(p) = l.slow_consumer {
+        c.slow_consumer = match p.as_str() {
+            "close" => SlowConsumer::Close,
+            "drop" => SlowConsumer::Drop,
+            other => {
+                return Err(invalid(
+                    "limits.slow_consumer",
+                    format!("`{other}` is not one of \"close\", \"drop\""),
+                ))
+            }
+        };
+    }
+    if let Some(t) = l.handshake_timeout {
+        c.handshake_timeout = duration("limits.handshake_timeout", &t)?;
+    }
+    if let Some(v) = &l.max_header_bytes {
+        c.max_header_bytes = byte_size("limits.max_header_bytes", v)?;
+        if c.max_header_bytes < 256 {
+            return Err(invalid("limits.max_header_bytes", "must be at least 256"));
+        }
+    }
+    if let Some(t) = l.close_timeout {
+        c.close_timeout = duration("limits.close_timeout", &t)?;
+    }
+    if let Some(n) = l.max_rooms_per_connection {
+        c.max_rooms_per_connection = positive("limits.max_rooms_per_connection", n)?;
+    }
+    if c.max_frame_bytes > c.max_message_bytes {
+        // A frame can never carry more than a message; clamp silently would hide a mistake.
+        return Err(invalid(
+            "limits.max_frame_bytes",
+            format!(
+                "{} is larger than limits.max_message_bytes ({})",
+                c.max_frame_bytes, c.max_message_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `[compression]`.
+fn compression(c: &mut Config, z: CompressionSection) -> Result<(), ConfigError> {
+    if let Some(e) = z.enabled {
+        c.compression.enabled = e;
+    }
+    if let Some(l) = z.level {
+        if !(0..=9).contains(&l) {
+            return Err(invalid(
+                "compression.level",
+                format!("{l} is not a zlib level 0-9"),
+            ));
+        }
+        c.compression.level = l as u32;
+    }
+    if let Some(t) = &z.threshold_bytes {
+        c.compression.threshold_bytes = match t {
+            ByteSize::Bytes(0) => 0,
+            other => byte_size("compression.threshold_bytes", other)?,
+        };
+    }
+    if let Some(m) = z.mode {
+        c.compression.mode = match m.as_str() {
+            "shared" => DeflateMode::Shared,
+            "dedicated" => DeflateMode::Dedicated,
+            other => {
+                return Err(invalid(
+                    "compression.mode",
+                    format!("`{other}` is not one of \"shared\", \"dedicated\""),
+                ))
+            }
+        };
+    }
+    Ok(())
+}
+
+/// `[log]`.
+fn log(c: &mut Config, g: LogSection) -> Result<(), ConfigError> {
+    if let Some(level) = g.level {
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("`{level}` is not a tracing filter"),
+            ));
+        }
+        c.log_level = level;
+    }
+    Ok(())
+}
+
+/// `[history]`.
+fn history(c: &mut Config, h: HistorySection) -> Result<(), ConfigError> {
+    if let Some(n) = h.size {
+        if n < 0 {
+            return Err(invalid("history.size", "must not be negative"));
+        }
+        c.history_size = usize::try_from(n).map_err(|_| invalid("history.size", "too large"))?;
+    }
+    if let Some(t) = h.ttl {
+        c.history_ttl = duration("history.ttl", &t)?;
+    }
+    if let Some(n) = h.max_page {
+        c.history_max_page = positive("history.max_page", n)?;
+    }
+    if let Some(v) = &h.max_room_bytes {
+        c.history_max_room_bytes = byte_size("history.max_room_bytes", v)?;
+    }
+    Ok(())
+}
+
+/// `[envelope]`.
+fn envelope(c: &mut Config, e: EnvelopeSection) -> Result<(), ConfigError> {
+    if let Some(n) = e.max_bad_frames {
+        c.max_bad_frames = u32::try_from(positive("envelope.max_bad_frames", n)?)
+            .map_err(|_| invalid("envelope.max_bad_frames", "too large"))?;
+    }
+    if let Some(v) = &e.max_info_bytes {
+        c.max_info_bytes = byte_size("envelope.max_info_bytes", v)?;
+    }
+    Ok(())
+}
+
+/// `[api]`.
+fn api(c: &mut Config, a: ApiSection) -> Result<(), ConfigError> {
+    if let Some(k) = a.key {
+        if k.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            return Err(invalid(
+                "api.key",
+                "must not contain spaces or control characters",
+            ));
+        }
+        c.api_key = (!k.is_empty()).then_some(k);
+    }
+    Ok(())
+}
+
+/// `server.shards` (and `--shards`): 1 to 1024.
+pub(super) fn shard_count(n: i64) -> Result<NonZeroUsize, ConfigError> {
+    let n = NonZeroUsize::new(positive("server.shards", n)?)
+        .ok_or_else(|| invalid("server.shards", "must be positive"))?;
+    if n.get() > 1024 {
+        return Err(invalid("server.shards", "at most 1024 shards"));
+    }
+    Ok(n)
+}
+
+/// `server.io_driver` (and `--io-driver`).
+pub(super) fn parse_io_driver(text: &str) -> Result<IoDriver, ConfigError> {
+    match text {
+        "auto" => Ok(IoDriver::Auto),
+        "io_uring" => Ok(IoDriver::IoUring),
+        "epoll" => Ok(IoDriver::Epoll),
+        other => Err(invalid(
+            "server.io_driver",
+            format!("`{other}` is not one of \"auto\", \"io_uring\", \"epoll\""),
+        )),
+    }
+}
+
+fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("`{text}` is not a duration like \"30s\" or \"250ms\": {e}"),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn byte_size(key: &'static str, value: &ByteSize) -> Result<usize, ConfigError> {
+    let n: u64 = match value {
+        ByteSize::Bytes(n) => {
+            u64::try_from(*n).map_err(|_| invalid(key, "must not be negative"))?
+        }
+        ByteSize::Text(s) => parse_size(s).ok_or_else(|| {
+            invalid(
+                key,
+                format!("`{s}` is not a size like 65536, \"64KiB\" or \"16MiB\""),
+            )
+        })?,
+    };
+    if n == 0 {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    usize::try_from(n).map_err(|_| invalid(key, "too large"))
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn positive(key: &'static str, n: i64) -> Result<usize, ConfigError> {
+    if n <= 0 {
+        return Err(invalid(key, format!("must be a positive integer, got {n}")));
+    }
+    usize::try_from(n).map_err(|_| invalid(key, "too large"))
+}

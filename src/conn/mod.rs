@@ -1,0 +1,438 @@
+//! Connections as their shard owns them: lifecycle, the outbound queue with its high-water mark,
+//! direct sends, close; [`Conns`], the shard's slab of them with the pooled read buffers and
+//! inflaters; and [`writer`], the task that writes a connection's queue.
+//!
+//! Everything here is single-threaded and synchronous except the writer task. An idle connection
+//! holds no read buffer, an empty queue and no writer task.
+
+pub(crate) mod writer;
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::task::Waker;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use monoio::io::OwnedWriteHalf;
+use monoio::net::TcpStream;
+use slab::Slab;
+use smallvec::SmallVec;
+
+use crate::config::SlowConsumer;
+use crate::ids::{ConnId, RoomId, ShardId, Tick};
+use crate::protocol::close::CloseCode;
+use crate::protocol::deflate::Inflater;
+use crate::protocol::frame::encode_close;
+use crate::wire::Wire;
+use writer::Dedicated;
+
+/// Where a member sits in a room, kept by the connection so it can leave in O(1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Membership {
+    /// The room.
+    pub(crate) room: RoomId,
+    /// Index in the room's member list (u32 keeps a membership at 16 bytes, inline in each
+    /// `Conn`).
+    pub(crate) slot: u32,
+    /// The member receives presence events (`join`/`leave`) of this room.
+    pub(crate) presence: bool,
+}
+
+/// Size of one pooled read buffer.
+pub(crate) const READ_BUF_SIZE: usize = 64 * 1024;
+/// Pooled read buffers kept when idle.
+const READ_POOL_KEEP: usize = 32;
+/// Pooled inflaters kept.
+const INFLATER_POOL_KEEP: usize = 4;
+
+/// Lifecycle of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Reading the HTTP request head; dropped if not done by the deadline.
+    Handshake { deadline: Tick },
+    /// Upgraded and open.
+    Open,
+    /// A close frame was queued; the socket is dropped at the deadline at the latest.
+    Closing { deadline: Tick },
+}
+
+/// Per-connection state owned by the shard. Deliberately small: an idle connection holds no
+/// read buffer and an empty write queue.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) fd: RawFd,
+    pub(crate) phase: Phase,
+    /// Frames waiting for the writer task.
+    pub(crate) queue: VecDeque<Bytes>,
+    /// Bytes queued or in flight, like the browser's `bufferedAmount`.
+    pub(crate) buffered: usize,
+    pub(crate) writer_waker: Option<Waker>,
+    /// No more frames are accepted (a close frame is queued, or the socket is gone).
+    pub(crate) sealed: bool,
+    /// The reader is done: the writer exits once the queue is flushed.
+    pub(crate) finishing: bool,
+    /// The socket was shut down by the shard (timeout, kill): the writer exits at once.
+    pub(crate) killed: bool,
+    /// Send FIN once the queue (ending with a close frame) is flushed: used when failing a
+    /// connection, so the client sees the close frame and then the end of the stream.
+    pub(crate) fin_after_flush: bool,
+    /// The wire format broadcasts reach it in (raw or envelope; shared-deflate or plain).
+    pub(crate) wire: Wire,
+    /// Node-unique connection id (`welcome`, `from`, presence): a per-shard counter shifted left
+    /// by 10 bits, or'ed with the shard index.
+    pub(crate) uid: u64,
+    /// A writer task is running for this connection. Writers are spawned when something is
+    /// queued and retire after a quiet spell, so an idle connection has no writer task.
+    pub(crate) writer_alive: bool,
+    /// The sweep asked the (idle) writer to retire.
+    pub(crate) retire: bool,
+    /// When the writer last parked with an empty queue.
+    pub(crate) writer_parked: Tick,
+    /// The write half while no writer task holds it.
+    pub(crate) wh: Option<OwnedWriteHalf<TcpStream>>,
+    /// Dedicated-mode compressor while no writer task holds it.
+    pub(crate) dedicated: Option<Box<Dedicated>>,
+    /// The reader waiting for the writer to finish (connection teardown).
+    pub(crate) reader_waker: Option<Waker>,
+    pub(crate) last_seen: Tick,
+    pub(crate) last_ping: Tick,
+    pub(crate) rooms: SmallVec<[Membership; 1]>,
+}
+
+/// Outcome of a direct write ([`Conn::send_direct`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direct {
+    /// All of it went out.
+    Sent,
+    /// Some went out; the rest is queued for the writer.
+    Partial,
+    /// The socket is broken: the connection was killed.
+    Failed,
+}
+
+/// Outcome of queueing a broadcast frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Push {
+    Queued,
+    Dropped,
+    /// Over the high-water mark under the `close` policy: the caller closes it.
+    OverLimit,
+    Sealed,
+}
+
+impl Conn {
+    pub(crate) fn new(fd: RawFd, uid: u64, now: Tick, handshake_deadline: Tick) -> Conn {
+        Conn {
+            fd,
+            uid,
+            phase: Phase::Handshake {
+                deadline: handshake_deadline,
+            },
+            queue: VecDeque::new(),
+            buffered: 0,
+            writer_waker: None,
+            sealed: false,
+            finishing: false,
+            killed: false,
+            fin_after_flush: false,
+            wire: Wire::Raw,
+            writer_alive: false,
+            retire: false,
+            writer_parked: now,
+            wh: None,
+            dedicated: None,
+            reader_waker: None,
+            last_seen: now,
+            last_ping: now,
+            rooms: SmallVec::new(),
+        }
+    }
+
+    /// Queue a frame without any limit check: only for pings, the close frame and the envelope
+    /// `welcome`, which are a few bytes and at most one at a time.
+    pub(crate) fn push_control(&mut self, frame: Bytes) {
+        if self.sealed {
+            return;
+        }
+        self.buffered += frame.len();
+        self.queue.push_back(frame);
+        self.wake_writer();
+    }
+
+    /// Would `extra` more bytes stay within the high-water mark `limit`? An empty queue takes
+    /// anything (one frame or one reply may be larger than the limit on its own).
+    pub(crate) fn fits(&self, extra: usize, limit: usize) -> bool {
+        self.buffered == 0 || self.buffered + extra <= limit
+    }
+
+    /// Queue a broadcast frame, applying the high-water mark.
+    pub(crate) fn push_broadcast(
+        &mut self,
+        frame: &Bytes,
+        limit: usize,
+        policy: SlowConsumer,
+    ) -> Push {
+        if self.sealed {
+            return Push::Sealed;
+        }
+        if !self.fits(frame.len(), limit) {
+            return match policy {
+                SlowConsumer::Drop => Push::Dropped,
+                SlowConsumer::Close => Push::OverLimit,
+            };
+        }
+        self.buffered += frame.len();
+        self.queue.push_back(frame.clone());
+        self.wake_writer();
+        Push::Queued
+    }
+
+    /// Queue the frames of one reply (a pong, an ack, an error, a presence list, a history page,
+    /// a subscribe answer with its replay) under the same high-water mark as broadcasts, all or
+    /// nothing: a client that asks and never reads is a slow consumer like any other.
+    pub(crate) fn push_reply(
+        &mut self,
+        frames: impl IntoIterator<Item = Bytes> + Clone,
+        limit: usize,
+        policy: SlowConsumer,
+    ) -> Push {
+        if self.sealed {
+            return Push::Sealed;
+        }
+        let total: usize = frames.clone().into_iter().map(|f| f.len()).sum();
+        if !self.fits(total, limit) {
+            return match policy {
+                SlowConsumer::Drop => Push::Dropped,
+                SlowConsumer::Close => Push::OverLimit,
+            };
+        }
+        self.buffered += total;
+        self.queue.extend(frames);
+        self.wake_writer();
+        Push::Queued
+    }
+
+    /// Write a broadcast frame at once with one non-blocking `send`, without the writer task:
+    /// only when nothing is queued or in flight (`buffered == 0`), so order is kept. `None`: not
+    /// tried or the socket is full (the caller queues the frame); otherwise what happened (a
+    /// partial write queues the rest and wakes or needs a writer).
+    pub(crate) fn send_direct(&mut self, frame: &Bytes) -> Option<Direct> {
+        if self.sealed || self.buffered != 0 || self.fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` is open while the connection is in the slab (see `kill`); the kernel
+        // reads at most `frame.len()` bytes from memory we hold. `fd < 0` (benches) is refused
+        // above.
+        let n = unsafe {
+            libc::send(
+                self.fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => None,
+                _ => {
+                    self.kill();
+                    Some(Direct::Failed)
+                }
+            };
+        }
+        let n = n as usize;
+        if n >= frame.len() {
+            return Some(Direct::Sent);
+        }
+        let rest = frame.slice(n..);
+        self.buffered += rest.len();
+        self.queue.push_back(rest);
+        self.wake_writer();
+        Some(Direct::Partial)
+    }
+
+    /// Queue a close frame and seal the queue. With `discard_queue`, frames not yet handed to
+    /// the writer are freed first (slow consumer, shutdown of a stuck client).
+    pub(crate) fn start_close(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+        deadline: Tick,
+        discard_queue: bool,
+    ) {
+        if self.sealed {
+            return;
+        }
+        if discard_queue {
+            let freed: usize = self.queue.iter().map(Bytes::len).sum();
+            self.buffered -= freed;
+            self.queue.clear();
+            self.queue.shrink_to_fit();
+        }
+        self.push_control(encode_close(code, reason));
+        self.sealed = true;
+        if !matches!(self.phase, Phase::Closing { .. }) {
+            self.phase = Phase::Closing { deadline };
+        }
+    }
+
+    /// Shut the socket down from the shard side; pending reads and writes fail at once.
+    pub(crate) fn kill(&mut self) {
+        if !self.killed {
+            self.killed = true;
+            self.sealed = true;
+            // SAFETY: shutdown(2) has no memory effects. The fd is open while the connection is
+            // in the slab: the socket closes when the last half of the stream drops, and the
+            // code that drops it removes the slab entry in the same synchronous step (no await
+            // in between: `transport::ws::serve` and `reader_task`), so no other code can reach
+            // this entry with a closed, possibly reused fd. A negative fd (benches) fails with
+            // EBADF.
+            unsafe {
+                libc::shutdown(self.fd, libc::SHUT_RDWR);
+            }
+            self.wake_writer();
+        }
+    }
+
+    pub(crate) fn wake_writer(&mut self) {
+        if let Some(w) = self.writer_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// A shard's connections: the slab, the counter behind node-unique ids, and the pools of read
+/// buffers and stateless inflaters the connections borrow from.
+#[derive(Default)]
+pub(crate) struct Conns {
+    slab: Slab<Conn>,
+    next_uid: u64,
+    read_pool: Vec<BytesMut>,
+    /// Inflaters for clients that agreed to `client_no_context_takeover`: they hold no state
+    /// between messages, so a few per shard serve every such connection.
+    inflaters: Vec<Inflater>,
+}
+
+impl std::ops::Deref for Conns {
+    type Target = Slab<Conn>;
+    fn deref(&self) -> &Slab<Conn> {
+        &self.slab
+    }
+}
+
+impl std::ops::DerefMut for Conns {
+    fn deref_mut(&mut self) -> &mut Slab<Conn> {
+        &mut self.slab
+    }
+}
+
+impl Conns {
+    /// Register a freshly accepted socket (in the handshake phase). Its node-unique id is a
+    /// per-shard counter shifted left by 10 bits, or'ed with the shard index.
+    pub(crate) fn add(
+        &mut self,
+        shard: ShardId,
+        fd: RawFd,
+        now: Instant,
+        deadline: Instant,
+    ) -> ConnId {
+        self.next_uid += 1;
+        let uid = (self.next_uid << 10) | shard.0 as u64;
+        ConnId(
+            self.slab
+                .insert(Conn::new(fd, uid, Tick::at(now), Tick::at(deadline))),
+        )
+    }
+
+    /// Take a read buffer from the pool (allocating when empty).
+    pub(crate) fn take_read_buf(&mut self) -> BytesMut {
+        self.read_pool
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(READ_BUF_SIZE))
+    }
+
+    /// Give a read buffer back (only a clean, full-size, unshared one is kept).
+    pub(crate) fn return_read_buf(&mut self, mut buf: BytesMut) {
+        buf.clear();
+        if buf.capacity() >= READ_BUF_SIZE && self.read_pool.len() < READ_POOL_KEEP {
+            self.read_pool.push(buf);
+        }
+    }
+
+    /// Take a pooled inflater (for `client_no_context_takeover` connections).
+    pub(crate) fn take_inflater(&mut self) -> Inflater {
+        self.inflaters.pop().unwrap_or_else(|| Inflater::new(15))
+    }
+
+    /// Return a pooled inflater.
+    pub(crate) fn return_inflater(&mut self, inf: Inflater) {
+        if self.inflaters.len() < INFLATER_POOL_KEEP {
+            self.inflaters.push(inf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Conn {
+        let now = Tick::at(Instant::now());
+        let mut c = Conn::new(-1, 1, now, now);
+        c.phase = Phase::Open;
+        c
+    }
+
+    #[test]
+    fn replies_count_toward_the_high_water_mark() {
+        let mut c = conn();
+        let page = Bytes::from(vec![0u8; 100]);
+        // An empty queue takes a reply larger than the limit on its own.
+        assert_eq!(
+            c.push_reply([page.clone()], 50, SlowConsumer::Close),
+            Push::Queued
+        );
+        assert_eq!(c.buffered, 100);
+        assert_eq!(
+            c.push_reply([page.clone()], 150, SlowConsumer::Close),
+            Push::OverLimit
+        );
+        assert_eq!(
+            c.push_reply([page.clone()], 150, SlowConsumer::Drop),
+            Push::Dropped
+        );
+        assert_eq!(c.queue.len(), 1, "a refused reply queues nothing");
+        // All or nothing: two frames of 30 fit under 200, not under 150.
+        let small = Bytes::from(vec![0u8; 30]);
+        assert_eq!(
+            c.push_reply([small.clone(), small.clone()], 150, SlowConsumer::Close),
+            Push::OverLimit
+        );
+        assert_eq!(
+            c.push_reply([small.clone(), small], 200, SlowConsumer::Close),
+            Push::Queued
+        );
+        assert_eq!((c.queue.len(), c.buffered), (3, 160));
+        c.sealed = true;
+        assert_eq!(
+            c.push_reply([page], 1000, SlowConsumer::Close),
+            Push::Sealed
+        );
+    }
+
+    #[test]
+    fn broadcasts_and_replies_share_one_limit() {
+        let mut c = conn();
+        let f = Bytes::from(vec![0u8; 60]);
+        assert_eq!(c.push_broadcast(&f, 100, SlowConsumer::Close), Push::Queued);
+        assert_eq!(
+            c.push_reply([f.clone()], 100, SlowConsumer::Close),
+            Push::OverLimit
+        );
+        assert_eq!(
+            c.push_broadcast(&f, 100, SlowConsumer::Close),
+            Push::OverLimit
+        );
+    }
+}

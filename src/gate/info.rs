@@ -1,0 +1,69 @@
+//! The envelope connection's `?info=` query parameter: percent-encoded JSON, bounded.
+
+use crate::protocol::envelope::{self, Data};
+
+pub(super) fn parse(query: Option<&str>, max: usize) -> Result<Data, String> {
+    let Some(raw) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("info="))
+    else {
+        return Ok(Data::Null);
+    };
+    let bytes = percent_decode(raw).ok_or("bad percent-encoding")?;
+    if bytes.len() > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
+    Ok(envelope::data_from_json(value))
+}
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_is_bounded_percent_encoded_json() {
+        assert_eq!(parse(None, 10), Ok(Data::Null));
+        assert_eq!(parse(Some("a=1"), 10), Ok(Data::Null));
+        assert_eq!(
+            parse(Some("x=1&info=%7B%22n%22%3A1%7D"), 100),
+            Ok(envelope::data_from_json(serde_json::json!({"n": 1})))
+        );
+        assert_eq!(
+            parse(Some("info=%22a+b%22"), 100),
+            Ok(Data::Text("a b".into()))
+        );
+        assert!(parse(Some("info=%7"), 100).unwrap_err().contains("percent"));
+        assert!(parse(Some("info=%22aaaa%22"), 3)
+            .unwrap_err()
+            .contains("larger"));
+        assert!(parse(Some("info=nope"), 100)
+            .unwrap_err()
+            .contains("not JSON"));
+    }
+}

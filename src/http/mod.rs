@@ -1,0 +1,7 @@
+//! Plain HTTP on the public listener: the HTTP API ([`api`], enabled by `[api] key`), pages
+//! ([`pages`]) and response helpers ([`response`]). Which request goes where is the gate's
+//! decision (`gate::plan_upgrade`).
+
+pub(crate) mod api;
+pub(crate) mod pages;
+pub(crate) mod response;

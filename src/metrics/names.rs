@@ -1,0 +1,39 @@
+//! The names counters are shown and exported under, one constant per counter, so the status
+//! page, the tests and (next) the Prometheus exposition cannot drift apart. Prometheus names
+//! carry the `shardcast_` prefix and their unit; labels (`shard`, `reason`) are added there.
+
+/// Prefix of every exported metric.
+pub const PREFIX: &str = "shardcast_";
+
+/// Open WebSocket connections (gauge).
+pub const CONNECTIONS: &str = "connections";
+/// WebSocket upgrades completed.
+pub const UPGRADES: &str = "upgrades_total";
+/// HTTP requests refused by the gate (400, 404, 405, 426, 431, 503).
+pub const HTTP_REJECTED: &str = "http_rejected_total";
+/// Data messages received from clients.
+pub const MESSAGES_IN: &str = "messages_in_total";
+/// Frames handed to clients by broadcasts.
+pub const DELIVERIES: &str = "deliveries_total";
+/// Send ops (send/writev) made.
+pub const WRITE_CALLS: &str = "send_ops_total";
+/// Broadcast frames dropped for slow consumers.
+pub const DROPPED_FRAMES: &str = "dropped_frames_total";
+/// Replies dropped for clients over their high-water mark.
+pub const DROPPED_REPLIES: &str = "dropped_replies_total";
+/// Connections closed with 1008 for exceeding `max_buffered_bytes`.
+pub const SLOW_CONSUMER_CLOSES: &str = "slow_consumer_closes_total";
+/// Connections dropped for heartbeat silence.
+pub const HEARTBEAT_TIMEOUTS: &str = "heartbeat_timeouts_total";
+/// Connections dropped for not finishing the HTTP handshake in time.
+pub const HANDSHAKE_TIMEOUTS: &str = "handshake_timeouts_total";
+/// Connections closed for a protocol violation.
+pub const PROTOCOL_ERRORS: &str = "protocol_errors_total";
+/// Rooms with members (gauge, per shard).
+pub const ROOMS: &str = "rooms";
+/// Broadcasts compressed (shared permessage-deflate: once per broadcast).
+pub const COMPRESSIONS: &str = "compressions_total";
+/// Compressed client messages inflated.
+pub const INFLATIONS: &str = "inflations_total";
+/// Envelope frames serialized for room messages and events (once per message per format).
+pub const ENVELOPE_ENCODINGS: &str = "envelope_encodings_total";

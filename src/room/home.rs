@@ -1,0 +1,353 @@
+//! Home shards: every room has one (a hash of its name), which numbers the room's messages
+//! (`seq`), owns its epoch, keeps its history ring and its presence list, and counts its members
+//! on every shard per wire format (its census). Requests reach the home through the shards'
+//! FIFO inboxes ([`super::requests::HomeMsg`]); answers to one connection go back as
+//! [`super::requests::Reply`].
+//!
+//! Why this gives resume without gap or duplicate: a `subscribe` reaches the home, which answers
+//! with the room's current seq and the kept messages after `since`, and from then on sends the
+//! room's messages to the subscriber's shard too. The answer and those messages travel the same
+//! FIFO channel, so the subscriber's shard sees every message up to `seq` before the answer (they
+//! are not delivered to the new member: it is not a member yet) and every later one after it.
+//!
+//! This file is the state and its rules, tested without a runtime; `shard::home` applies them
+//! (sends, deliveries, replies).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::ids::{ShardId, Tick};
+use crate::protocol::envelope::Data;
+use crate::wire::{Bcast, Wire, WIRES};
+
+/// A new epoch: microseconds since the Unix epoch at creation (below 2^53, so JavaScript
+/// numbers hold it exactly), strictly increasing within the process. A restarted daemon or a
+/// forgotten and recreated room gets a different one.
+fn new_epoch() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// The state a home shard keeps for one room.
+#[derive(Debug)]
+pub(crate) struct HomeRoom {
+    pub(crate) seq: u64,
+    pub(crate) epoch: u64,
+    pub(crate) history: VecDeque<Arc<Bcast>>,
+    /// Payload bytes of the kept messages.
+    pub(crate) history_bytes: usize,
+    /// Envelope subscribers: conn id → info (sorted, so `presence` lists are stable).
+    pub(crate) presence: BTreeMap<u64, Arc<Data>>,
+    /// Members per shard and wire format.
+    pub(crate) per_shard: Vec<[u32; WIRES]>,
+    /// Members per wire format, all shards.
+    pub(crate) total: [u32; WIRES],
+    /// Last time the room had an envelope member (raw messages are kept only around then).
+    pub(crate) envelope_seen: Option<Tick>,
+}
+
+impl HomeRoom {
+    pub(crate) fn new(shards: usize) -> HomeRoom {
+        HomeRoom {
+            seq: 0,
+            epoch: new_epoch(),
+            history: VecDeque::new(),
+            history_bytes: 0,
+            presence: BTreeMap::new(),
+            per_shard: vec![[0; WIRES]; shards],
+            total: [0; WIRES],
+            envelope_seen: None,
+        }
+    }
+
+    pub(crate) fn count(&mut self, shard: ShardId, wire: Wire, add: bool) {
+        let (Some(c), t) = (
+            self.per_shard
+                .get_mut(shard.0)
+                .map(|s| &mut s[wire as usize]),
+            &mut self.total[wire as usize],
+        ) else {
+            return;
+        };
+        if add {
+            *c += 1;
+            *t += 1;
+        } else {
+            *c = c.saturating_sub(1);
+            *t = t.saturating_sub(1);
+        }
+    }
+
+    /// Envelope members on any shard?
+    pub(crate) fn has_envelope_members(&self) -> bool {
+        Wire::ALL
+            .iter()
+            .any(|w| !w.is_raw() && self.total[*w as usize] > 0)
+    }
+
+    /// Members on all shards, every format.
+    pub(crate) fn members(&self) -> u64 {
+        self.total.iter().map(|&n| u64::from(n)).sum()
+    }
+
+    /// Drop kept messages older than `ttl`.
+    pub(crate) fn expire(&mut self, now: Tick, ttl: Duration) {
+        while let Some(b) = self.history.front() {
+            if now.since(b.at) >= ttl {
+                self.drop_oldest();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some(b) = self.history.pop_front() {
+            self.history_bytes = self.history_bytes.saturating_sub(b.weight());
+        }
+    }
+
+    /// Keep `b`, dropping the oldest messages beyond `size` messages or `max_bytes` of payload.
+    pub(crate) fn keep(&mut self, b: Arc<Bcast>, size: usize, max_bytes: usize) {
+        let w = b.weight();
+        if size == 0 || w > max_bytes {
+            return;
+        }
+        while self.history.len() >= size || self.history_bytes + w > max_bytes {
+            self.drop_oldest();
+        }
+        self.history_bytes += w;
+        self.history.push_back(b);
+    }
+
+    /// Can every message after `since` still be given (none expired or evicted)?
+    pub(crate) fn covers(&self, since: u64) -> bool {
+        if since >= self.seq {
+            return true;
+        }
+        self.history.front().is_some_and(|b| b.seq <= since + 1)
+    }
+
+    /// The answer to a resume request: `(recovered, messages to replay)`.
+    pub(crate) fn resume(&self, since: Option<u64>, epoch: Option<u64>) -> (bool, Vec<Arc<Bcast>>) {
+        let (Some(since), Some(epoch)) = (since, epoch) else {
+            return (false, Vec::new());
+        };
+        if epoch != self.epoch || since > self.seq || !self.covers(since) {
+            return (false, Vec::new());
+        }
+        let replay = self
+            .history
+            .iter()
+            .filter(|b| b.seq > since)
+            .cloned()
+            .collect();
+        (true, replay)
+    }
+
+    /// Kept messages after `since`, oldest first, at most `limit`; and whether none is missing.
+    pub(crate) fn page(&self, since: Option<u64>, limit: usize) -> (Vec<Arc<Bcast>>, bool) {
+        let since = since.unwrap_or(0);
+        let msgs = self
+            .history
+            .iter()
+            .filter(|b| b.seq > since)
+            .take(limit)
+            .cloned()
+            .collect();
+        (msgs, self.covers(since))
+    }
+
+    pub(crate) fn idle(&self) -> bool {
+        self.history.is_empty() && self.presence.is_empty() && self.members() == 0
+    }
+}
+
+/// Every room this shard is home for.
+#[derive(Debug, Default)]
+pub(crate) struct HomeRooms {
+    pub(crate) rooms: HashMap<Arc<str>, HomeRoom>,
+    last_sweep: Option<Instant>,
+}
+
+impl HomeRooms {
+    pub(crate) fn get_or_create(&mut self, room: &Arc<str>, shards: usize) -> &mut HomeRoom {
+        if !self.rooms.contains_key(room) {
+            self.rooms.insert(room.clone(), HomeRoom::new(shards));
+        }
+        // Just inserted if it was missing.
+        self.rooms
+            .get_mut(room)
+            .unwrap_or_else(|| unreachable!("room inserted above"))
+    }
+
+    /// Expire history and forget idle rooms (at most once a second).
+    pub(crate) fn sweep(&mut self, now: Instant, ttl: Duration) {
+        if self
+            .last_sweep
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
+        let tick = Tick::at(now);
+        self.rooms.retain(|_, r| {
+            r.expire(tick, ttl);
+            !r.idle()
+        });
+    }
+}
+
+/// The home shard of `room` among `shards` (FNV-1a of the name).
+pub fn home_index(room: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in room.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Body, Kind};
+
+    fn msg(seq: u64, at: Tick) -> Arc<Bcast> {
+        Arc::new(Bcast::new(
+            Arc::from("r"),
+            seq,
+            at,
+            Kind::Message {
+                from: None,
+                body: Body::Data(Data::Null),
+            },
+            None,
+        ))
+    }
+
+    fn room_with(n: u64, size: usize) -> HomeRoom {
+        let mut r = HomeRoom::new(2);
+        let t = Tick::at(Instant::now());
+        for _ in 0..n {
+            r.seq += 1;
+            r.keep(msg(r.seq, t), size, usize::MAX);
+        }
+        r
+    }
+
+    fn seqs(v: &[Arc<Bcast>]) -> Vec<u64> {
+        v.iter().map(|b| b.seq).collect()
+    }
+
+    #[test]
+    fn resume_replays_exactly_what_follows_since() {
+        let r = room_with(10, 100);
+        let (ok, replay) = r.resume(Some(7), Some(r.epoch));
+        assert!(ok);
+        assert_eq!(seqs(&replay), vec![8, 9, 10]);
+        let (ok, replay) = r.resume(Some(10), Some(r.epoch));
+        assert!(ok && replay.is_empty());
+        let (ok, replay) = r.resume(Some(0), Some(r.epoch));
+        assert!(ok);
+        assert_eq!(replay.len(), 10);
+    }
+
+    #[test]
+    fn resume_refuses_lost_positions() {
+        let r = room_with(10, 4); // keeps 7..=10
+        assert!(r.resume(Some(6), Some(r.epoch)).0);
+        assert!(!r.resume(Some(5), Some(r.epoch)).0, "seq 6 is gone");
+        assert!(!r.resume(Some(8), Some(r.epoch + 1)).0, "other epoch");
+        assert!(!r.resume(Some(8), None).0, "no epoch");
+        assert!(!r.resume(None, Some(r.epoch)).0, "fresh subscription");
+        assert!(!r.resume(Some(11), Some(r.epoch)).0, "from the future");
+        let empty = room_with(3, 0);
+        assert!(empty.resume(Some(3), Some(empty.epoch)).0, "nothing missed");
+        assert!(!empty.resume(Some(2), Some(empty.epoch)).0);
+    }
+
+    #[test]
+    fn byte_cap_drops_the_oldest() {
+        let mut r = HomeRoom::new(1);
+        let t = Tick::at(Instant::now());
+        let big = |seq| {
+            Arc::new(Bcast::new(
+                Arc::from("r"),
+                seq,
+                t,
+                Kind::Message {
+                    from: None,
+                    body: Body::Data(Data::Bytes(vec![0; 100])),
+                },
+                None,
+            ))
+        };
+        for seq in 1..=10 {
+            r.seq = seq;
+            r.keep(big(seq), 1000, 500); // 164 bytes each: three fit
+        }
+        assert_eq!(seqs(&Vec::from(r.history.clone())), vec![8, 9, 10]);
+        assert!(r.history_bytes <= 500);
+        assert!(!r.resume(Some(6), Some(r.epoch)).0);
+        assert!(r.resume(Some(7), Some(r.epoch)).0);
+    }
+
+    #[test]
+    fn page_and_completeness() {
+        let r = room_with(10, 4);
+        let (m, complete) = r.page(None, 2);
+        assert_eq!(seqs(&m), vec![7, 8]);
+        assert!(!complete, "1..=6 are gone");
+        let (m, complete) = r.page(Some(8), 100);
+        assert_eq!(seqs(&m), vec![9, 10]);
+        assert!(complete);
+    }
+
+    #[test]
+    fn ttl_expires_and_idle_rooms_go() {
+        let mut r = HomeRoom::new(1);
+        let t0 = Tick::at(Instant::now());
+        r.seq = 1;
+        r.keep(msg(1, t0), 10, usize::MAX);
+        r.expire(t0, Duration::from_secs(1));
+        assert_eq!(r.history.len(), 1);
+        let later = Tick::at(Instant::now() + Duration::from_secs(2));
+        r.expire(later, Duration::from_secs(1));
+        assert!(r.history.is_empty());
+        assert!(r.idle());
+        r.count(ShardId(0), Wire::Json, true);
+        assert!(!r.idle());
+        r.count(ShardId(0), Wire::Json, false);
+        assert!(r.idle());
+    }
+
+    #[test]
+    fn epochs_increase() {
+        let a = new_epoch();
+        let b = new_epoch();
+        assert!(b > a);
+        assert!(b < 1 << 53);
+    }
+
+    #[test]
+    fn homes_spread() {
+        let hits: Vec<usize> = (0..100)
+            .map(|i| home_index(&format!("room-{i}"), 2))
+            .collect();
+        assert!(hits.contains(&0) && hits.contains(&1));
+        assert_eq!(home_index("x", 1), 0);
+    }
+}

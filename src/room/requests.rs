@@ -1,0 +1,121 @@
+//! The home protocol: what shards send a room's home ([`HomeMsg`], [`ApiReq`]) and what the
+//! home answers to one connection ([`Reply`]) or to the HTTP API ([`ApiAnswer`]). They travel
+//! the shards' FIFO channels (`shard::bus`), which is what orders a subscribe's answer between
+//! the messages it covers and the live ones.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::ids::{ConnId, ShardId};
+use crate::protocol::envelope::{Data, Format};
+use crate::wire::{Bcast, Wire};
+
+/// A connection somewhere on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnRef {
+    pub(crate) shard: ShardId,
+    pub(crate) id: ConnId,
+    /// Node-unique id (also tells a reused slot apart).
+    pub(crate) uid: u64,
+}
+
+/// An envelope subscription request.
+#[derive(Debug)]
+pub(crate) struct SubReq {
+    pub(crate) conn: ConnRef,
+    pub(crate) since: Option<u64>,
+    pub(crate) epoch: Option<u64>,
+    pub(crate) presence: bool,
+    pub(crate) info: Arc<Data>,
+}
+
+/// A request to a room's home shard.
+#[derive(Debug)]
+pub(crate) enum HomeMsg {
+    /// A member joined `room` on `shard` with `wire`; for an envelope subscription, also
+    /// register its presence and answer with [`Reply::Subscribed`].
+    Join {
+        room: Arc<str>,
+        shard: ShardId,
+        wire: Wire,
+        sub: Option<SubReq>,
+    },
+    /// A member left; `uid` for envelope members (presence).
+    Leave {
+        room: Arc<str>,
+        shard: ShardId,
+        wire: Wire,
+        uid: Option<u64>,
+    },
+    /// An envelope publish; `ack` asks for an `ack` frame with the seq.
+    Publish {
+        room: Arc<str>,
+        data: Data,
+        from: ConnRef,
+        ack: Option<(Format, Data)>,
+    },
+    /// `presence` or `history` for one connection.
+    Query {
+        room: Arc<str>,
+        conn: ConnRef,
+        format: Format,
+        query: Query,
+    },
+}
+
+impl HomeMsg {
+    /// The room the request is about (its home handles it).
+    pub(crate) fn room(&self) -> &Arc<str> {
+        match self {
+            HomeMsg::Join { room, .. }
+            | HomeMsg::Leave { room, .. }
+            | HomeMsg::Publish { room, .. }
+            | HomeMsg::Query { room, .. } => room,
+        }
+    }
+}
+
+/// What a [`HomeMsg::Query`] asks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Query {
+    Presence,
+    History {
+        since: Option<u64>,
+        limit: Option<u32>,
+    },
+}
+
+/// A home shard's answer to one connection.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// The subscription is registered: join locally, send `subscribed`, then the replay.
+    Subscribed {
+        conn: ConnRef,
+        room: Arc<str>,
+        wire: Wire,
+        presence: bool,
+        seq: u64,
+        epoch: u64,
+        recovered: bool,
+        replay: Vec<Arc<Bcast>>,
+    },
+    /// A ready frame (ack, presence, history).
+    Frame { conn: ConnRef, frame: Bytes },
+}
+
+/// An HTTP API request, answered by the room's home (or, for `Rooms`, by every shard).
+#[derive(Debug)]
+pub(crate) enum ApiReq {
+    Publish { room: Arc<str>, data: Data },
+    Presence { room: Arc<str> },
+    Rooms,
+}
+
+/// The answer to an [`ApiReq`].
+#[derive(Debug)]
+pub(crate) enum ApiAnswer {
+    Seq(u64),
+    Members(Vec<(u64, Arc<Data>)>),
+    Rooms(Vec<(Arc<str>, u64)>),
+}

@@ -1,0 +1,298 @@
+//! The home side of the home protocol, applied: this shard is the home of some rooms
+//! ([`crate::room::home`] holds their state and rules) and here it numbers their messages, sends
+//! them to every shard with members, answers subscribes, presence and history queries and the
+//! HTTP API, and announces joins and leaves.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::bus::ShardMsg;
+use super::ShardCore;
+use crate::ids::{ShardId, Tick};
+use crate::protocol::envelope::{Data, Format, ServerOp};
+use crate::room::home::home_index;
+use crate::room::requests::{ApiAnswer, ApiReq, ConnRef, HomeMsg, Query, Reply, SubReq};
+use crate::wire::{envelope_frame, Bcast, Body, Frames, Kind, Wire};
+
+impl ShardCore {
+    /// The home shard of `room`.
+    pub(crate) fn home_of(&self, room: &str) -> ShardId {
+        ShardId(home_index(room, self.shards()))
+    }
+
+    /// Send a request to its room's home (handled at once when that is this shard).
+    pub(crate) fn send_home(&mut self, msg: HomeMsg, now: Instant) {
+        let home = self.home_of(msg.room());
+        if home == self.id {
+            self.home_handle(msg, now);
+        } else {
+            self.send_to(home, ShardMsg::Home(msg));
+        }
+    }
+
+    /// Send a reply to a connection's shard (handled at once when that is this shard).
+    fn reply(&mut self, shard: ShardId, r: Reply, now: Instant) {
+        if shard == self.id {
+            self.handle_reply(r, now);
+        } else {
+            self.send_to(shard, ShardMsg::Reply(r));
+        }
+    }
+
+    /// Send a sequenced message or event to every shard with members that take it.
+    fn home_fanout(&mut self, b: Arc<Bcast>, now: Instant) {
+        let Some(r) = self.home.rooms.get(&b.room) else {
+            return;
+        };
+        let targets: Vec<ShardId> = r
+            .per_shard
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                c.iter()
+                    .zip(Wire::ALL)
+                    .any(|(&n, w)| n > 0 && !(w.is_raw() && (b.raw_done || b.is_event())))
+            })
+            .map(|(i, _)| ShardId(i))
+            .collect();
+        // Encode once, here, what any member anywhere takes (other shards reuse it).
+        let total = r.total;
+        for w in Wire::ALL {
+            if total[w as usize] > 0 && !(b.raw_done && w.is_raw()) {
+                self.wire_frame(&b, w);
+            }
+        }
+        for s in targets {
+            if s == self.id {
+                self.deliver_bcast(&b, now);
+            } else {
+                self.send_to(s, ShardMsg::Event(b.clone()));
+            }
+        }
+    }
+
+    /// Number a raw message (already delivered to raw members) and send it to envelope members.
+    pub(crate) fn home_sequence_raw(&mut self, room: Arc<str>, frames: &Frames, now: Instant) {
+        let shards = self.shards();
+        let (size, max_bytes) = (self.cfg.history_size, self.cfg.history_max_room_bytes);
+        let ttl = self.cfg.history_ttl;
+        let r = self.home.get_or_create(&room, shards);
+        r.seq += 1;
+        let tick = Tick::at(now);
+        let envelope_members = r.has_envelope_members();
+        if envelope_members {
+            r.envelope_seen = Some(tick);
+        }
+        // A room only raw clients use (now and for the last `ttl`) numbers its messages but does
+        // not keep them: nobody can resume into it, and raw fan-out stays as cheap as it was. A
+        // later resume across such a stretch finds the gap and answers `recovered: false`.
+        let resumable = r.envelope_seen.is_some_and(|t| tick.since(t) < ttl);
+        if size == 0 || !resumable {
+            return;
+        }
+        let b = Arc::new(Bcast::raw_sequenced(room, r.seq, tick, frames));
+        r.keep(b.clone(), size, max_bytes);
+        if envelope_members {
+            self.home_fanout(b, now);
+        }
+    }
+
+    /// Number a message with a data payload (envelope or API publish) and send it to every
+    /// member. Returns its seq.
+    fn home_publish(
+        &mut self,
+        room: Arc<str>,
+        data: Data,
+        from: Option<ConnRef>,
+        now: Instant,
+    ) -> u64 {
+        let shards = self.shards();
+        let (size, max_bytes) = (self.cfg.history_size, self.cfg.history_max_room_bytes);
+        let r = self.home.get_or_create(&room, shards);
+        r.seq += 1;
+        let seq = r.seq;
+        let b = Arc::new(Bcast::new(
+            room,
+            seq,
+            Tick::at(now),
+            Kind::Message {
+                from: from.map(|c| c.uid),
+                body: Body::Data(data),
+            },
+            from.map(|c| (c.shard, c.id)),
+        ));
+        r.keep(b.clone(), size, max_bytes);
+        self.home_fanout(b, now);
+        seq
+    }
+
+    /// Handle a request as the room's home.
+    pub(crate) fn home_handle(&mut self, msg: HomeMsg, now: Instant) {
+        match msg {
+            HomeMsg::Join {
+                room,
+                shard,
+                wire,
+                sub,
+            } => self.home_join(room, shard, wire, sub, now),
+            HomeMsg::Leave {
+                room,
+                shard,
+                wire,
+                uid,
+            } => self.home_leave(room, shard, wire, uid, now),
+            HomeMsg::Publish {
+                room,
+                data,
+                from,
+                ack,
+            } => {
+                let seq = self.home_publish(room, data, Some(from), now);
+                if let Some((format, id)) = ack {
+                    let frame = envelope_frame(&ServerOp::Ack { id: &id, seq }, format);
+                    self.reply(from.shard, Reply::Frame { conn: from, frame }, now);
+                }
+            }
+            HomeMsg::Query {
+                room,
+                conn,
+                format,
+                query,
+            } => {
+                let frame = self.home_query(&room, format, query, now);
+                self.reply(conn.shard, Reply::Frame { conn, frame }, now);
+            }
+        }
+    }
+
+    /// A member joined `room` on `shard`; an envelope subscription is also answered (seq,
+    /// epoch, replay) and announced to presence subscribers.
+    fn home_join(
+        &mut self,
+        room: Arc<str>,
+        shard: ShardId,
+        wire: Wire,
+        sub: Option<SubReq>,
+        now: Instant,
+    ) {
+        let (shards, tick, ttl) = (self.shards(), Tick::at(now), self.cfg.history_ttl);
+        let r = self.home.get_or_create(&room, shards);
+        r.count(shard, wire, true);
+        let Some(sub) = sub else { return };
+        r.expire(tick, ttl);
+        let (recovered, replay) = r.resume(sub.since, sub.epoch);
+        let (seq, epoch) = (r.seq, r.epoch);
+        let fresh = r.presence.insert(sub.conn.uid, sub.info.clone()).is_none();
+        let answer = Reply::Subscribed {
+            conn: sub.conn,
+            room: room.clone(),
+            wire,
+            presence: sub.presence,
+            seq,
+            epoch,
+            recovered,
+            replay,
+        };
+        self.reply(sub.conn.shard, answer, now);
+        if fresh {
+            let ev = Kind::Join {
+                conn: sub.conn.uid,
+                info: sub.info,
+            };
+            self.home_fanout(Arc::new(Bcast::new(room, 0, tick, ev, None)), now);
+        }
+    }
+
+    /// A member left `room` on `shard`; an envelope member's leave is announced.
+    fn home_leave(
+        &mut self,
+        room: Arc<str>,
+        shard: ShardId,
+        wire: Wire,
+        uid: Option<u64>,
+        now: Instant,
+    ) {
+        let tick = Tick::at(now);
+        let Some(r) = self.home.rooms.get_mut(&room) else {
+            return;
+        };
+        r.count(shard, wire, false);
+        if !wire.is_raw() {
+            r.envelope_seen = Some(tick);
+        }
+        let left = uid.and_then(|u| r.presence.remove(&u).map(|info| (u, info)));
+        if let Some((conn, info)) = left {
+            let ev = Kind::Leave { conn, info };
+            self.home_fanout(Arc::new(Bcast::new(room, 0, tick, ev, None)), now);
+        }
+    }
+
+    /// Answer `presence` or `history` in `format`.
+    fn home_query(&mut self, room: &Arc<str>, format: Format, q: Query, now: Instant) -> Bytes {
+        let shards = self.shards();
+        let ttl = self.cfg.history_ttl;
+        let max_page = self.cfg.history_max_page;
+        let r = self.home.get_or_create(room, shards);
+        match q {
+            Query::Presence => {
+                let members: Vec<(u64, Data)> = r
+                    .presence
+                    .iter()
+                    .map(|(c, i)| (*c, Data::clone(i)))
+                    .collect();
+                envelope_frame(
+                    &ServerOp::Presence {
+                        room,
+                        members: &members,
+                    },
+                    format,
+                )
+            }
+            Query::History { since, limit } => {
+                r.expire(Tick::at(now), ttl);
+                let limit = limit.map_or(max_page, |l| (l as usize).min(max_page));
+                let (msgs, complete) = r.page(since, limit);
+                let epoch = r.epoch;
+                let messages: Vec<(u64, Option<u64>, Data)> = msgs
+                    .iter()
+                    .filter_map(|b| Some((b.seq, b.from(), b.data()?.into_owned())))
+                    .collect();
+                envelope_frame(
+                    &ServerOp::History {
+                        room,
+                        epoch,
+                        messages: &messages,
+                        complete,
+                    },
+                    format,
+                )
+            }
+        }
+    }
+
+    /// Answer an HTTP API request.
+    pub(crate) fn home_api(&mut self, req: ApiReq, now: Instant) -> ApiAnswer {
+        match req {
+            ApiReq::Publish { room, data } => {
+                ApiAnswer::Seq(self.home_publish(room, data, None, now))
+            }
+            ApiReq::Presence { room } => ApiAnswer::Members(
+                self.home
+                    .rooms
+                    .get(&room)
+                    .map(|r| r.presence.iter().map(|(c, i)| (*c, i.clone())).collect())
+                    .unwrap_or_default(),
+            ),
+            ApiReq::Rooms => ApiAnswer::Rooms(
+                self.home
+                    .rooms
+                    .iter()
+                    .filter(|(_, r)| r.members() > 0)
+                    .map(|(n, r)| (n.clone(), r.members()))
+                    .collect(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! WebSocket over TCP: one accepted socket becomes a short-lived handshake task ([`upgrade`]),
+//! then, once upgraded, two lean tasks sharing the connection's state through the shard's slab:
+//! the reader ([`reader`]: frames in, messages to the session) and the writer (spawned on
+//! demand: `conn::writer`). An idle connection holds no read buffer, no writer task and none of
+//! the handshake's state.
+
+pub(crate) mod reader;
+pub(crate) mod upgrade;
+
+use monoio::io::Splitable;
+use monoio::net::TcpStream;
+
+use crate::conn::writer::dedicated_compressor;
+use crate::shard::ShardRef;
+
+/// Serve one accepted socket to the end.
+pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let id = shard.borrow_mut().add_conn(fd, std::time::Instant::now());
+    let mut admitted = false;
+    match upgrade::handshake(&shard, id, &mut stream, &mut admitted).await {
+        Some(up) => {
+            let (rh, wh) = stream.into_split();
+            // No writer task yet: one is spawned when something is queued (ShardCore::kick).
+            {
+                let mut s = shard.borrow_mut();
+                let dedicated = dedicated_compressor(&s.cfg.compression, up.deflate);
+                if let Some(c) = s.conns.get_mut(id.0) {
+                    c.wh = Some(wh);
+                    c.dedicated = dedicated;
+                }
+                // Anything queued during the upgrade (the envelope `welcome`) goes out now.
+                s.kick(id);
+            }
+            monoio::spawn(reader::reader_task(shard, id, rh, up));
+        }
+        None => {
+            // The stream (and its fd) goes, and the connection is forgotten in the same
+            // synchronous step (see `Conn::kill`).
+            drop(stream);
+            shard.borrow_mut().remove_conn(id, admitted);
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The HTTP side of a new connection: read the request head (bounded by
+//! `limits.max_header_bytes` and the handshake deadline the sweep enforces), ask the gate, and
+//! write what it decided: a refusal, a page, the HTTP API's answer, or `101` and the session.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::reader::read_append;
+use crate::conn::Phase;
+use crate::gate::{self, Plan, Policy, Rejection, Target, Upgrade};
+use crate::http;
+use crate::ids::{ConnId, Tick};
+use crate::metrics::ShardStats;
+use crate::protocol::deflate::DeflateParams;
+use crate::protocol::envelope::ServerOp;
+use crate::protocol::handshake::Request;
+use crate::session::Session;
+use crate::shard::{ShardCore, ShardRef};
+use crate::wire::{envelope_frame, Wire};
+
+/// What a successful upgrade leaves behind.
+pub(crate) struct Upgraded {
+    /// What the connection speaks.
+    pub(crate) session: Session,
+    /// Bytes the client sent after its request (already WebSocket frames).
+    pub(crate) rbuf: BytesMut,
+    /// permessage-deflate, if negotiated.
+    pub(crate) deflate: Option<DeflateParams>,
+}
+
+/// The gate's view of this shard now.
+fn policy(s: &ShardCore) -> Policy {
+    Policy {
+        max_header_bytes: s.cfg.max_header_bytes,
+        max_info_bytes: s.cfg.max_info_bytes,
+        compression: s.cfg.compression,
+        open_connections: s.open_connections(),
+        max_connections: s.cfg.max_connections,
+        draining: s.life.shutdown.is_some(),
+    }
+}
+
+/// Read and answer the HTTP request. On a successful upgrade, returns the session and any
+/// early frames. Everything allocated for the handshake is freed when this returns.
+pub(crate) async fn handshake(
+    shard: &ShardRef,
+    id: ConnId,
+    stream: &mut TcpStream,
+    admitted: &mut bool,
+) -> Option<Upgraded> {
+    let (req, buf, used) = read_head(shard, stream).await?;
+    let plan = gate::plan_upgrade(&req, &policy(&shard.borrow()));
+    let up = match plan {
+        Err(r) => return reject(shard, stream, &r).await,
+        Ok(Plan::Health) => return respond(stream, http::response::text(200, "ok\n")).await,
+        Ok(Plan::Status) => {
+            let page = http::pages::status(&shard.borrow().stats);
+            return respond(stream, page).await;
+        }
+        Ok(Plan::Api) => {
+            http::api::serve(shard, stream, &req, &buf[used..]).await;
+            return None;
+        }
+        Ok(Plan::Upgrade(up)) => up,
+    };
+    // The gate saw room; counting is atomic across shards and may still lose a race.
+    if !shard.borrow().admit() {
+        return reject(shard, stream, &Rejection::AtCapacity).await;
+    }
+    *admitted = true;
+    let Upgrade {
+        target,
+        response,
+        deflate,
+        shared_deflate,
+    } = up;
+    let (res, _) = stream.write_all(response).await;
+    res.ok()?;
+    let session = open(&mut shard.borrow_mut(), id, target, shared_deflate)?;
+    // Keep only the bytes after the request head, in a buffer of their own size.
+    let rbuf = match buf.get(used..) {
+        Some(rest) if !rest.is_empty() => BytesMut::from(rest),
+        _ => BytesMut::new(),
+    };
+    Some(Upgraded {
+        session,
+        rbuf,
+        deflate,
+    })
+}
+
+/// Read until the request head is complete. `None`: the client went away or was refused.
+async fn read_head(shard: &ShardRef, stream: &mut TcpStream) -> Option<(Request, BytesMut, usize)> {
+    let policy = policy(&shard.borrow());
+    let max_header = policy.max_header_bytes;
+    let mut buf = BytesMut::with_capacity(1024.min(max_header));
+    loop {
+        let room_left = max_header.saturating_sub(buf.len()).clamp(1, 4096);
+        buf.reserve(room_left);
+        let (res, b) = read_append(stream, buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        match gate::parse_head(&buf, &policy) {
+            Ok(None) => continue,
+            Ok(Some((req, used))) => return Some((req, buf, used)),
+            Err(r) => return reject(shard, stream, &r).await,
+        }
+    }
+}
+
+/// The connection is upgraded: open its session (join its raw room, or queue `welcome`).
+fn open(s: &mut ShardCore, id: ConnId, target: Target, compressed: bool) -> Option<Session> {
+    let now = Tick::at(Instant::now());
+    let c = s.conns.get_mut(id.0)?;
+    c.phase = Phase::Open;
+    c.last_seen = now;
+    c.last_ping = now;
+    match target {
+        Target::Room(name) => {
+            c.wire = Wire::of(None, compressed);
+            Some(Session::Raw(s.join_raw(id, &name)?))
+        }
+        Target::Envelope { format, info } => {
+            c.wire = Wire::of(Some(format), compressed);
+            let welcome = envelope_frame(&ServerOp::Welcome { conn: c.uid }, format);
+            // Written as soon as the write half is in place (see `serve`).
+            c.push_control(welcome);
+            Some(Session::envelope(format, info))
+        }
+    }
+}
+
+/// Refuse: the status and reason, counted, then a half-close so the client reads the whole
+/// response before the socket goes.
+async fn reject<T>(shard: &ShardRef, stream: &mut TcpStream, r: &Rejection) -> Option<T> {
+    ShardStats::add(&shard.borrow().my_stats().http_rejected, 1);
+    let _ = stream.write_all(r.response()).await;
+    let _ = stream.shutdown().await;
+    None
+}
+
+/// Answer a page and end.
+async fn respond<T>(stream: &mut TcpStream, resp: Vec<u8>) -> Option<T> {
+    let _ = stream.write_all(resp).await;
+    let _ = stream.shutdown().await;
+    None
+}
