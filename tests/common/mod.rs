@@ -290,3 +290,174 @@ pub fn raise_nofile() -> u64 {
     }
     lim.rlim_cur
 }
+
+/// Like [`Client::connect_small_rcvbuf`], with extra request headers (e.g. a subprotocol);
+/// returns the client and the response head.
+pub fn connect_small_rcvbuf_with(
+    addr: SocketAddr,
+    path: &str,
+    extra: &str,
+    rcvbuf: usize,
+) -> (Client, String) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(rcvbuf).unwrap();
+    s.connect(&addr.into()).unwrap();
+    Client::handshake_with(s.into(), path, extra).unwrap()
+}
+
+/// The real `shardcast` binary in a child process, started with a config file on an ephemeral
+/// port: a panic (the release build aborts) kills the child, never the test binary. Killed and
+/// reaped on drop.
+pub struct ChildDaemon {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// The daemon's last log lines (stderr), for failure messages.
+    log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    dir: std::path::PathBuf,
+}
+
+impl ChildDaemon {
+    /// Start the binary with `config` (TOML text, written to a file) and extra arguments;
+    /// `--listen 127.0.0.1:0` is added. Returns once the start-up line names the address.
+    pub fn spawn(tag: &str, config: &str, args: &[&str]) -> ChildDaemon {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        let dir = std::env::temp_dir().join(format!("shardcast-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("shardcast.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
+        cmd.args(["--config", cfg.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            // A panic's message, not a backtrace, in the log tail of failure messages.
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: setrlimit is async-signal-safe; no core file when the daemon aborts.
+        unsafe {
+            cmd.pre_exec(|| {
+                let zero = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &zero);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn shardcast");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let keep = log.clone();
+        // Reads stderr to its end (the daemon never blocks on a full pipe), keeps the tail.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("shardcast started") {
+                    if let Some(a) = line
+                        .split("listen=")
+                        .nth(1)
+                        .and_then(|s| s.split_whitespace().next())
+                        .and_then(|s| s.parse().ok())
+                    {
+                        let _ = tx.send(a);
+                    }
+                }
+                let mut l = keep.lock().unwrap();
+                if l.len() == 40 {
+                    l.pop_front();
+                }
+                l.push_back(line);
+            }
+        });
+        let mut d = ChildDaemon {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            log,
+            dir,
+        };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => d.addr = a,
+            Err(_) => panic!("daemon did not start: {}", d.describe()),
+        }
+        d
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, waiting up to `wait` for the process to end (`None`: still running).
+    pub fn exit_status(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if start.elapsed() >= wait {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The process state and the last log lines, for failure messages.
+    pub fn describe(&mut self) -> String {
+        let state = match self.exit_status(Duration::from_secs(2)) {
+            Some(s) => format!("daemon EXITED: {s}"),
+            None => "daemon still running".to_string(),
+        };
+        let log: Vec<String> = self.log.lock().unwrap().iter().cloned().collect();
+        format!("{state}; its last log lines:\n{}", log.join("\n"))
+    }
+
+    /// Resident set size of the daemon, in KiB (`VmRSS` in /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("daemon /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One HTTP request on a fresh connection, with timeouts (a dead daemon gives an error or an
+/// empty answer, never a hang): the status code and the body.
+pub fn http_request(addr: SocketAddr, request: &str) -> io::Result<(u16, String)> {
+    let t = Duration::from_secs(5);
+    let mut s = TcpStream::connect_timeout(&addr, t)?;
+    s.set_read_timeout(Some(t))?;
+    s.set_write_timeout(Some(t))?;
+    s.write_all(request.as_bytes())?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("no HTTP status line in {} bytes: {text:?}", out.len()),
+            )
+        })?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
