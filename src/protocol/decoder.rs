@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::close::{parse_close_payload, CloseCode};
 use super::frame::{
-    decode_header, server_header_len, unmask, write_server_header, HeaderRules, OpCode,
+    decode_header, server_header_len, unmask, write_server_header, FrameHeader, HeaderRules, OpCode,
 };
 use super::ProtocolError;
 
@@ -122,25 +122,8 @@ impl Decoder {
                 return Ok(Progress::NeedMore((buf.len() + 1).clamp(2, 14)));
             };
             let len = h.payload_len as usize; // bounded by max_frame_bytes (a usize)
-                                              // Refuse an oversized message as soon as its header says so.
             if !h.opcode.is_control() {
-                let so_far = self.partial.as_ref().map_or(0, |p| p.buf.len() - HEADROOM);
-                if so_far.saturating_add(len) > self.max_message_bytes {
-                    return Err(ProtocolError::MessageTooLarge);
-                }
-                match (h.opcode, &self.partial) {
-                    (OpCode::Continuation, None) => {
-                        return Err(ProtocolError::UnexpectedContinuation)
-                    }
-                    (OpCode::Text | OpCode::Binary, Some(_)) => {
-                        return Err(ProtocolError::ExpectedContinuation)
-                    }
-                    _ => {}
-                }
-                if h.opcode == OpCode::Continuation && h.rsv1 {
-                    // RSV1 is only meaningful on the first frame of a message (RFC 7692 §6.1).
-                    return Err(ProtocolError::ReservedBits);
-                }
+                self.check_data_header(&h, len)?;
             }
             let total = h.header_len + len;
             if buf.len() < total {
@@ -149,85 +132,146 @@ impl Decoder {
             let mask = h.mask.unwrap_or([0; 4]);
             match h.opcode {
                 OpCode::Ping | OpCode::Pong | OpCode::Close => {
-                    // Copy (at most 125 bytes) so no Bytes ever points into the caller's
-                    // read buffer, which goes back to the shard's pool.
-                    let mut payload = BytesMut::from(&buf[h.header_len..total]);
-                    buf.advance(total);
-                    unmask(&mut payload, mask);
-                    return Ok(Progress::Event(match h.opcode {
-                        OpCode::Ping => Event::Ping(payload.freeze()),
-                        OpCode::Pong => Event::Pong,
-                        _ => Event::Close(parse_close_payload(&payload)?),
-                    }));
+                    return control_event(buf, &h, total, mask);
                 }
                 OpCode::Text | OpCode::Binary if h.fin => {
-                    // Single-frame message: copy once into a server frame, unmask in place.
-                    let hl = server_header_len(len);
-                    let mut out = BytesMut::with_capacity(hl + len);
-                    out.resize(hl, 0);
-                    write_server_header(&mut out[..hl], true, h.rsv1, h.opcode, len);
-                    out.extend_from_slice(&buf[h.header_len..total]);
-                    buf.advance(total);
-                    unmask(&mut out[hl..], mask);
-                    if h.opcode == OpCode::Text
-                        && !h.rsv1
-                        && simdutf8::basic::from_utf8(&out[hl..]).is_err()
-                    {
-                        return Err(ProtocolError::InvalidUtf8);
-                    }
-                    return Ok(Progress::Event(Event::Message(Message {
-                        opcode: h.opcode,
-                        rsv1: h.rsv1,
-                        frame: out.freeze(),
-                        header_len: hl,
-                    })));
+                    return single_frame_message(buf, &h, len, total, mask);
                 }
-                OpCode::Text | OpCode::Binary => {
-                    let mut pbuf = BytesMut::with_capacity(HEADROOM + len);
-                    pbuf.resize(HEADROOM, 0);
-                    self.partial = Some(Box::new(Partial {
-                        opcode: h.opcode,
-                        rsv1: h.rsv1,
-                        buf: pbuf,
-                        utf8_checked: 0,
-                    }));
-                }
+                OpCode::Text | OpCode::Binary => self.start_message(&h, len),
                 OpCode::Continuation => {}
             }
-            // Append this fragment to the message in progress.
-            let Some(p) = self.partial.as_mut() else {
-                return Err(ProtocolError::UnexpectedContinuation);
-            };
-            let start = p.buf.len();
-            p.buf.extend_from_slice(&buf[h.header_len..total]);
-            buf.advance(total);
-            unmask(&mut p.buf[start..], mask);
-            if p.opcode == OpCode::Text && !p.rsv1 {
-                check_utf8_incremental(p, h.fin)?;
-            }
-            if h.fin {
-                let Some(p) = self.partial.take() else {
-                    return Err(ProtocolError::UnexpectedContinuation);
-                };
-                let len = p.buf.len() - HEADROOM;
-                let hl = server_header_len(len);
-                let Partial {
-                    opcode,
-                    rsv1,
-                    buf: mut b,
-                    ..
-                } = *p;
-                write_server_header(&mut b[HEADROOM - hl..HEADROOM], true, rsv1, opcode, len);
-                let frame = b.freeze().slice(HEADROOM - hl..);
-                return Ok(Progress::Event(Event::Message(Message {
-                    opcode,
-                    rsv1,
-                    frame,
-                    header_len: hl,
-                })));
+            if let Some(progress) = self.append_fragment(buf, &h, total, mask)? {
+                return Ok(progress);
             }
         }
     }
+
+    /// Checks on a data frame's header, before its payload is there.
+    fn check_data_header(&self, h: &FrameHeader, len: usize) -> Result<(), ProtocolError> {
+        // Refuse an oversized message as soon as its header says so.
+        let so_far = self.partial.as_ref().map_or(0, |p| p.buf.len() - HEADROOM);
+        if so_far.saturating_add(len) > self.max_message_bytes {
+            return Err(ProtocolError::MessageTooLarge);
+        }
+        match (h.opcode, &self.partial) {
+            (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
+            (OpCode::Text | OpCode::Binary, Some(_)) => {
+                return Err(ProtocolError::ExpectedContinuation)
+            }
+            _ => {}
+        }
+        if h.opcode == OpCode::Continuation && h.rsv1 {
+            // RSV1 is only meaningful on the first frame of a message (RFC 7692 §6.1).
+            return Err(ProtocolError::ReservedBits);
+        }
+        Ok(())
+    }
+
+    /// The first frame of a fragmented message: start the message in progress.
+    fn start_message(&mut self, h: &FrameHeader, len: usize) {
+        let mut pbuf = BytesMut::with_capacity(HEADROOM + len);
+        pbuf.resize(HEADROOM, 0);
+        self.partial = Some(Box::new(Partial {
+            opcode: h.opcode,
+            rsv1: h.rsv1,
+            buf: pbuf,
+            utf8_checked: 0,
+        }));
+    }
+
+    /// Append this fragment (complete in `buf`) to the message in progress; the message once
+    /// `h.fin`.
+    fn append_fragment(
+        &mut self,
+        buf: &mut BytesMut,
+        h: &FrameHeader,
+        total: usize,
+        mask: [u8; 4],
+    ) -> Result<Option<Progress>, ProtocolError> {
+        let Some(p) = self.partial.as_mut() else {
+            return Err(ProtocolError::UnexpectedContinuation);
+        };
+        let start = p.buf.len();
+        p.buf.extend_from_slice(&buf[h.header_len..total]);
+        buf.advance(total);
+        unmask(&mut p.buf[start..], mask);
+        if p.opcode == OpCode::Text && !p.rsv1 {
+            check_utf8_incremental(p, h.fin)?;
+        }
+        if !h.fin {
+            return Ok(None);
+        }
+        let Some(p) = self.partial.take() else {
+            return Err(ProtocolError::UnexpectedContinuation);
+        };
+        Ok(Some(finish_message(*p)))
+    }
+}
+
+/// A control frame (complete in `buf`) as its event.
+fn control_event(
+    buf: &mut BytesMut,
+    h: &FrameHeader,
+    total: usize,
+    mask: [u8; 4],
+) -> Result<Progress, ProtocolError> {
+    // Copy (at most 125 bytes) so no Bytes ever points into the caller's read buffer, which goes
+    // back to the shard's pool.
+    let mut payload = BytesMut::from(&buf[h.header_len..total]);
+    buf.advance(total);
+    unmask(&mut payload, mask);
+    Ok(Progress::Event(match h.opcode {
+        OpCode::Ping => Event::Ping(payload.freeze()),
+        OpCode::Pong => Event::Pong,
+        _ => Event::Close(parse_close_payload(&payload)?),
+    }))
+}
+
+/// A single-frame data message (complete in `buf`): copy once into a server frame, unmask in
+/// place.
+fn single_frame_message(
+    buf: &mut BytesMut,
+    h: &FrameHeader,
+    len: usize,
+    total: usize,
+    mask: [u8; 4],
+) -> Result<Progress, ProtocolError> {
+    let hl = server_header_len(len);
+    let mut out = BytesMut::with_capacity(hl + len);
+    out.resize(hl, 0);
+    write_server_header(&mut out[..hl], true, h.rsv1, h.opcode, len);
+    out.extend_from_slice(&buf[h.header_len..total]);
+    buf.advance(total);
+    unmask(&mut out[hl..], mask);
+    if h.opcode == OpCode::Text && !h.rsv1 && simdutf8::basic::from_utf8(&out[hl..]).is_err() {
+        return Err(ProtocolError::InvalidUtf8);
+    }
+    Ok(Progress::Event(Event::Message(Message {
+        opcode: h.opcode,
+        rsv1: h.rsv1,
+        frame: out.freeze(),
+        header_len: hl,
+    })))
+}
+
+/// The last fragment is in: write the server header in front of the reassembled payload.
+fn finish_message(p: Partial) -> Progress {
+    let len = p.buf.len() - HEADROOM;
+    let hl = server_header_len(len);
+    let Partial {
+        opcode,
+        rsv1,
+        buf: mut b,
+        ..
+    } = p;
+    write_server_header(&mut b[HEADROOM - hl..HEADROOM], true, rsv1, opcode, len);
+    let frame = b.freeze().slice(HEADROOM - hl..);
+    Progress::Event(Event::Message(Message {
+        opcode,
+        rsv1,
+        frame,
+        header_len: hl,
+    }))
 }
 
 fn check_utf8_incremental(p: &mut Partial, fin: bool) -> Result<(), ProtocolError> {
@@ -250,8 +294,8 @@ fn check_utf8_incremental(p: &mut Partial, fin: bool) -> Result<(), ProtocolErro
 
 #[cfg(test)]
 mod tests {
+    use super::super::frame::encode_client_frame;
     use super::*;
-    use crate::protocol::frame::encode_client_frame;
 
     fn dec() -> Decoder {
         Decoder::new(1 << 16, 1 << 17, false)

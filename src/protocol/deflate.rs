@@ -1,7 +1,7 @@
 //! permessage-deflate (RFC 7692): offer negotiation, a raw-deflate compressor and a bounded
 //! inflater.
 //!
-//! Sans-io like the rest of [`crate::protocol`]: header strings and byte slices in, strings and
+//! Sans-io like the rest of [`protocol`](super): header strings and byte slices in, strings and
 //! bytes out. The backend is flate2 over zlib-rs, the only zlib-family backend in the build
 //! (zlib-family backends are the ones that honour windows below 15 bits).
 //!
@@ -1282,12 +1282,12 @@ mod tests {
         for n in [300usize, 70_000, 300_000] {
             let msg = rng.bytes(n); // incompressible: the frame needs a 4- or 10-byte header
             let f = c.compress_frame(OpCode::Binary, &msg, true);
-            let rules = crate::protocol::frame::HeaderRules {
+            let rules = super::super::frame::HeaderRules {
                 allow_rsv1: true,
                 require_mask: false,
                 max_frame_bytes: u64::MAX >> 1,
             };
-            let h = crate::protocol::frame::decode_header(&f, &rules)
+            let h = super::super::frame::decode_header(&f, &rules)
                 .unwrap()
                 .unwrap();
             assert!(h.fin && h.rsv1);

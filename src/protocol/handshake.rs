@@ -90,55 +90,22 @@ pub fn parse_request(
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (target.to_string(), None),
     };
-    let mut upgrade = false;
-    let mut connection_upgrade = false;
-    let mut key = None;
-    let mut version = None;
-    let mut protocols = Vec::new();
-    let mut extensions = Vec::new();
-    let mut authorization = None;
-    let mut content_length = None;
+    let mut fields = HeaderFields::default();
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value)
             .map_err(|_| HandshakeError::Malformed("non-UTF-8 header value"))?;
-        let name = h.name;
-        if name.eq_ignore_ascii_case("upgrade") {
-            upgrade |= value
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("websocket"));
-        } else if name.eq_ignore_ascii_case("connection") {
-            connection_upgrade |= value
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
-            if key.is_some() {
-                return Err(HandshakeError::BadUpgrade("duplicate Sec-WebSocket-Key"));
-            }
-            key = Some(value.trim().to_string());
-        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
-            version = Some(value.trim().to_string());
-        } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
-            protocols.extend(
-                value
-                    .split(',')
-                    .map(|p| p.trim().to_string())
-                    .filter(|p| !p.is_empty()),
-            );
-        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
-            extensions.push(value.to_string());
-        } else if name.eq_ignore_ascii_case("authorization") {
-            authorization = Some(value.trim().to_string());
-        } else if name.eq_ignore_ascii_case("content-length") {
-            let n = value
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| HandshakeError::Malformed("bad Content-Length"))?;
-            if content_length.is_some_and(|m| m != n) {
-                return Err(HandshakeError::Malformed("conflicting Content-Length"));
-            }
-            content_length = Some(n);
-        }
+        fields.add(h.name, value)?;
     }
+    let HeaderFields {
+        upgrade,
+        connection_upgrade,
+        key,
+        version,
+        protocols,
+        extensions,
+        authorization,
+        content_length,
+    } = fields;
     Ok(Some((
         Request {
             method,
@@ -155,6 +122,62 @@ pub fn parse_request(
         },
         n,
     )))
+}
+
+/// The headers [`parse_request`] keeps, collected one header at a time.
+#[derive(Default)]
+struct HeaderFields {
+    upgrade: bool,
+    connection_upgrade: bool,
+    key: Option<String>,
+    version: Option<String>,
+    protocols: Vec<String>,
+    extensions: Vec<String>,
+    authorization: Option<String>,
+    content_length: Option<usize>,
+}
+
+impl HeaderFields {
+    /// Take one header (`value` already checked to be UTF-8); other headers are ignored.
+    fn add(&mut self, name: &str, value: &str) -> Result<(), HandshakeError> {
+        if name.eq_ignore_ascii_case("upgrade") {
+            self.upgrade |= value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("websocket"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            self.connection_upgrade |= value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            if self.key.is_some() {
+                return Err(HandshakeError::BadUpgrade("duplicate Sec-WebSocket-Key"));
+            }
+            self.key = Some(value.trim().to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            self.version = Some(value.trim().to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+            self.protocols.extend(
+                value
+                    .split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty()),
+            );
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            self.extensions.push(value.to_string());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            self.authorization = Some(value.trim().to_string());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let n = value
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| HandshakeError::Malformed("bad Content-Length"))?;
+            if self.content_length.is_some_and(|m| m != n) {
+                return Err(HandshakeError::Malformed("conflicting Content-Length"));
+            }
+            self.content_length = Some(n);
+        }
+        Ok(())
+    }
 }
 
 impl Request {

@@ -1,9 +1,12 @@
 //! Sans-io protocol code: RFC 6455 (handshake, frame codec, message reassembly, close codes),
-//! RFC 7692 permessage-deflate (negotiation, compressor, bounded inflater) and the envelope
-//! protocol's JSON/CBOR codec.
+//! RFC 7692 permessage-deflate (negotiation, compressor, bounded inflater), the envelope
+//! protocol's JSON/CBOR codec and room-name validation.
 //!
-//! Nothing in here touches a socket or a runtime: it works on byte slices and `Bytes`, so it is
-//! unit-tested, fuzzed and benched on its own.
+//! Nothing in here touches a socket or a runtime, and nothing depends on the rest of the crate:
+//! it works on byte slices and `Bytes`, so it is tested and benched on its own: unit tests,
+//! property-style unit tests that feed the envelope decoder and the inflater random, mutated and
+//! truncated input from a fixed-seed generator (there is no coverage-guided fuzzer), and
+//! criterion benches in `benches/`.
 
 pub mod close;
 pub mod decoder;

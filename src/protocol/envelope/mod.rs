@@ -1,0 +1,519 @@
+//! The envelope protocol on `GET /ws`: many rooms per connection, presence, history and resume.
+//!
+//! Sans-io like the rest of [`protocol`](super): a complete message payload (already reassembled,
+//! inflated and, for text, UTF-8 checked) in, a [`ClientOp`] out; a [`ServerOp`] in, a payload out
+//! (the daemon frames it). The wire format is chosen once per connection by the subprotocol:
+//!
+//! - [`JSON_SUBPROTOCOL`] (`shardcast.v1.json`): one JSON object per text message;
+//! - [`CBOR_SUBPROTOCOL`] (`shardcast.v1.cbor`): one CBOR map per binary message (RFC 8949).
+//!
+//! Both carry the same maps, keyed by text strings, with `"op"` naming the frame; the server
+//! always writes `op` first. `docs/protocol.md` documents every frame with examples in both
+//! formats (the examples are checked by the `doc_examples` test at the end of this file).
+//!
+//! # Payload data
+//! Application payloads (`data`, `info`, `id`) are [`Data`], a CBOR data model value. JSON values
+//! map onto it one to one ([`data_from_json`]); the way back ([`data_to_json`]) has to flatten
+//! what JSON lacks:
+//! - a byte string becomes its base64 (standard alphabet, padded) text, and when the byte string
+//!   is a frame's *payload field* (see below) the enclosing map gets `"enc":"base64"` so the
+//!   client knows to decode it;
+//! - a tag is dropped, its content kept;
+//! - a non-text map key becomes text: base64 for a byte string, otherwise the compact JSON of the
+//!   key (`1` → `"1"`, `true` → `"true"`);
+//! - an integer outside the range of `i64`/`u64` becomes a float; a NaN or infinite float
+//!   becomes `null`.
+//!
+//! # `enc`
+//! Each map that carries application data has exactly one payload field:
+//!
+//! | map                        | payload field |
+//! |----------------------------|---------------|
+//! | `message`                  | `data`        |
+//! | each entry of `history`    | `data`        |
+//! | `publish` (client)         | `data`        |
+//! | `join`, `leave`            | `info`        |
+//! | each member of `presence`  | `info`        |
+//! | `ack`, `error`             | `id`          |
+//!
+//! When a JSON frame is encoded and the payload field holds a byte string (after dropping tags),
+//! the field is written as its base64 text and the map gets `"enc":"base64"` as its last key.
+//! Byte strings nested deeper inside the payload are written as base64 text without a marker.
+//! CBOR frames never carry `enc` from the server: byte strings are native there. A client may
+//! send `"enc":"base64"` in a `publish` in either format; `data` must then be base64 text and is
+//! decoded into a byte string, which raw clients receive as a binary message.
+//!
+//! # Decoding rules
+//! - A frame must be exactly one map (nothing after it). Keys that are not text strings and keys
+//!   this module does not know are ignored, so clients may add fields.
+//! - A key this module knows (`op`, `room`, `since`, `epoch`, `presence`, `data`, `id`, `limit`,
+//!   `enc`) appearing twice is rejected (`bad_field`).
+//! - An optional field set to `null` is the same as an absent one; `data` is required and may
+//!   be `null`.
+//! - Tags around the envelope's own fields (`op`, `room`, `since`, ...) are ignored; `data` and
+//!   `id` are kept exactly as sent.
+//! - Nesting is limited to [`MAX_DEPTH`] levels in both formats.
+//!
+//! # Layout
+//! This file holds the types (and the few helpers the submodules share, so that they depend on
+//! this module rather than on each other); `decode.rs` parses client frames, `encode.rs` holds
+//! the encoding entry points, which call the writers in `json.rs` and `cbor.rs`; `data.rs`
+//! converts payload data (JSON values, raw clients' messages). Everything public is re-exported
+//! here.
+
+mod cbor;
+mod data;
+mod decode;
+mod encode;
+mod json;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use data::{data_from_json, data_to_json, data_to_raw, raw_frame_data};
+pub use decode::{decode_client, decode_client_with_id, decode_request};
+pub use encode::{encode_client, encode_server, encode_server_into};
+
+/// The JSON subprotocol: text messages, one JSON object each.
+pub const JSON_SUBPROTOCOL: &str = "shardcast.v1.json";
+
+/// The CBOR subprotocol: binary messages, one CBOR map each.
+pub const CBOR_SUBPROTOCOL: &str = "shardcast.v1.cbor";
+
+/// Every envelope subprotocol, in the server's order of preference.
+pub const SUBPROTOCOLS: [&str; 2] = [JSON_SUBPROTOCOL, CBOR_SUBPROTOCOL];
+
+/// The only value of the `enc` key.
+pub const ENC_BASE64: &str = "base64";
+
+/// Deepest nesting of arrays, maps and tags accepted in a client frame (the frame's own map
+/// counts as one level): serde_json's fixed limit, given to the CBOR decoder too.
+pub const MAX_DEPTH: usize = 127;
+
+/// The universal payload type: JSON values map onto it, CBOR byte strings stay bytes.
+pub type Data = ciborium::Value;
+
+/// The wire format of an envelope connection, fixed by its subprotocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// `shardcast.v1.json`: JSON objects in text messages.
+    Json,
+    /// `shardcast.v1.cbor`: CBOR maps in binary messages.
+    Cbor,
+}
+
+impl Format {
+    /// The format a subprotocol name selects (exact, case-sensitive match), if any.
+    pub fn from_subprotocol(name: &str) -> Option<Format> {
+        match name {
+            JSON_SUBPROTOCOL => Some(Format::Json),
+            CBOR_SUBPROTOCOL => Some(Format::Cbor),
+            _ => None,
+        }
+    }
+
+    /// The subprotocol name (what `Sec-WebSocket-Protocol` carries in the response).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => JSON_SUBPROTOCOL,
+            Format::Cbor => CBOR_SUBPROTOCOL,
+        }
+    }
+
+    /// Whether frames of this format are text messages (JSON) rather than binary (CBOR).
+    pub fn is_text(self) -> bool {
+        matches!(self, Format::Json)
+    }
+
+    /// Pick the format from a client's `Sec-WebSocket-Protocol` offers, honouring the client's
+    /// order: the first offer naming an envelope subprotocol wins. Each item may itself be a
+    /// comma-separated list (a raw header value).
+    pub fn negotiate<I, S>(offers: I) -> Option<Format>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        offers.into_iter().find_map(|offer| {
+            offer
+                .as_ref()
+                .split(',')
+                .find_map(|p| Format::from_subprotocol(p.trim()))
+        })
+    }
+
+    /// Static label, usable as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Cbor => "cbor",
+        }
+    }
+
+    /// The encoding's name for humans.
+    fn acronym(self) -> &'static str {
+        match self {
+            Format::Json => "JSON",
+            Format::Cbor => "CBOR",
+        }
+    }
+}
+
+/// A frame from an envelope client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientOp {
+    /// `{"op":"subscribe","room":R,"since":SEQ?,"epoch":E?,"presence":bool?}`
+    Subscribe {
+        /// Room name (validated).
+        room: String,
+        /// Last seq the client received: replay everything after it.
+        since: Option<u64>,
+        /// The room epoch `since` belongs to.
+        epoch: Option<u64>,
+        /// Receive `join`/`leave` frames for this room (absent: false).
+        presence: bool,
+    },
+    /// `{"op":"unsubscribe","room":R}`
+    Unsubscribe {
+        /// Room name (validated).
+        room: String,
+    },
+    /// `{"op":"publish","room":R,"data":ANY,"id":ID?}`; an `ack` answers when `id` is given.
+    Publish {
+        /// Room name (validated).
+        room: String,
+        /// The message (a byte string if the frame said `"enc":"base64"`).
+        data: Data,
+        /// Correlation id, echoed in the `ack` (or `error`).
+        id: Option<Data>,
+    },
+    /// `{"op":"presence","room":R}`: list the room's members.
+    Presence {
+        /// Room name (validated).
+        room: String,
+    },
+    /// `{"op":"history","room":R,"since":SEQ?,"limit":N?}`
+    History {
+        /// Room name (validated).
+        room: String,
+        /// Only messages after this seq.
+        since: Option<u64>,
+        /// At most this many messages.
+        limit: Option<u32>,
+    },
+}
+
+impl ClientOp {
+    /// The op name on the wire; also a static metric label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientOp::Subscribe { .. } => "subscribe",
+            ClientOp::Unsubscribe { .. } => "unsubscribe",
+            ClientOp::Publish { .. } => "publish",
+            ClientOp::Presence { .. } => "presence",
+            ClientOp::History { .. } => "history",
+        }
+    }
+
+    /// The room the op is about.
+    pub fn room(&self) -> &str {
+        match self {
+            ClientOp::Subscribe { room, .. }
+            | ClientOp::Unsubscribe { room }
+            | ClientOp::Publish { room, .. }
+            | ClientOp::Presence { room }
+            | ClientOp::History { room, .. } => room,
+        }
+    }
+}
+
+/// A frame to an envelope client, borrowing everything it carries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ServerOp<'a> {
+    /// `{"op":"welcome","conn":CONN}` right after the upgrade.
+    Welcome {
+        /// The connection's id.
+        conn: u64,
+    },
+    /// `{"op":"subscribed","room":R,"seq":LAST,"epoch":E,"recovered":bool}`
+    Subscribed {
+        /// Room name.
+        room: &'a str,
+        /// The room's last seq (live messages continue at `seq + 1`).
+        seq: u64,
+        /// The room's current epoch.
+        epoch: u64,
+        /// Whether every message after the requested `since` was (or will be) replayed.
+        recovered: bool,
+    },
+    /// `{"op":"unsubscribed","room":R}`: the answer to `unsubscribe`; nothing of the room follows.
+    Unsubscribed {
+        /// Room name.
+        room: &'a str,
+    },
+    /// `{"op":"message","room":R,"seq":N,"from":CONN|null,"data":ANY}`
+    Message {
+        /// Room name.
+        room: &'a str,
+        /// The message's seq in the room.
+        seq: u64,
+        /// Publishing connection; `None` for the HTTP API (and raw clients of other nodes).
+        from: Option<u64>,
+        /// The message.
+        data: &'a Data,
+    },
+    /// `{"op":"join","room":R,"conn":CONN,"info":ANY}`
+    Join {
+        /// Room name.
+        room: &'a str,
+        /// The connection that joined.
+        conn: u64,
+        /// Its info.
+        info: &'a Data,
+    },
+    /// `{"op":"leave","room":R,"conn":CONN,"info":ANY}`
+    Leave {
+        /// Room name.
+        room: &'a str,
+        /// The connection that left.
+        conn: u64,
+        /// Its info.
+        info: &'a Data,
+    },
+    /// `{"op":"presence","room":R,"members":[{"conn":CONN,"info":ANY},...]}`
+    Presence {
+        /// Room name.
+        room: &'a str,
+        /// `(conn, info)` of each member.
+        members: &'a [(u64, Data)],
+    },
+    /// `{"op":"history","room":R,"epoch":E,"messages":[{"seq":N,"from":..,"data":..},...],
+    /// "complete":bool}`
+    History {
+        /// Room name.
+        room: &'a str,
+        /// The room's current epoch.
+        epoch: u64,
+        /// `(seq, from, data)` of each message, oldest first.
+        messages: &'a [(u64, Option<u64>, Data)],
+        /// Whether no message after the requested `since` is missing (none expired).
+        complete: bool,
+    },
+    /// `{"op":"ack","id":ID,"seq":N}`
+    Ack {
+        /// The `id` of the publish.
+        id: &'a Data,
+        /// The seq the message got.
+        seq: u64,
+    },
+    /// `{"op":"error","code":CODE,"reason":TEXT,"id":ID?}`
+    Error {
+        /// Stable machine-readable code (see [`EnvelopeError::code`]).
+        code: &'a str,
+        /// Human-readable text.
+        reason: &'a str,
+        /// The `id` of the failed request, if it had one.
+        id: Option<&'a Data>,
+    },
+}
+
+impl ServerOp<'_> {
+    /// The op name on the wire; also a static metric label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServerOp::Welcome { .. } => "welcome",
+            ServerOp::Subscribed { .. } => "subscribed",
+            ServerOp::Unsubscribed { .. } => "unsubscribed",
+            ServerOp::Message { .. } => "message",
+            ServerOp::Join { .. } => "join",
+            ServerOp::Leave { .. } => "leave",
+            ServerOp::Presence { .. } => "presence",
+            ServerOp::History { .. } => "history",
+            ServerOp::Ack { .. } => "ack",
+            ServerOp::Error { .. } => "error",
+        }
+    }
+}
+
+/// Why a client frame was rejected. The daemon answers with an `error` frame carrying
+/// [`code`](EnvelopeError::code) and the `Display` text as `reason`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The payload does not parse in the connection's format.
+    #[error("frame is not a well-formed {} item", .0.acronym())]
+    Malformed(Format),
+    /// CBOR: bytes follow the first item.
+    #[error("bytes follow the CBOR item")]
+    TrailingBytes,
+    /// The frame parses but is not a map.
+    #[error("frame is not a map")]
+    NotAMap,
+    /// A required field is absent.
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    /// A field has the wrong type or an out-of-range value.
+    #[error("field `{field}` must be {expected}")]
+    BadField {
+        /// The field's key.
+        field: &'static str,
+        /// What it must be, for the reason text.
+        expected: &'static str,
+    },
+    /// A known key appears twice in the frame.
+    #[error("field `{0}` appears more than once")]
+    DuplicateField(&'static str),
+    /// `op` names no client op (the name is cut to 32 bytes).
+    #[error("unknown op {0:?}")]
+    UnknownOp(String),
+    /// `room` is not 1-128 bytes of `[A-Za-z0-9_.:-]`.
+    #[error("room name must be 1-128 bytes of A-Z a-z 0-9 _ . : -")]
+    BadRoom,
+}
+
+impl EnvelopeError {
+    /// The stable code sent in the `error` frame.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EnvelopeError::Malformed(_) | EnvelopeError::TrailingBytes | EnvelopeError::NotAMap => {
+                "bad_frame"
+            }
+            EnvelopeError::MissingField(_) => "missing_field",
+            EnvelopeError::BadField { .. } | EnvelopeError::DuplicateField(_) => "bad_field",
+            EnvelopeError::UnknownOp(_) => "unknown_op",
+            EnvelopeError::BadRoom => "bad_room",
+        }
+    }
+
+    /// Static label, usable as a metric label (finer than [`code`](EnvelopeError::code)).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EnvelopeError::Malformed(Format::Json) => "malformed_json",
+            EnvelopeError::Malformed(Format::Cbor) => "malformed_cbor",
+            EnvelopeError::TrailingBytes => "trailing_bytes",
+            EnvelopeError::NotAMap => "not_a_map",
+            EnvelopeError::MissingField(_) => "missing_field",
+            EnvelopeError::BadField { .. } => "bad_field",
+            EnvelopeError::DuplicateField(_) => "duplicate_field",
+            EnvelopeError::UnknownOp(_) => "unknown_op",
+            EnvelopeError::BadRoom => "bad_room",
+        }
+    }
+}
+
+/// A rejected client frame with the `id` it carried (if it was a map with an `id`), so the
+/// `error` frame can echo it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Why.
+    pub error: EnvelopeError,
+    /// The frame's `id`, when it had a non-null one.
+    pub id: Option<Data>,
+}
+
+// Shared by the submodules (kept here so they depend on this module, not on each other).
+
+/// Why encoding failed; only possible through a bug (the writers are `Vec`s).
+#[derive(Debug, thiserror::Error)]
+enum EncodeError {
+    #[error("JSON serialization: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("CBOR serialization: {0:?}")]
+    Cbor(#[from] ciborium::ser::Error<std::io::Error>),
+    #[error("base64 output does not fit")]
+    Base64,
+}
+
+/// Drop any tags around a value.
+fn untag(mut value: Data) -> Data {
+    while let Data::Tag(_, inner) = value {
+        value = *inner;
+    }
+    value
+}
+
+/// Drop any tags around a borrowed value.
+fn untag_ref(mut value: &Data) -> &Data {
+    while let Data::Tag(_, inner) = value {
+        value = inner;
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{int, json_text, map, text, DOC_CLIENT_EXAMPLES};
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(SUBPROTOCOLS, ["shardcast.v1.json", "shardcast.v1.cbor"]);
+        for f in [Format::Json, Format::Cbor] {
+            assert_eq!(Format::from_subprotocol(f.name()), Some(f));
+        }
+        assert_eq!(Format::from_subprotocol("Shardcast.v1.json"), None);
+        assert_eq!(Format::from_subprotocol("shardcast.v2.json"), None);
+        assert!(Format::Json.is_text() && !Format::Cbor.is_text());
+        assert_eq!(
+            Format::negotiate(["chat", "shardcast.v1.cbor", "shardcast.v1.json"]),
+            Some(Format::Cbor)
+        );
+        assert_eq!(
+            Format::negotiate(["chat, shardcast.v1.json"]),
+            Some(Format::Json)
+        );
+        assert_eq!(Format::negotiate(Vec::<String>::new()), None);
+        assert_eq!(Format::negotiate(["chat".to_string()]), None);
+    }
+
+    // --- docs/protocol.md examples ------------------------------------------------------------
+
+    #[test]
+    fn doc_examples() {
+        let mut mismatches = Vec::new();
+        for (json, cbor_hex) in DOC_CLIENT_EXAMPLES {
+            let op = decode_client(json.as_bytes(), Format::Json).unwrap();
+            assert_eq!(
+                String::from_utf8(encode_client(&op, Format::Json)).unwrap(),
+                json
+            );
+            let cbor = encode_client(&op, Format::Cbor);
+            assert_eq!(decode_client(&cbor, Format::Cbor).unwrap(), op);
+            if hex(&cbor) != cbor_hex {
+                mismatches.push(format!("{json}\n{}", hex(&cbor)));
+            }
+        }
+        let data = map(&[("text", text("hi"))]);
+        let info = map(&[("name", text("ada"))]);
+        let bytes = Data::Bytes(vec![0, 1, 2]);
+        let members = [(12, info.clone()), (15, Data::Null)];
+        let messages = [(21, Some(12), data.clone()), (22, None, bytes.clone())];
+        let id = int(7);
+        let bad_room = EnvelopeError::BadRoom.to_string();
+        let server: Vec<(ServerOp<'_>, &str)> = vec![
+            (ServerOp::Welcome { conn: 12 }, "a2626f706777656c636f6d6564636f6e6e0c"),
+            (ServerOp::Subscribed { room: "chat:42", seq: 20, epoch: 3, recovered: true }, "a5626f706a7375627363726962656464726f6f6d67636861743a343263736571146565706f636803697265636f7665726564f5"),
+            (ServerOp::Message { room: "chat:42", seq: 21, from: Some(12), data: &data }, "a5626f70676d65737361676564726f6f6d67636861743a343263736571156466726f6d0c6464617461a16474657874626869"),
+            (ServerOp::Message { room: "chat:42", seq: 22, from: None, data: &bytes }, "a5626f70676d65737361676564726f6f6d67636861743a343263736571166466726f6df6646461746143000102"),
+            (ServerOp::Join { room: "chat:42", conn: 15, info: &info }, "a4626f70646a6f696e64726f6f6d67636861743a343264636f6e6e0f64696e666fa1646e616d6563616461"),
+            (ServerOp::Leave { room: "chat:42", conn: 15, info: &info }, "a4626f70656c6561766564726f6f6d67636861743a343264636f6e6e0f64696e666fa1646e616d6563616461"),
+            (ServerOp::Presence { room: "chat:42", members: &members }, "a3626f706870726573656e636564726f6f6d67636861743a3432676d656d6265727382a264636f6e6e0c64696e666fa1646e616d6563616461a264636f6e6e0f64696e666ff6"),
+            (ServerOp::History { room: "chat:42", epoch: 3, messages: &messages, complete: true }, "a5626f7067686973746f727964726f6f6d67636861743a34326565706f636803686d6573736167657382a363736571156466726f6d0c6464617461a16474657874626869a363736571166466726f6df664646174614300010268636f6d706c657465f5"),
+            (ServerOp::Ack { id: &id, seq: 21 }, "a3626f706361636b626964076373657115"),
+            (ServerOp::Error { code: EnvelopeError::BadRoom.code(), reason: &bad_room, id: Some(&id) }, "a4626f70656572726f7264636f6465686261645f726f6f6d66726561736f6e7834726f6f6d206e616d65206d75737420626520312d313238206279746573206f6620412d5a20612d7a20302d39205f202e203a202d62696407"),
+        ];
+        for (op, cbor_hex) in server {
+            let cbor = encode_server(&op, Format::Cbor);
+            if hex(&cbor) != cbor_hex {
+                mismatches.push(format!("{}\n{}", json_text(&op), hex(&cbor)));
+            }
+        }
+        assert!(
+            mismatches.is_empty(),
+            "docs/protocol.md examples changed:\n{}",
+            mismatches.join("\n")
+        );
+    }
+}
