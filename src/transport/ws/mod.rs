@@ -7,11 +7,24 @@
 pub(crate) mod reader;
 pub(crate) mod upgrade;
 
+use bytes::BytesMut;
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
 use crate::conn::writer::dedicated_compressor;
+use crate::protocol::deflate::DeflateParams;
+use crate::session::Session;
 use crate::shard::ShardRef;
+
+/// What a successful upgrade leaves behind.
+pub(crate) struct Upgraded {
+    /// What the connection speaks.
+    pub(crate) session: Session,
+    /// Bytes the client sent after its request (already WebSocket frames).
+    pub(crate) rbuf: BytesMut,
+    /// permessage-deflate, if negotiated.
+    pub(crate) deflate: Option<DeflateParams>,
+}
 
 /// Serve one accepted socket to the end.
 pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {

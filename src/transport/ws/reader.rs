@@ -16,7 +16,7 @@ use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{AsyncReadRent, OwnedReadHalf};
 use monoio::net::TcpStream;
 
-use super::upgrade::Upgraded;
+use super::Upgraded;
 use crate::conn::{Phase, READ_BUF_SIZE};
 use crate::ids::{ConnId, Tick};
 use crate::metrics::ShardStats;

@@ -9,27 +9,17 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::reader::read_append;
+use super::Upgraded;
 use crate::conn::Phase;
 use crate::gate::{self, Plan, Policy, Rejection, Target, Upgrade};
 use crate::http;
 use crate::ids::{ConnId, Tick};
 use crate::metrics::ShardStats;
-use crate::protocol::deflate::DeflateParams;
 use crate::protocol::envelope::ServerOp;
 use crate::protocol::handshake::Request;
 use crate::session::Session;
 use crate::shard::{ShardCore, ShardRef};
 use crate::wire::{envelope_frame, Wire};
-
-/// What a successful upgrade leaves behind.
-pub(crate) struct Upgraded {
-    /// What the connection speaks.
-    pub(crate) session: Session,
-    /// Bytes the client sent after its request (already WebSocket frames).
-    pub(crate) rbuf: BytesMut,
-    /// permessage-deflate, if negotiated.
-    pub(crate) deflate: Option<DeflateParams>,
-}
 
 /// The gate's view of this shard now.
 fn policy(s: &ShardCore) -> Policy {
