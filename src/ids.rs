@@ -34,16 +34,19 @@ impl Tick {
     }
 
     /// The tick of `t`.
+    #[inline]
     pub(crate) fn at(t: Instant) -> Tick {
         Tick(t.saturating_duration_since(epoch()).as_millis() as u32)
     }
 
     /// Has `self` been reached at `now`?
+    #[inline]
     pub(crate) fn reached(self, now: Tick) -> bool {
         (now.0.wrapping_sub(self.0) as i32) >= 0
     }
 
     /// Time from `earlier` to `self` (zero if `earlier` is later).
+    #[inline]
     pub(crate) fn since(self, earlier: Tick) -> std::time::Duration {
         let d = self.0.wrapping_sub(earlier.0) as i32;
         std::time::Duration::from_millis(d.max(0) as u64)

@@ -150,6 +150,7 @@ impl Conn {
 
     /// Queue a frame without any limit check: only for pings, the close frame and the envelope
     /// `welcome`, which are a few bytes and at most one at a time.
+    #[inline]
     pub(crate) fn push_control(&mut self, frame: Bytes) {
         if self.sealed {
             return;
@@ -161,11 +162,13 @@ impl Conn {
 
     /// Would `extra` more bytes stay within the high-water mark `limit`? An empty queue takes
     /// anything (one frame or one reply may be larger than the limit on its own).
+    #[inline]
     pub(crate) fn fits(&self, extra: usize, limit: usize) -> bool {
         self.buffered == 0 || self.buffered + extra <= limit
     }
 
     /// Queue a broadcast frame, applying the high-water mark.
+    #[inline]
     pub(crate) fn push_broadcast(
         &mut self,
         frame: &Bytes,
@@ -216,6 +219,7 @@ impl Conn {
     /// only when nothing is queued or in flight (`buffered == 0`), so order is kept. `None`: not
     /// tried or the socket is full (the caller queues the frame); otherwise what happened (a
     /// partial write queues the rest and wakes or needs a writer).
+    #[inline]
     pub(crate) fn send_direct(&mut self, frame: &Bytes) -> Option<Direct> {
         if self.sealed || self.buffered != 0 || self.fd < 0 {
             return None;
@@ -278,6 +282,7 @@ impl Conn {
     }
 
     /// Shut the socket down from the shard side; pending reads and writes fail at once.
+    #[inline]
     pub(crate) fn kill(&mut self) {
         if !self.killed {
             self.killed = true;
@@ -295,6 +300,7 @@ impl Conn {
         }
     }
 
+    #[inline]
     pub(crate) fn wake_writer(&mut self) {
         if let Some(w) = self.writer_waker.take() {
             w.wake();

@@ -37,6 +37,7 @@ pub(crate) struct Tally {
 
 /// Hand `frames` to the members of `room` (see the module doc); `limit` and `policy` are the
 /// high-water mark and the slow-consumer policy.
+#[inline]
 pub(crate) fn deliver(
     r: &Room,
     room: RoomId,

@@ -48,16 +48,19 @@ pub(crate) struct Moved {
 
 impl RoomRegistry {
     /// Look a room up by name.
+    #[inline]
     pub(crate) fn find(&self, name: &str) -> Option<RoomId> {
         self.by_name.get(name).copied()
     }
 
     /// The room behind an id.
+    #[inline]
     pub(crate) fn get(&self, id: RoomId) -> Option<&Room> {
         self.rooms.get(id.0)
     }
 
     /// The room behind an id, mutably.
+    #[inline]
     pub(crate) fn get_mut(&mut self, id: RoomId) -> Option<&mut Room> {
         self.rooms.get_mut(id.0)
     }
