@@ -14,10 +14,13 @@ const CBOR_NULL: u8 = 0xf6;
 pub(super) fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let name = op.name();
     match *op {
-        ServerOp::Welcome { conn } => {
-            cbor_open(out, name, 2);
-            cbor_text(out, "conn");
-            cbor_u64(out, conn);
+        ServerOp::Welcome { conn, user, exp } => {
+            cbor_open(out, name, 2 + pairs(&user) + pairs(&exp));
+            cbor_entry_u64(out, "conn", conn);
+            cbor_opt_entry_text(out, "user", user);
+            if let Some(exp) = exp {
+                cbor_entry_u64(out, "exp", exp);
+            }
         }
         ServerOp::Subscribed {
             room,
@@ -25,9 +28,10 @@ pub(super) fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             epoch,
             recovered,
         } => cbor_subscribed(out, name, room, seq, epoch, recovered),
-        ServerOp::Unsubscribed { room } => {
-            cbor_open(out, name, 2);
+        ServerOp::Unsubscribed { room, reason } => {
+            cbor_open(out, name, 2 + pairs(&reason));
             cbor_entry_text(out, "room", room);
+            cbor_opt_entry_text(out, "reason", reason);
         }
         ServerOp::Message {
             room,
@@ -35,10 +39,20 @@ pub(super) fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             from,
             data,
         } => cbor_message(out, name, room, seq, from, data)?,
-        ServerOp::Join { room, conn, info } | ServerOp::Leave { room, conn, info } => {
-            cbor_join_leave(out, name, room, conn, info)?
+        ServerOp::Join {
+            room,
+            conn,
+            user,
+            info,
         }
+        | ServerOp::Leave {
+            room,
+            conn,
+            user,
+            info,
+        } => cbor_join_leave(out, name, room, conn, user, info)?,
         ServerOp::Presence { room, members } => cbor_presence(out, name, room, members)?,
+        ServerOp::PresenceByUser { room, users } => cbor_presence_by_user(out, name, room, users)?,
         ServerOp::History {
             room,
             epoch,
@@ -50,6 +64,11 @@ pub(super) fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             cbor_text(out, "id");
             cbor_data(out, id)?;
             cbor_entry_u64(out, "seq", seq);
+        }
+        ServerOp::Refreshed { exp, id } => {
+            cbor_open(out, name, 2 + pairs(&id));
+            cbor_entry_u64(out, "exp", exp);
+            cbor_opt_entry_data(out, "id", id)?;
         }
         ServerOp::Error { code, reason, id } => cbor_error(out, name, code, reason, id)?,
     }
@@ -97,11 +116,13 @@ fn cbor_join_leave(
     name: &str,
     room: &str,
     conn: u64,
+    user: Option<&str>,
     info: &Data,
 ) -> Result<(), EncodeError> {
-    cbor_open(out, name, 4);
+    cbor_open(out, name, 4 + pairs(&user));
     cbor_entry_text(out, "room", room);
     cbor_entry_u64(out, "conn", conn);
+    cbor_opt_entry_text(out, "user", user);
     cbor_text(out, "info");
     cbor_data(out, info)
 }
@@ -111,15 +132,42 @@ fn cbor_presence(
     out: &mut Vec<u8>,
     name: &str,
     room: &str,
-    members: &[(u64, Data)],
+    members: &[(u64, Option<&str>, Data)],
 ) -> Result<(), EncodeError> {
     cbor_open(out, name, 3);
     cbor_entry_text(out, "room", room);
     cbor_text(out, "members");
     cbor_head(out, CBOR_ARRAY, members.len() as u64);
-    for (conn, info) in members {
-        cbor_head(out, CBOR_MAP, 2);
+    for (conn, user, info) in members {
+        cbor_head(out, CBOR_MAP, 2 + pairs(user));
         cbor_entry_u64(out, "conn", *conn);
+        cbor_opt_entry_text(out, "user", *user);
+        cbor_text(out, "info");
+        cbor_data(out, info)?;
+    }
+    Ok(())
+}
+
+/// A `presence` map with `"by":"user"`; `name` is its op.
+fn cbor_presence_by_user(
+    out: &mut Vec<u8>,
+    name: &str,
+    room: &str,
+    users: &[(Option<&str>, u32, Data)],
+) -> Result<(), EncodeError> {
+    cbor_open(out, name, 4);
+    cbor_entry_text(out, "room", room);
+    cbor_entry_text(out, "by", "user");
+    cbor_text(out, "members");
+    cbor_head(out, CBOR_ARRAY, users.len() as u64);
+    for (user, connections, info) in users {
+        cbor_head(out, CBOR_MAP, 3);
+        cbor_text(out, "user");
+        match user {
+            Some(user) => cbor_text(out, user),
+            None => out.push(CBOR_NULL),
+        }
+        cbor_entry_u64(out, "connections", u64::from(*connections));
         cbor_text(out, "info");
         cbor_data(out, info)?;
     }
@@ -161,14 +209,10 @@ fn cbor_error(
     reason: &str,
     id: Option<&Data>,
 ) -> Result<(), EncodeError> {
-    cbor_open(out, name, if id.is_some() { 4 } else { 3 });
+    cbor_open(out, name, 3 + pairs(&id));
     cbor_entry_text(out, "code", code);
     cbor_entry_text(out, "reason", reason);
-    if let Some(id) = id {
-        cbor_text(out, "id");
-        cbor_data(out, id)?;
-    }
-    Ok(())
+    cbor_opt_entry_data(out, "id", id)
 }
 
 pub(super) fn cbor_client(op: &ClientOp, out: &mut Vec<u8>) -> Result<(), EncodeError> {
@@ -194,9 +238,20 @@ pub(super) fn cbor_client(op: &ClientOp, out: &mut Vec<u8>) -> Result<(), Encode
                 cbor_bool(out, true);
             }
         }
-        ClientOp::Unsubscribe { room } | ClientOp::Presence { room } => {
+        ClientOp::Unsubscribe { room } => {
             cbor_open(out, op.name(), 2);
             cbor_entry_text(out, "room", room);
+        }
+        ClientOp::Presence { room, by_user } => {
+            cbor_open(out, op.name(), 2 + u64::from(*by_user));
+            cbor_entry_text(out, "room", room);
+            if *by_user {
+                cbor_entry_text(out, "by", "user");
+            }
+        }
+        ClientOp::Refresh { token } => {
+            cbor_open(out, op.name(), 2);
+            cbor_entry_text(out, "token", token);
         }
         ClientOp::Publish { room, data, id } => {
             cbor_open(out, op.name(), 3 + u64::from(id.is_some()));
@@ -282,6 +337,31 @@ fn cbor_entry_u64(out: &mut Vec<u8>, key: &str, value: u64) {
     cbor_u64(out, value);
 }
 
+/// `KEY: VALUE` when there is a value, nothing otherwise.
+fn cbor_opt_entry_text(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
+    if let Some(value) = value {
+        cbor_entry_text(out, key, value);
+    }
+}
+
+/// `KEY: DATA` when there is a value, nothing otherwise.
+fn cbor_opt_entry_data(
+    out: &mut Vec<u8>,
+    key: &str,
+    value: Option<&Data>,
+) -> Result<(), EncodeError> {
+    if let Some(value) = value {
+        cbor_text(out, key);
+        cbor_data(out, value)?;
+    }
+    Ok(())
+}
+
+/// How many map entries an optional key adds: 1 when present.
+fn pairs<T>(value: &Option<T>) -> u64 {
+    u64::from(value.is_some())
+}
+
 fn cbor_data(out: &mut Vec<u8>, data: &Data) -> Result<(), EncodeError> {
     match data {
         Data::Text(t) => cbor_text(out, t),
@@ -304,13 +384,17 @@ mod tests {
     fn server_ops_cbor() {
         let data = map(&[("text", text("hi"))]);
         let info = map(&[("name", text("ada"))]);
-        let members = [(12, info.clone()), (15, Data::Null)];
+        let members = [(12, None, info.clone()), (15, None, Data::Null)];
         let bytes = Data::Bytes(vec![0, 1, 2]);
         let messages = [(21, Some(12), data.clone()), (22, None, bytes.clone())];
         let id = text("m-1");
         let cases: Vec<(ServerOp<'_>, Data)> = vec![
             (
-                ServerOp::Welcome { conn: 12 },
+                ServerOp::Welcome {
+                    conn: 12,
+                    user: None,
+                    exp: None,
+                },
                 map(&[("op", text("welcome")), ("conn", int(12))]),
             ),
             (
@@ -362,6 +446,7 @@ mod tests {
                 ServerOp::Join {
                     room: "r",
                     conn: 70000,
+                    user: None,
                     info: &info,
                 },
                 map(&[
@@ -375,6 +460,7 @@ mod tests {
                 ServerOp::Leave {
                     room: "r",
                     conn: 1 << 40,
+                    user: None,
                     info: &Data::Null,
                 },
                 map(&[
@@ -456,12 +542,220 @@ mod tests {
                 ]),
             ),
         ];
+        check_against_ciborium(cases);
+    }
+
+    /// Each frame decodes (ciborium, key order included, `"op"` first) to the expected map, and
+    /// is byte-identical to ciborium's own (shortest-form) encoding of that map.
+    fn check_against_ciborium(cases: Vec<(ServerOp<'_>, Data)>) {
         for (op, expected) in cases {
             let got = encode_server(&op, Format::Cbor);
-            // Decoded by ciborium, key order included ("op" first), and byte-identical to
-            // ciborium's own (shortest-form) encoding of the same map.
-            assert_eq!(cbor_value(&got), expected, "{}", op.name());
-            assert_eq!(got, cbor_bytes(&expected), "{}", op.name());
+            assert_eq!(cbor_value(&got), expected, "{op:?}");
+            assert_eq!(got, cbor_bytes(&expected), "{op:?}");
         }
+    }
+
+    #[test]
+    fn auth_fields_cbor() {
+        let info = map(&[("name", text("ada"))]);
+        let bytes = Data::Bytes(vec![0, 1, 2]);
+        let id = int(8);
+        let long_user = "u".repeat(300);
+        let members = [
+            (12, Some("ada"), info.clone()),
+            (15, None, Data::Null),
+            (16, Some(long_user.as_str()), bytes.clone()),
+        ];
+        let users = [
+            (Some("ada"), 2, info.clone()),
+            (None, 1, Data::Null),
+            (Some("bob"), u32::MAX, bytes.clone()),
+        ];
+        let cases: Vec<(ServerOp<'_>, Data)> = vec![
+            (
+                ServerOp::Welcome {
+                    conn: 12,
+                    user: Some("ada"),
+                    exp: Some(1_767_225_600),
+                },
+                map(&[
+                    ("op", text("welcome")),
+                    ("conn", int(12)),
+                    ("user", text("ada")),
+                    ("exp", int(1_767_225_600)),
+                ]),
+            ),
+            (
+                ServerOp::Welcome {
+                    conn: 12,
+                    user: Some("ada"),
+                    exp: None,
+                },
+                map(&[
+                    ("op", text("welcome")),
+                    ("conn", int(12)),
+                    ("user", text("ada")),
+                ]),
+            ),
+            (
+                ServerOp::Welcome {
+                    conn: 12,
+                    user: None,
+                    exp: Some(u64::MAX),
+                },
+                map(&[
+                    ("op", text("welcome")),
+                    ("conn", int(12)),
+                    ("exp", int(u64::MAX.into())),
+                ]),
+            ),
+            (
+                ServerOp::Unsubscribed {
+                    room: "r",
+                    reason: None,
+                },
+                map(&[("op", text("unsubscribed")), ("room", text("r"))]),
+            ),
+            (
+                ServerOp::Unsubscribed {
+                    room: "r",
+                    reason: Some("forbidden"),
+                },
+                map(&[
+                    ("op", text("unsubscribed")),
+                    ("room", text("r")),
+                    ("reason", text("forbidden")),
+                ]),
+            ),
+            (
+                ServerOp::Join {
+                    room: "r",
+                    conn: 15,
+                    user: Some("ada"),
+                    info: &info,
+                },
+                map(&[
+                    ("op", text("join")),
+                    ("room", text("r")),
+                    ("conn", int(15)),
+                    ("user", text("ada")),
+                    ("info", info.clone()),
+                ]),
+            ),
+            (
+                ServerOp::Leave {
+                    room: "r",
+                    conn: 15,
+                    user: Some(&long_user),
+                    info: &bytes,
+                },
+                map(&[
+                    ("op", text("leave")),
+                    ("room", text("r")),
+                    ("conn", int(15)),
+                    ("user", text(&long_user)),
+                    ("info", bytes.clone()),
+                ]),
+            ),
+            (
+                ServerOp::Presence {
+                    room: "r",
+                    members: &members,
+                },
+                map(&[
+                    ("op", text("presence")),
+                    ("room", text("r")),
+                    (
+                        "members",
+                        Data::Array(vec![
+                            map(&[
+                                ("conn", int(12)),
+                                ("user", text("ada")),
+                                ("info", info.clone()),
+                            ]),
+                            map(&[("conn", int(15)), ("info", Data::Null)]),
+                            map(&[
+                                ("conn", int(16)),
+                                ("user", text(&long_user)),
+                                ("info", bytes.clone()),
+                            ]),
+                        ]),
+                    ),
+                ]),
+            ),
+            (
+                ServerOp::PresenceByUser {
+                    room: "r",
+                    users: &users,
+                },
+                map(&[
+                    ("op", text("presence")),
+                    ("room", text("r")),
+                    ("by", text("user")),
+                    (
+                        "members",
+                        Data::Array(vec![
+                            map(&[
+                                ("user", text("ada")),
+                                ("connections", int(2)),
+                                ("info", info.clone()),
+                            ]),
+                            map(&[
+                                ("user", Data::Null),
+                                ("connections", int(1)),
+                                ("info", Data::Null),
+                            ]),
+                            map(&[
+                                ("user", text("bob")),
+                                ("connections", int(u32::MAX.into())),
+                                ("info", bytes.clone()),
+                            ]),
+                        ]),
+                    ),
+                ]),
+            ),
+            (
+                ServerOp::PresenceByUser {
+                    room: "r",
+                    users: &[],
+                },
+                map(&[
+                    ("op", text("presence")),
+                    ("room", text("r")),
+                    ("by", text("user")),
+                    ("members", Data::Array(vec![])),
+                ]),
+            ),
+            (
+                ServerOp::Refreshed {
+                    exp: 1_767_229_200,
+                    id: None,
+                },
+                map(&[("op", text("refreshed")), ("exp", int(1_767_229_200))]),
+            ),
+            (
+                ServerOp::Refreshed {
+                    exp: 1_767_229_200,
+                    id: Some(&id),
+                },
+                map(&[
+                    ("op", text("refreshed")),
+                    ("exp", int(1_767_229_200)),
+                    ("id", id.clone()),
+                ]),
+            ),
+            (
+                ServerOp::Refreshed {
+                    exp: 0,
+                    id: Some(&bytes),
+                },
+                map(&[
+                    ("op", text("refreshed")),
+                    ("exp", int(0)),
+                    ("id", bytes.clone()),
+                ]),
+            ),
+        ];
+        check_against_ciborium(cases);
     }
 }

@@ -5,7 +5,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
 use super::super::room_name::valid_room_name;
-use super::{untag, ClientOp, Data, EnvelopeError, Format, Rejected, ENC_BASE64, MAX_DEPTH};
+use super::{
+    untag, ClientOp, Data, EnvelopeError, Format, Rejected, ENC_BASE64, MAX_DEPTH, MAX_TOKEN_BYTES,
+};
 
 /// An op name (as sent by a client) longer than this is cut in [`EnvelopeError::UnknownOp`].
 const MAX_REPORTED_OP: usize = 32;
@@ -91,6 +93,8 @@ struct Fields {
     id: Option<Data>,
     limit: Option<Data>,
     enc: Option<Data>,
+    by: Option<Data>,
+    token: Option<Data>,
 }
 
 impl Fields {
@@ -105,6 +109,8 @@ impl Fields {
             "id" => (&mut self.id, "id"),
             "limit" => (&mut self.limit, "limit"),
             "enc" => (&mut self.enc, "enc"),
+            "by" => (&mut self.by, "by"),
+            "token" => (&mut self.token, "token"),
             _ => return Ok(()),
         };
         if slot.is_some() {
@@ -136,44 +142,46 @@ impl Fields {
             "unsubscribe" => Ok(ClientOp::Unsubscribe {
                 room: room(self.room)?,
             }),
-            "publish" => {
-                let room = room(self.room)?;
-                let data = self.data.ok_or(EnvelopeError::MissingField("data"))?;
-                let data = match opt_enc(self.enc)? {
-                    false => data,
-                    true => match untag(data) {
-                        Data::Text(text) => {
-                            Data::Bytes(BASE64.decode(text.as_bytes()).map_err(|_| {
-                                EnvelopeError::BadField {
-                                    field: "data",
-                                    expected: "padded standard base64 when `enc` is \"base64\"",
-                                }
-                            })?)
-                        }
-                        _ => {
-                            return Err(EnvelopeError::BadField {
-                                field: "data",
-                                expected: "a string when `enc` is \"base64\"",
-                            })
-                        }
-                    },
-                };
-                Ok(ClientOp::Publish {
-                    room,
-                    data,
-                    id: None,
-                })
-            }
+            "publish" => Ok(ClientOp::Publish {
+                room: room(self.room)?,
+                data: publish_data(self.data, self.enc)?,
+                id: None,
+            }),
             "presence" => Ok(ClientOp::Presence {
                 room: room(self.room)?,
+                by_user: opt_by(self.by)?,
             }),
             "history" => Ok(ClientOp::History {
                 room: room(self.room)?,
                 since: opt_u64(self.since, "since")?,
                 limit: opt_u32(self.limit, "limit")?,
             }),
+            "refresh" => Ok(ClientOp::Refresh {
+                token: token(self.token)?,
+            }),
             _ => Err(EnvelopeError::UnknownOp(cut(op, MAX_REPORTED_OP))),
         }
+    }
+}
+
+/// A publish's `data` (required, may be `null`), decoded from base64 when `enc` says so.
+fn publish_data(data: Option<Data>, enc: Option<Data>) -> Result<Data, EnvelopeError> {
+    let data = data.ok_or(EnvelopeError::MissingField("data"))?;
+    if !opt_enc(enc)? {
+        return Ok(data);
+    }
+    match untag(data) {
+        Data::Text(text) => BASE64
+            .decode(text.as_bytes())
+            .map(Data::Bytes)
+            .map_err(|_| EnvelopeError::BadField {
+                field: "data",
+                expected: "padded standard base64 when `enc` is \"base64\"",
+            }),
+        _ => Err(EnvelopeError::BadField {
+            field: "data",
+            expected: "a string when `enc` is \"base64\"",
+        }),
     }
 }
 
@@ -234,6 +242,31 @@ fn opt_bool(value: Option<Data>, field: &'static str) -> Result<bool, EnvelopeEr
     }
 }
 
+/// `by` (of `presence`): absent/null or `"conn"` → false, `"user"` → true.
+fn opt_by(value: Option<Data>) -> Result<bool, EnvelopeError> {
+    match value.map(untag) {
+        None | Some(Data::Null) => Ok(false),
+        Some(Data::Text(by)) if by == "conn" => Ok(false),
+        Some(Data::Text(by)) if by == "user" => Ok(true),
+        Some(_) => Err(EnvelopeError::BadField {
+            field: "by",
+            expected: "\"conn\" or \"user\"",
+        }),
+    }
+}
+
+/// `token` (of `refresh`): required text of at most [`MAX_TOKEN_BYTES`] bytes.
+fn token(value: Option<Data>) -> Result<String, EnvelopeError> {
+    match value.map(untag) {
+        None => Err(EnvelopeError::MissingField("token")),
+        Some(Data::Text(token)) if token.len() <= MAX_TOKEN_BYTES => Ok(token),
+        Some(_) => Err(EnvelopeError::BadField {
+            field: "token",
+            expected: "a string of at most 8192 bytes",
+        }),
+    }
+}
+
 /// `enc`: absent/null → false, `"base64"` → true.
 fn opt_enc(value: Option<Data>) -> Result<bool, EnvelopeError> {
     match value.map(untag) {
@@ -250,7 +283,7 @@ fn opt_enc(value: Option<Data>) -> Result<bool, EnvelopeError> {
 mod tests {
     use super::super::cbor::cbor_text;
     use super::super::fixtures::{cbor_bytes, client_ops, int, map, text, DOC_CLIENT_EXAMPLES};
-    use super::super::{data_from_json, encode_client};
+    use super::super::{data_from_json, data_to_json, encode_client};
     use super::*;
 
     #[test]
@@ -321,6 +354,44 @@ mod tests {
                     room: "r".into(),
                     since: None,
                     limit: Some(0),
+                },
+            ),
+            (
+                r#"{"op":"presence","room":"r","by":"conn"}"#,
+                ClientOp::Presence {
+                    room: "r".into(),
+                    by_user: false,
+                },
+            ),
+            (
+                r#"{"op":"presence","room":"r","by":null}"#,
+                ClientOp::Presence {
+                    room: "r".into(),
+                    by_user: false,
+                },
+            ),
+            (
+                r#"{"by":"user","op":"presence","room":"r"}"#,
+                ClientOp::Presence {
+                    room: "r".into(),
+                    by_user: true,
+                },
+            ),
+            (
+                // `by` and `token` mean nothing to other ops, `room` nothing to `refresh`.
+                r#"{"op":"unsubscribe","room":"r","by":7,"token":false}"#,
+                ClientOp::Unsubscribe { room: "r".into() },
+            ),
+            (
+                r#"{"op":"refresh","token":"abc.def.ghi","room":"not a room","by":1}"#,
+                ClientOp::Refresh {
+                    token: "abc.def.ghi".into(),
+                },
+            ),
+            (
+                r#"{"op":"refresh","token":""}"#,
+                ClientOp::Refresh {
+                    token: String::new(),
                 },
             ),
         ];
@@ -478,6 +549,71 @@ mod tests {
                 Is(E::DuplicateField("room")),
                 "bad_field",
             ),
+            (
+                "{\"op\":\"presence\",\"room\":\"r\",\"by\":\"User\"}",
+                Bad("by"),
+                "bad_field",
+            ),
+            (
+                "{\"op\":\"presence\",\"room\":\"r\",\"by\":true}",
+                Bad("by"),
+                "bad_field",
+            ),
+            (
+                "{\"op\":\"presence\",\"room\":\"r\",\"by\":[\"user\"]}",
+                Bad("by"),
+                "bad_field",
+            ),
+            (
+                "{\"op\":\"presence\",\"by\":\"user\"}",
+                Is(E::MissingField("room")),
+                "missing_field",
+            ),
+            (
+                "{\"op\":\"presence\",\"room\":\"a b\",\"by\":\"x\"}",
+                Is(E::BadRoom),
+                "bad_room",
+            ),
+            (
+                "{\"op\":\"presence\",\"room\":\"r\",\"by\":\"user\",\"by\":\"conn\"}",
+                Is(E::DuplicateField("by")),
+                "bad_field",
+            ),
+            (
+                "{\"op\":\"refresh\"}",
+                Is(E::MissingField("token")),
+                "missing_field",
+            ),
+            (
+                "{\"op\":\"refresh\",\"room\":\"r\"}",
+                Is(E::MissingField("token")),
+                "missing_field",
+            ),
+            (
+                "{\"op\":\"refresh\",\"token\":null}",
+                Bad("token"),
+                "bad_field",
+            ),
+            (
+                "{\"op\":\"refresh\",\"token\":42}",
+                Bad("token"),
+                "bad_field",
+            ),
+            (
+                "{\"op\":\"refresh\",\"token\":{\"jwt\":\"x\"}}",
+                Bad("token"),
+                "bad_field",
+            ),
+            (
+                "{\"op\":\"refresh\",\"token\":\"a\",\"token\":\"b\"}",
+                Is(E::DuplicateField("token")),
+                "bad_field",
+            ),
+            (
+                "{\"op\":\"Refresh\",\"token\":\"a\"}",
+                Is(E::UnknownOp("Refresh".into())),
+                "unknown_op",
+            ),
         ];
         for (json, check, code) in &json_cases {
             let err = decode_client(json.as_bytes(), Format::Json).expect_err(json);
@@ -599,6 +735,130 @@ mod tests {
         let (_, id) =
             decode_request(br#"{"op":"presence","room":"a","id":null}"#, Format::Json).unwrap();
         assert_eq!(id, None);
+        let (op, id) =
+            decode_request(br#"{"op":"refresh","token":"t","id":[1]}"#, Format::Json).unwrap();
+        assert_eq!(op, ClientOp::Refresh { token: "t".into() });
+        assert_eq!(id, Some(Data::Array(vec![int(1)])));
+        let (op, id) = decode_request(
+            br#"{"op":"presence","room":"a","by":"user","id":"p"}"#,
+            Format::Json,
+        )
+        .unwrap();
+        assert_eq!(
+            op,
+            ClientOp::Presence {
+                room: "a".into(),
+                by_user: true
+            }
+        );
+        assert_eq!(id, Some(text("p")));
+    }
+
+    #[test]
+    fn refresh_token_limits_and_id() {
+        let frame = |token: &str, format: Format| {
+            let frame = map(&[
+                ("op", text("refresh")),
+                ("token", text(token)),
+                ("id", int(3)),
+            ]);
+            match format {
+                Format::Json => serde_json::to_vec(&data_to_json(&frame)).unwrap(),
+                Format::Cbor => cbor_bytes(&frame),
+            }
+        };
+        for format in [Format::Json, Format::Cbor] {
+            // Exactly MAX_TOKEN_BYTES (in UTF-8 bytes, not chars) is accepted, one more is not.
+            let at_limit = format!("{}é", "t".repeat(MAX_TOKEN_BYTES - 2));
+            assert_eq!(at_limit.len(), MAX_TOKEN_BYTES);
+            assert_eq!(
+                decode_request(&frame(&at_limit, format), format),
+                Ok((ClientOp::Refresh { token: at_limit }, Some(int(3))))
+            );
+            let over = format!("{}é", "t".repeat(MAX_TOKEN_BYTES - 1));
+            let r = decode_request(&frame(&over, format), format).unwrap_err();
+            assert!(
+                matches!(r.error, EnvelopeError::BadField { field: "token", .. }),
+                "{:?}",
+                r.error
+            );
+            assert_eq!(r.error.code(), "bad_field");
+            assert_eq!(
+                r.error.to_string(),
+                format!("field `token` must be a string of at most {MAX_TOKEN_BYTES} bytes")
+            );
+            assert_eq!(r.id, Some(int(3)), "the error echoes the refresh's id");
+        }
+        // CBOR: a tag around the token is ignored like around any envelope field; a byte string
+        // is not text.
+        let tagged = map(&[
+            ("op", text("refresh")),
+            ("token", Data::Tag(32, Box::new(text("tok")))),
+        ]);
+        assert_eq!(
+            decode_client(&cbor_bytes(&tagged), Format::Cbor),
+            Ok(ClientOp::Refresh {
+                token: "tok".into()
+            })
+        );
+        let bytes = map(&[
+            ("op", text("refresh")),
+            ("token", Data::Bytes(b"tok".to_vec())),
+        ]);
+        assert!(matches!(
+            decode_client(&cbor_bytes(&bytes), Format::Cbor),
+            Err(EnvelopeError::BadField { field: "token", .. })
+        ));
+        // The reason text for `by`.
+        assert_eq!(
+            decode_client(br#"{"op":"presence","room":"r","by":"x"}"#, Format::Json)
+                .unwrap_err()
+                .to_string(),
+            "field `by` must be \"conn\" or \"user\""
+        );
+    }
+
+    #[test]
+    fn refresh_op_accessors_and_debug_hide_the_token() {
+        let op = ClientOp::Refresh {
+            token: "secret.jwt.value".into(),
+        };
+        assert_eq!(op.name(), "refresh");
+        assert_eq!(op.room(), None);
+        let debug = format!("{op:?}");
+        assert_eq!(debug, "Refresh { token: <16 bytes> }");
+        assert!(!debug.contains("secret"));
+        let presence = ClientOp::Presence {
+            room: "r".into(),
+            by_user: true,
+        };
+        assert_eq!(presence.room(), Some("r"));
+        assert_eq!(
+            format!("{presence:?}"),
+            r#"Presence { room: "r", by_user: true }"#
+        );
+        // Every other op's Debug is what a derive would print.
+        assert_eq!(
+            format!(
+                "{:?}",
+                ClientOp::Subscribe {
+                    room: "r".into(),
+                    since: Some(1),
+                    epoch: None,
+                    presence: false
+                }
+            ),
+            r#"Subscribe { room: "r", since: Some(1), epoch: None, presence: false }"#
+        );
+        for op in client_ops() {
+            assert!(!op.name().is_empty());
+            if let ClientOp::Refresh { token } = &op {
+                assert!(op.room().is_none());
+                assert!(token.is_empty() || !format!("{op:?}").contains(token.as_str()));
+            } else {
+                assert!(op.room().is_some());
+            }
+        }
     }
 
     #[test]

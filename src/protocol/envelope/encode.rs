@@ -38,7 +38,7 @@ pub fn encode_server_into(op: &ServerOp<'_>, format: Format, out: &mut Vec<u8>) 
 
 /// Encode a client frame (for tests, load generators and client libraries).
 pub fn encode_client(op: &ClientOp, format: Format) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + op.room().len());
+    let mut out = Vec::with_capacity(client_size_hint(op));
     let result = match format {
         Format::Json => json_client(op, &mut out),
         Format::Cbor => cbor_client(op, &mut out),
@@ -50,29 +50,42 @@ pub fn encode_client(op: &ClientOp, format: Format) -> Vec<u8> {
     out
 }
 
+/// A first guess at a client frame's size.
+fn client_size_hint(op: &ClientOp) -> usize {
+    64 + match op {
+        ClientOp::Refresh { token } => token.len(),
+        ClientOp::Publish { room, data, id } => {
+            room.len() + data_hint(data) + id.as_ref().map_or(0, data_hint)
+        }
+        other => other.room().map_or(0, str::len),
+    }
+}
+
 /// A first guess at a server frame's size, so most frames are written without regrowing.
 fn server_size_hint(op: &ServerOp<'_>) -> usize {
-    fn data_hint(data: &Data) -> usize {
-        match data {
-            Data::Bytes(b) => b.len() / 3 * 4 + 8,
-            Data::Text(t) => t.len() + 8,
-            Data::Array(a) => 8 + a.len() * 8,
-            Data::Map(m) => 8 + m.len() * 16,
-            _ => 24,
-        }
-    }
     64 + match op {
-        ServerOp::Welcome { .. } => 0,
-        ServerOp::Subscribed { room, .. } | ServerOp::Unsubscribed { room } => room.len(),
+        ServerOp::Welcome { user, exp, .. } => opt_str_hint(*user) + exp.map_or(0, |_| 28),
+        ServerOp::Subscribed { room, .. } => room.len(),
+        ServerOp::Unsubscribed { room, reason } => room.len() + opt_str_hint(*reason),
         ServerOp::Message { room, data, .. } => room.len() + data_hint(data),
-        ServerOp::Join { room, info, .. } | ServerOp::Leave { room, info, .. } => {
-            room.len() + data_hint(info)
+        ServerOp::Join {
+            room, user, info, ..
         }
+        | ServerOp::Leave {
+            room, user, info, ..
+        } => room.len() + opt_str_hint(*user) + data_hint(info),
         ServerOp::Presence { room, members } => {
             room.len()
                 + members
                     .iter()
-                    .map(|(_, i)| 32 + data_hint(i))
+                    .map(|(_, user, info)| 32 + opt_str_hint(*user) + data_hint(info))
+                    .sum::<usize>()
+        }
+        ServerOp::PresenceByUser { room, users } => {
+            16 + room.len()
+                + users
+                    .iter()
+                    .map(|(user, _, info)| 48 + opt_str_hint(*user) + data_hint(info))
                     .sum::<usize>()
         }
         ServerOp::History { room, messages, .. } => {
@@ -83,7 +96,24 @@ fn server_size_hint(op: &ServerOp<'_>) -> usize {
                     .sum::<usize>()
         }
         ServerOp::Ack { id, .. } => data_hint(id),
+        ServerOp::Refreshed { id, .. } => id.map_or(0, data_hint),
         ServerOp::Error { reason, id, .. } => reason.len() + id.map_or(0, data_hint),
+    }
+}
+
+/// An optional text field: its key (about 10 bytes) and its text, or nothing.
+fn opt_str_hint(value: Option<&str>) -> usize {
+    value.map_or(0, |s| 10 + s.len())
+}
+
+/// A first guess at a payload's encoded size.
+fn data_hint(data: &Data) -> usize {
+    match data {
+        Data::Bytes(b) => b.len() / 3 * 4 + 8,
+        Data::Text(t) => t.len() + 8,
+        Data::Array(a) => 8 + a.len() * 8,
+        Data::Map(m) => 8 + m.len() * 16,
+        _ => 24,
     }
 }
 
@@ -94,7 +124,63 @@ mod tests {
     #[test]
     fn encode_server_into_appends() {
         let mut out = vec![0xAA, 0xBB];
-        encode_server_into(&ServerOp::Welcome { conn: 1 }, Format::Json, &mut out);
+        let welcome = ServerOp::Welcome {
+            conn: 1,
+            user: None,
+            exp: None,
+        };
+        encode_server_into(&welcome, Format::Json, &mut out);
         assert_eq!(out, b"\xAA\xBB{\"op\":\"welcome\",\"conn\":1}");
+    }
+
+    #[test]
+    fn size_hints_cover_the_auth_fields() {
+        // Long text in the new fields: the first guess is still big enough in both formats.
+        let long = "u".repeat(1000);
+        let info = Data::Null;
+        let members = vec![(1, Some(long.as_str()), Data::Null); 4];
+        let users = vec![(Some(long.as_str()), u32::MAX, Data::Null); 4];
+        let id = Data::Text(long.clone());
+        let ops = [
+            ServerOp::Welcome {
+                conn: u64::MAX,
+                user: Some(&long),
+                exp: Some(u64::MAX),
+            },
+            ServerOp::Unsubscribed {
+                room: "r",
+                reason: Some(&long),
+            },
+            ServerOp::Join {
+                room: "r",
+                conn: u64::MAX,
+                user: Some(&long),
+                info: &info,
+            },
+            ServerOp::Presence {
+                room: "r",
+                members: &members,
+            },
+            ServerOp::PresenceByUser {
+                room: "r",
+                users: &users,
+            },
+            ServerOp::Refreshed {
+                exp: u64::MAX,
+                id: Some(&id),
+            },
+        ];
+        for op in ops {
+            for format in [Format::Json, Format::Cbor] {
+                let len = encode_server(&op, format).len();
+                assert!(len <= server_size_hint(&op), "{op:?} {format:?}: {len}");
+            }
+        }
+        let refresh = ClientOp::Refresh {
+            token: "t".repeat(8192),
+        };
+        for format in [Format::Json, Format::Cbor] {
+            assert!(encode_client(&refresh, format).len() <= client_size_hint(&refresh));
+        }
     }
 }

@@ -75,6 +75,23 @@ pub(super) fn client_ops() -> Vec<ClientOp> {
         },
         ClientOp::Presence {
             room: "lobby".into(),
+            by_user: false,
+        },
+        ClientOp::Presence {
+            room: "lobby".into(),
+            by_user: true,
+        },
+        ClientOp::Refresh {
+            token: DOC_TOKEN.into(),
+        },
+        ClientOp::Refresh {
+            token: String::new(),
+        },
+        ClientOp::Refresh {
+            token: "quote \" backslash \\ newline \n é".into(),
+        },
+        ClientOp::Refresh {
+            token: "t".repeat(300),
         },
         ClientOp::History {
             room: "lobby".into(),
@@ -112,13 +129,19 @@ pub(super) fn client_ops() -> Vec<ClientOp> {
     ops
 }
 
+/// The token of the `refresh` example in docs/protocol.md (`{"alg":"HS256"}`, `{"sub":"ada"}`, a
+/// fake signature).
+pub(super) const DOC_TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZGEifQ.c2ln";
+
 /// Client frames in docs/protocol.md: (JSON as documented, CBOR hex of the same frame).
-pub(super) const DOC_CLIENT_EXAMPLES: [(&str, &str); 7] = [
+pub(super) const DOC_CLIENT_EXAMPLES: [(&str, &str); 9] = [
     (r#"{"op":"subscribe","room":"chat:42","since":17,"epoch":3,"presence":true}"#, "a5626f706973756273637269626564726f6f6d67636861743a34326573696e6365116565706f6368036870726573656e6365f5"),
     (r#"{"op":"unsubscribe","room":"chat:42"}"#, "a2626f706b756e73756273637269626564726f6f6d67636861743a3432"),
     (r#"{"op":"publish","room":"chat:42","data":{"text":"hi"},"id":7}"#, "a4626f70677075626c69736864726f6f6d67636861743a34326464617461a1647465787462686962696407"),
     (r#"{"op":"publish","room":"chat:42","data":"AAEC","enc":"base64"}"#, "a3626f70677075626c69736864726f6f6d67636861743a3432646461746143000102"),
     (r#"{"op":"presence","room":"chat:42"}"#, "a2626f706870726573656e636564726f6f6d67636861743a3432"),
+    (r#"{"op":"presence","room":"chat:42","by":"user"}"#, "a3626f706870726573656e636564726f6f6d67636861743a34326262796475736572"),
     (r#"{"op":"history","room":"chat:42","since":10,"limit":50}"#, "a4626f7067686973746f727964726f6f6d67636861743a34326573696e63650a656c696d69741832"),
     (r#"{"op":"history","room":"chat:42"}"#, "a2626f7067686973746f727964726f6f6d67636861743a3432"),
+    (r#"{"op":"refresh","token":"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZGEifQ.c2ln"}"#, "a2626f70677265667265736865746f6b656e782c65794a68624763694f694a49557a49314e694a392e65794a7a645749694f694a685a47456966512e63326c6e"),
 ];

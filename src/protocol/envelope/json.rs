@@ -10,27 +10,37 @@ use super::{untag_ref, ClientOp, Data, EncodeError, ServerOp};
 pub(super) fn json_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     json_open(out, op.name());
     match *op {
-        ServerOp::Welcome { conn } => {
-            json_key(out, "conn");
-            json_u64(out, conn);
-        }
+        ServerOp::Welcome { conn, user, exp } => json_welcome(out, conn, user, exp),
         ServerOp::Subscribed {
             room,
             seq,
             epoch,
             recovered,
         } => json_subscribed(out, room, seq, epoch, recovered),
-        ServerOp::Unsubscribed { room } => json_room(out, room),
+        ServerOp::Unsubscribed { room, reason } => {
+            json_room(out, room);
+            json_opt_entry_str(out, "reason", reason);
+        }
         ServerOp::Message {
             room,
             seq,
             from,
             data,
         } => json_message(out, room, seq, from, data)?,
-        ServerOp::Join { room, conn, info } | ServerOp::Leave { room, conn, info } => {
-            json_join_leave(out, room, conn, info)?
+        ServerOp::Join {
+            room,
+            conn,
+            user,
+            info,
         }
+        | ServerOp::Leave {
+            room,
+            conn,
+            user,
+            info,
+        } => json_join_leave(out, room, conn, user, info)?,
         ServerOp::Presence { room, members } => json_presence(out, room, members)?,
+        ServerOp::PresenceByUser { room, users } => json_presence_by_user(out, room, users)?,
         ServerOp::History {
             room,
             epoch,
@@ -38,10 +48,26 @@ pub(super) fn json_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             complete,
         } => json_history(out, room, epoch, messages, complete)?,
         ServerOp::Ack { id, seq } => json_ack(out, id, seq)?,
+        ServerOp::Refreshed { exp, id } => {
+            json_key(out, "exp");
+            json_u64(out, exp);
+            json_opt_id(out, id)?;
+        }
         ServerOp::Error { code, reason, id } => json_error(out, code, reason, id)?,
     }
     out.push(b'}');
     Ok(())
+}
+
+/// The fields of `welcome` after `op`.
+fn json_welcome(out: &mut Vec<u8>, conn: u64, user: Option<&str>, exp: Option<u64>) {
+    json_key(out, "conn");
+    json_u64(out, conn);
+    json_opt_entry_str(out, "user", user);
+    if let Some(exp) = exp {
+        json_key(out, "exp");
+        json_u64(out, exp);
+    }
 }
 
 /// The fields of `subscribed` after `op`.
@@ -77,11 +103,13 @@ fn json_join_leave(
     out: &mut Vec<u8>,
     room: &str,
     conn: u64,
+    user: Option<&str>,
     info: &Data,
 ) -> Result<(), EncodeError> {
     json_room(out, room);
     json_key(out, "conn");
     json_u64(out, conn);
+    json_opt_entry_str(out, "user", user);
     json_key(out, "info");
     json_payload_and_enc(out, info)
 }
@@ -90,17 +118,48 @@ fn json_join_leave(
 fn json_presence(
     out: &mut Vec<u8>,
     room: &str,
-    members: &[(u64, Data)],
+    members: &[(u64, Option<&str>, Data)],
 ) -> Result<(), EncodeError> {
     json_room(out, room);
     json_key(out, "members");
     out.push(b'[');
-    for (i, (conn, info)) in members.iter().enumerate() {
+    for (i, (conn, user, info)) in members.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"conn\":");
         json_u64(out, *conn);
+        json_opt_entry_str(out, "user", *user);
+        json_key(out, "info");
+        json_payload_and_enc(out, info)?;
+        out.push(b'}');
+    }
+    out.push(b']');
+    Ok(())
+}
+
+/// The fields of `presence` with `"by":"user"` after `op`.
+fn json_presence_by_user(
+    out: &mut Vec<u8>,
+    room: &str,
+    users: &[(Option<&str>, u32, Data)],
+) -> Result<(), EncodeError> {
+    json_room(out, room);
+    json_key(out, "by");
+    json_str(out, "user");
+    json_key(out, "members");
+    out.push(b'[');
+    for (i, (user, connections, info)) in users.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"user\":");
+        match user {
+            Some(user) => json_str(out, user),
+            None => out.extend_from_slice(b"null"),
+        }
+        json_key(out, "connections");
+        json_u64(out, u64::from(*connections));
         json_key(out, "info");
         json_payload_and_enc(out, info)?;
         out.push(b'}');
@@ -161,17 +220,23 @@ fn json_error(
     json_str(out, code);
     json_key(out, "reason");
     json_str(out, reason);
+    json_opt_id(out, id)
+}
+
+/// `,"id":ID` (and its `enc` marker, last) when there is an id.
+fn json_opt_id(out: &mut Vec<u8>, id: Option<&Data>) -> Result<(), EncodeError> {
     if let Some(id) = id {
         json_key(out, "id");
-        let enc = json_payload(out, id)?;
-        json_enc(out, enc);
+        json_payload_and_enc(out, id)?;
     }
     Ok(())
 }
 
 pub(super) fn json_client(op: &ClientOp, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     json_open(out, op.name());
-    json_room(out, op.room());
+    if let Some(room) = op.room() {
+        json_room(out, room);
+    }
     match op {
         ClientOp::Subscribe {
             since,
@@ -211,7 +276,17 @@ pub(super) fn json_client(op: &ClientOp, out: &mut Vec<u8>) -> Result<(), Encode
                 json_u64(out, u64::from(*limit));
             }
         }
-        ClientOp::Unsubscribe { .. } | ClientOp::Presence { .. } => {}
+        ClientOp::Presence { by_user, .. } => {
+            if *by_user {
+                json_key(out, "by");
+                json_str(out, "user");
+            }
+        }
+        ClientOp::Refresh { token } => {
+            json_key(out, "token");
+            json_str(out, token);
+        }
+        ClientOp::Unsubscribe { .. } => {}
     }
     out.push(b'}');
     Ok(())
@@ -234,6 +309,14 @@ fn json_key(out: &mut Vec<u8>, key: &str) {
 fn json_room(out: &mut Vec<u8>, room: &str) {
     json_key(out, "room");
     json_str(out, room);
+}
+
+/// `,"KEY":"VALUE"` when there is a value, nothing otherwise.
+fn json_opt_entry_str(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
+    if let Some(value) = value {
+        json_key(out, key);
+        json_str(out, value);
+    }
 }
 
 fn json_u64(out: &mut Vec<u8>, mut n: u64) {
@@ -398,14 +481,16 @@ pub(super) fn json_key_text(key: &Data) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{cbor_bytes, cbor_value, int, json_text, map, text};
-    use super::super::{decode_client, encode_server, ClientOp, EnvelopeError, Format};
+    use super::super::{
+        decode_client, encode_client, encode_server, ClientOp, EnvelopeError, Format,
+    };
     use super::*;
 
     #[test]
     fn server_ops_json_text() {
         let data = map(&[("text", text("hi"))]);
         let info = map(&[("name", text("ada"))]);
-        let members = [(12, info.clone()), (15, Data::Null)];
+        let members = [(12, None, info.clone()), (15, None, Data::Null)];
         let messages = [
             (21, Some(12), data.clone()),
             (22, None, Data::Bytes(vec![0, 1, 2])),
@@ -414,7 +499,11 @@ mod tests {
         let quoted = text("a\"b");
         let cases: Vec<(ServerOp<'_>, &str)> = vec![
             (
-                ServerOp::Welcome { conn: 12 },
+                ServerOp::Welcome {
+                    conn: 12,
+                    user: None,
+                    exp: None,
+                },
                 r#"{"op":"welcome","conn":12}"#,
             ),
             (
@@ -457,6 +546,7 @@ mod tests {
                 ServerOp::Join {
                     room: "chat:42",
                     conn: 12,
+                    user: None,
                     info: &info,
                 },
                 r#"{"op":"join","room":"chat:42","conn":12,"info":{"name":"ada"}}"#,
@@ -465,6 +555,7 @@ mod tests {
                 ServerOp::Leave {
                     room: "chat:42",
                     conn: 12,
+                    user: None,
                     info: &Data::Null,
                 },
                 r#"{"op":"leave","room":"chat:42","conn":12,"info":null}"#,
@@ -570,11 +661,12 @@ mod tests {
             json_text(&ServerOp::Join {
                 room: "r",
                 conn: 1,
+                user: None,
                 info: &bytes
             }),
             r#"{"op":"join","room":"r","conn":1,"info":"3q2+7wA=","enc":"base64"}"#
         );
-        let members = [(1, bytes.clone()), (2, text("x"))];
+        let members = [(1, None, bytes.clone()), (2, None, text("x"))];
         assert_eq!(
             json_text(&ServerOp::Presence {
                 room: "r",
@@ -692,6 +784,164 @@ mod tests {
                 id: None
             })
         );
+    }
+
+    #[test]
+    fn auth_fields_json_text() {
+        let info = map(&[("name", text("ada"))]);
+        let bytes = Data::Bytes(vec![0xde, 0xad, 0xbe, 0xef, 0x00]);
+        let id = text("r-1");
+        let members = [
+            (12, Some("ada"), info.clone()),
+            (15, None, Data::Null),
+            (16, Some("a\"b"), bytes.clone()),
+        ];
+        let users = [
+            (Some("ada"), 2, info.clone()),
+            (None, 1, Data::Null),
+            (Some("bob"), u32::MAX, bytes.clone()),
+        ];
+        let cases: Vec<(ServerOp<'_>, &str)> = vec![
+            (
+                ServerOp::Welcome {
+                    conn: 12,
+                    user: Some("ada"),
+                    exp: Some(1_767_225_600),
+                },
+                r#"{"op":"welcome","conn":12,"user":"ada","exp":1767225600}"#,
+            ),
+            (
+                ServerOp::Welcome {
+                    conn: 12,
+                    user: Some("ada"),
+                    exp: None,
+                },
+                r#"{"op":"welcome","conn":12,"user":"ada"}"#,
+            ),
+            (
+                ServerOp::Welcome {
+                    conn: 1,
+                    user: None,
+                    exp: Some(u64::MAX),
+                },
+                r#"{"op":"welcome","conn":1,"exp":18446744073709551615}"#,
+            ),
+            (
+                ServerOp::Welcome {
+                    conn: 1,
+                    user: Some("\u{1}é\n"),
+                    exp: None,
+                },
+                r#"{"op":"welcome","conn":1,"user":"\u0001é\n"}"#,
+            ),
+            (
+                ServerOp::Unsubscribed {
+                    room: "chat:42",
+                    reason: None,
+                },
+                r#"{"op":"unsubscribed","room":"chat:42"}"#,
+            ),
+            (
+                ServerOp::Unsubscribed {
+                    room: "chat:42",
+                    reason: Some("forbidden"),
+                },
+                r#"{"op":"unsubscribed","room":"chat:42","reason":"forbidden"}"#,
+            ),
+            (
+                ServerOp::Join {
+                    room: "r",
+                    conn: 15,
+                    user: Some("ada"),
+                    info: &info,
+                },
+                r#"{"op":"join","room":"r","conn":15,"user":"ada","info":{"name":"ada"}}"#,
+            ),
+            (
+                ServerOp::Leave {
+                    room: "r",
+                    conn: 15,
+                    user: Some("ada"),
+                    info: &bytes,
+                },
+                r#"{"op":"leave","room":"r","conn":15,"user":"ada","info":"3q2+7wA=","enc":"base64"}"#,
+            ),
+            (
+                ServerOp::Presence {
+                    room: "r",
+                    members: &members,
+                },
+                r#"{"op":"presence","room":"r","members":[{"conn":12,"user":"ada","info":{"name":"ada"}},{"conn":15,"info":null},{"conn":16,"user":"a\"b","info":"3q2+7wA=","enc":"base64"}]}"#,
+            ),
+            (
+                ServerOp::PresenceByUser {
+                    room: "r",
+                    users: &users,
+                },
+                r#"{"op":"presence","room":"r","by":"user","members":[{"user":"ada","connections":2,"info":{"name":"ada"}},{"user":null,"connections":1,"info":null},{"user":"bob","connections":4294967295,"info":"3q2+7wA=","enc":"base64"}]}"#,
+            ),
+            (
+                ServerOp::PresenceByUser {
+                    room: "r",
+                    users: &[],
+                },
+                r#"{"op":"presence","room":"r","by":"user","members":[]}"#,
+            ),
+            (
+                ServerOp::Refreshed {
+                    exp: 1_767_229_200,
+                    id: None,
+                },
+                r#"{"op":"refreshed","exp":1767229200}"#,
+            ),
+            (
+                ServerOp::Refreshed {
+                    exp: 0,
+                    id: Some(&id),
+                },
+                r#"{"op":"refreshed","exp":0,"id":"r-1"}"#,
+            ),
+            (
+                ServerOp::Refreshed {
+                    exp: 5,
+                    id: Some(&bytes),
+                },
+                r#"{"op":"refreshed","exp":5,"id":"3q2+7wA=","enc":"base64"}"#,
+            ),
+        ];
+        for (op, expected) in cases {
+            let got = json_text(&op);
+            assert_eq!(got, expected);
+            let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+            assert_eq!(v["op"], op.name());
+        }
+        // Client side: the new and changed ops, as encode_client writes them.
+        for (op, expected) in [
+            (
+                ClientOp::Presence {
+                    room: "r".into(),
+                    by_user: false,
+                },
+                r#"{"op":"presence","room":"r"}"#,
+            ),
+            (
+                ClientOp::Presence {
+                    room: "r".into(),
+                    by_user: true,
+                },
+                r#"{"op":"presence","room":"r","by":"user"}"#,
+            ),
+            (
+                ClientOp::Refresh {
+                    token: "a.b\"c".into(),
+                },
+                r#"{"op":"refresh","token":"a.b\"c"}"#,
+            ),
+        ] {
+            let got = encode_client(&op, Format::Json);
+            assert_eq!(String::from_utf8(got.clone()).unwrap(), expected);
+            assert_eq!(decode_client(&got, Format::Json), Ok(op));
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@
 //! | `publish` (client)         | `data`        |
 //! | `join`, `leave`            | `info`        |
 //! | each member of `presence`  | `info`        |
-//! | `ack`, `error`             | `id`          |
+//! | `ack`, `error`, `refreshed`| `id`          |
 //!
 //! When a JSON frame is encoded and the payload field holds a byte string (after dropping tags),
 //! the field is written as its base64 text and the map gets `"enc":"base64"` as its last key.
@@ -47,7 +47,7 @@
 //! - A frame must be exactly one map (nothing after it). Keys that are not text strings and keys
 //!   this module does not know are ignored, so clients may add fields.
 //! - A key this module knows (`op`, `room`, `since`, `epoch`, `presence`, `data`, `id`, `limit`,
-//!   `enc`) appearing twice is rejected (`bad_field`).
+//!   `enc`, `by`, `token`) appearing twice is rejected (`bad_field`).
 //! - An optional field set to `null` is the same as an absent one; `data` is required and may
 //!   be `null`.
 //! - Tags around the envelope's own fields (`op`, `room`, `since`, ...) are ignored; `data` and
@@ -89,6 +89,9 @@ pub const ENC_BASE64: &str = "base64";
 /// Deepest nesting of arrays, maps and tags accepted in a client frame (the frame's own map
 /// counts as one level): serde_json's fixed limit, given to the CBOR decoder too.
 pub const MAX_DEPTH: usize = 127;
+
+/// Longest `token` accepted in a `refresh` (bytes of its UTF-8 text): 8 KiB.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// The universal payload type: JSON values map onto it, CBOR byte strings stay bytes.
 pub type Data = ciborium::Value;
@@ -158,8 +161,8 @@ impl Format {
     }
 }
 
-/// A frame from an envelope client.
-#[derive(Debug, Clone, PartialEq)]
+/// A frame from an envelope client. Its `Debug` output hides a `refresh` token's text.
+#[derive(Clone, PartialEq)]
 pub enum ClientOp {
     /// `{"op":"subscribe","room":R,"since":SEQ?,"epoch":E?,"presence":bool?}`
     Subscribe {
@@ -186,10 +189,13 @@ pub enum ClientOp {
         /// Correlation id, echoed in the `ack` (or `error`).
         id: Option<Data>,
     },
-    /// `{"op":"presence","room":R}`: list the room's members.
+    /// `{"op":"presence","room":R,"by":"conn"|"user"?}`: list the room's members.
     Presence {
         /// Room name (validated).
         room: String,
+        /// `"by":"user"`: one entry per user rather than per connection (absent or `"conn"`:
+        /// false).
+        by_user: bool,
     },
     /// `{"op":"history","room":R,"since":SEQ?,"limit":N?}`
     History {
@@ -199,6 +205,13 @@ pub enum ClientOp {
         since: Option<u64>,
         /// At most this many messages.
         limit: Option<u32>,
+    },
+    /// `{"op":"refresh","token":TOKEN}`: replace the connection's token (answered by
+    /// `refreshed`).
+    Refresh {
+        /// The new token as sent: text of at most [`MAX_TOKEN_BYTES`] bytes (its signature and
+        /// claims are the daemon's to check).
+        token: String,
     },
 }
 
@@ -211,17 +224,64 @@ impl ClientOp {
             ClientOp::Publish { .. } => "publish",
             ClientOp::Presence { .. } => "presence",
             ClientOp::History { .. } => "history",
+            ClientOp::Refresh { .. } => "refresh",
         }
     }
 
-    /// The room the op is about.
-    pub fn room(&self) -> &str {
+    /// The room the op is about; `None` for `refresh`, which is about the connection.
+    pub fn room(&self) -> Option<&str> {
         match self {
             ClientOp::Subscribe { room, .. }
             | ClientOp::Unsubscribe { room }
             | ClientOp::Publish { room, .. }
-            | ClientOp::Presence { room }
-            | ClientOp::History { room, .. } => room,
+            | ClientOp::Presence { room, .. }
+            | ClientOp::History { room, .. } => Some(room),
+            ClientOp::Refresh { .. } => None,
+        }
+    }
+}
+
+/// Like a derived `Debug`, except that a `refresh` shows only its token's length, so that logging
+/// an op never writes a credential.
+impl std::fmt::Debug for ClientOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientOp::Subscribe {
+                room,
+                since,
+                epoch,
+                presence,
+            } => f
+                .debug_struct("Subscribe")
+                .field("room", room)
+                .field("since", since)
+                .field("epoch", epoch)
+                .field("presence", presence)
+                .finish(),
+            ClientOp::Unsubscribe { room } => {
+                f.debug_struct("Unsubscribe").field("room", room).finish()
+            }
+            ClientOp::Publish { room, data, id } => f
+                .debug_struct("Publish")
+                .field("room", room)
+                .field("data", data)
+                .field("id", id)
+                .finish(),
+            ClientOp::Presence { room, by_user } => f
+                .debug_struct("Presence")
+                .field("room", room)
+                .field("by_user", by_user)
+                .finish(),
+            ClientOp::History { room, since, limit } => f
+                .debug_struct("History")
+                .field("room", room)
+                .field("since", since)
+                .field("limit", limit)
+                .finish(),
+            ClientOp::Refresh { token } => f
+                .debug_struct("Refresh")
+                .field("token", &format_args!("<{} bytes>", token.len()))
+                .finish(),
         }
     }
 }
@@ -229,10 +289,14 @@ impl ClientOp {
 /// A frame to an envelope client, borrowing everything it carries.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ServerOp<'a> {
-    /// `{"op":"welcome","conn":CONN}` right after the upgrade.
+    /// `{"op":"welcome","conn":CONN,"user":USER?,"exp":EXP?}` right after the upgrade.
     Welcome {
         /// The connection's id.
         conn: u64,
+        /// The user its token names (`None`: no token; then the key is absent).
+        user: Option<&'a str>,
+        /// When its token expires, in seconds since the Unix epoch (`None`: key absent).
+        exp: Option<u64>,
     },
     /// `{"op":"subscribed","room":R,"seq":LAST,"epoch":E,"recovered":bool}`
     Subscribed {
@@ -245,10 +309,13 @@ pub enum ServerOp<'a> {
         /// Whether every message after the requested `since` was (or will be) replayed.
         recovered: bool,
     },
-    /// `{"op":"unsubscribed","room":R}`: the answer to `unsubscribe`; nothing of the room follows.
+    /// `{"op":"unsubscribed","room":R,"reason":TEXT?}`: the answer to `unsubscribe`, or (with a
+    /// `reason`) the server ending the subscription; nothing of the room follows.
     Unsubscribed {
         /// Room name.
         room: &'a str,
+        /// Why the server ended it (`"forbidden"`); `None` (key absent) answers an `unsubscribe`.
+        reason: Option<&'a str>,
     },
     /// `{"op":"message","room":R,"seq":N,"from":CONN|null,"data":ANY}`
     Message {
@@ -261,30 +328,42 @@ pub enum ServerOp<'a> {
         /// The message.
         data: &'a Data,
     },
-    /// `{"op":"join","room":R,"conn":CONN,"info":ANY}`
+    /// `{"op":"join","room":R,"conn":CONN,"user":USER?,"info":ANY}`
     Join {
         /// Room name.
         room: &'a str,
         /// The connection that joined.
         conn: u64,
+        /// Its user (`None`: no token; key absent).
+        user: Option<&'a str>,
         /// Its info.
         info: &'a Data,
     },
-    /// `{"op":"leave","room":R,"conn":CONN,"info":ANY}`
+    /// `{"op":"leave","room":R,"conn":CONN,"user":USER?,"info":ANY}`
     Leave {
         /// Room name.
         room: &'a str,
         /// The connection that left.
         conn: u64,
+        /// Its user (`None`: no token; key absent).
+        user: Option<&'a str>,
         /// Its info.
         info: &'a Data,
     },
-    /// `{"op":"presence","room":R,"members":[{"conn":CONN,"info":ANY},...]}`
+    /// `{"op":"presence","room":R,"members":[{"conn":CONN,"user":USER?,"info":ANY},...]}`
     Presence {
         /// Room name.
         room: &'a str,
-        /// `(conn, info)` of each member.
-        members: &'a [(u64, Data)],
+        /// `(conn, user, info)` of each member (`user` key absent when `None`).
+        members: &'a [(u64, Option<&'a str>, Data)],
+    },
+    /// `{"op":"presence","room":R,"by":"user","members":[{"user":USER|null,"connections":N,
+    /// "info":ANY},...]}`: the answer to `presence` with `"by":"user"`.
+    PresenceByUser {
+        /// Room name.
+        room: &'a str,
+        /// `(user, connections, info)` of each entry; a `None` user is written as `null`.
+        users: &'a [(Option<&'a str>, u32, Data)],
     },
     /// `{"op":"history","room":R,"epoch":E,"messages":[{"seq":N,"from":..,"data":..},...],
     /// "complete":bool}`
@@ -304,6 +383,13 @@ pub enum ServerOp<'a> {
         id: &'a Data,
         /// The seq the message got.
         seq: u64,
+    },
+    /// `{"op":"refreshed","exp":EXP,"id":ID?}`: the answer to a `refresh` that was accepted.
+    Refreshed {
+        /// When the new token expires, in seconds since the Unix epoch.
+        exp: u64,
+        /// The `id` of the `refresh`, if it had one.
+        id: Option<&'a Data>,
     },
     /// `{"op":"error","code":CODE,"reason":TEXT,"id":ID?}`
     Error {
@@ -326,9 +412,10 @@ impl ServerOp<'_> {
             ServerOp::Message { .. } => "message",
             ServerOp::Join { .. } => "join",
             ServerOp::Leave { .. } => "leave",
-            ServerOp::Presence { .. } => "presence",
+            ServerOp::Presence { .. } | ServerOp::PresenceByUser { .. } => "presence",
             ServerOp::History { .. } => "history",
             ServerOp::Ack { .. } => "ack",
+            ServerOp::Refreshed { .. } => "refreshed",
             ServerOp::Error { .. } => "error",
         }
     }
@@ -488,25 +575,38 @@ mod tests {
         let data = map(&[("text", text("hi"))]);
         let info = map(&[("name", text("ada"))]);
         let bytes = Data::Bytes(vec![0, 1, 2]);
-        let members = [(12, info.clone()), (15, Data::Null)];
+        let members = [(12, None, info.clone()), (15, None, Data::Null)];
+        let members_auth = [(12, Some("ada"), info.clone()), (15, None, Data::Null)];
+        let users = [(Some("ada"), 2, info.clone()), (None, 1, Data::Null)];
         let messages = [(21, Some(12), data.clone()), (22, None, bytes.clone())];
         let id = int(7);
+        let refresh_id = int(8);
         let bad_room = EnvelopeError::BadRoom.to_string();
-        let server: Vec<(ServerOp<'_>, &str)> = vec![
-            (ServerOp::Welcome { conn: 12 }, "a2626f706777656c636f6d6564636f6e6e0c"),
-            (ServerOp::Subscribed { room: "chat:42", seq: 20, epoch: 3, recovered: true }, "a5626f706a7375627363726962656464726f6f6d67636861743a343263736571146565706f636803697265636f7665726564f5"),
-            (ServerOp::Message { room: "chat:42", seq: 21, from: Some(12), data: &data }, "a5626f70676d65737361676564726f6f6d67636861743a343263736571156466726f6d0c6464617461a16474657874626869"),
-            (ServerOp::Message { room: "chat:42", seq: 22, from: None, data: &bytes }, "a5626f70676d65737361676564726f6f6d67636861743a343263736571166466726f6df6646461746143000102"),
-            (ServerOp::Join { room: "chat:42", conn: 15, info: &info }, "a4626f70646a6f696e64726f6f6d67636861743a343264636f6e6e0f64696e666fa1646e616d6563616461"),
-            (ServerOp::Leave { room: "chat:42", conn: 15, info: &info }, "a4626f70656c6561766564726f6f6d67636861743a343264636f6e6e0f64696e666fa1646e616d6563616461"),
-            (ServerOp::Presence { room: "chat:42", members: &members }, "a3626f706870726573656e636564726f6f6d67636861743a3432676d656d6265727382a264636f6e6e0c64696e666fa1646e616d6563616461a264636f6e6e0f64696e666ff6"),
-            (ServerOp::History { room: "chat:42", epoch: 3, messages: &messages, complete: true }, "a5626f7067686973746f727964726f6f6d67636861743a34326565706f636803686d6573736167657382a363736571156466726f6d0c6464617461a16474657874626869a363736571166466726f6df664646174614300010268636f6d706c657465f5"),
-            (ServerOp::Ack { id: &id, seq: 21 }, "a3626f706361636b626964076373657115"),
-            (ServerOp::Error { code: EnvelopeError::BadRoom.code(), reason: &bad_room, id: Some(&id) }, "a4626f70656572726f7264636f6465686261645f726f6f6d66726561736f6e7834726f6f6d206e616d65206d75737420626520312d313238206279746573206f6620412d5a20612d7a20302d39205f202e203a202d62696407"),
+        // (frame, its JSON as documented, its CBOR hex as documented)
+        let server: Vec<(ServerOp<'_>, &str, &str)> = vec![
+            (ServerOp::Welcome { conn: 12, user: None, exp: None }, r#"{"op":"welcome","conn":12}"#, "a2626f706777656c636f6d6564636f6e6e0c"),
+            (ServerOp::Welcome { conn: 12, user: Some("ada"), exp: Some(1767225600) }, r#"{"op":"welcome","conn":12,"user":"ada","exp":1767225600}"#, "a4626f706777656c636f6d6564636f6e6e0c647573657263616461636578701a6955b900"),
+            (ServerOp::Subscribed { room: "chat:42", seq: 20, epoch: 3, recovered: true }, r#"{"op":"subscribed","room":"chat:42","seq":20,"epoch":3,"recovered":true}"#, "a5626f706a7375627363726962656464726f6f6d67636861743a343263736571146565706f636803697265636f7665726564f5"),
+            (ServerOp::Unsubscribed { room: "chat:42", reason: None }, r#"{"op":"unsubscribed","room":"chat:42"}"#, "a2626f706c756e7375627363726962656464726f6f6d67636861743a3432"),
+            (ServerOp::Unsubscribed { room: "chat:42", reason: Some("forbidden") }, r#"{"op":"unsubscribed","room":"chat:42","reason":"forbidden"}"#, "a3626f706c756e7375627363726962656464726f6f6d67636861743a343266726561736f6e69666f7262696464656e"),
+            (ServerOp::Message { room: "chat:42", seq: 21, from: Some(12), data: &data }, r#"{"op":"message","room":"chat:42","seq":21,"from":12,"data":{"text":"hi"}}"#, "a5626f70676d65737361676564726f6f6d67636861743a343263736571156466726f6d0c6464617461a16474657874626869"),
+            (ServerOp::Message { room: "chat:42", seq: 22, from: None, data: &bytes }, r#"{"op":"message","room":"chat:42","seq":22,"from":null,"data":"AAEC","enc":"base64"}"#, "a5626f70676d65737361676564726f6f6d67636861743a343263736571166466726f6df6646461746143000102"),
+            (ServerOp::Join { room: "chat:42", conn: 15, user: None, info: &info }, r#"{"op":"join","room":"chat:42","conn":15,"info":{"name":"ada"}}"#, "a4626f70646a6f696e64726f6f6d67636861743a343264636f6e6e0f64696e666fa1646e616d6563616461"),
+            (ServerOp::Join { room: "chat:42", conn: 15, user: Some("ada"), info: &info }, r#"{"op":"join","room":"chat:42","conn":15,"user":"ada","info":{"name":"ada"}}"#, "a5626f70646a6f696e64726f6f6d67636861743a343264636f6e6e0f64757365726361646164696e666fa1646e616d6563616461"),
+            (ServerOp::Leave { room: "chat:42", conn: 15, user: None, info: &info }, r#"{"op":"leave","room":"chat:42","conn":15,"info":{"name":"ada"}}"#, "a4626f70656c6561766564726f6f6d67636861743a343264636f6e6e0f64696e666fa1646e616d6563616461"),
+            (ServerOp::Leave { room: "chat:42", conn: 15, user: Some("ada"), info: &info }, r#"{"op":"leave","room":"chat:42","conn":15,"user":"ada","info":{"name":"ada"}}"#, "a5626f70656c6561766564726f6f6d67636861743a343264636f6e6e0f64757365726361646164696e666fa1646e616d6563616461"),
+            (ServerOp::Presence { room: "chat:42", members: &members }, r#"{"op":"presence","room":"chat:42","members":[{"conn":12,"info":{"name":"ada"}},{"conn":15,"info":null}]}"#, "a3626f706870726573656e636564726f6f6d67636861743a3432676d656d6265727382a264636f6e6e0c64696e666fa1646e616d6563616461a264636f6e6e0f64696e666ff6"),
+            (ServerOp::Presence { room: "chat:42", members: &members_auth }, r#"{"op":"presence","room":"chat:42","members":[{"conn":12,"user":"ada","info":{"name":"ada"}},{"conn":15,"info":null}]}"#, "a3626f706870726573656e636564726f6f6d67636861743a3432676d656d6265727382a364636f6e6e0c64757365726361646164696e666fa1646e616d6563616461a264636f6e6e0f64696e666ff6"),
+            (ServerOp::PresenceByUser { room: "chat:42", users: &users }, r#"{"op":"presence","room":"chat:42","by":"user","members":[{"user":"ada","connections":2,"info":{"name":"ada"}},{"user":null,"connections":1,"info":null}]}"#, "a4626f706870726573656e636564726f6f6d67636861743a34326262796475736572676d656d6265727382a36475736572636164616b636f6e6e656374696f6e730264696e666fa1646e616d6563616461a36475736572f66b636f6e6e656374696f6e730164696e666ff6"),
+            (ServerOp::History { room: "chat:42", epoch: 3, messages: &messages, complete: true }, r#"{"op":"history","room":"chat:42","epoch":3,"messages":[{"seq":21,"from":12,"data":{"text":"hi"}},{"seq":22,"from":null,"data":"AAEC","enc":"base64"}],"complete":true}"#, "a5626f7067686973746f727964726f6f6d67636861743a34326565706f636803686d6573736167657382a363736571156466726f6d0c6464617461a16474657874626869a363736571166466726f6df664646174614300010268636f6d706c657465f5"),
+            (ServerOp::Ack { id: &id, seq: 21 }, r#"{"op":"ack","id":7,"seq":21}"#, "a3626f706361636b626964076373657115"),
+            (ServerOp::Refreshed { exp: 1767229200, id: Some(&refresh_id) }, r#"{"op":"refreshed","exp":1767229200,"id":8}"#, "a3626f7069726566726573686564636578701a6955c71062696408"),
+            (ServerOp::Error { code: EnvelopeError::BadRoom.code(), reason: &bad_room, id: Some(&id) }, r#"{"op":"error","code":"bad_room","reason":"room name must be 1-128 bytes of A-Z a-z 0-9 _ . : -","id":7}"#, "a4626f70656572726f7264636f6465686261645f726f6f6d66726561736f6e7834726f6f6d206e616d65206d75737420626520312d313238206279746573206f6620412d5a20612d7a20302d39205f202e203a202d62696407"),
+            (ServerOp::Error { code: "forbidden", reason: "not allowed to publish in this room", id: Some(&id) }, r#"{"op":"error","code":"forbidden","reason":"not allowed to publish in this room","id":7}"#, "a4626f70656572726f7264636f646569666f7262696464656e66726561736f6e78236e6f7420616c6c6f77656420746f207075626c69736820696e207468697320726f6f6d62696407"),
         ];
-        for (op, cbor_hex) in server {
+        for (op, json, cbor_hex) in server {
             let cbor = encode_server(&op, Format::Cbor);
-            if hex(&cbor) != cbor_hex {
+            if json_text(&op) != json || hex(&cbor) != cbor_hex {
                 mismatches.push(format!("{}\n{}", json_text(&op), hex(&cbor)));
             }
         }
