@@ -47,10 +47,31 @@ pub(crate) fn judge(
     }
 }
 
+/// Has a connection whose token runs out at `expires` (Unix seconds, leeway included; 0:
+/// never) expired at `now_unix`?
+pub(crate) fn expired(expires: u32, now_unix: u64) -> bool {
+    expires != 0 && now_unix >= u64::from(expires)
+}
+
+/// Seconds since the Unix epoch now.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn expiry() {
+        assert!(!expired(0, u64::MAX), "0 never expires");
+        assert!(!expired(100, 99));
+        assert!(expired(100, 100));
+        assert!(expired(100, 101));
+    }
 
     #[test]
     fn verdicts() {

@@ -31,6 +31,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod auth;
 pub mod config;
 pub(crate) mod conn;
 pub mod gate;

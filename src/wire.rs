@@ -183,6 +183,8 @@ pub enum Kind {
     Join {
         /// The connection.
         conn: u64,
+        /// Its user (authenticated connections).
+        user: Option<Arc<str>>,
         /// Its info.
         info: Arc<Data>,
     },
@@ -190,6 +192,8 @@ pub enum Kind {
     Leave {
         /// The connection.
         conn: u64,
+        /// Its user (authenticated connections).
+        user: Option<Arc<str>>,
         /// Its info.
         info: Arc<Data>,
     },
@@ -423,14 +427,16 @@ fn plain_frame(stats: &ShardStats, b: &Bcast, format: Option<Format>) -> Option<
                 format,
             ));
         }
-        Kind::Join { conn, info } => ServerOp::Join {
+        Kind::Join { conn, user, info } => ServerOp::Join {
             room,
             conn: *conn,
+            user: user.as_deref(),
             info,
         },
-        Kind::Leave { conn, info } => ServerOp::Leave {
+        Kind::Leave { conn, user, info } => ServerOp::Leave {
             room,
             conn: *conn,
+            user: user.as_deref(),
             info,
         },
     };

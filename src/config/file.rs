@@ -38,6 +38,39 @@ pub struct FileConfig {
     /// `[api]`
     #[serde(default)]
     pub api: ApiSection,
+    /// `[auth]`
+    #[serde(default)]
+    pub auth: AuthSection,
+}
+
+/// `[auth]` section: who may connect, and with what rights.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// `"none"` (anonymous) or `"jwt"`.
+    pub mode: Option<String>,
+    /// HMAC secret for HS256/384/512 tokens.
+    pub hs256_secret: Option<String>,
+    /// File holding the HMAC secret (trailing newline trimmed).
+    pub hs256_secret_file: Option<String>,
+    /// PEM public keys (RSA, EC P-256/P-384, Ed25519).
+    pub public_key_files: Option<Vec<String>>,
+    /// A local JWKS file (keys picked by `kid`).
+    pub jwks_file: Option<String>,
+    /// Allowed algorithms (default: what the configured keys verify).
+    pub algorithms: Option<Vec<String>>,
+    /// Required `aud`.
+    pub audience: Option<String>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf`.
+    pub leeway: Option<String>,
+    /// Query parameter carrying the token.
+    pub token_query: Option<String>,
+    /// Cookie carrying the token.
+    pub token_cookie: Option<String>,
+    /// Raw clients that may subscribe but not publish: `"close"` or `"drop"`.
+    pub raw_readonly: Option<String>,
 }
 
 /// `[history]` section: the per-room history ring behind `since`/resume and `history`.
@@ -102,6 +135,10 @@ pub struct ServerSection {
     pub backlog: Option<u32>,
     /// Capacity of each shard's cross-shard inbox (messages).
     pub inbox_capacity: Option<usize>,
+    /// Browser origins allowed to upgrade (unset: any).
+    pub allowed_origins: Option<Vec<String>>,
+    /// Refuse upgrades without an `Origin` header.
+    pub require_origin: Option<bool>,
 }
 
 /// `shards = "auto"` or `shards = N`.
@@ -171,6 +208,25 @@ pub struct HeartbeatSection {
 #[serde(deny_unknown_fields)]
 pub struct RoomsSection {
     /// Whether the sender receives its own messages.
+    pub echo_to_sender: Option<bool>,
+    /// `[[rooms.class]]`: per-pattern room options, first match wins.
+    pub class: Option<Vec<RoomClassSection>>,
+}
+
+/// One `[[rooms.class]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomClassSection {
+    /// Room-name glob (`*` matches any run of characters).
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Subscribe/presence/history without a `rooms` claim (default true).
+    pub anonymous_subscribe: Option<bool>,
+    /// Publish without a `rooms` claim (default true).
+    pub anonymous_publish: Option<bool>,
+    /// Presence in these rooms (default true).
+    pub presence: Option<bool>,
+    /// Overrides `[rooms] echo_to_sender`.
     pub echo_to_sender: Option<bool>,
 }
 

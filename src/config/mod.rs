@@ -11,7 +11,12 @@ mod validate;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::auth::origin::Origins;
+use crate::auth::pattern::Pattern;
+use crate::auth::{ClassRights, Verifier};
 
 /// Errors found while loading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +148,74 @@ pub struct Config {
     pub max_info_bytes: usize,
     /// HTTP API bearer key (API disabled when `None`).
     pub api_key: Option<String>,
+    /// `[auth]`.
+    pub auth: Auth,
+    /// `[server] allowed_origins`, `require_origin`.
+    pub origins: Origins,
+    /// `[[rooms.class]]`, in order (first match wins).
+    pub room_classes: Arc<[RoomClass]>,
+}
+
+/// How connections authenticate.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// `None` in `mode = "none"`; the token verifier in `mode = "jwt"`.
+    pub verifier: Option<Arc<Verifier>>,
+    /// Query parameter carrying the token.
+    pub token_query: String,
+    /// Cookie carrying the token.
+    pub token_cookie: Option<String>,
+    /// Raw clients that may subscribe but not publish.
+    pub raw_readonly: RawReadonly,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            verifier: None,
+            token_query: "token".to_string(),
+            token_cookie: None,
+            raw_readonly: RawReadonly::Close,
+        }
+    }
+}
+
+/// What happens to a raw client's message in a room it may not publish to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawReadonly {
+    /// Close with 1008 "publish not allowed".
+    Close,
+    /// Discard it (counted).
+    Drop,
+}
+
+/// One `[[rooms.class]]`.
+#[derive(Debug, Clone)]
+pub struct RoomClass {
+    /// Which rooms.
+    pub pattern: Pattern,
+    /// Anonymous rights and presence.
+    pub rights: ClassRights,
+    /// Overrides `[rooms] echo_to_sender`.
+    pub echo_to_sender: Option<bool>,
+}
+
+impl Config {
+    /// The rights of `room`'s class (the defaults when no class matches).
+    pub fn class_rights(&self, room: &str) -> ClassRights {
+        self.class_of(room).map(|c| c.rights).unwrap_or_default()
+    }
+
+    /// Does `room` echo messages to their sender?
+    pub fn echo_in(&self, room: &str) -> bool {
+        self.class_of(room)
+            .and_then(|c| c.echo_to_sender)
+            .unwrap_or(self.echo_to_sender)
+    }
+
+    fn class_of(&self, room: &str) -> Option<&RoomClass> {
+        self.room_classes.iter().find(|c| c.pattern.matches(room))
+    }
 }
 
 /// permessage-deflate settings.
@@ -200,6 +273,9 @@ impl Default for Config {
             max_bad_frames: 10,
             max_info_bytes: 1024,
             api_key: None,
+            auth: Auth::default(),
+            origins: Origins::default(),
+            room_classes: Arc::from(Vec::new()),
         }
     }
 }

@@ -2,10 +2,16 @@
 //! section, each error naming its dotted key.
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::file::*;
 use super::{available_cores, invalid, parse_listen, Config, ConfigError, IoDriver, SlowConsumer};
+use super::{Auth, RawReadonly, RoomClass};
+use crate::auth::origin::OriginPattern;
+use crate::auth::pattern::Pattern;
+use crate::auth::token::{KeySource, Verifier};
+use crate::auth::ClassRights;
 use crate::protocol::deflate::DeflateMode;
 
 impl FileConfig {
@@ -15,8 +21,10 @@ impl FileConfig {
     }
 
     /// Validate into a typed [`Config`].
-    pub fn validate(self) -> Result<Config, ConfigError> {
+    pub fn validate(mut self) -> Result<Config, ConfigError> {
         let mut c = Config::default();
+        let origins = self.server.allowed_origins.take();
+        c.origins.require = self.server.require_origin.take().unwrap_or(false);
         server(&mut c, self.server)?;
         limits(&mut c, self.limits)?;
         compression(&mut c, self.compression)?;
@@ -24,6 +32,19 @@ impl FileConfig {
         envelope(&mut c, self.envelope)?;
         api(&mut c, self.api)?;
         log(&mut c, self.log)?;
+        auth(&mut c, self.auth)?;
+        if let Some(list) = origins {
+            let parsed: Result<Vec<_>, _> = list.iter().map(|o| OriginPattern::parse(o)).collect();
+            c.origins.allowed =
+                Some(parsed.map_err(|e| invalid("server.allowed_origins", e.to_string()))?);
+        }
+        if let Some(classes) = self.rooms.class.take() {
+            c.room_classes = classes
+                .into_iter()
+                .map(room_class)
+                .collect::<Result<Vec<_>, _>>()?
+                .into();
+        }
         if let Some(t) = self.heartbeat.interval {
             c.heartbeat_interval = duration("heartbeat.interval", &t)?;
         }
@@ -301,4 +322,111 @@ fn positive(key: &'static str, n: i64) -> Result<usize, ConfigError> {
         return Err(invalid(key, format!("must be a positive integer, got {n}")));
     }
     usize::try_from(n).map_err(|_| invalid(key, "too large"))
+}
+
+/// `[auth]`: in mode "jwt", read the keys and build the verifier (so `config check` catches a
+/// bad key file).
+fn auth(c: &mut Config, a: AuthSection) -> Result<(), ConfigError> {
+    let mut out = Auth::default();
+    if let Some(q) = a.token_query.clone() {
+        if q.is_empty() {
+            return Err(invalid("auth.token_query", "must not be empty"));
+        }
+        out.token_query = q;
+    }
+    out.token_cookie = a.token_cookie.clone().filter(|c| !c.is_empty());
+    if let Some(r) = &a.raw_readonly {
+        out.raw_readonly = match r.as_str() {
+            "close" => RawReadonly::Close,
+            "drop" => RawReadonly::Drop,
+            other => {
+                return Err(invalid(
+                    "auth.raw_readonly",
+                    format!("`{other}` is not one of \"close\", \"drop\""),
+                ))
+            }
+        };
+    }
+    match a.mode.as_deref().unwrap_or("none") {
+        "none" => {}
+        "jwt" => out.verifier = Some(Arc::new(verifier(&a)?)),
+        other => {
+            return Err(invalid(
+                "auth.mode",
+                format!("`{other}` is not one of \"none\", \"jwt\""),
+            ))
+        }
+    }
+    c.auth = out;
+    Ok(())
+}
+
+fn read_file(key: &'static str, path: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| invalid(key, format!("cannot read {path}: {e}")))
+}
+
+fn verifier(a: &AuthSection) -> Result<Verifier, ConfigError> {
+    let mut src = KeySource {
+        leeway: Duration::from_secs(5),
+        ..KeySource::default()
+    };
+    if let Some(t) = &a.leeway {
+        src.leeway = humantime::parse_duration(t.trim())
+            .map_err(|e| invalid("auth.leeway", format!("`{t}` is not a duration: {e}")))?;
+    }
+    src.hs256_secret = match (&a.hs256_secret, &a.hs256_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "auth.hs256_secret",
+                "set hs256_secret or hs256_secret_file, not both",
+            ))
+        }
+        (Some(s), None) if s.is_empty() => return Err(invalid("auth.hs256_secret", "empty")),
+        (Some(s), None) => Some(s.as_bytes().to_vec()),
+        (None, Some(path)) => {
+            let text = read_file("auth.hs256_secret_file", path)?;
+            let secret = text.trim_end_matches(['\r', '\n']);
+            if secret.is_empty() {
+                return Err(invalid("auth.hs256_secret_file", "the file is empty"));
+            }
+            Some(secret.as_bytes().to_vec())
+        }
+        (None, None) => None,
+    };
+    for path in a.public_key_files.iter().flatten() {
+        let pem = read_file("auth.public_key_files", path)?;
+        src.public_keys.push((path.clone(), pem));
+    }
+    if let Some(path) = &a.jwks_file {
+        src.jwks = Some((path.clone(), read_file("auth.jwks_file", path)?));
+    }
+    src.algorithms = a.algorithms.clone().unwrap_or_default();
+    src.audience = a.audience.clone();
+    src.issuer = a.issuer.clone();
+    Verifier::new(&src).map_err(|e| {
+        let key = match &e {
+            crate::auth::token::KeyError::Pem { .. } => "auth.public_key_files",
+            crate::auth::token::KeyError::Jwks { .. } => "auth.jwks_file",
+            crate::auth::token::KeyError::Algorithms(_) => "auth.algorithms",
+            crate::auth::token::KeyError::NoKey => "auth.mode",
+        };
+        invalid(key, e.to_string())
+    })
+}
+
+/// One `[[rooms.class]]`.
+fn room_class(r: RoomClassSection) -> Result<RoomClass, ConfigError> {
+    if r.pattern.is_empty() {
+        return Err(invalid("rooms.class.match", "must not be empty"));
+    }
+    let d = ClassRights::default();
+    Ok(RoomClass {
+        pattern: Pattern::new(&r.pattern),
+        rights: ClassRights {
+            anonymous_subscribe: r.anonymous_subscribe.unwrap_or(d.anonymous_subscribe),
+            anonymous_publish: r.anonymous_publish.unwrap_or(d.anonymous_publish),
+            presence: r.presence.unwrap_or(d.presence),
+        },
+        echo_to_sender: r.echo_to_sender,
+    })
 }

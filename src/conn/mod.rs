@@ -96,6 +96,8 @@ pub(crate) struct Conn {
     pub(crate) reader_waker: Option<Waker>,
     pub(crate) last_seen: Tick,
     pub(crate) last_ping: Tick,
+    /// When its token runs out (with the leeway), in seconds since the Unix epoch; 0: never.
+    pub(crate) expires: u32,
     pub(crate) rooms: SmallVec<[Membership; 1]>,
 }
 
@@ -144,6 +146,7 @@ impl Conn {
             reader_waker: None,
             last_seen: now,
             last_ping: now,
+            expires: 0,
             rooms: SmallVec::new(),
         }
     }

@@ -18,7 +18,7 @@ pub(super) fn parse(query: Option<&str>, max: usize) -> Result<Data, String> {
         serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
     Ok(envelope::data_from_json(value))
 }
-fn percent_decode(s: &str) -> Option<Vec<u8>> {
+pub(super) fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

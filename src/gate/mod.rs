@@ -3,16 +3,19 @@
 //! handshake (`transport::ws::upgrade`) only reads the head, calls [`parse_head`] and
 //! [`plan_upgrade`], and writes what they decide.
 //!
-//! Today the gate routes (raw room, envelope protocol, HTTP API, health and status pages),
-//! validates the upgrade (RFC 6455 §4.2.1), negotiates the subprotocol and permessage-deflate,
-//! and admits (connection limit, shutdown). Authentication, origin checks and rate limits come
-//! in as further steps of [`plan_upgrade`], each a [`Rejection`] with its status.
+//! The gate routes (raw room, envelope protocol, HTTP API, health and status pages), validates
+//! the upgrade (RFC 6455 §4.2.1), checks the browser's origin, authenticates the token and
+//! authorizes a raw room, negotiates the subprotocol and permessage-deflate, and admits
+//! (connection limit, shutdown). Each refusal is a [`Rejection`] with its status.
 
 mod info;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::config::Compression;
+use crate::auth::origin::OriginRefusal;
+use crate::auth::{self, Action, AuthError, Identity};
+use crate::config::{Compression, Config};
 use crate::protocol::deflate::{negotiate, DeflateMode, DeflateParams};
 use crate::protocol::envelope::{Data, Format};
 use crate::protocol::handshake::{
@@ -22,17 +25,11 @@ use crate::protocol::room_name::valid_room_name;
 
 /// What the gate knows of the daemon when a request comes in.
 #[derive(Debug, Clone, Copy)]
-pub struct Policy {
-    /// `limits.max_header_bytes`.
-    pub max_header_bytes: usize,
-    /// `envelope.max_info_bytes`.
-    pub max_info_bytes: usize,
-    /// `[compression]`.
-    pub compression: Compression,
+pub struct Policy<'a> {
+    /// The configuration in force (limits, compression, auth, origins, room classes).
+    pub cfg: &'a Config,
     /// Open WebSocket connections on the node.
     pub open_connections: usize,
-    /// `limits.max_connections`.
-    pub max_connections: usize,
     /// The daemon is shutting down.
     pub draining: bool,
 }
@@ -62,13 +59,20 @@ pub struct Upgrade {
     /// Broadcasts reach it in their shared compressed variant (shared mode with a 15-bit
     /// window; a client that asked for a smaller server window gets plain frames, always valid).
     pub shared_deflate: bool,
+    /// The verified token (`[auth] mode = "jwt"`).
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// What an upgraded connection speaks.
 #[derive(Debug, PartialEq)]
 pub enum Target {
     /// The raw room with this (valid) name.
-    Room(String),
+    Room {
+        /// The room.
+        name: String,
+        /// The connection may publish to it (else `[auth] raw_readonly` applies).
+        may_publish: bool,
+    },
     /// The envelope protocol in `format`, with the connection's presence `info`.
     Envelope {
         /// JSON or CBOR.
@@ -109,6 +113,18 @@ pub enum Rejection {
     /// The daemon is draining (503).
     #[error("server shutting down")]
     Draining,
+    /// No valid token (401).
+    #[error("{0}")]
+    Unauthorized(AuthError),
+    /// A browser `Origin` not in `allowed_origins` (403).
+    #[error("origin not allowed")]
+    OriginNotAllowed,
+    /// No `Origin` and `require_origin = true` (403).
+    #[error("origin required")]
+    OriginRequired,
+    /// The token may not subscribe to this raw room (403).
+    #[error("room not allowed")]
+    RoomNotAllowed,
 }
 
 impl Rejection {
@@ -120,6 +136,10 @@ impl Rejection {
             Rejection::MethodNotAllowed => 405,
             Rejection::NotFound => 404,
             Rejection::AtCapacity | Rejection::Draining => 503,
+            Rejection::Unauthorized(_) => 401,
+            Rejection::OriginNotAllowed | Rejection::OriginRequired | Rejection::RoomNotAllowed => {
+                403
+            }
         }
     }
 
@@ -137,6 +157,10 @@ impl Rejection {
             Rejection::NotFound => "not_found",
             Rejection::AtCapacity => "at_capacity",
             Rejection::Draining => "draining",
+            Rejection::Unauthorized(e) => e.as_str(),
+            Rejection::OriginNotAllowed => "origin_not_allowed",
+            Rejection::OriginRequired => "origin_required",
+            Rejection::RoomNotAllowed => "room_not_allowed",
         }
     }
 
@@ -147,6 +171,7 @@ impl Rejection {
                 "Sec-WebSocket-Version: 13\r\n"
             }
             Rejection::MethodNotAllowed => "Allow: GET\r\n",
+            Rejection::Unauthorized(_) => "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n",
             _ => "",
         };
         let body = format!("{self}\n");
@@ -157,7 +182,7 @@ impl Rejection {
 /// Parse the request head at the front of `buf`: `Ok(None)` until it is complete; then the
 /// request and the bytes it used (what follows belongs to the WebSocket stream or the body).
 pub fn parse_head(buf: &[u8], policy: &Policy) -> Result<Option<(Request, usize)>, Rejection> {
-    parse_request(buf, policy.max_header_bytes).map_err(Rejection::Handshake)
+    parse_request(buf, policy.cfg.max_header_bytes).map_err(Rejection::Handshake)
 }
 
 /// Decide what to do with a complete request head.
@@ -167,13 +192,67 @@ pub fn plan_upgrade(req: &Request, policy: &Policy) -> Result<Plan, Rejection> {
         Routed::Upgrade(target) => target,
     };
     let accept = req.validate_upgrade().map_err(Rejection::Handshake)?;
+    let cfg = policy.cfg;
+    cfg.origins
+        .check(req.origin.as_deref())
+        .map_err(|r| match r {
+            OriginRefusal::NotAllowed => Rejection::OriginNotAllowed,
+            OriginRefusal::Missing => Rejection::OriginRequired,
+        })?;
+    let identity = authenticate(req, cfg)?.map(Arc::new);
+    let target = authorize(target, identity.as_deref(), cfg)?;
     admit(policy)?;
-    Ok(Plan::Upgrade(upgrade(
-        req,
-        target,
-        &accept,
-        &policy.compression,
-    )))
+    let mut up = upgrade(req, target, &accept, &cfg.compression);
+    up.identity = identity;
+    Ok(Plan::Upgrade(up))
+}
+
+/// The request's token: `Authorization: Bearer`, then the query parameter, then the cookie.
+pub fn token<'r>(req: &'r Request, cfg: &Config) -> Option<Cow<'r, str>> {
+    if let Some(t) = req
+        .authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+    {
+        return Some(Cow::Borrowed(t.trim()));
+    }
+    if let Some(q) = req.query_value(&cfg.auth.token_query) {
+        let bytes = info::percent_decode(q)?;
+        return String::from_utf8(bytes).ok().map(Cow::Owned);
+    }
+    let name = cfg.auth.token_cookie.as_deref()?;
+    req.cookie_value(name).map(Cow::Borrowed)
+}
+
+/// In `mode = "jwt"`, the verified token (or why not); `None` in mode none.
+fn authenticate(req: &Request, cfg: &Config) -> Result<Option<Identity>, Rejection> {
+    let Some(verifier) = &cfg.auth.verifier else {
+        return Ok(None);
+    };
+    let t = token(req, cfg).ok_or(Rejection::Unauthorized(AuthError::Missing))?;
+    verifier
+        .verify(&t)
+        .map(Some)
+        .map_err(Rejection::Unauthorized)
+}
+
+/// A raw room needs the right to subscribe; whether it may publish rides along. An envelope
+/// connection's token `info` replaces `?info=`.
+fn authorize(t: Target, id: Option<&Identity>, cfg: &Config) -> Result<Target, Rejection> {
+    match t {
+        Target::Room { name, .. } => {
+            let class = cfg.class_rights(&name);
+            if !auth::may(id, &class, Action::Subscribe, &name) {
+                return Err(Rejection::RoomNotAllowed);
+            }
+            let may_publish = auth::may(id, &class, Action::Publish, &name);
+            Ok(Target::Room { name, may_publish })
+        }
+        Target::Envelope { format, info } => Ok(Target::Envelope {
+            format,
+            info: id.map_or(info, |i| i.info.clone()),
+        }),
+    }
 }
 
 /// A routed request: a plan already, or an upgrade still to validate and admit.
@@ -185,8 +264,8 @@ enum Routed {
 fn route(req: &Request, policy: &Policy) -> Result<Routed, Rejection> {
     if req.path == "/ws" {
         let format = Format::negotiate(&req.protocols).ok_or(Rejection::NoSubprotocol)?;
-        let info =
-            info::parse(req.query.as_deref(), policy.max_info_bytes).map_err(Rejection::BadInfo)?;
+        let info = info::parse(req.query.as_deref(), policy.cfg.max_info_bytes)
+            .map_err(Rejection::BadInfo)?;
         let info = Arc::new(info);
         return Ok(Routed::Upgrade(Target::Envelope { format, info }));
     }
@@ -197,7 +276,10 @@ fn route(req: &Request, policy: &Policy) -> Result<Routed, Rejection> {
         if !valid_room_name(name) {
             return Err(Rejection::BadRoom);
         }
-        return Ok(Routed::Upgrade(Target::Room(name.to_string())));
+        return Ok(Routed::Upgrade(Target::Room {
+            name: name.to_string(),
+            may_publish: true,
+        }));
     }
     if req.method != "GET" && req.method != "HEAD" {
         return Err(Rejection::MethodNotAllowed);
@@ -214,7 +296,7 @@ fn admit(policy: &Policy) -> Result<(), Rejection> {
     if policy.draining {
         return Err(Rejection::Draining);
     }
-    if policy.open_connections >= policy.max_connections {
+    if policy.open_connections >= policy.cfg.max_connections {
         return Err(Rejection::AtCapacity);
     }
     Ok(())
@@ -242,6 +324,7 @@ fn upgrade(req: &Request, target: Target, accept: &str, z: &Compression) -> Upgr
         response: switching_protocols(accept, &extra),
         deflate,
         shared_deflate,
+        identity: None,
     }
 }
 

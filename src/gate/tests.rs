@@ -4,13 +4,28 @@ use super::*;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
-fn policy() -> Policy {
-    Policy {
+/// A config for one test (leaked: tests are short-lived processes).
+fn leak(cfg: Config) -> &'static Config {
+    Box::leak(Box::new(cfg))
+}
+
+fn base() -> Config {
+    Config {
         max_header_bytes: 8192,
         max_info_bytes: 64,
-        compression: Compression::default(),
-        open_connections: 0,
         max_connections: 10,
+        ..Config::default()
+    }
+}
+
+fn policy() -> Policy<'static> {
+    with(base())
+}
+
+fn with(cfg: Config) -> Policy<'static> {
+    Policy {
+        cfg: leak(cfg),
+        open_connections: 0,
         draining: false,
     }
 }
@@ -49,7 +64,13 @@ fn response(u: &Upgrade) -> String {
 #[test]
 fn raw_room_upgrades() {
     let u = upgrade(&upgrade_head("/ws/chat:42", ""));
-    assert_eq!(u.target, Target::Room("chat:42".into()));
+    assert_eq!(
+        u.target,
+        Target::Room {
+            name: "chat:42".into(),
+            may_publish: true
+        }
+    );
     let r = response(&u);
     assert!(r.starts_with("HTTP/1.1 101"), "{r}");
     // RFC 6455 §1.3's example key and accept value.
@@ -132,10 +153,10 @@ fn not_a_websocket_request() {
 
 #[test]
 fn oversized_and_malformed_heads() {
-    let p = Policy {
+    let p = with(Config {
         max_header_bytes: 256,
-        ..policy()
-    };
+        ..base()
+    });
     let big = upgrade_head("/ws/lobby", &format!("X-Pad: {}\r\n", "p".repeat(300)));
     let e = parse_head(big.as_bytes(), &p).unwrap_err();
     assert_eq!(e, Rejection::Handshake(HandshakeError::HeadTooLarge));
@@ -228,13 +249,13 @@ fn deflate_is_negotiated_when_enabled() {
     let small = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n";
     let u = upgrade(&upgrade_head("/ws/lobby", small));
     assert!(u.deflate.is_some() && !u.shared_deflate);
-    let off = Policy {
+    let off = with(Config {
         compression: Compression {
             enabled: false,
             ..Compression::default()
         },
-        ..policy()
-    };
+        ..base()
+    });
     match plan(&upgrade_head("/ws/lobby", offer), &off) {
         Ok(Plan::Upgrade(u)) => assert!(u.deflate.is_none() && !response(&u).contains("Ext")),
         other => panic!("{other:?}"),
@@ -255,4 +276,205 @@ fn rejections_have_labels() {
     ];
     let labels: std::collections::HashSet<_> = all.iter().map(Rejection::as_str).collect();
     assert_eq!(labels.len(), all.len());
+}
+
+mod auth {
+    use super::*;
+    use crate::auth::origin::{OriginPattern, Origins};
+    use crate::auth::token::{KeySource, Verifier};
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    const SECRET: &[u8] = b"gate-test-secret-0123456789abcdef";
+
+    fn jwt_cfg() -> Config {
+        let src = KeySource {
+            hs256_secret: Some(SECRET.to_vec()),
+            leeway: std::time::Duration::from_secs(0),
+            ..KeySource::default()
+        };
+        let mut c = base();
+        c.auth.verifier = Some(Arc::new(Verifier::new(&src).unwrap()));
+        c.auth.token_cookie = Some("sc".into());
+        c
+    }
+
+    fn now() -> u64 {
+        crate::heartbeat::unix_now()
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn ada(rooms: Option<serde_json::Value>) -> String {
+        let mut c = serde_json::json!({"sub": "ada", "exp": now() + 60, "info": {"n": 1}});
+        if let Some(r) = rooms {
+            c["rooms"] = r;
+        }
+        token(c)
+    }
+
+    #[test]
+    fn token_sources_in_order() {
+        let p = with(jwt_cfg());
+        let t = ada(None);
+        let header = format!("Authorization: Bearer {t}\r\n");
+        assert!(matches!(
+            plan(&upgrade_head("/ws/lobby", &header), &p),
+            Ok(Plan::Upgrade(_))
+        ));
+        let q = format!("/ws/lobby?token={t}");
+        assert!(matches!(
+            plan(&upgrade_head(&q, ""), &p),
+            Ok(Plan::Upgrade(_))
+        ));
+        let cookie = format!("Cookie: a=b; sc={t}\r\n");
+        let u = match plan(&upgrade_head("/ws/lobby", &cookie), &p) {
+            Ok(Plan::Upgrade(u)) => u,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(u.identity.as_ref().map(|i| &*i.sub), Some("ada"));
+        // The header wins: a bad header token is not retried with the query.
+        let both = "Authorization: Bearer x.y.z\r\n";
+        let e = plan(&upgrade_head(&q, both), &p).unwrap_err();
+        assert_eq!(e, Rejection::Unauthorized(AuthError::Malformed));
+    }
+
+    #[test]
+    fn refusals_are_401_with_the_reason() {
+        let p = with(jwt_cfg());
+        let e = plan(&upgrade_head("/ws/lobby", ""), &p).unwrap_err();
+        assert_eq!(e, Rejection::Unauthorized(AuthError::Missing));
+        let r = String::from_utf8(e.response()).unwrap();
+        assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+        assert!(
+            r.contains("WWW-Authenticate: Bearer error=\"invalid_token\"\r\n"),
+            "{r}"
+        );
+        assert!(r.ends_with("token missing\n"), "{r}");
+        let cases = [
+            (
+                token(serde_json::json!({"sub": "a", "exp": now() - 10})),
+                AuthError::Expired,
+            ),
+            (
+                token(serde_json::json!({"sub": "a", "exp": now() + 60, "nbf": now() + 30})),
+                AuthError::NotYetValid,
+            ),
+            (
+                token(serde_json::json!({"exp": now() + 60})),
+                AuthError::MissingClaim("sub"),
+            ),
+            (
+                token(serde_json::json!({"sub": "a"})),
+                AuthError::MissingClaim("exp"),
+            ),
+            (
+                token(serde_json::json!({"sub": "a", "exp": now() + 60, "info": "x".repeat(2000)})),
+                AuthError::InfoTooLarge,
+            ),
+            ("garbage".to_string(), AuthError::Malformed),
+        ];
+        for (t, want) in cases {
+            let h = format!("Authorization: Bearer {t}\r\n");
+            assert_eq!(
+                plan(&upgrade_head("/ws/lobby", &h), &p),
+                Err(Rejection::Unauthorized(want.clone())),
+                "{want:?}"
+            );
+        }
+        // Signed with another secret.
+        let other = encode(
+            &Header::default(),
+            &serde_json::json!({"sub": "a", "exp": now() + 60}),
+            &EncodingKey::from_secret(b"another secret"),
+        )
+        .unwrap();
+        let h = format!("Authorization: Bearer {other}\r\n");
+        let e = plan(&upgrade_head("/ws/lobby", &h), &p).unwrap_err();
+        assert_eq!(e, Rejection::Unauthorized(AuthError::BadSignature));
+        // alg none is never allowed.
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+        let h = format!("Authorization: Bearer {none}\r\n");
+        let e = plan(&upgrade_head("/ws/lobby", &h), &p).unwrap_err();
+        assert_eq!(e, Rejection::Unauthorized(AuthError::AlgorithmNotAllowed));
+    }
+
+    #[test]
+    fn raw_rooms_need_subscribe_and_carry_publish() {
+        let p = with(jwt_cfg());
+        let t = ada(Some(
+            serde_json::json!({"subscribe": ["chat:*", "user:{sub}"], "publish": ["chat:*"]}),
+        ));
+        let h = format!("Authorization: Bearer {t}\r\n");
+        let room = |r: &str| plan(&upgrade_head(&format!("/ws/{r}"), &h), &p);
+        match room("chat:1") {
+            Ok(Plan::Upgrade(u)) => assert!(matches!(
+                u.target,
+                Target::Room {
+                    may_publish: true,
+                    ..
+                }
+            )),
+            other => panic!("{other:?}"),
+        }
+        match room("user:ada") {
+            Ok(Plan::Upgrade(u)) => assert!(matches!(
+                u.target,
+                Target::Room {
+                    may_publish: false,
+                    ..
+                }
+            )),
+            other => panic!("{other:?}"),
+        }
+        let e = room("user:bob").unwrap_err();
+        assert_eq!((e.clone(), e.status()), (Rejection::RoomNotAllowed, 403));
+        // The token's info replaces ?info= on /ws.
+        let proto = format!("{h}Sec-WebSocket-Protocol: shardcast.v1.json\r\n");
+        match plan(&upgrade_head("/ws?info=%22q%22", &proto), &p) {
+            Ok(Plan::Upgrade(Upgrade {
+                target: Target::Envelope { info, .. },
+                ..
+            })) => assert_ne!(*info, Data::Text("q".into())),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn origins() {
+        let mut c = base();
+        c.origins = Origins {
+            allowed: Some(vec![
+                OriginPattern::parse("https://app.example.com").unwrap(),
+                OriginPattern::parse("https://*.example.com").unwrap(),
+            ]),
+            require: false,
+        };
+        let p = with(c.clone());
+        let o = |origin: &str| {
+            plan(
+                &upgrade_head("/ws/lobby", &format!("Origin: {origin}\r\n")),
+                &p,
+            )
+        };
+        assert!(o("https://app.example.com").is_ok());
+        assert!(o("https://a.b.example.com").is_ok());
+        let e = o("https://example.com").unwrap_err();
+        assert_eq!((e.clone(), e.status()), (Rejection::OriginNotAllowed, 403));
+        assert_eq!(
+            o("http://app.example.com"),
+            Err(Rejection::OriginNotAllowed)
+        );
+        assert!(plan(&upgrade_head("/ws/lobby", ""), &p).is_ok());
+        c.origins.require = true;
+        let strict = with(c);
+        let e = plan(&upgrade_head("/ws/lobby", ""), &strict).unwrap_err();
+        assert_eq!((e.clone(), e.status()), (Rejection::OriginRequired, 403));
+    }
 }

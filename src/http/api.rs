@@ -10,6 +10,7 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::response::{api_error, json};
+use crate::auth::Verifier;
 use crate::ids::ShardId;
 use crate::protocol::envelope::{self, ClientOp, Data, Format};
 use crate::protocol::handshake::{http_response, Request};
@@ -22,6 +23,30 @@ use crate::shard::ShardRef;
 /// Compare without an early exit on the first differing byte.
 fn same_key(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Why an API request was refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    /// No key and no valid token.
+    Unauthorized,
+    /// A valid token without `"api": true`.
+    NotApi,
+}
+
+/// The API key, or (`[auth] mode = "jwt"`) a token with `"api": true`.
+fn authorize(given: Option<&str>, key: Option<&str>, v: Option<&Verifier>) -> Result<(), Refused> {
+    let Some(given) = given else {
+        return Err(Refused::Unauthorized);
+    };
+    if key.is_some_and(|k| same_key(given.as_bytes(), k.as_bytes())) {
+        return Ok(());
+    }
+    match v.map(|v| v.verify(given)) {
+        Some(Ok(id)) if id.api => Ok(()),
+        Some(Ok(_)) => Err(Refused::NotApi),
+        _ => Err(Refused::Unauthorized),
+    }
 }
 
 /// Serve one HTTP API request on `stream`; `early` holds the body bytes read with the head.
@@ -60,22 +85,31 @@ fn endpoint<'a>(method: &str, path: &'a str) -> Endpoint<'a> {
 }
 
 async fn respond(shard: &ShardRef, stream: &mut TcpStream, req: &Request, early: &[u8]) -> Vec<u8> {
-    let key = shard.borrow().cfg.api_key.clone();
-    let Some(key) = key else {
-        return api_error(404, "api_disabled", "the HTTP API is off: set [api] key");
+    let (key, verifier) = {
+        let s = shard.borrow();
+        (s.cfg.api_key.clone(), s.cfg.auth.verifier.clone())
     };
+    if key.is_none() && verifier.is_none() {
+        return api_error(404, "api_disabled", "the HTTP API is off: set [api] key");
+    }
     let given = req
         .authorization
         .as_deref()
         .and_then(|a| a.strip_prefix("Bearer "))
         .map(str::trim);
-    if !given.is_some_and(|g| same_key(g.as_bytes(), key.as_bytes())) {
-        return http_response(
-            401,
-            "application/json",
-            "WWW-Authenticate: Bearer\r\n",
-            "{\"error\":\"unauthorized\",\"reason\":\"Authorization: Bearer KEY required\"}\n",
-        );
+    match authorize(given, key.as_deref(), verifier.as_deref()) {
+        Ok(()) => {}
+        Err(Refused::Unauthorized) => {
+            return http_response(
+                401,
+                "application/json",
+                "WWW-Authenticate: Bearer\r\n",
+                "{\"error\":\"unauthorized\",\"reason\":\"Authorization: Bearer KEY required\"}\n",
+            )
+        }
+        Err(Refused::NotApi) => {
+            return api_error(403, "forbidden", "the token has no \"api\": true claim")
+        }
     }
     let path = req.path.strip_prefix("/api/").unwrap_or("");
     match endpoint(&req.method, path) {
@@ -154,7 +188,10 @@ async fn presence(shard: &ShardRef, room: &str) -> Vec<u8> {
         Some(ApiAnswer::Members(m)) => {
             let members: Vec<serde_json::Value> = m
                 .iter()
-                .map(|(c, i)| serde_json::json!({ "conn": c, "info": envelope::data_to_json(i) }))
+                .map(|(c, u, i)| match u {
+                    Some(u) => serde_json::json!({ "conn": c, "user": &**u, "info": envelope::data_to_json(i) }),
+                    None => serde_json::json!({ "conn": c, "info": envelope::data_to_json(i) }),
+                })
                 .collect();
             let body = serde_json::json!({ "room": &*room, "members": members });
             json(200, &body)

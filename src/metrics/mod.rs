@@ -29,6 +29,16 @@ pub struct ShardStats {
     pub slow_consumer_closes: AtomicU64,
     /// Connections dropped for heartbeat silence.
     pub heartbeat_timeouts: AtomicU64,
+    /// Publishes refused by permissions (raw read-only clients, envelope `forbidden`).
+    pub refused_publishes: AtomicU64,
+    /// Requests refused as `forbidden` (subscribe, presence, history, publish).
+    pub forbidden: AtomicU64,
+    /// Connections closed with 4001 at their token's expiry.
+    pub token_expiries: AtomicU64,
+    /// Upgrades refused for a missing or invalid token.
+    pub auth_failures: AtomicU64,
+    /// The same, per reason (index: [`AUTH_REASONS`]).
+    pub auth_failures_by_reason: [AtomicU64; AUTH_REASONS.len()],
     /// Connections dropped for not finishing the HTTP handshake in time.
     pub handshake_timeouts: AtomicU64,
     /// Connections closed for a protocol violation.
@@ -46,7 +56,30 @@ pub struct ShardStats {
     pub envelope_encodings: AtomicU64,
 }
 
+/// The labels of [`ShardStats::auth_failures_by_reason`], in index order.
+pub const AUTH_REASONS: [&str; 11] = [
+    "token_missing",
+    "token_malformed",
+    "token_expired",
+    "token_not_yet_valid",
+    "wrong_audience",
+    "wrong_issuer",
+    "unknown_kid",
+    "algorithm_not_allowed",
+    "bad_signature",
+    "missing_claim",
+    "info_too_large",
+];
+
 impl ShardStats {
+    /// Count one refused token.
+    pub fn count_auth_failure(&self, label: &str) {
+        Self::add(&self.auth_failures, 1);
+        if let Some(i) = AUTH_REASONS.iter().position(|r| *r == label) {
+            Self::add(&self.auth_failures_by_reason[i], 1);
+        }
+    }
+
     /// Add to a counter.
     #[inline]
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -81,6 +114,14 @@ pub struct Snapshot {
     pub slow_consumer_closes: u64,
     /// See [`ShardStats::heartbeat_timeouts`].
     pub heartbeat_timeouts: u64,
+    /// See [`ShardStats::refused_publishes`].
+    pub refused_publishes: u64,
+    /// See [`ShardStats::forbidden`].
+    pub forbidden: u64,
+    /// See [`ShardStats::token_expiries`].
+    pub token_expiries: u64,
+    /// See [`ShardStats::auth_failures`].
+    pub auth_failures: u64,
     /// See [`ShardStats::handshake_timeouts`].
     pub handshake_timeouts: u64,
     /// See [`ShardStats::protocol_errors`].
@@ -135,6 +176,10 @@ impl Stats {
             s.dropped_replies += l(&sh.dropped_replies);
             s.slow_consumer_closes += l(&sh.slow_consumer_closes);
             s.heartbeat_timeouts += l(&sh.heartbeat_timeouts);
+            s.refused_publishes += l(&sh.refused_publishes);
+            s.forbidden += l(&sh.forbidden);
+            s.token_expiries += l(&sh.token_expiries);
+            s.auth_failures += l(&sh.auth_failures);
             s.handshake_timeouts += l(&sh.handshake_timeouts);
             s.protocol_errors += l(&sh.protocol_errors);
             s.write_calls += l(&sh.write_calls);

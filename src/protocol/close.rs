@@ -21,6 +21,8 @@ impl CloseCode {
     pub const TOO_BIG: CloseCode = CloseCode(1009);
     /// 1011 Internal Error.
     pub const INTERNAL: CloseCode = CloseCode(1011);
+    /// 4001 (private use): the connection's token expired without a `refresh`.
+    pub const TOKEN_EXPIRED: CloseCode = CloseCode(4001);
 
     /// May a peer send this code in a close frame? (RFC 6455 §7.4.1, §7.4.2)
     pub fn is_sendable(self) -> bool {

@@ -59,6 +59,10 @@ pub struct Request {
     pub authorization: Option<String>,
     /// `Content-Length`, when present and a valid number.
     pub content_length: Option<usize>,
+    /// `Origin`, verbatim (browsers send it with every WebSocket upgrade).
+    pub origin: Option<String>,
+    /// `Cookie` header values, joined with `; `.
+    pub cookie: Option<String>,
 }
 
 /// Parse a request head from the front of `buf`.
@@ -105,6 +109,8 @@ pub fn parse_request(
         extensions,
         authorization,
         content_length,
+        origin,
+        cookie,
     } = fields;
     Ok(Some((
         Request {
@@ -119,6 +125,8 @@ pub fn parse_request(
             http_minor: req.version.unwrap_or(0),
             authorization,
             content_length,
+            origin,
+            cookie,
         },
         n,
     )))
@@ -135,6 +143,8 @@ struct HeaderFields {
     extensions: Vec<String>,
     authorization: Option<String>,
     content_length: Option<usize>,
+    origin: Option<String>,
+    cookie: Option<String>,
 }
 
 impl HeaderFields {
@@ -166,6 +176,17 @@ impl HeaderFields {
             self.extensions.push(value.to_string());
         } else if name.eq_ignore_ascii_case("authorization") {
             self.authorization = Some(value.trim().to_string());
+        } else if name.eq_ignore_ascii_case("origin") {
+            if self.origin.is_some() {
+                return Err(HandshakeError::Malformed("duplicate Origin"));
+            }
+            self.origin = Some(value.trim().to_string());
+        } else if name.eq_ignore_ascii_case("cookie") {
+            let c = self.cookie.get_or_insert_with(String::new);
+            if !c.is_empty() {
+                c.push_str("; ");
+            }
+            c.push_str(value.trim());
         } else if name.eq_ignore_ascii_case("content-length") {
             let n = value
                 .trim()
@@ -181,6 +202,22 @@ impl HeaderFields {
 }
 
 impl Request {
+    /// The value of cookie `name`, if sent.
+    pub fn cookie_value(&self, name: &str) -> Option<&str> {
+        self.cookie.as_deref()?.split(';').find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k.trim() == name).then(|| v.trim())
+        })
+    }
+
+    /// The raw (still percent-encoded) value of query parameter `name`, if present.
+    pub fn query_value(&self, name: &str) -> Option<&str> {
+        self.query
+            .as_deref()?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    }
+
     /// Check the upgrade headers (RFC 6455 §4.2.1) and return the `Sec-WebSocket-Accept` value.
     pub fn validate_upgrade(&self) -> Result<String, HandshakeError> {
         if self.method != "GET" {

@@ -19,6 +19,13 @@ pub enum SessionError {
     /// `subscribe` over `limits.max_rooms_per_connection`.
     #[error("too many rooms on this connection")]
     TooManyRooms,
+    /// The connection's token (or the room's class) does not allow this action in this room;
+    /// the field is the verb (`subscribe`, `publish`, `presence`, `history`).
+    #[error("not allowed to {0} in this room")]
+    Forbidden(&'static str),
+    /// A `refresh` was refused: why (`token expired`, `token is for another user`, ...).
+    #[error("{0}")]
+    BadRefresh(String),
 }
 
 impl SessionError {
@@ -29,6 +36,8 @@ impl SessionError {
             SessionError::AlreadySubscribed => "already_subscribed",
             SessionError::NotSubscribed => "not_subscribed",
             SessionError::TooManyRooms => "too_many_rooms",
+            SessionError::Forbidden(_) => "forbidden",
+            SessionError::BadRefresh(_) => "bad_refresh",
         }
     }
 }
@@ -46,5 +55,11 @@ mod tests {
             SessionError::TooManyRooms.to_string(),
             "too many rooms on this connection"
         );
+        let f = SessionError::Forbidden("publish");
+        assert_eq!(
+            (f.code(), f.to_string().as_str()),
+            ("forbidden", "not allowed to publish in this room")
+        );
+        assert_eq!(SessionError::BadRefresh("x".into()).code(), "bad_refresh");
     }
 }

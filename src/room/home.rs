@@ -40,6 +40,35 @@ fn new_epoch() -> u64 {
     }
 }
 
+/// One envelope subscriber in a room's presence list.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    /// The token's `sub` (authenticated connections only).
+    pub(crate) user: Option<Arc<str>>,
+    /// Its `info`.
+    pub(crate) info: Arc<Data>,
+}
+
+/// Presence grouped by user: one entry per user with its connection count (anonymous
+/// connections one entry each, with no user), in order of each user's first connection.
+pub(crate) fn by_user(presence: &BTreeMap<u64, Member>) -> Vec<(Option<Arc<str>>, u32, Arc<Data>)> {
+    let mut out: Vec<(Option<Arc<str>>, u32, Arc<Data>)> = Vec::new();
+    let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+    for m in presence.values() {
+        match &m.user {
+            Some(u) => match index.get(u) {
+                Some(&i) => out[i].1 += 1,
+                None => {
+                    index.insert(u.clone(), out.len());
+                    out.push((Some(u.clone()), 1, m.info.clone()));
+                }
+            },
+            None => out.push((None, 1, m.info.clone())),
+        }
+    }
+    out
+}
+
 /// The state a home shard keeps for one room.
 #[derive(Debug)]
 pub(crate) struct HomeRoom {
@@ -48,8 +77,8 @@ pub(crate) struct HomeRoom {
     pub(crate) history: VecDeque<Arc<Bcast>>,
     /// Payload bytes of the kept messages.
     pub(crate) history_bytes: usize,
-    /// Envelope subscribers: conn id → info (sorted, so `presence` lists are stable).
-    pub(crate) presence: BTreeMap<u64, Arc<Data>>,
+    /// Envelope subscribers: conn id → who (sorted, so `presence` lists are stable).
+    pub(crate) presence: BTreeMap<u64, Member>,
     /// Members per shard and wire format.
     pub(crate) per_shard: Vec<[u32; WIRES]>,
     /// Members per wire format, all shards.
@@ -332,6 +361,27 @@ mod tests {
         assert!(!r.idle());
         r.count(ShardId(0), Wire::Json, false);
         assert!(r.idle());
+    }
+
+    #[test]
+    fn presence_by_user_groups_connections() {
+        let m = |u: Option<&str>| Member {
+            user: u.map(Arc::from),
+            info: Arc::new(Data::Null),
+        };
+        let mut p = BTreeMap::new();
+        p.insert(1, m(Some("ada")));
+        p.insert(2, m(None));
+        p.insert(3, m(Some("bob")));
+        p.insert(4, m(Some("ada")));
+        p.insert(5, m(None));
+        let grouped = by_user(&p);
+        let g: Vec<(Option<&str>, u32)> =
+            grouped.iter().map(|(u, n, _)| (u.as_deref(), *n)).collect();
+        assert_eq!(
+            g,
+            vec![(Some("ada"), 2), (None, 1), (Some("bob"), 1), (None, 1)]
+        );
     }
 
     #[test]

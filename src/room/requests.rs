@@ -28,6 +28,8 @@ pub(crate) struct SubReq {
     pub(crate) epoch: Option<u64>,
     pub(crate) presence: bool,
     pub(crate) info: Arc<Data>,
+    /// The token's `sub`, for presence.
+    pub(crate) user: Option<Arc<str>>,
 }
 
 /// A request to a room's home shard.
@@ -79,7 +81,10 @@ impl HomeMsg {
 /// What a [`HomeMsg::Query`] asks.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Query {
-    Presence,
+    Presence {
+        /// One entry per user instead of per connection.
+        by_user: bool,
+    },
     History {
         since: Option<u64>,
         limit: Option<u32>,
@@ -116,6 +121,6 @@ pub(crate) enum ApiReq {
 #[derive(Debug)]
 pub(crate) enum ApiAnswer {
     Seq(u64),
-    Members(Vec<(u64, Arc<Data>)>),
+    Members(Vec<(u64, Option<Arc<str>>, Arc<Data>)>),
     Rooms(Vec<(Arc<str>, u64)>),
 }

@@ -8,29 +8,53 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{SessionError, Verdict};
-use crate::ids::ConnId;
+use crate::auth::{self, Action, Identity};
+use crate::ids::{ConnId, RoomId};
+use crate::metrics::ShardStats;
 use crate::protocol::close::CloseCode;
 use crate::protocol::decoder::Message;
+use crate::protocol::envelope::ServerOp;
 use crate::protocol::envelope::{self, ClientOp, Data, Format, Rejected};
 use crate::room::requests::{ConnRef, HomeMsg, Query, SubReq};
 use crate::shard::ShardCore;
+use crate::wire::envelope_frame;
 
 /// One envelope connection's session state.
 pub(crate) struct EnvelopeSession {
     format: Format,
     /// Shown in presence lists and `join` events.
     info: Arc<Data>,
+    /// The verified token (`[auth] mode = "jwt"`), replaced by each successful `refresh`.
+    identity: Option<Arc<Identity>>,
     /// Undecodable frames in a row.
     bad: u32,
 }
 
 impl EnvelopeSession {
-    pub(crate) fn new(format: Format, info: Arc<Data>) -> EnvelopeSession {
+    pub(crate) fn new(
+        format: Format,
+        info: Arc<Data>,
+        identity: Option<Arc<Identity>>,
+    ) -> EnvelopeSession {
         EnvelopeSession {
             format,
             info,
+            identity,
             bad: 0,
         }
+    }
+
+    /// May this connection do `action` in `room`? Counted when not.
+    fn check(&self, s: &ShardCore, action: Action, room: &str) -> Result<(), SessionError> {
+        let class = s.cfg.class_rights(room);
+        if auth::may(self.identity.as_deref(), &class, action, room) {
+            return Ok(());
+        }
+        ShardStats::add(&s.my_stats().forbidden, 1);
+        if action == Action::Publish {
+            ShardStats::add(&s.my_stats().refused_publishes, 1);
+        }
+        Err(SessionError::Forbidden(action.as_str()))
     }
 
     /// Handle one envelope frame.
@@ -62,22 +86,34 @@ impl EnvelopeSession {
             id,
             uid,
         };
-        match self.request(s, me, op, now) {
-            Ok(()) => {}
-            Err(e) => s.send_error(id, &e, req_id.as_ref(), now),
+        if let Err(e) = self.request(s, me, op, req_id.as_ref(), now) {
+            s.send_error(id, &e, req_id.as_ref(), now);
         }
         Verdict::Continue
     }
 
     /// Carry out one decoded request.
     fn request(
-        &self,
+        &mut self,
         s: &mut ShardCore,
         me: ConnRef,
         op: ClientOp,
+        req_id: Option<&Data>,
         now: Instant,
     ) -> Result<(), SessionError> {
         let format = self.format;
+        if let Some(room) = op.room() {
+            let action = match &op {
+                ClientOp::Publish { .. } => Some(Action::Publish),
+                ClientOp::Presence { .. } => Some(Action::Presence),
+                ClientOp::History { .. } => Some(Action::History),
+                ClientOp::Subscribe { .. } => Some(Action::Subscribe),
+                _ => None,
+            };
+            if let Some(action) = action {
+                self.check(s, action, room)?;
+            }
+        }
         let msg = match op {
             ClientOp::Subscribe {
                 room,
@@ -91,10 +127,12 @@ impl EnvelopeSession {
                     epoch,
                     presence,
                     info: self.info.clone(),
+                    user: self.identity.as_ref().map(|i| i.sub.clone()),
                 };
                 return subscribe(s, Arc::from(room), sub, now);
             }
             ClientOp::Unsubscribe { room } => return unsubscribe(s, me, &room, format, now),
+            ClientOp::Refresh { token } => return self.refresh(s, me, &token, req_id, now),
             ClientOp::Publish {
                 room,
                 data,
@@ -105,11 +143,11 @@ impl EnvelopeSession {
                 from: me,
                 ack: req.map(|r| (format, r)),
             },
-            ClientOp::Presence { room } => HomeMsg::Query {
+            ClientOp::Presence { room, by_user } => HomeMsg::Query {
                 room: Arc::from(room),
                 conn: me,
                 format,
-                query: Query::Presence,
+                query: Query::Presence { by_user },
             },
             ClientOp::History { room, since, limit } => HomeMsg::Query {
                 room: Arc::from(room),
@@ -121,6 +159,62 @@ impl EnvelopeSession {
         s.send_home(msg, now);
         Ok(())
     }
+
+    /// `refresh`: a new token for the same user extends the connection's life and replaces its
+    /// permissions; rooms it no longer allows are left with `unsubscribed` (reason `forbidden`).
+    fn refresh(
+        &mut self,
+        s: &mut ShardCore,
+        me: ConnRef,
+        token: &str,
+        req_id: Option<&Data>,
+        now: Instant,
+    ) -> Result<(), SessionError> {
+        let Some(verifier) = s.cfg.auth.verifier.clone() else {
+            return Err(SessionError::BadRefresh("auth is off".into()));
+        };
+        let new = verifier
+            .verify(token)
+            .map_err(|e| SessionError::BadRefresh(e.to_string()))?;
+        if self.identity.as_ref().is_some_and(|old| old.sub != new.sub) {
+            return Err(SessionError::BadRefresh("token is for another user".into()));
+        }
+        let exp = new.exp;
+        self.identity = Some(Arc::new(new));
+        if let Some(c) = s.conns.get_mut(me.id.0) {
+            c.expires = expiry(exp, verifier.leeway());
+        }
+        let rooms: Vec<(RoomId, Arc<str>)> = match s.conns.get(me.id.0) {
+            Some(c) => c
+                .rooms
+                .iter()
+                .filter_map(|m| Some((m.room, s.rooms.get(m.room)?.name.clone())))
+                .collect(),
+            None => Vec::new(),
+        };
+        for (rid, name) in rooms {
+            let class = s.cfg.class_rights(&name);
+            if !auth::may(self.identity.as_deref(), &class, Action::Subscribe, &name) {
+                s.leave_room(me.id, rid);
+                let op = ServerOp::Unsubscribed {
+                    room: &name,
+                    reason: Some("forbidden"),
+                };
+                s.queue_reply(me.id, [envelope_frame(&op, self.format)], now);
+            }
+        }
+        let op = ServerOp::Refreshed { exp, id: req_id };
+        s.queue_reply(me.id, [envelope_frame(&op, self.format)], now);
+        Ok(())
+    }
+}
+
+/// A token's expiry as a connection keeps it: `exp` plus the leeway, in Unix seconds (saturating
+/// at the 32-bit range; 0 would mean never, so an `exp` of 0 is already over).
+pub(crate) fn expiry(exp: u64, leeway: std::time::Duration) -> u32 {
+    u32::try_from(exp.saturating_add(leeway.as_secs()))
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 /// `subscribe`: refused when already a member or in flight, or over the room limit; otherwise

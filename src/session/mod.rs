@@ -13,6 +13,7 @@ pub(crate) mod raw;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::auth::Identity;
 use crate::ids::{ConnId, RoomId};
 use crate::protocol::decoder::Message;
 use crate::protocol::envelope::{Data, Format};
@@ -23,7 +24,7 @@ pub(crate) use crate::protocol::session::SessionError;
 /// What a connection speaks after the upgrade.
 pub(crate) enum Session {
     /// A raw room: every message is broadcast to it.
-    Raw(RoomId),
+    Raw(raw::RawSession),
     /// The envelope protocol.
     Envelope(envelope::EnvelopeSession),
 }
@@ -40,8 +41,17 @@ pub(crate) enum Verdict {
 
 impl Session {
     /// An envelope session in `format` whose presence entries carry `info`.
-    pub(crate) fn envelope(format: Format, info: Arc<Data>) -> Session {
-        Session::Envelope(envelope::EnvelopeSession::new(format, info))
+    pub(crate) fn envelope(
+        format: Format,
+        info: Arc<Data>,
+        identity: Option<Arc<Identity>>,
+    ) -> Session {
+        Session::Envelope(envelope::EnvelopeSession::new(format, info, identity))
+    }
+
+    /// A raw session in `room`.
+    pub(crate) fn raw(room: RoomId, may_publish: bool) -> Session {
+        Session::Raw(raw::RawSession { room, may_publish })
     }
 
     /// Handle one complete data message from the client.
@@ -53,7 +63,7 @@ impl Session {
         now: Instant,
     ) -> Verdict {
         match self {
-            Session::Raw(room) => raw::on_message(s, id, *room, m, now),
+            Session::Raw(r) => r.on_message(s, id, m, now),
             Session::Envelope(e) => e.on_message(s, id, &m, now),
         }
     }

@@ -1,22 +1,47 @@
 //! Raw rooms (`/ws/{room}`): the client joined one room at the upgrade, and every message it
 //! sends is broadcast verbatim, with its opcode, to the room (encoded once, shared by every
-//! recipient on every shard; see `shard::broadcast`).
+//! recipient on every shard; see `shard::broadcast`). A client whose token may subscribe but not
+//! publish is closed with 1008 on its first message, or its messages are dropped and counted
+//! (`[auth] raw_readonly`).
 
 use std::time::Instant;
 
 use super::Verdict;
+use crate::config::RawReadonly;
 use crate::ids::{ConnId, RoomId};
+use crate::metrics::ShardStats;
+use crate::protocol::close::CloseCode;
 use crate::protocol::decoder::Message;
 use crate::shard::ShardCore;
 
-/// A raw client's message: broadcast it to its room.
-pub(crate) fn on_message(
-    s: &mut ShardCore,
-    id: ConnId,
-    room: RoomId,
-    m: Message,
-    now: Instant,
-) -> Verdict {
-    s.publish_raw(id, room, m, now);
-    Verdict::Continue
+/// One raw connection's session.
+pub(crate) struct RawSession {
+    /// Its room.
+    pub(crate) room: RoomId,
+    /// Its token allows publishing there.
+    pub(crate) may_publish: bool,
+}
+
+impl RawSession {
+    /// A raw client's message: broadcast it to its room, if it may.
+    pub(crate) fn on_message(
+        &self,
+        s: &mut ShardCore,
+        id: ConnId,
+        m: Message,
+        now: Instant,
+    ) -> Verdict {
+        if self.may_publish {
+            s.publish_raw(id, self.room, m, now);
+            return Verdict::Continue;
+        }
+        ShardStats::add(&s.my_stats().refused_publishes, 1);
+        match s.cfg.auth.raw_readonly {
+            RawReadonly::Drop => Verdict::Continue,
+            RawReadonly::Close => {
+                s.fail_conn(id, CloseCode::POLICY, "publish not allowed", now);
+                Verdict::Discard
+            }
+        }
+    }
 }

@@ -12,7 +12,7 @@ use super::bus::ShardMsg;
 use super::ShardCore;
 use crate::ids::{ShardId, Tick};
 use crate::protocol::envelope::{Data, Format, ServerOp};
-use crate::room::home::home_index;
+use crate::room::home::{by_user, home_index, Member};
 use crate::room::requests::{ApiAnswer, ApiReq, ConnRef, HomeMsg, Query, Reply, SubReq};
 use crate::wire::{envelope_frame, Bcast, Body, Frames, Kind, Wire};
 
@@ -184,7 +184,11 @@ impl ShardCore {
         r.expire(tick, ttl);
         let (recovered, replay) = r.resume(sub.since, sub.epoch);
         let (seq, epoch) = (r.seq, r.epoch);
-        let fresh = r.presence.insert(sub.conn.uid, sub.info.clone()).is_none();
+        let member = Member {
+            user: sub.user.clone(),
+            info: sub.info.clone(),
+        };
+        let fresh = r.presence.insert(sub.conn.uid, member).is_none();
         let answer = Reply::Subscribed {
             conn: sub.conn,
             room: room.clone(),
@@ -196,9 +200,10 @@ impl ShardCore {
             replay,
         };
         self.reply(sub.conn.shard, answer, now);
-        if fresh {
+        if fresh && self.cfg.class_rights(&room).presence {
             let ev = Kind::Join {
                 conn: sub.conn.uid,
+                user: sub.user,
                 info: sub.info,
             };
             self.home_fanout(Arc::new(Bcast::new(room, 0, tick, ev, None)), now);
@@ -222,9 +227,13 @@ impl ShardCore {
         if !wire.is_raw() {
             r.envelope_seen = Some(tick);
         }
-        let left = uid.and_then(|u| r.presence.remove(&u).map(|info| (u, info)));
-        if let Some((conn, info)) = left {
-            let ev = Kind::Leave { conn, info };
+        let left = uid.and_then(|u| r.presence.remove(&u).map(|m| (u, m)));
+        if let Some((conn, m)) = left.filter(|_| self.cfg.class_rights(&room).presence) {
+            let ev = Kind::Leave {
+                conn,
+                user: m.user,
+                info: m.info,
+            };
             self.home_fanout(Arc::new(Bcast::new(room, 0, tick, ev, None)), now);
         }
     }
@@ -236,16 +245,30 @@ impl ShardCore {
         let max_page = self.cfg.history_max_page;
         let r = self.home.get_or_create(room, shards);
         match q {
-            Query::Presence => {
-                let members: Vec<(u64, Data)> = r
+            Query::Presence { by_user: false } => {
+                let members: Vec<(u64, Option<&str>, Data)> = r
                     .presence
                     .iter()
-                    .map(|(c, i)| (*c, Data::clone(i)))
+                    .map(|(c, m)| (*c, m.user.as_deref(), Data::clone(&m.info)))
                     .collect();
                 envelope_frame(
                     &ServerOp::Presence {
                         room,
                         members: &members,
+                    },
+                    format,
+                )
+            }
+            Query::Presence { by_user: true } => {
+                let grouped = by_user(&r.presence);
+                let users: Vec<(Option<&str>, u32, Data)> = grouped
+                    .iter()
+                    .map(|(u, n, info)| (u.as_deref(), *n, Data::clone(info)))
+                    .collect();
+                envelope_frame(
+                    &ServerOp::PresenceByUser {
+                        room,
+                        users: &users,
                     },
                     format,
                 )
@@ -282,7 +305,12 @@ impl ShardCore {
                 self.home
                     .rooms
                     .get(&room)
-                    .map(|r| r.presence.iter().map(|(c, i)| (*c, i.clone())).collect())
+                    .map(|r| {
+                        r.presence
+                            .iter()
+                            .map(|(c, m)| (*c, m.user.clone(), m.info.clone()))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             ),
             ApiReq::Rooms => ApiAnswer::Rooms(

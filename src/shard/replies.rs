@@ -159,7 +159,7 @@ impl ShardCore {
         format: Format,
         now: Instant,
     ) {
-        let frame = envelope_frame(&ServerOp::Unsubscribed { room }, format);
+        let frame = envelope_frame(&ServerOp::Unsubscribed { room, reason: None }, format);
         self.queue_reply(id, [frame], now);
     }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::{ShardCore, ShardRef};
 use crate::conn::Phase;
-use crate::heartbeat::{judge, Verdict};
+use crate::heartbeat::{self, judge, unix_now, Verdict};
 use crate::ids::{ConnId, Tick};
 use crate::metrics::ShardStats;
 use crate::protocol::close::CloseCode;
@@ -42,6 +42,8 @@ pub(crate) struct Lifecycle {
     pub(crate) accept_waker: Option<Waker>,
     /// The sweep's scratch list of connections to kick (reused).
     kick: Vec<ConnId>,
+    /// The sweep's scratch list of connections whose token expired (reused).
+    expired: Vec<ConnId>,
 }
 
 impl Lifecycle {
@@ -51,6 +53,7 @@ impl Lifecycle {
             shutdown: None,
             accept_waker: None,
             kick: Vec::new(),
+            expired: Vec::new(),
         }
     }
 }
@@ -65,6 +68,8 @@ impl ShardCore {
         let tick = Tick::at(now);
         let (mut hb, mut hs) = (0u64, 0u64);
         let mut kick = std::mem::take(&mut self.life.kick);
+        let mut expired = std::mem::take(&mut self.life.expired);
+        let unix = unix_now();
         for (i, c) in self.conns.iter_mut() {
             if c.killed {
                 continue;
@@ -81,6 +86,10 @@ impl ShardCore {
             }
             if drain_over {
                 c.kill();
+                continue;
+            }
+            if c.phase == Phase::Open && heartbeat::expired(c.expires, unix) {
+                expired.push(ConnId(i));
                 continue;
             }
             match judge(c.phase, c.last_seen, c.last_ping, tick, interval, timeout) {
@@ -105,6 +114,10 @@ impl ShardCore {
             self.kick(id);
         }
         self.life.kick = kick;
+        for id in expired.drain(..) {
+            self.close_expired(id, now);
+        }
+        self.life.expired = expired;
         let ttl = self.cfg.history_ttl;
         self.home.sweep(now, ttl);
         let st = self.my_stats();
@@ -146,6 +159,19 @@ impl ShardCore {
             }
             self.kick(ConnId(i));
         }
+    }
+
+    /// Close a connection whose token ran out: 4001, after what its rooms have pending.
+    fn close_expired(&mut self, id: ConnId, now: Instant) {
+        self.flush_conn_rooms(id, now);
+        self.leave_all(id);
+        let deadline = Tick::at(now + self.cfg.close_timeout);
+        if let Some(c) = self.conns.get_mut(id.0) {
+            c.start_close(CloseCode::TOKEN_EXPIRED, "token expired", deadline, false);
+            c.fin_after_flush = true;
+            ShardStats::add(&self.stats.shard(self.id.0).token_expiries, 1);
+        }
+        self.kick(id);
     }
 
     /// Nothing left to drain?

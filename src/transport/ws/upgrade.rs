@@ -2,6 +2,7 @@
 //! `limits.max_header_bytes` and the handshake deadline the sweep enforces), ask the gate, and
 //! write what it decided: a refusal, a page, the HTTP API's answer, or `101` and the session.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -10,6 +11,7 @@ use monoio::net::TcpStream;
 
 use super::reader::read_append;
 use super::Upgraded;
+use crate::auth::Identity;
 use crate::conn::Phase;
 use crate::gate::{self, Plan, Policy, Rejection, Target, Upgrade};
 use crate::http;
@@ -17,18 +19,16 @@ use crate::ids::{ConnId, Tick};
 use crate::metrics::ShardStats;
 use crate::protocol::envelope::ServerOp;
 use crate::protocol::handshake::Request;
+use crate::session::envelope::expiry;
 use crate::session::Session;
 use crate::shard::{ShardCore, ShardRef};
 use crate::wire::{envelope_frame, Wire};
 
 /// The gate's view of this shard now.
-fn policy(s: &ShardCore) -> Policy {
+fn policy(s: &ShardCore) -> Policy<'_> {
     Policy {
-        max_header_bytes: s.cfg.max_header_bytes,
-        max_info_bytes: s.cfg.max_info_bytes,
-        compression: s.cfg.compression,
+        cfg: &s.cfg,
         open_connections: s.open_connections(),
-        max_connections: s.cfg.max_connections,
         draining: s.life.shutdown.is_some(),
     }
 }
@@ -44,7 +44,12 @@ pub(crate) async fn handshake(
     let (req, buf, used) = read_head(shard, stream).await?;
     let plan = gate::plan_upgrade(&req, &policy(&shard.borrow()));
     let up = match plan {
-        Err(r) => return reject(shard, stream, &r).await,
+        Err(r) => {
+            if let Rejection::Unauthorized(e) = &r {
+                shard.borrow().my_stats().count_auth_failure(e.as_str());
+            }
+            return reject(shard, stream, &r).await;
+        }
         Ok(Plan::Health) => return respond(stream, http::response::text(200, "ok\n")).await,
         Ok(Plan::Status) => {
             let page = http::pages::status(&shard.borrow().stats);
@@ -66,10 +71,17 @@ pub(crate) async fn handshake(
         response,
         deflate,
         shared_deflate,
+        identity,
     } = up;
     let (res, _) = stream.write_all(response).await;
     res.ok()?;
-    let session = open(&mut shard.borrow_mut(), id, target, shared_deflate)?;
+    let session = open(
+        &mut shard.borrow_mut(),
+        id,
+        target,
+        shared_deflate,
+        identity,
+    )?;
     // Keep only the bytes after the request head, in a buffer of their own size.
     let rbuf = match buf.get(used..) {
         Some(rest) if !rest.is_empty() => BytesMut::from(rest),
@@ -84,8 +96,7 @@ pub(crate) async fn handshake(
 
 /// Read until the request head is complete. `None`: the client went away or was refused.
 async fn read_head(shard: &ShardRef, stream: &mut TcpStream) -> Option<(Request, BytesMut, usize)> {
-    let policy = policy(&shard.borrow());
-    let max_header = policy.max_header_bytes;
+    let max_header = shard.borrow().cfg.max_header_bytes;
     let mut buf = BytesMut::with_capacity(1024.min(max_header));
     loop {
         let room_left = max_header.saturating_sub(buf.len()).clamp(1, 4096);
@@ -96,7 +107,8 @@ async fn read_head(shard: &ShardRef, stream: &mut TcpStream) -> Option<(Request,
             Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
-        match gate::parse_head(&buf, &policy) {
+        let parsed = gate::parse_head(&buf, &policy(&shard.borrow()));
+        match parsed {
             Ok(None) => continue,
             Ok(Some((req, used))) => return Some((req, buf, used)),
             Err(r) => return reject(shard, stream, &r).await,
@@ -105,23 +117,38 @@ async fn read_head(shard: &ShardRef, stream: &mut TcpStream) -> Option<(Request,
 }
 
 /// The connection is upgraded: open its session (join its raw room, or queue `welcome`).
-fn open(s: &mut ShardCore, id: ConnId, target: Target, compressed: bool) -> Option<Session> {
+fn open(
+    s: &mut ShardCore,
+    id: ConnId,
+    target: Target,
+    compressed: bool,
+    identity: Option<Arc<Identity>>,
+) -> Option<Session> {
     let now = Tick::at(Instant::now());
+    let leeway = s.cfg.auth.verifier.as_ref().map(|v| v.leeway());
     let c = s.conns.get_mut(id.0)?;
     c.phase = Phase::Open;
     c.last_seen = now;
     c.last_ping = now;
+    if let (Some(i), Some(leeway)) = (&identity, leeway) {
+        c.expires = expiry(i.exp, leeway);
+    }
     match target {
-        Target::Room(name) => {
+        Target::Room { name, may_publish } => {
             c.wire = Wire::of(None, compressed);
-            Some(Session::Raw(s.join_raw(id, &name)?))
+            let room = s.join_raw(id, &name)?;
+            Some(Session::raw(room, may_publish))
         }
         Target::Envelope { format, info } => {
             c.wire = Wire::of(Some(format), compressed);
-            let welcome = envelope_frame(&ServerOp::Welcome { conn: c.uid }, format);
+            let welcome = ServerOp::Welcome {
+                conn: c.uid,
+                user: identity.as_ref().map(|i| &*i.sub),
+                exp: identity.as_ref().map(|i| i.exp),
+            };
             // Written as soon as the write half is in place (see `serve`).
-            c.push_control(welcome);
-            Some(Session::envelope(format, info))
+            c.push_control(envelope_frame(&welcome, format));
+            Some(Session::envelope(format, info, identity))
         }
     }
 }
