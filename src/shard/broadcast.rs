@@ -189,7 +189,7 @@ impl ShardCore {
             return;
         };
         let frames = self.frames_for(id, b);
-        let skip = if self.cfg.echo_to_sender {
+        let skip = if self.cfg.echo_in(&b.room) {
             None
         } else {
             b.origin.filter(|o| o.0 == self.id).map(|o| o.1)
@@ -221,7 +221,11 @@ impl ShardCore {
     pub(crate) fn publish_raw(&mut self, from: ConnId, room: RoomId, msg: Message, now: Instant) {
         let frames = self.encode_raw(room, &msg);
         // Without echo the sender is skipped, so this frame cannot share a buffer with others.
-        let skip = (!self.cfg.echo_to_sender).then_some(from);
+        let echo = match self.rooms.get(room) {
+            Some(r) if !self.cfg.room_classes.is_empty() => self.cfg.echo_in(&r.name),
+            _ => self.cfg.echo_to_sender,
+        };
+        let skip = (!echo).then_some(from);
         self.enqueue_room(room, frames.clone(), skip, false, now);
         let Some(name) = self.rooms.get(room).map(|r| r.name.clone()) else {
             return;
