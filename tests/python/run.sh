@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# Third-party client tests (Python `websockets`, `cbor2`) against the release daemon.
+# Third-party client tests (Python `websockets`, `cbor2`, PyJWT) against the release daemon.
 # Creates a Python 3 virtualenv in target/py3-venv with tests/python/requirements.txt.
+#
+#   bash tests/python/run.sh          # every suite
+#   bash tests/python/run.sh auth     # only the auth suite (test_auth.py starts its own daemons)
 set -euo pipefail
+SUITE="${1:-all}"
+case "$SUITE" in
+  all | auth) ;;
+  *) echo "usage: $0 [auth]" >&2; exit 2 ;;
+esac
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
 VENV="$REPO/target/py3-venv"
@@ -28,6 +36,17 @@ wait_port() {
   done
 }
 
+# Auth (tokens signed by PyJWT, permissions, refresh, origins, API): test_auth.py generates its
+# keys in a temp dir and starts its own daemons (SHARDCAST_BIN, 2 shards, free ports; the token
+# refusal cases on io_uring and on epoll), so it needs nothing from the daemons below.
+run_auth() {
+  SHARDCAST_BIN="${SHARDCAST_BIN:-$REPO/target/release/shardcast}" "$VENV/bin/python" tests/python/test_auth.py
+}
+if [[ $SUITE == auth ]]; then
+  run_auth
+  exit 0
+fi
+
 # Raw rooms and permessage-deflate with the `websockets` client.
 PORT=9011
 target/release/shardcast --listen "127.0.0.1:$PORT" --shards 2 >target/python-daemon.log 2>&1 &
@@ -40,3 +59,7 @@ target/release/shardcast --config tests/python/envelope.toml >target/python-enve
 PIDS+=($!)
 wait_port 9012
 "$VENV/bin/python" tests/python/test_envelope.py 127.0.0.1:9012
+
+cleanup  # the auth suite runs its own daemons
+PIDS=()
+run_auth
