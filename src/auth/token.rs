@@ -318,14 +318,20 @@ impl Verifier {
         let mut v = Validation::new(alg);
         v.leeway = self.leeway.as_secs();
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp", "sub"]);
+        // A configured audience or issuer must be present, not only match when present.
+        let mut required = vec!["exp", "sub"];
         match &self.audience {
-            Some(a) => v.set_audience(&[a]),
+            Some(a) => {
+                v.set_audience(&[a]);
+                required.push("aud");
+            }
             None => v.validate_aud = false,
         }
         if let Some(i) = &self.issuer {
             v.set_issuer(&[i]);
+            required.push("iss");
         }
+        v.set_required_spec_claims(&required);
         v
     }
 }

@@ -859,7 +859,8 @@ def test_presence_users():
     check("presence by user: ada's two connections are one entry with connections 2",
           isinstance(f, dict) and f.get("op") == "presence" and f.get("room") == r and f.get("by") == "user"
           and got_u == want_u, f)
-    check("presence by user: the answer echoes the id", isinstance(f, dict) and f.get("id") == "pu", f)
+    # Presence and history answers carry no request id yet (docs/protocol.md; issue 13 adds ids to
+    # every reply), so no check of f["id"] here.
 
     b.request({"op": "unsubscribe", "room": r})
     f = a1.recv()
