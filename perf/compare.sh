@@ -42,6 +42,28 @@
 #                       --deflate --broadcast-once (RSS per connection idle, and again after one
 #                       1 KiB JSON broadcast to all: dedicated mode allocates a connection's
 #                       compressor on its first compressed message)
+#   handshake-none      churn --connections 1000 --cycles 20 with a bearer token per connection
+#                       (20,000 distinct HS256 tokens), shardcast started with perf/configs/
+#                       auth-off.toml (tokens ignored); reports handshakes/s and handshakes per
+#                       server CPU-second (server CPU while connecting). Runs on every server.
+#   handshake-hs256     the same, shardcast with perf/configs/auth-hs256.toml (JWT, HMAC secret)
+#   handshake-es256     the same with ES256 tokens, shardcast with auth-es256.toml (a template:
+#                       the P-256 key pair is generated at run time, see AUTH below)
+#   fanout-1k-max-auth  fanout-1k-max with shardcast started with auth-hs256.toml and every
+#                       connection presenting a valid HS256 token (checked only at the upgrade:
+#                       fan-out cost should equal fanout-1k-max's)
+#   handshake-* with hs256/es256 and fanout-1k-max-auth run only on shardcast and shardcast-base.
+#
+# AUTH: tokens are made per run by Python 3 + PyJWT + cryptography in perf/.venv (git-ignored;
+# created with `python3 -m venv` + `pip install PyJWT cryptography` when missing): sub "perf-N",
+# exp = now + 1 h, one per line in a temporary file passed as loadgen --token-file (used
+# round-robin, one per connection). HS256 tokens are signed with auth-hs256.toml's
+# hs256_secret. For ES256 a P-256 key pair is generated into a temporary directory (removed at
+# exit), and auth-es256.toml is written there with the public key's path substituted.
+# A shardcast binary that rejects the [auth] config at start-up (built before [auth] existed) is
+# run without it in handshake-none (mode "none" is the default: nothing changes) and, for
+# shardcast-base only, in fanout-1k-max-auth (then it is the pre-auth baseline); a warning says
+# so and the results' "server_config" records what each server was started with.
 #
 # PLACEMENT for shards2: on this 2-core machine a 2-shard server needs both cores, so there is no
 # core left to pin the load generator to. "shardcast-s1" runs exactly as everywhere else (server
@@ -72,6 +94,10 @@ LOADGEN_CPU=1
 PORT=9400
 QUIET_WAIT=30
 QUIET_MAX=0.25
+VENV="$PERF/.venv"           # PyJWT + cryptography for the auth scenarios' tokens
+TMPD=""                      # temporary files of this run (tokens, ES256 key pair and config)
+HS_CONNS=1000                # handshake-*: churn --connections
+HS_CYCLES=20                 #              --cycles (one distinct token per handshake)
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while [ $# -gt 0 ]; do
@@ -111,6 +137,8 @@ cleanup() {
   [ -n "$LG_PID" ] && kill -TERM "$LG_PID" 2>/dev/null && wait "$LG_PID" 2>/dev/null
   LG_PID=""
   stop_server
+  [ -n "$TMPD" ] && rm -rf "$TMPD"
+  TMPD=""
 }
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
@@ -158,6 +186,69 @@ AVAIL=()
 IFS=, read -r -a WANT <<<"$SERVERS"
 for s in "${WANT[@]}"; do server_available "$s" && AVAIL+=("$s"); done
 [ "${#AVAIL[@]}" -gt 0 ] || { echo "compare.sh: no server available" >&2; exit 1; }
+
+# ---- auth scenarios: token generator, ES256 key pair ------------------------------------------
+needs_tokens() {
+  case "$1" in handshake-none|handshake-hs256|handshake-es256|fanout-1k-max-auth) return 0 ;; esac
+  return 1
+}
+# Only shardcast can be started with an [auth] config; handshake-none runs everywhere.
+auth_only() {
+  case "$1" in handshake-hs256|handshake-es256|fanout-1k-max-auth) return 0 ;; esac
+  return 1
+}
+HS256_SECRET="$(sed -n 's/^hs256_secret *= *"\(.*\)".*/\1/p' "$PERF/configs/auth-hs256.toml" 2>/dev/null | head -1)"
+GEN_PY=""
+setup_auth() {
+  TMPD="$(mktemp -d -t shardcast-perf.XXXXXX)" || { echo "compare.sh: mktemp failed" >&2; exit 1; }
+  if ! "$VENV/bin/python" -c 'import jwt, cryptography' 2>/dev/null; then
+    log "creating $VENV (PyJWT, cryptography) for the auth scenarios' tokens"
+    { python3 -m venv "$VENV" && "$VENV/bin/pip" install --quiet PyJWT cryptography; } >&2 \
+      || { echo "compare.sh: cannot set up $VENV with PyJWT and cryptography" >&2; exit 1; }
+  fi
+  [ -n "$HS256_SECRET" ] || { echo "compare.sh: no hs256_secret in perf/configs/auth-hs256.toml" >&2; exit 1; }
+  GEN_PY="$TMPD/tokens.py"
+  cat >"$GEN_PY" <<'PY'
+"""keygen PRIV PUB: a P-256 key pair (PKCS#8 / SubjectPublicKeyInfo PEM).
+tokens HS256 SECRET N OUT | tokens ES256 PRIV N OUT: N JWTs, sub "perf-<i>", exp now + 1 h."""
+import sys
+import time
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+if sys.argv[1] == "keygen":
+    key = ec.generate_private_key(ec.SECP256R1())
+    with open(sys.argv[2], "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(sys.argv[3], "wb") as f:
+        f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+else:
+    alg, key, n, out = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+    if alg == "ES256":
+        with open(key, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+    exp = int(time.time()) + 3600
+    with open(out, "w") as f:
+        for i in range(n):
+            f.write(jwt.encode({"sub": f"perf-{i}", "exp": exp}, key, algorithm=alg) + "\n")
+PY
+  case ",$SCENARIOS," in
+    *,handshake-es256,*)
+      "$VENV/bin/python" "$GEN_PY" keygen "$TMPD/es256-private.pem" "$TMPD/es256-public.pem" \
+        || { echo "compare.sh: ES256 key generation failed" >&2; exit 1; }
+      sed "s|@ES256_PUBLIC_KEY@|$TMPD/es256-public.pem|" "$PERF/configs/auth-es256.toml" \
+        >"$TMPD/auth-es256.toml" ;;
+  esac
+  log "auth scenarios: tokens by $("$VENV/bin/python" -c 'import jwt; print("PyJWT", jwt.__version__)'), temporary files in $TMPD"
+}
+IFS=, read -r -a BENCHES <<<"$SCENARIOS"
+for bench in "${BENCHES[@]}"; do
+  if needs_tokens "$bench"; then setup_auth; break; fi
+done
 
 # ---- results dir + environment --------------------------------------------------------------
 TS="$(date +%Y%m%d-%H%M%S)"
@@ -217,13 +308,16 @@ wait_quiet() {
 }
 
 # ---- one run ----------------------------------------------------------------------------------
-# start_server NAME PORT LOG CPUS: sets SRV_PID; returns non-zero if it does not come up.
+# start_server NAME PORT LOG CPUS [CONFIG]: sets SRV_PID; returns non-zero if it does not come up.
+# CONFIG (shardcast and shardcast-base only): passed as --config.
 start_server() {
-  local name="$1" port="$2" logf="$3" cpus="$4"
+  local name="$1" port="$2" logf="$3" cpus="$4" cfg=()
+  [ -n "${5:-}" ] && cfg=(--config "$5")
   case "$name" in
-    shardcast|shardcast-s1|shardcast-env-*) taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 1 >"$logf" 2>&1 & ;;
+    shardcast) taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 1 "${cfg[@]}" >"$logf" 2>&1 & ;;
+    shardcast-s1|shardcast-env-*) taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 1 >"$logf" 2>&1 & ;;
     shardcast-s2) taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 2 >"$logf" 2>&1 & ;;
-    shardcast-base) taskset -c "$cpus" "$SHARDCAST_BASE" --listen "127.0.0.1:$port" --shards 1 >"$logf" 2>&1 & ;;
+    shardcast-base) taskset -c "$cpus" "$SHARDCAST_BASE" --listen "127.0.0.1:$port" --shards 1 "${cfg[@]}" >"$logf" 2>&1 & ;;
     shardcast-deflate-*)  # perf/configs/deflate-{off,shared,dedicated}.toml
       taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 1 \
         --config "$PERF/configs/${name#shardcast-}.toml" >"$logf" 2>&1 & ;;
@@ -254,24 +348,83 @@ bench_args() {
     idle-deflate-5000) echo "idle --connections 5000 --deflate --broadcast-once" ;;
     fanout-1k-envelope) echo "fanout --subscribers 1000 --max" ;;
     rooms-2000x10-envelope) echo "rooms --clients 2000 --room-size 10 --rate 5" ;;
+    handshake-none|handshake-hs256|handshake-es256)
+      echo "churn --connections $HS_CONNS --cycles $HS_CYCLES" ;;
+    fanout-1k-max-auth) echo "fanout --subscribers 1000 --max" ;;
     *) return 1 ;;
   esac
 }
 
+# The config shardcast / shardcast-base start with in a benchmark (empty: none).
+bench_config() {
+  case "$1" in
+    handshake-none) echo "$PERF/configs/auth-off.toml" ;;
+    handshake-hs256|fanout-1k-max-auth) echo "$PERF/configs/auth-hs256.toml" ;;
+    handshake-es256) echo "$TMPD/auth-es256.toml" ;;
+  esac
+}
+
+# Tokens of a benchmark: "ALG COUNT" (one distinct token per connection opened).
+bench_tokens() {
+  case "$1" in
+    handshake-none|handshake-hs256) echo "HS256 $((HS_CONNS * HS_CYCLES))" ;;  # none: ignored
+    handshake-es256) echo "ES256 $((HS_CONNS * HS_CYCLES))" ;;
+    fanout-1k-max-auth) echo "HS256 1001" ;;  # the publisher + 1000 subscribers
+  esac
+}
+
+# May SERVER run BENCH without its config if it rejects it at start-up? Only where that does not
+# change what is measured: handshake-none (mode "none" is the default) and, for shardcast-base
+# (the pre-auth baseline of a regression check), fanout-1k-max-auth.
+config_optional() {
+  case "$1:$2" in
+    handshake-none:shardcast|handshake-none:shardcast-base|fanout-1k-max-auth:shardcast-base) return 0 ;;
+  esac
+  return 1
+}
+
 run_one() {  # bench server rep server_cpus loadgen_cpus
   local bench="$1" server="$2" rep="$3" scpu="$4" lcpu="$5"
-  local args port logf out line
+  local args port logf out line cfg="" cfg_note="null" tok tokfile=""
   args="$(bench_args "$bench")" || { warn "unknown scenario $bench"; return; }
   case "$server" in shardcast-env-*) args="$args --envelope ${server#shardcast-env-}" ;; esac
+  case "$server" in
+    shardcast|shardcast-base) cfg="$(bench_config "$bench")" ;;
+    shardcast-deflate-*) cfg_note="\"${server#shardcast-}.toml\"" ;;
+  esac
+  [ -n "$cfg" ] && cfg_note="\"$(basename "$cfg")\""
   PORT=$((PORT + 1))
   port=$PORT
   logf="$OUT/logs/$bench.$server.$rep.log"
+  tok="$(bench_tokens "$bench")"
+  if [ -n "$tok" ]; then
+    # Fresh tokens per run (exp = now + 1 h), made before the quiet check so it does not count.
+    local alg count key="$HS256_SECRET"
+    read -r alg count <<<"$tok"
+    [ "$alg" = ES256 ] && key="$TMPD/es256-private.pem"
+    tokfile="$TMPD/tokens.$bench.$server.$rep.txt"
+    if ! "$VENV/bin/python" "$GEN_PY" tokens "$alg" "$key" "$count" "$tokfile"; then
+      echo "{\"bench\":\"$bench\",\"server\":\"$server\",\"rep\":$rep,\"failed\":true,\"reason\":\"token generation failed\"}" >>"$RESULTS"
+      return
+    fi
+    args="$args --token-file $tokfile"
+  fi
   wait_quiet
   log "$bench  $server  rep $rep  (port $port, machine busy before: $BUSY_BEFORE cores)"
-  if ! start_server "$server" "$port" "$logf" "$scpu"; then
-    echo "{\"bench\":\"$bench\",\"server\":\"$server\",\"rep\":$rep,\"failed\":true,\"reason\":\"server did not start\"}" >>"$RESULTS"
+  if ! start_server "$server" "$port" "$logf" "$scpu" "$cfg"; then
+    if [ -n "$cfg" ] && config_optional "$bench" "$server"; then
+      warn "$server rejected $(basename "$cfg") at start-up ($(grep -m1 -o 'unknown field `[a-z_]*`' "$logf" || tail -1 "$logf")): running it without a config"
+      cfg_note="\"none ($(basename "$cfg") rejected)\""
+      mv "$logf" "$logf.rejected-config"
+      start_server "$server" "$port" "$logf" "$scpu" ""
+    else
+      false
+    fi
+  fi || {
+    echo "{\"bench\":\"$bench\",\"server\":\"$server\",\"rep\":$rep,\"failed\":true,\"reason\":\"server did not start\",\"server_config\":$cfg_note}" >>"$RESULTS"
+    [ -n "$tokfile" ] && rm -f "$tokfile"
     return
-  fi
+  }
   # A dead loadgen must never outlive its run.
   # shellcheck disable=SC2086
   timeout -s KILL 300 taskset -c "$lcpu" "$LOADGEN" $args --url "ws://127.0.0.1:$port" \
@@ -288,9 +441,10 @@ run_one() {  # bench server rep server_cpus loadgen_cpus
   local drv
   drv="$(grep -o 'io_driver="[a-z_]*"' "$logf" 2>/dev/null | head -1 | cut -d'"' -f2)"
   stop_server
+  [ -n "$tokfile" ] && rm -f "$tokfile"
   if [ -n "$line" ]; then
-    echo "{\"bench\":\"$bench\",\"server\":\"$server\",\"rep\":$rep,\"io_driver\":\"${drv:-}\",\"busy_before_run\":$BUSY_BEFORE,${line#\{}" >>"$RESULTS"
-    grep -E '^  (deliveries_per_s|deliveries_per_server_cpu_s|lat_p99_us|server_cpu |wire_bytes_per_delivery|deflate_negotiated|rss_per_conn_kib|rss_per_conn_after_broadcast_kib|cycles_per_s|errors_total)' "$out" | sed 's/^/    /' >&2
+    echo "{\"bench\":\"$bench\",\"server\":\"$server\",\"rep\":$rep,\"io_driver\":\"${drv:-}\",\"busy_before_run\":$BUSY_BEFORE,\"server_config\":$cfg_note,${line#\{}" >>"$RESULTS"
+    grep -E '^  (deliveries_per_s|deliveries_per_server_cpu_s|lat_p99_us|server_cpu |wire_bytes_per_delivery|deflate_negotiated|rss_per_conn_kib|rss_per_conn_after_broadcast_kib|cycles_per_s|handshakes_per_s |handshakes_per_server_cpu_s|server_cpu_us_per_handshake|handshake_failures |errors_total)' "$out" | sed 's/^/    /' >&2
   else
     warn "no JSON from loadgen for $bench/$server (see $out)"
     tail -3 "$out" | sed 's/^/    /' >&2
@@ -299,7 +453,6 @@ run_one() {  # bench server rep server_cpus loadgen_cpus
   sleep 1  # let TIME_WAIT / memory settle between runs
 }
 
-IFS=, read -r -a BENCHES <<<"$SCENARIOS"
 for bench in "${BENCHES[@]}"; do
   if [ "$bench" = shards2 ]; then
     [ -x "$SHARDCAST" ] || { warn "shardcast missing: skipping shards2"; continue; }
@@ -338,8 +491,18 @@ for bench in "${BENCHES[@]}"; do
       done
       continue ;;
   esac
+  # Auth scenarios: only servers that can be started with an [auth] config.
+  servers=()
+  for server in "${AVAIL[@]}"; do
+    if auth_only "$bench" && [ "$server" != shardcast ] && [ "$server" != shardcast-base ]; then
+      warn "$bench runs only on shardcast and shardcast-base: skipping $server"
+      continue
+    fi
+    servers+=("$server")
+  done
+  [ "${#servers[@]}" -gt 0 ] || continue
   for rep in $(seq "$REPS"); do
-    for server in "${AVAIL[@]}"; do
+    for server in "${servers[@]}"; do
       run_one "$bench" "$server" "$rep" "$SERVER_CPU" "$LOADGEN_CPU"
     done
   done

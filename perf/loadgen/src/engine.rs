@@ -142,6 +142,10 @@ pub struct Engine {
     rng: u64,
     /// Offer permessage-deflate in the handshake.
     pub offer_deflate: bool,
+    /// Bearer tokens: connection k (in the order handshakes start, over the engine's whole
+    /// life, churn cycles included) sends `tokens[k % len]`. Empty: no Authorization header.
+    pub tokens: Vec<String>,
+    next_token: usize,
     /// Inflater shared by every Mode::Reset connection (reset after each message, memo of
     /// identical frames unless `set_inflate_memo(false)`). None only while in use.
     shared_inflater: Option<Box<deflate::SharedInflater>>,
@@ -251,6 +255,8 @@ impl Engine {
             json_at,
             rng: 0x2545_f491_4f6c_dd1d,
             offer_deflate: false,
+            tokens: Vec::new(),
+            next_token: 0,
             shared_inflater: Some(Box::new(deflate::SharedInflater::new(true))),
             zbuf: Vec::with_capacity(64 * 1024),
             deflate_negotiated: 0,
@@ -519,9 +525,17 @@ impl Engine {
                 format!("Sec-WebSocket-Protocol: {p}\r\n"),
             ),
         };
+        let authz = match self.tokens.len() {
+            0 => String::new(),
+            n => {
+                let h = crate::auth::header(&self.tokens[self.next_token % n]);
+                self.next_token = (self.next_token + 1) % n;
+                h
+            }
+        };
         let req = format!(
             "GET {}{path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n{proto}{ext}\r\n",
+             Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n{proto}{ext}{authz}\r\n",
             self.path_prefix, self.host_header
         );
         let c = &mut self.conns[i];
@@ -1371,4 +1385,116 @@ fn connect_socket(src: Option<Ipv4Addr>, dst: SocketAddrV4) -> io::Result<TcpStr
         }
     }
     Ok(TcpStream::from_std(std_stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    /// A server that upgrades requests bearing `Authorization: Bearer good`, answers 403 to
+    /// `Bearer forbidden` and 401 to anything else. After `n` requests it sends the
+    /// Authorization values it saw and keeps the sockets open until the test drops its sender.
+    fn auth_server(n: usize) -> (SocketAddrV4, mpsc::Receiver<Vec<String>>, mpsc::Sender<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(addr) = l.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let (seen_tx, seen_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut keep = Vec::new();
+            for _ in 0..n {
+                let (s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s);
+                let mut authz = String::new();
+                loop {
+                    let mut line = String::new();
+                    r.read_line(&mut line).unwrap();
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.strip_prefix("Authorization: ") {
+                        authz = v.trim_end().to_string();
+                    }
+                }
+                let resp = match authz.as_str() {
+                    "Bearer good" => format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                         Connection: Upgrade\r\nSec-WebSocket-Accept: {WS_ACCEPT}\r\n\r\n"
+                    ),
+                    "Bearer forbidden" => {
+                        "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".into()
+                    }
+                    _ => "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".into(),
+                };
+                let mut s = r.into_inner();
+                s.write_all(resp.as_bytes()).unwrap();
+                seen.push(authz);
+                keep.push(s); // upgraded or not: leave closing to the client
+            }
+            seen_tx.send(seen).unwrap();
+            let _ = done_rx.recv();
+        });
+        (addr, seen_rx, done_tx)
+    }
+
+    #[test]
+    fn bearer_tokens_round_robin_and_auth_failures_by_status() {
+        let (addr, seen, _done) = auth_server(6);
+        let mut e = Engine::new(
+            addr,
+            addr.to_string(),
+            String::new(),
+            0,
+            64,
+            Kind::Binary,
+            Envelope::Raw,
+        )
+        .unwrap();
+        e.handshake_inflight = 1; // one at a time: the order of the tokens is the order sent
+        e.tokens = ["good", "bad", "forbidden"].map(String::from).to_vec();
+        let specs = (0..6)
+            .map(|i| Spec {
+                room: format!("r{i}"),
+                pub_base: 0,
+                n_pubs: 0,
+                ignore: true,
+            })
+            .collect();
+        let o = e.open_all(specs);
+        assert_eq!((o.opened, o.failed), (2, 4), "{:?}", e.handshake_failures);
+        assert_eq!(e.handshake_failures.get("HTTP 401"), Some(&2));
+        assert_eq!(e.handshake_failures.get("HTTP 403"), Some(&2));
+        let seen = seen.recv().unwrap();
+        let want = ["good", "bad", "forbidden"].map(|t| format!("Bearer {t}"));
+        assert_eq!(seen, [&want[..], &want[..]].concat());
+    }
+
+    #[test]
+    fn no_token_no_header() {
+        let (addr, seen, _done) = auth_server(1);
+        let mut e = Engine::new(
+            addr,
+            addr.to_string(),
+            String::new(),
+            0,
+            64,
+            Kind::Binary,
+            Envelope::Raw,
+        )
+        .unwrap();
+        let specs = vec![Spec {
+            room: "r".into(),
+            pub_base: 0,
+            n_pubs: 0,
+            ignore: true,
+        }];
+        let o = e.open_all(specs);
+        assert_eq!((o.opened, o.failed), (0, 1));
+        assert_eq!(seen.recv().unwrap(), [""]);
+    }
 }

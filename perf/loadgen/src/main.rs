@@ -1,6 +1,7 @@
 //! loadgen: a single-threaded WebSocket load generator for shardcast's performance suite.
 //! See `loadgen --help`.
 
+mod auth;
 mod deflate;
 mod engine;
 mod envelope;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use engine::{now_ns, Counters, Engine, Spec, Traffic};
 use envelope::Envelope;
 use payload::Kind;
-use procstat::{rss_kib, share, CpuSnap};
+use procstat::{cpu_s, rss_kib, share, CpuSnap};
 
 const HELP: &str = "\
 loadgen: single-threaded epoll WebSocket load generator (one connection per room path /ws/{room},
@@ -40,7 +41,8 @@ SCENARIOS
           (JSON, 1024 bytes unless --payload/--size say otherwise), wait until every connection
           has it, hold 1 s and report server RSS per connection again.
   churn   --connections N (1000) --cycles C (10)
-          C times: open N connections (each in its own room), close them cleanly.
+          C times: open N connections (each in its own room), close them cleanly; reports
+          handshakes/s and handshakes per server CPU-second (server CPU while opening).
 
 COMMON FLAGS
   --url ws://HOST:PORT[/prefix]   server (default ws://127.0.0.1:9300)
@@ -66,6 +68,11 @@ COMMON FLAGS
   --sources N (8)                 spread connections over source addresses 127.0.0.1..127.0.0.N
   --handshake-inflight N (256)    handshakes in flight at once while connecting
   --settle SECS (0.2)             pause between 'all connected' and the first message
+  --token TOKEN                   send 'Authorization: Bearer TOKEN' in every upgrade request
+  --token-file FILE               one token per line (blank lines skipped), used round-robin,
+                                  one per connection in the order connections are opened
+                                  (continuing across churn cycles); a 401/403 answer is a
+                                  handshake failure of kind 'HTTP 401' / 'HTTP 403'
   --json                          also print one JSON line with every number
   --label NAME                    carried into the JSON
 ";
@@ -279,6 +286,8 @@ struct Common {
     sources: u32,
     inflight: usize,
     settle: f64,
+    /// Bearer tokens (--token / --token-file), round-robin per connection; empty: none sent.
+    tokens: Vec<String>,
     json: bool,
     label: String,
 }
@@ -295,6 +304,8 @@ const COMMON: &[&str] = &[
     "handshake-inflight",
     "settle",
     "label",
+    "token",
+    "token-file",
 ];
 
 fn common(a: &Args, default_payload: Kind) -> Result<Common, String> {
@@ -334,7 +345,18 @@ fn common(a: &Args, default_payload: Kind) -> Result<Common, String> {
             payload.name()
         ));
     }
+    let tokens = match (a.flags.get("token"), a.flags.get("token-file")) {
+        (Some(_), Some(_)) => return Err("give --token or --token-file, not both".into()),
+        (Some(t), None) => auth::single(t)?,
+        (None, Some(path)) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("--token-file {path}: {e}"))?;
+            auth::parse_file(&text).map_err(|e| format!("--token-file {path}: {e}"))?
+        }
+        (None, None) => Vec::new(),
+    };
     Ok(Common {
+        tokens,
         dst,
         host_header: hostport.to_string(),
         prefix,
@@ -386,6 +408,7 @@ fn engine(c: &Common) -> Engine {
     e.handshake_inflight = c.inflight;
     e.offer_deflate = c.deflate;
     e.set_inflate_memo(c.inflate_memo);
+    e.tokens = c.tokens.clone();
     e
 }
 
@@ -401,6 +424,8 @@ fn head(r: &mut Report, scenario: &str, c: &Common) {
     r.s("envelope", c.envelope.name());
     r.i("deflate_offered", c.deflate as u8);
     r.i("inflate_memo", c.inflate_memo as u8);
+    // Bearer tokens sent round-robin, one per connection (0: no Authorization header).
+    r.i("tokens", c.tokens.len());
 }
 
 fn errors(r: &mut Report, e: &Engine) -> u64 {
@@ -797,6 +822,10 @@ fn run() -> Result<u8, String> {
             let t = Instant::now();
             let mut opened = 0usize;
             let mut hs_secs = 0.0;
+            // CPU seconds of the server and of loadgen while connections were being opened
+            // (accept, upgrade, token check: the handshake), apart from the close phases.
+            let mut hs_server: Option<f64> = Some(0.0);
+            let mut hs_me: Option<f64> = Some(0.0);
             let mut after_first = None;
             for cy in 0..cycles {
                 let specs = (0..n)
@@ -807,7 +836,15 @@ fn run() -> Result<u8, String> {
                         ignore: true,
                     })
                     .collect();
+                let (srv0, me0) = (pid.and_then(cpu_s), cpu_s("self"));
                 let o = e.open_all(specs);
+                let (srv1, me1) = (pid.and_then(cpu_s), cpu_s("self"));
+                let add = |acc: Option<f64>, a: Option<f64>, b: Option<f64>| match (acc, a, b) {
+                    (Some(acc), Some(a), Some(b)) => Some(acc + (b - a).max(0.0)),
+                    _ => None,
+                };
+                hs_server = add(hs_server, srv0, srv1);
+                hs_me = add(hs_me, me0, me1);
                 opened += o.opened;
                 hs_secs += o.secs;
                 e.close_all(Duration::from_secs(10));
@@ -828,6 +865,33 @@ fn run() -> Result<u8, String> {
             r.f("cycles_per_s", cycles as f64 / secs);
             r.f("conns_per_s", opened as f64 / secs);
             r.f("handshakes_per_s", opened as f64 / hs_secs.max(1e-9));
+            // Handshake cost: server CPU while opening (summed over the cycles' connect
+            // phases) per handshake, and the whole loop's server CPU (closes included).
+            let hs_server = hs_server.filter(|_| pid.is_some());
+            r.f("handshake_phase_s", hs_secs);
+            r.of("handshake_server_cpu_s", hs_server);
+            r.of(
+                "handshake_server_cpu",
+                hs_server.map(|s| s / hs_secs.max(1e-9)),
+            );
+            r.of(
+                "handshake_loadgen_cpu",
+                hs_me.map(|s| s / hs_secs.max(1e-9)),
+            );
+            r.of(
+                "handshakes_per_server_cpu_s",
+                hs_server.map(|s| opened as f64 / s.max(1e-9)),
+            );
+            r.of(
+                "server_cpu_us_per_handshake",
+                hs_server
+                    .filter(|_| opened > 0)
+                    .map(|s| s * 1e6 / opened as f64),
+            );
+            r.of(
+                "conns_per_server_cpu_s",
+                sh.server.map(|s| opened as f64 / (s * sh.wall).max(1e-9)),
+            );
             r.oi("server_rss_before_kib", before);
             r.oi("server_rss_after_first_cycle_kib", after_first);
             r.oi("server_rss_after_kib", after);
@@ -841,6 +905,18 @@ fn run() -> Result<u8, String> {
             r.of("server_cpu", sh.server);
             r.of("loadgen_cpu", sh.me);
             host(&mut r, &sh);
+            // While connecting, loadgen does as much per handshake as the server: near a full
+            // core it may be what limits handshakes/s (handshakes per server CPU-s still holds).
+            let hs_load = hs_me.map(|s| s / hs_secs.max(1e-9));
+            let saturated = hs_load.is_some_and(|m| m >= 0.9);
+            r.i("loadgen_saturated", saturated as u8);
+            if saturated {
+                eprintln!(
+                    "loadgen: WARNING: loadgen used {:.2} of a core while connecting: it may \
+                     be what limits handshakes/s",
+                    hs_load.unwrap()
+                );
+            }
         }
         other => return Err(format!("unknown scenario {other:?} (try --help)")),
     }
