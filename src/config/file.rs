@@ -228,6 +228,12 @@ pub struct RoomClassSection {
     pub presence: Option<bool>,
     /// Overrides `[rooms] echo_to_sender`.
     pub echo_to_sender: Option<bool>,
+    /// Overrides `[history] size`.
+    pub history_size: Option<i64>,
+    /// Overrides `[history] ttl`.
+    pub history_ttl: Option<String>,
+    /// Overrides `[limits] slow_consumer`: `"close"` or `"drop"`.
+    pub slow_consumer: Option<String>,
 }
 
 /// `[shutdown]` section.

@@ -198,6 +198,12 @@ pub struct RoomClass {
     pub rights: ClassRights,
     /// Overrides `[rooms] echo_to_sender`.
     pub echo_to_sender: Option<bool>,
+    /// Overrides `[history] size`.
+    pub history_size: Option<usize>,
+    /// Overrides `[history] ttl`.
+    pub history_ttl: Option<Duration>,
+    /// Overrides `[limits] slow_consumer` for broadcasts in these rooms.
+    pub slow_consumer: Option<SlowConsumer>,
 }
 
 impl Config {
@@ -213,7 +219,26 @@ impl Config {
             .unwrap_or(self.echo_to_sender)
     }
 
+    /// `room`'s history: messages kept and for how long.
+    pub fn history_in(&self, room: &str) -> (usize, Duration) {
+        let c = self.class_of(room);
+        (
+            c.and_then(|c| c.history_size).unwrap_or(self.history_size),
+            c.and_then(|c| c.history_ttl).unwrap_or(self.history_ttl),
+        )
+    }
+
+    /// The slow-consumer policy for broadcasts in `room`.
+    pub fn slow_consumer_in(&self, room: &str) -> SlowConsumer {
+        self.class_of(room)
+            .and_then(|c| c.slow_consumer)
+            .unwrap_or(self.slow_consumer)
+    }
+
     fn class_of(&self, room: &str) -> Option<&RoomClass> {
+        if self.room_classes.is_empty() {
+            return None;
+        }
         self.room_classes.iter().find(|c| c.pattern.matches(room))
     }
 }
@@ -440,5 +465,59 @@ mod tests {
         assert_eq!(parse_io_driver("io_uring").unwrap(), IoDriver::IoUring);
         let e = parse_io_driver("kqueue").unwrap_err().to_string();
         assert!(e.contains("server.io_driver"), "{e}");
+    }
+
+    #[test]
+    fn room_classes() {
+        let c = Config::from_toml(
+            r#"
+[history]
+size = 100
+[[rooms.class]]
+match = "ticker:*"
+history_size = 0
+history_ttl = "1s"
+slow_consumer = "drop"
+echo_to_sender = false
+anonymous_publish = false
+presence = false
+[[rooms.class]]
+match = "*"
+anonymous_subscribe = false
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.history_in("ticker:btc"), (0, Duration::from_secs(1)));
+        assert_eq!(c.history_in("chat:1"), (100, Duration::from_secs(300)));
+        assert_eq!(c.slow_consumer_in("ticker:btc"), SlowConsumer::Drop);
+        assert_eq!(c.slow_consumer_in("chat:1"), SlowConsumer::Close);
+        assert!(!c.echo_in("ticker:btc") && c.echo_in("chat:1"));
+        let t = c.class_rights("ticker:btc");
+        assert!(t.anonymous_subscribe && !t.anonymous_publish && !t.presence);
+        assert!(
+            !c.class_rights("chat:1").anonymous_subscribe,
+            "first match wins, then the catch-all"
+        );
+        let e = Config::from_toml("[[rooms.class]]\nmatch = \"x\"\nslow_consumer = \"conflate\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rooms.class.slow_consumer") && e.contains("not implemented"),
+            "{e}"
+        );
+        let e = Config::from_toml("[auth]\nmode = \"jwt\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.mode") && e.contains("no key"), "{e}");
+        let e = Config::from_toml(
+            "[auth]\nmode = \"jwt\"\nhs256_secret = \"s\"\nalgorithms = [\"RS256\"]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("auth.algorithms"), "{e}");
+        let e = Config::from_toml("[server]\nallowed_origins = [\"example.com\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.allowed_origins"), "{e}");
     }
 }

@@ -428,5 +428,38 @@ fn room_class(r: RoomClassSection) -> Result<RoomClass, ConfigError> {
             presence: r.presence.unwrap_or(d.presence),
         },
         echo_to_sender: r.echo_to_sender,
+        history_size: match r.history_size {
+            Some(n) if n < 0 => {
+                return Err(invalid("rooms.class.history_size", "must not be negative"))
+            }
+            Some(n) => Some(
+                usize::try_from(n).map_err(|_| invalid("rooms.class.history_size", "too large"))?,
+            ),
+            None => None,
+        },
+        history_ttl: r
+            .history_ttl
+            .map(|t| duration("rooms.class.history_ttl", &t))
+            .transpose()?,
+        slow_consumer: r
+            .slow_consumer
+            .map(|p| slow_consumer("rooms.class.slow_consumer", &p))
+            .transpose()?,
     })
+}
+
+/// A slow-consumer policy name.
+fn slow_consumer(key: &'static str, p: &str) -> Result<SlowConsumer, ConfigError> {
+    match p {
+        "close" => Ok(SlowConsumer::Close),
+        "drop" => Ok(SlowConsumer::Drop),
+        "drop_oldest" | "conflate" => Err(invalid(
+            key,
+            format!("`{p}` is not implemented yet; use \"close\" or \"drop\""),
+        )),
+        other => Err(invalid(
+            key,
+            format!("`{other}` is not one of \"close\", \"drop\""),
+        )),
+    }
 }

@@ -223,7 +223,7 @@ impl HomeRooms {
     }
 
     /// Expire history and forget idle rooms (at most once a second).
-    pub(crate) fn sweep(&mut self, now: Instant, ttl: Duration) {
+    pub(crate) fn sweep(&mut self, now: Instant, ttl_of: impl Fn(&str) -> Duration) {
         if self
             .last_sweep
             .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
@@ -232,8 +232,8 @@ impl HomeRooms {
         }
         self.last_sweep = Some(now);
         let tick = Tick::at(now);
-        self.rooms.retain(|_, r| {
-            r.expire(tick, ttl);
+        self.rooms.retain(|name, r| {
+            r.expire(tick, ttl_of(name));
             !r.idle()
         });
     }

@@ -46,7 +46,12 @@ impl ShardCore {
             direct: how.direct && self.direct_send,
             ..how
         };
-        let limits = (self.cfg.max_buffered_bytes, self.cfg.slow_consumer);
+        let policy = if self.cfg.room_classes.is_empty() {
+            self.cfg.slow_consumer
+        } else {
+            self.cfg.slow_consumer_in(&r.name)
+        };
+        let limits = (self.cfg.max_buffered_bytes, policy);
         let mut scratch = std::mem::take(&mut self.turn.scratch);
         let t = fanout::deliver(r, room, &mut self.conns, frames, how, limits, &mut scratch);
         for id in scratch.over.drain(..) {

@@ -76,8 +76,8 @@ impl ShardCore {
     /// Number a raw message (already delivered to raw members) and send it to envelope members.
     pub(crate) fn home_sequence_raw(&mut self, room: Arc<str>, frames: &Frames, now: Instant) {
         let shards = self.shards();
-        let (size, max_bytes) = (self.cfg.history_size, self.cfg.history_max_room_bytes);
-        let ttl = self.cfg.history_ttl;
+        let ((size, ttl), max_bytes) =
+            (self.cfg.history_in(&room), self.cfg.history_max_room_bytes);
         let r = self.home.get_or_create(&room, shards);
         r.seq += 1;
         let tick = Tick::at(now);
@@ -109,7 +109,7 @@ impl ShardCore {
         now: Instant,
     ) -> u64 {
         let shards = self.shards();
-        let (size, max_bytes) = (self.cfg.history_size, self.cfg.history_max_room_bytes);
+        let ((size, _), max_bytes) = (self.cfg.history_in(&room), self.cfg.history_max_room_bytes);
         let r = self.home.get_or_create(&room, shards);
         r.seq += 1;
         let seq = r.seq;
@@ -177,7 +177,7 @@ impl ShardCore {
         sub: Option<SubReq>,
         now: Instant,
     ) {
-        let (shards, tick, ttl) = (self.shards(), Tick::at(now), self.cfg.history_ttl);
+        let (shards, tick, ttl) = (self.shards(), Tick::at(now), self.cfg.history_in(&room).1);
         let r = self.home.get_or_create(&room, shards);
         r.count(shard, wire, true);
         let Some(sub) = sub else { return };
@@ -241,7 +241,7 @@ impl ShardCore {
     /// Answer `presence` or `history` in `format`.
     fn home_query(&mut self, room: &Arc<str>, format: Format, q: Query, now: Instant) -> Bytes {
         let shards = self.shards();
-        let ttl = self.cfg.history_ttl;
+        let ttl = self.cfg.history_in(room).1;
         let max_page = self.cfg.history_max_page;
         let r = self.home.get_or_create(room, shards);
         match q {

@@ -118,8 +118,8 @@ impl ShardCore {
             self.close_expired(id, now);
         }
         self.life.expired = expired;
-        let ttl = self.cfg.history_ttl;
-        self.home.sweep(now, ttl);
+        let cfg = self.cfg.clone();
+        self.home.sweep(now, |room| cfg.history_in(room).1);
         let st = self.my_stats();
         ShardStats::add(&st.heartbeat_timeouts, hb);
         ShardStats::add(&st.handshake_timeouts, hs);
