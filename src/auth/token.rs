@@ -111,13 +111,23 @@ struct Claims {
     exp: Option<u64>,
     #[serde(default)]
     info: Option<serde_json::Value>,
-    #[serde(default)]
-    rooms: Option<RoomsClaim>,
+    /// `None`: absent (the room classes decide); `Some(None)`: `"rooms": null`, no grants.
+    #[serde(default, deserialize_with = "present")]
+    rooms: Option<Option<RoomsClaim>>,
     #[serde(default)]
     api: Option<bool>,
 }
 
-#[derive(Deserialize)]
+/// A claim that is present (even as `null`) becomes `Some`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize, Default)]
 struct RoomsClaim {
     #[serde(default)]
     subscribe: Vec<String>,
@@ -375,7 +385,8 @@ fn map_error(kind: &ErrorKind) -> AuthError {
         ErrorKind::Base64(_)
         | ErrorKind::Json(_)
         | ErrorKind::Utf8(_)
-        | ErrorKind::InvalidToken => AuthError::Malformed,
+        | ErrorKind::InvalidToken
+        | ErrorKind::InvalidClaimFormat(_) => AuthError::Malformed,
         _ => AuthError::BadSignature,
     }
 }
@@ -397,6 +408,7 @@ fn identity(c: Claims) -> Result<Identity, AuthError> {
         None => Data::Null,
     };
     let grants = c.rooms.map(|r| {
+        let r = r.unwrap_or_default();
         let compile = |list: &[String]| -> Vec<Pattern> {
             list.iter().map(|p| Pattern::for_subject(p, &sub)).collect()
         };
@@ -420,6 +432,16 @@ fn identity(c: Claims) -> Result<Identity, AuthError> {
 }
 
 fn pem_key(path: &str, pem: &str) -> Result<Key, KeyError> {
+    // Public keys only: a private key here would verify nothing and should not be on a gateway.
+    let label_ok = pem.lines().any(|l| {
+        let l = l.trim();
+        l.starts_with("-----BEGIN ") && (l.contains("PUBLIC KEY") || l.contains("CERTIFICATE"))
+    });
+    if !label_ok || pem.contains("PRIVATE KEY") {
+        return Err(KeyError::Pem {
+            path: path.to_string(),
+        });
+    }
     let b = pem.as_bytes();
     let (family, key) = if let Ok(k) = DecodingKey::from_rsa_pem(b) {
         (Family::Rsa, k)
@@ -498,4 +520,84 @@ fn allowed_algorithms(
             Ok(a)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    fn hs() -> Verifier {
+        Verifier::new(&KeySource {
+            hs256_secret: Some(b"k".to_vec()),
+            ..KeySource::default()
+        })
+        .unwrap()
+    }
+
+    fn sign(claims: serde_json::Value) -> String {
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(b"k")).unwrap()
+    }
+
+    #[test]
+    fn rooms_claim_absent_null_and_lists() {
+        let exp = crate::heartbeat::unix_now() + 60;
+        let v = hs();
+        let absent = v
+            .verify(&sign(serde_json::json!({"sub": "a", "exp": exp})))
+            .unwrap();
+        assert_eq!(absent.grants, None, "absent: the room classes decide");
+        let null = v
+            .verify(&sign(
+                serde_json::json!({"sub": "a", "exp": exp, "rooms": null}),
+            ))
+            .unwrap();
+        assert_eq!(null.grants, Some(Grants::default()), "null grants nothing");
+        let some = v
+            .verify(&sign(
+                serde_json::json!({"sub": "a", "exp": exp, "rooms": {"subscribe": ["x:*"]}}),
+            ))
+            .unwrap();
+        let g = some.grants.unwrap();
+        assert!(g.subscribe[0].matches("x:1") && g.publish.is_empty());
+        assert_eq!(g.presence, g.subscribe, "presence defaults to subscribe");
+    }
+
+    #[test]
+    fn only_public_keys_are_accepted() {
+        for pem in [
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+            "not a pem",
+        ] {
+            let src = KeySource {
+                public_keys: vec![("k.pem".into(), pem.into())],
+                ..KeySource::default()
+            };
+            assert!(
+                matches!(Verifier::new(&src), Err(KeyError::Pem { .. })),
+                "{pem}"
+            );
+        }
+    }
+
+    #[test]
+    fn algorithms_follow_the_keys() {
+        let src = KeySource {
+            hs256_secret: Some(b"k".to_vec()),
+            algorithms: vec!["none".into()],
+            ..KeySource::default()
+        };
+        assert!(matches!(Verifier::new(&src), Err(KeyError::Algorithms(_))));
+        let src = KeySource {
+            hs256_secret: Some(b"k".to_vec()),
+            algorithms: vec!["ES256".into()],
+            ..KeySource::default()
+        };
+        assert!(matches!(Verifier::new(&src), Err(KeyError::Algorithms(_))));
+        assert!(matches!(
+            Verifier::new(&KeySource::default()),
+            Err(KeyError::NoKey)
+        ));
+    }
 }

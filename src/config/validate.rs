@@ -32,12 +32,12 @@ impl FileConfig {
         envelope(&mut c, self.envelope)?;
         api(&mut c, self.api)?;
         log(&mut c, self.log)?;
-        auth(&mut c, self.auth)?;
         if let Some(list) = origins {
             let parsed: Result<Vec<_>, _> = list.iter().map(|o| OriginPattern::parse(o)).collect();
             c.origins.allowed =
                 Some(parsed.map_err(|e| invalid("server.allowed_origins", e.to_string()))?);
         }
+        auth(&mut c, self.auth)?;
         if let Some(classes) = self.rooms.class.take() {
             c.room_classes = classes
                 .into_iter()
@@ -335,6 +335,14 @@ fn auth(c: &mut Config, a: AuthSection) -> Result<(), ConfigError> {
         out.token_query = q;
     }
     out.token_cookie = a.token_cookie.clone().filter(|c| !c.is_empty());
+    if out.token_cookie.is_some() && c.origins.allowed.is_none() {
+        // Browsers send cookies with cross-site WebSocket upgrades: without an origin list any
+        // website could connect as the user.
+        return Err(invalid(
+            "auth.token_cookie",
+            "needs [server] allowed_origins (cross-site WebSocket hijacking)",
+        ));
+    }
     if let Some(r) = &a.raw_readonly {
         out.raw_readonly = match r.as_str() {
             "close" => RawReadonly::Close,
@@ -373,6 +381,12 @@ fn verifier(a: &AuthSection) -> Result<Verifier, ConfigError> {
     if let Some(t) = &a.leeway {
         src.leeway = humantime::parse_duration(t.trim())
             .map_err(|e| invalid("auth.leeway", format!("`{t}` is not a duration: {e}")))?;
+        if src.leeway.subsec_nanos() != 0 || src.leeway > Duration::from_secs(3600) {
+            return Err(invalid(
+                "auth.leeway",
+                "whole seconds, at most 1h (JWT times are in seconds)",
+            ));
+        }
     }
     src.hs256_secret = match (&a.hs256_secret, &a.hs256_secret_file) {
         (Some(_), Some(_)) => {

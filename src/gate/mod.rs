@@ -209,19 +209,22 @@ pub fn plan_upgrade(req: &Request, policy: &Policy) -> Result<Plan, Rejection> {
 
 /// The request's token: `Authorization: Bearer`, then the query parameter, then the cookie.
 pub fn token<'r>(req: &'r Request, cfg: &Config) -> Option<Cow<'r, str>> {
-    if let Some(t) = req
-        .authorization
-        .as_deref()
-        .and_then(|a| a.strip_prefix("Bearer "))
-    {
-        return Some(Cow::Borrowed(t.trim()));
+    if let Some(t) = req.authorization.as_deref().and_then(bearer) {
+        return Some(Cow::Borrowed(t));
     }
     if let Some(q) = req.query_value(&cfg.auth.token_query) {
-        let bytes = info::percent_decode(q)?;
-        return String::from_utf8(bytes).ok().map(Cow::Owned);
+        // An undecodable parameter is passed on as it is (and refused as malformed).
+        let decoded = info::percent_decode(q).and_then(|b| String::from_utf8(b).ok());
+        return Some(decoded.map_or(Cow::Borrowed(q), Cow::Owned));
     }
     let name = cfg.auth.token_cookie.as_deref()?;
     req.cookie_value(name).map(Cow::Borrowed)
+}
+
+/// The credentials of `Authorization: Bearer X` (the scheme is case-insensitive, RFC 7235).
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, rest) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 /// In `mode = "jwt"`, the verified token (or why not); `None` in mode none.

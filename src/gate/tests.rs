@@ -339,6 +339,14 @@ mod auth {
             other => panic!("{other:?}"),
         };
         assert_eq!(u.identity.as_ref().map(|i| &*i.sub), Some("ada"));
+        let lower = format!("Authorization: bearer {t}\r\n");
+        assert!(
+            matches!(
+                plan(&upgrade_head("/ws/lobby", &lower), &p),
+                Ok(Plan::Upgrade(_))
+            ),
+            "the scheme is case-insensitive"
+        );
         // The header wins: a bad header token is not retried with the query.
         let both = "Authorization: Bearer x.y.z\r\n";
         let e = plan(&upgrade_head(&q, both), &p).unwrap_err();

@@ -92,11 +92,7 @@ async fn respond(shard: &ShardRef, stream: &mut TcpStream, req: &Request, early:
     if key.is_none() && verifier.is_none() {
         return api_error(404, "api_disabled", "the HTTP API is off: set [api] key");
     }
-    let given = req
-        .authorization
-        .as_deref()
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .map(str::trim);
+    let given = req.authorization.as_deref().and_then(crate::gate::bearer);
     match authorize(given, key.as_deref(), verifier.as_deref()) {
         Ok(()) => {}
         Err(Refused::Unauthorized) => {

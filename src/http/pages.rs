@@ -26,7 +26,11 @@ Rooms with presence, history and resume: <code>ws://HOST:PORT/ws</code> with sub
 <tr><td>heartbeat timeouts</td><td>{hb}</td></tr>\
 <tr><td>compressions</td><td>{comp}</td></tr>\
 <tr><td>inflations</td><td>{infl}</td></tr>\
-<tr><td>envelope encodings</td><td>{enc}</td></tr></table>\
+<tr><td>envelope encodings</td><td>{enc}</td></tr>\
+<tr><td>dropped replies</td><td>{dropped_replies}</td></tr>\
+<tr><td>auth failures</td><td>{auth}</td></tr>\
+<tr><td>forbidden requests</td><td>{forbidden}</td></tr>\
+<tr><td>token expiries</td><td>{expiries}</td></tr></table>\
 <p><a href=\"/healthz\">/healthz</a></p></body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
         shards = stats.shard_count(),
@@ -40,5 +44,9 @@ Rooms with presence, history and resume: <code>ws://HOST:PORT/ws</code> with sub
         comp = s.compressions,
         infl = s.inflations,
         enc = s.envelope_encodings,
+        dropped_replies = s.dropped_replies,
+        auth = s.auth_failures,
+        forbidden = s.forbidden,
+        expiries = s.token_expiries,
     )
 }

@@ -28,6 +28,8 @@ pub(crate) struct EnvelopeSession {
     identity: Option<Arc<Identity>>,
     /// Undecodable frames in a row.
     bad: u32,
+    /// The current refresh window: when it began, and the refreshes handled in it.
+    last_refresh: Option<(Instant, u8)>,
 }
 
 impl EnvelopeSession {
@@ -41,6 +43,7 @@ impl EnvelopeSession {
             info,
             identity,
             bad: 0,
+            last_refresh: None,
         }
     }
 
@@ -121,6 +124,11 @@ impl EnvelopeSession {
                 epoch,
                 presence,
             } => {
+                // Presence events need the presence right as well (refused quietly: the
+                // subscription itself is allowed).
+                let class = s.cfg.class_rights(&room);
+                let presence = presence
+                    && auth::may(self.identity.as_deref(), &class, Action::Presence, &room);
                 let sub = SubReq {
                     conn: me,
                     since,
@@ -173,6 +181,17 @@ impl EnvelopeSession {
         let Some(verifier) = s.cfg.auth.verifier.clone() else {
             return Err(SessionError::BadRefresh("auth is off".into()));
         };
+        // Each refresh is a signature check on the shard's thread: at most REFRESH_BURST per
+        // REFRESH_WINDOW per connection.
+        match self.last_refresh {
+            Some((start, n)) if now.saturating_duration_since(start) < REFRESH_WINDOW => {
+                if n >= REFRESH_BURST {
+                    return Err(SessionError::BadRefresh("too frequent".into()));
+                }
+                self.last_refresh = Some((start, n + 1));
+            }
+            _ => self.last_refresh = Some((now, 1)),
+        }
         let new = verifier
             .verify(token)
             .map_err(|e| SessionError::BadRefresh(e.to_string()))?;
@@ -192,9 +211,15 @@ impl EnvelopeSession {
                 .collect(),
             None => Vec::new(),
         };
+        self.revoke_pending(s, me, now);
         for (rid, name) in rooms {
             let class = s.cfg.class_rights(&name);
-            if !auth::may(self.identity.as_deref(), &class, Action::Subscribe, &name) {
+            let id = self.identity.as_deref();
+            if auth::may(id, &class, Action::Subscribe, &name) {
+                if !auth::may(id, &class, Action::Presence, &name) {
+                    s.set_presence(me.id, rid, false);
+                }
+            } else {
                 s.leave_room(me.id, rid);
                 let op = ServerOp::Unsubscribed {
                     room: &name,
@@ -208,6 +233,38 @@ impl EnvelopeSession {
         Ok(())
     }
 }
+
+impl EnvelopeSession {
+    /// After a refresh: subscriptions still waiting for their answer that the new token no
+    /// longer allows are cancelled (the answer is undone when it comes).
+    fn revoke_pending(&self, s: &mut ShardCore, me: ConnRef, now: Instant) {
+        let id = self.identity.as_deref();
+        let cfg = s.cfg.clone();
+        let mut revoked: Vec<Arc<str>> = Vec::new();
+        for ((uid, room), p) in s.subs.iter_mut() {
+            if *uid != me.uid || !p.live {
+                continue;
+            }
+            if !auth::may(id, &cfg.class_rights(room), Action::Subscribe, room) {
+                p.live = false;
+                p.cancelled += 1;
+                revoked.push(room.clone());
+            }
+        }
+        for room in revoked {
+            let op = ServerOp::Unsubscribed {
+                room: &room,
+                reason: Some("forbidden"),
+            };
+            s.queue_reply(me.id, [envelope_frame(&op, self.format)], now);
+        }
+    }
+}
+
+/// Refreshes one connection may send per window (each costs a signature check).
+const REFRESH_BURST: u8 = 5;
+/// The window of [`REFRESH_BURST`].
+const REFRESH_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A token's expiry as a connection keeps it: `exp` plus the leeway, in Unix seconds (saturating
 /// at the 32-bit range; 0 would mean never, so an `exp` of 0 is already over).

@@ -149,6 +149,17 @@ impl ShardCore {
         }
     }
 
+    /// Turn presence events on or off for a member of `room`.
+    pub(crate) fn set_presence(&mut self, id: ConnId, room: RoomId, on: bool) {
+        if let Some(m) = self
+            .conns
+            .get_mut(id.0)
+            .and_then(|c| c.rooms.iter_mut().find(|m| m.room == room))
+        {
+            m.presence = on;
+        }
+    }
+
     /// The local room called `room`, if `id` is a member of it.
     pub(crate) fn member_room(&self, id: ConnId, room: &str) -> Option<RoomId> {
         let r = self.rooms.find(room)?;

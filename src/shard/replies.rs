@@ -148,7 +148,13 @@ impl ShardCore {
                 frames.push(f);
             }
         }
-        self.queue_reply(conn.id, frames.iter().cloned(), now);
+        if !self.queue_reply(conn.id, frames.iter().cloned(), now) {
+            // Dropped (`slow_consumer = "drop"`): a member that never got `subscribed` and its
+            // replay would miss messages silently; it leaves instead (the home is told).
+            if let Some(rid) = self.member_room(conn.id, &a.room) {
+                self.leave_room(conn.id, rid);
+            }
+        }
     }
 
     /// Queue an `unsubscribed` frame for an envelope connection.
