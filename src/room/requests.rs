@@ -91,20 +91,24 @@ pub(crate) enum Query {
     },
 }
 
+/// A subscription's answer from the room's home.
+#[derive(Debug)]
+pub(crate) struct SubAnswer {
+    pub(crate) conn: ConnRef,
+    pub(crate) room: Arc<str>,
+    pub(crate) wire: Wire,
+    pub(crate) presence: bool,
+    pub(crate) seq: u64,
+    pub(crate) epoch: u64,
+    pub(crate) recovered: bool,
+    pub(crate) replay: Vec<Arc<Bcast>>,
+}
+
 /// A home shard's answer to one connection.
 #[derive(Debug)]
 pub(crate) enum Reply {
     /// The subscription is registered: join locally, send `subscribed`, then the replay.
-    Subscribed {
-        conn: ConnRef,
-        room: Arc<str>,
-        wire: Wire,
-        presence: bool,
-        seq: u64,
-        epoch: u64,
-        recovered: bool,
-        replay: Vec<Arc<Bcast>>,
-    },
+    Subscribed(SubAnswer),
     /// A ready frame (ack, presence, history).
     Frame { conn: ConnRef, frame: Bytes },
 }

@@ -13,7 +13,7 @@ use super::ShardCore;
 use crate::ids::{ShardId, Tick};
 use crate::protocol::envelope::{Data, Format, ServerOp};
 use crate::room::home::{by_user, home_index, Member};
-use crate::room::requests::{ApiAnswer, ApiReq, ConnRef, HomeMsg, Query, Reply, SubReq};
+use crate::room::requests::{ApiAnswer, ApiReq, ConnRef, HomeMsg, Query, Reply, SubAnswer, SubReq};
 use crate::wire::{envelope_frame, Bcast, Body, Frames, Kind, Wire};
 
 impl ShardCore {
@@ -189,7 +189,7 @@ impl ShardCore {
             info: sub.info.clone(),
         };
         let fresh = r.presence.insert(sub.conn.uid, member).is_none();
-        let answer = Reply::Subscribed {
+        let answer = Reply::Subscribed(SubAnswer {
             conn: sub.conn,
             room: room.clone(),
             wire,
@@ -198,7 +198,7 @@ impl ShardCore {
             epoch,
             recovered,
             replay,
-        };
+        });
         self.reply(sub.conn.shard, answer, now);
         if fresh && self.cfg.class_rights(&room).presence {
             let ev = Kind::Join {

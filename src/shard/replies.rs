@@ -14,8 +14,8 @@ use super::ShardCore;
 use crate::ids::ConnId;
 use crate::protocol::envelope::{Data, Format, ServerOp};
 use crate::protocol::session::SessionError;
-use crate::room::requests::{ConnRef, HomeMsg, Reply};
-use crate::wire::{envelope_frame, Bcast, Wire};
+use crate::room::requests::{HomeMsg, Reply, SubAnswer};
+use crate::wire::envelope_frame;
 
 /// Answers still to come from a room's home for one connection's subscriptions to that room.
 /// The home answers in order, so the cancelled ones arrive first.
@@ -27,18 +27,6 @@ pub(crate) struct PendingSub {
     pub(crate) cancelled: u32,
 }
 
-/// A subscription's answer from the room's home.
-struct Answer {
-    conn: ConnRef,
-    room: Arc<str>,
-    wire: Wire,
-    presence: bool,
-    seq: u64,
-    epoch: u64,
-    recovered: bool,
-    replay: Vec<Arc<Bcast>>,
-}
-
 impl ShardCore {
     /// Handle a home's answer to one of this shard's connections.
     pub(crate) fn handle_reply(&mut self, r: Reply, now: Instant) {
@@ -48,28 +36,7 @@ impl ShardCore {
                     self.queue_reply(conn.id, [frame], now);
                 }
             }
-            Reply::Subscribed {
-                conn,
-                room,
-                wire,
-                presence,
-                seq,
-                epoch,
-                recovered,
-                replay,
-            } => self.subscribed(
-                Answer {
-                    conn,
-                    room,
-                    wire,
-                    presence,
-                    seq,
-                    epoch,
-                    recovered,
-                    replay,
-                },
-                now,
-            ),
+            Reply::Subscribed(a) => self.subscribed(a, now),
         }
     }
 
@@ -100,7 +67,7 @@ impl ShardCore {
     }
 
     /// A subscription's answer: join the room here, then queue `subscribed` and the replay.
-    fn subscribed(&mut self, a: Answer, now: Instant) {
+    fn subscribed(&mut self, a: SubAnswer, now: Instant) {
         let conn = a.conn;
         let (cancelled, wanted_again) = self.settle_pending(&(conn.uid, a.room.clone()));
         let alive = !cancelled
