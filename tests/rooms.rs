@@ -16,6 +16,8 @@ both_drivers!(
     echo_to_sender_false_skips_sender,
     slow_consumer_close_policy,
     slow_consumer_drop_policy,
+    room_class_drop_oldest,
+    room_class_conflate,
     silent_client_is_pruned_by_heartbeat,
     oversized_message_gets_1009,
     invalid_utf8_gets_1007,
@@ -180,14 +182,21 @@ fn echo_to_sender_false_skips_sender(driver: &str) {
 /// reader, so only the slow client can cross the high-water mark. Every fast reader must see
 /// every message, in order.
 fn run_slow_consumer(driver: &str, policy: &str) -> (shardcast::server::ServerHandle, Client, u32) {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
-    let d = daemon(
+    run_slow_consumer_with(
         driver,
         &format!(
             "shards = 2\n[limits]\nmax_buffered_bytes = 524288\nslow_consumer = \"{policy}\"\nclose_timeout = \"30s\"\n"
         ),
-    );
+    )
+}
+
+fn run_slow_consumer_with(
+    driver: &str,
+    cfg: &str,
+) -> (shardcast::server::ServerHandle, Client, u32) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let d = daemon(driver, cfg);
     let addr = d.local_addr();
     let slow = Client::connect_small_rcvbuf(addr, "/ws/flood", 4096);
     let mut publisher = Client::connect(addr, "/ws/flood");
@@ -267,6 +276,56 @@ fn slow_consumer_drop_policy(driver: &str) {
     slow.send_text("still here");
     assert_eq!(slow.recv().unwrap().payload, b"still here");
     d.stop().unwrap();
+}
+
+/// A stalled client in a room whose class has the per-room policy `policy`: it is never closed,
+/// loses frames, and once it reads it gets what is left in order, ending with the newest
+/// message.
+fn run_room_class_policy(driver: &str, policy: &str) -> (u64, u64) {
+    let cfg = format!(
+        "shards = 2\n[limits]\nmax_buffered_bytes = 524288\nclose_timeout = \"30s\"\n\
+         [[rooms.class]]\nmatch = \"flood\"\nslow_consumer = \"{policy}\"\n"
+    );
+    let (d, mut slow, n) = run_slow_consumer_with(driver, &cfg);
+    let dropped = d.stats().snapshot().dropped_frames;
+    assert!(dropped > 0, "the slow client must have lost frames");
+    assert_eq!(
+        d.stats().snapshot().slow_consumer_closes,
+        0,
+        "{policy} never closes"
+    );
+    let mut last = None;
+    let mut received = 0u64;
+    slow.set_timeout(Duration::from_millis(500));
+    while let Ok(f) = slow.recv() {
+        let seq = u32::from_be_bytes(f.payload[..4].try_into().unwrap());
+        assert!(
+            last.is_none_or(|l| seq > l),
+            "{policy}: {seq} after {last:?}"
+        );
+        last = Some(seq);
+        received += 1;
+    }
+    assert_eq!(
+        last,
+        Some(n - 1),
+        "{policy}: the newest message is delivered"
+    );
+    slow.set_timeout(Duration::from_secs(5));
+    slow.send_text("still here");
+    assert_eq!(slow.recv().unwrap().payload, b"still here");
+    d.stop().unwrap();
+    (received, dropped)
+}
+
+fn room_class_drop_oldest(driver: &str) {
+    let (received, _) = run_room_class_policy(driver, "drop_oldest");
+    assert!(received > 1);
+}
+
+fn room_class_conflate(driver: &str) {
+    let (received, dropped) = run_room_class_policy(driver, "conflate");
+    assert!(received >= 1 && dropped > 0);
 }
 
 fn silent_client_is_pruned_by_heartbeat(driver: &str) {

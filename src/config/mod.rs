@@ -87,6 +87,12 @@ pub enum SlowConsumer {
     Close,
     /// Discard new broadcast frames for it (counted).
     Drop,
+    /// Discard the oldest queued broadcast frames of the same room to make room for the new one
+    /// (room classes only).
+    DropOldest,
+    /// Keep only the latest queued frame of the room: the new one replaces the room's queued
+    /// frames (room classes only: cursor positions, tickers).
+    Conflate,
 }
 
 /// Validated configuration.

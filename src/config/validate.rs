@@ -467,13 +467,11 @@ fn slow_consumer(key: &'static str, p: &str) -> Result<SlowConsumer, ConfigError
     match p {
         "close" => Ok(SlowConsumer::Close),
         "drop" => Ok(SlowConsumer::Drop),
-        "drop_oldest" | "conflate" => Err(invalid(
-            key,
-            format!("`{p}` is not implemented yet; use \"close\" or \"drop\""),
-        )),
+        "drop_oldest" => Ok(SlowConsumer::DropOldest),
+        "conflate" => Ok(SlowConsumer::Conflate),
         other => Err(invalid(
             key,
-            format!("`{other}` is not one of \"close\", \"drop\""),
+            format!("`{other}` is not one of \"close\", \"drop\", \"drop_oldest\", \"conflate\""),
         )),
     }
 }

@@ -38,6 +38,9 @@ pub(crate) struct Membership {
     pub(crate) presence: bool,
 }
 
+/// The room tag of queued frames that belong to no room.
+pub(crate) const NO_ROOM: u32 = u32::MAX;
+
 /// Size of one pooled read buffer.
 pub(crate) const READ_BUF_SIZE: usize = 64 * 1024;
 /// Pooled read buffers kept when idle.
@@ -63,7 +66,9 @@ pub(crate) struct Conn {
     pub(crate) fd: RawFd,
     pub(crate) phase: Phase,
     /// Frames waiting for the writer task.
-    pub(crate) queue: VecDeque<Bytes>,
+    /// Each with the room it was broadcast to ([`NO_ROOM`] for replies, control frames and the
+    /// rest of a partly written frame), for the per-room slow-consumer policies.
+    pub(crate) queue: VecDeque<(Bytes, u32)>,
     /// Bytes queued or in flight, like the browser's `bufferedAmount`.
     pub(crate) buffered: usize,
     pub(crate) writer_waker: Option<Waker>,
@@ -120,6 +125,13 @@ pub(crate) enum Push {
     /// Over the high-water mark under the `close` policy: the caller closes it.
     OverLimit,
     Sealed,
+    /// Over the mark under `drop_oldest` or `conflate`: `dropped` older frames of the room were
+    /// discarded, and the new one was `queued` (`drop_oldest` drops it when even that is not
+    /// enough).
+    Replaced {
+        dropped: u32,
+        queued: bool,
+    },
 }
 
 impl Conn {
@@ -159,7 +171,7 @@ impl Conn {
             return;
         }
         self.buffered += frame.len();
-        self.queue.push_back(frame);
+        self.queue.push_back((frame, NO_ROOM));
         self.wake_writer();
     }
 
@@ -170,27 +182,69 @@ impl Conn {
         self.buffered == 0 || self.buffered + extra <= limit
     }
 
-    /// Queue a broadcast frame, applying the high-water mark.
+    /// Queue a broadcast frame of `room`, applying the high-water mark and, over it, `policy`.
     #[inline]
     pub(crate) fn push_broadcast(
         &mut self,
         frame: &Bytes,
         limit: usize,
         policy: SlowConsumer,
+        room: RoomId,
     ) -> Push {
         if self.sealed {
             return Push::Sealed;
         }
+        let room = room.0 as u32;
         if !self.fits(frame.len(), limit) {
-            return match policy {
-                SlowConsumer::Drop => Push::Dropped,
-                SlowConsumer::Close => Push::OverLimit,
+            match policy {
+                SlowConsumer::Drop => return Push::Dropped,
+                SlowConsumer::Close => return Push::OverLimit,
+                SlowConsumer::DropOldest | SlowConsumer::Conflate => {
+                    return self.push_lossy(frame, limit, policy, room)
+                }
+            }
+        }
+        self.buffered += frame.len();
+        self.queue.push_back((frame.clone(), room));
+        self.wake_writer();
+        Push::Queued
+    }
+
+    /// Over the mark under `drop_oldest` (discard the room's oldest queued frames until the new
+    /// one fits, or drop the new one) or `conflate` (discard all of the room's queued frames:
+    /// the new one is the room's latest state). Frames of other rooms, replies and the rest of a
+    /// partly written frame are never touched.
+    #[cold]
+    fn push_lossy(&mut self, frame: &Bytes, limit: usize, policy: SlowConsumer, room: u32) -> Push {
+        let mut dropped = 0u32;
+        let mut i = 0;
+        while i < self.queue.len() {
+            let conflate = policy == SlowConsumer::Conflate;
+            if !conflate && self.fits(frame.len(), limit) {
+                break;
+            }
+            if self.queue[i].1 == room {
+                if let Some((b, _)) = self.queue.remove(i) {
+                    self.buffered -= b.len();
+                    dropped += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        if policy == SlowConsumer::DropOldest && !self.fits(frame.len(), limit) {
+            return Push::Replaced {
+                dropped,
+                queued: false,
             };
         }
         self.buffered += frame.len();
-        self.queue.push_back(frame.clone());
+        self.queue.push_back((frame.clone(), room));
         self.wake_writer();
-        Push::Queued
+        Push::Replaced {
+            dropped,
+            queued: true,
+        }
     }
 
     /// Queue the frames of one reply (a pong, an ack, an error, a presence list, a history page,
@@ -208,12 +262,15 @@ impl Conn {
         let total: usize = frames.clone().into_iter().map(|f| f.len()).sum();
         if !self.fits(total, limit) {
             return match policy {
-                SlowConsumer::Drop => Push::Dropped,
+                // Per-room policies are for broadcasts; a reply over the mark is dropped.
+                SlowConsumer::Drop | SlowConsumer::DropOldest | SlowConsumer::Conflate => {
+                    Push::Dropped
+                }
                 SlowConsumer::Close => Push::OverLimit,
             };
         }
         self.buffered += total;
-        self.queue.extend(frames);
+        self.queue.extend(frames.into_iter().map(|f| (f, NO_ROOM)));
         self.wake_writer();
         Push::Queued
     }
@@ -254,7 +311,7 @@ impl Conn {
         }
         let rest = frame.slice(n..);
         self.buffered += rest.len();
-        self.queue.push_back(rest);
+        self.queue.push_back((rest, NO_ROOM));
         self.wake_writer();
         Some(Direct::Partial)
     }
@@ -272,7 +329,7 @@ impl Conn {
             return;
         }
         if discard_queue {
-            let freed: usize = self.queue.iter().map(Bytes::len).sum();
+            let freed: usize = self.queue.iter().map(|(b, _)| b.len()).sum();
             self.buffered -= freed;
             self.queue.clear();
             self.queue.shrink_to_fit();
@@ -434,14 +491,91 @@ mod tests {
     fn broadcasts_and_replies_share_one_limit() {
         let mut c = conn();
         let f = Bytes::from(vec![0u8; 60]);
-        assert_eq!(c.push_broadcast(&f, 100, SlowConsumer::Close), Push::Queued);
+        assert_eq!(
+            c.push_broadcast(&f, 100, SlowConsumer::Close, RoomId(0)),
+            Push::Queued
+        );
         assert_eq!(
             c.push_reply([f.clone()], 100, SlowConsumer::Close),
             Push::OverLimit
         );
         assert_eq!(
-            c.push_broadcast(&f, 100, SlowConsumer::Close),
+            c.push_broadcast(&f, 100, SlowConsumer::Close, RoomId(0)),
             Push::OverLimit
         );
+    }
+
+    fn frame(n: u8, len: usize) -> Bytes {
+        Bytes::from(vec![n; len])
+    }
+
+    fn firsts(c: &Conn) -> Vec<(u8, u32)> {
+        c.queue.iter().map(|(b, r)| (b[0], *r)).collect()
+    }
+
+    #[test]
+    fn drop_oldest_makes_room_in_the_same_room_only() {
+        let mut c = conn();
+        let (a, b) = (RoomId(1), RoomId(2));
+        let p = SlowConsumer::DropOldest;
+        assert_eq!(c.push_broadcast(&frame(1, 40), 100, p, a), Push::Queued);
+        assert_eq!(
+            c.push_reply([frame(9, 10)], 100, SlowConsumer::Close),
+            Push::Queued
+        );
+        assert_eq!(c.push_broadcast(&frame(2, 40), 100, p, b), Push::Queued);
+        // 90 queued; a 40-byte frame of room a needs frame 1 (room a) to go.
+        assert_eq!(
+            c.push_broadcast(&frame(3, 40), 100, p, a),
+            Push::Replaced {
+                dropped: 1,
+                queued: true
+            }
+        );
+        assert_eq!(firsts(&c), vec![(9, NO_ROOM), (2, 2), (3, 1)]);
+        assert_eq!(c.buffered, 90);
+        assert!(c.buffered <= 100, "never over the mark");
+        // Room a has only frame 3 to give; a 60-byte frame still does not fit: dropped, and
+        // what was dropped for it is gone too.
+        assert_eq!(
+            c.push_broadcast(&frame(4, 60), 100, p, a),
+            Push::Replaced {
+                dropped: 1,
+                queued: false
+            }
+        );
+        assert_eq!(firsts(&c), vec![(9, NO_ROOM), (2, 2)]);
+        assert_eq!(c.buffered, 50);
+    }
+
+    #[test]
+    fn conflate_keeps_the_latest_frame_of_the_room() {
+        let mut c = conn();
+        let (a, b) = (RoomId(1), RoomId(2));
+        let p = SlowConsumer::Conflate;
+        for n in 1..=3 {
+            assert_eq!(c.push_broadcast(&frame(n, 30), 100, p, a), Push::Queued);
+        }
+        assert_eq!(c.push_broadcast(&frame(7, 10), 100, p, b), Push::Queued);
+        assert_eq!(
+            c.push_broadcast(&frame(4, 30), 100, p, a),
+            Push::Replaced {
+                dropped: 3,
+                queued: true
+            }
+        );
+        assert_eq!(firsts(&c), vec![(7, 2), (4, 1)]);
+        assert_eq!(c.buffered, 40);
+        // The rest of a partly written frame is never touched.
+        c.queue.push_front((frame(8, 95), NO_ROOM));
+        c.buffered += 95;
+        assert_eq!(
+            c.push_broadcast(&frame(5, 30), 100, p, a),
+            Push::Replaced {
+                dropped: 1,
+                queued: true
+            }
+        );
+        assert_eq!(firsts(&c), vec![(8, NO_ROOM), (7, 2), (5, 1)]);
     }
 }

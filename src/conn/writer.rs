@@ -255,7 +255,7 @@ async fn next_batch<H: Host>(shard: &Rc<RefCell<H>>, id: ConnId, batch: &mut Wri
         }
         c.retire = false;
         let n = c.queue.len().min(MAX_IOV);
-        batch.bufs.extend(c.queue.drain(..n));
+        batch.bufs.extend(c.queue.drain(..n).map(|(b, _)| b));
         Poll::Ready(Next::Write)
     })
     .await

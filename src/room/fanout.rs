@@ -80,7 +80,7 @@ pub(crate) fn deliver(
                 None => {}
             }
         }
-        match conn.push_broadcast(frame, limit, policy) {
+        match conn.push_broadcast(frame, limit, policy, room) {
             Push::Queued => {
                 t.delivered += 1;
                 if !conn.writer_alive {
@@ -90,6 +90,13 @@ pub(crate) fn deliver(
             Push::Dropped => t.dropped += 1,
             Push::OverLimit => scratch.over.push(m),
             Push::Sealed => {}
+            Push::Replaced { dropped, queued } => {
+                t.dropped += u64::from(dropped) + u64::from(!queued);
+                t.delivered += u64::from(queued);
+                if queued && !conn.writer_alive {
+                    scratch.spawn.push(m);
+                }
+            }
         }
     }
     t

@@ -184,7 +184,7 @@ impl ShardCore {
                 self.kick(id);
                 true
             }
-            Push::Dropped => {
+            Push::Dropped | Push::Replaced { .. } => {
                 ShardStats::add(&self.my_stats().dropped_replies, 1);
                 false
             }
