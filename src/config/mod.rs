@@ -504,11 +504,14 @@ anonymous_subscribe = false
             !c.class_rights("chat:1").anonymous_subscribe,
             "first match wins, then the catch-all"
         );
-        let e = Config::from_toml("[[rooms.class]]\nmatch = \"x\"\nslow_consumer = \"conflate\"")
+        let c = Config::from_toml("[[rooms.class]]\nmatch = \"x\"\nslow_consumer = \"conflate\"")
+            .unwrap();
+        assert_eq!(c.slow_consumer_in("x"), SlowConsumer::Conflate);
+        let e = Config::from_toml("[[rooms.class]]\nmatch = \"x\"\nslow_consumer = \"lifo\"")
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("rooms.class.slow_consumer") && e.contains("not implemented"),
+            e.contains("rooms.class.slow_consumer") && e.contains("drop_oldest"),
             "{e}"
         );
         let e = Config::from_toml("[auth]\nmode = \"jwt\"")
