@@ -194,11 +194,12 @@ impl ShardCore {
             return;
         };
         let frames = self.frames_for(id, b);
-        let skip = if self.cfg.echo_in(&b.room) {
-            None
-        } else {
-            b.origin.filter(|o| o.0 == self.id).map(|o| o.1)
-        };
+        // Only a sender on this shard can be skipped: the room's class is looked up only then.
+        let skip = b
+            .origin
+            .filter(|o| o.0 == self.id)
+            .map(|o| o.1)
+            .filter(|_| !self.cfg.echo_in(&b.room));
         self.enqueue_room(id, frames, skip, b.is_event(), now);
     }
 
