@@ -15,8 +15,8 @@ use bytes::Bytes;
 use crate::config::Compression;
 use crate::ids::{ConnId, ShardId, Tick};
 use crate::metrics::ShardStats;
-use crate::protocol::deflate::{Compressor, DeflateMode};
-use crate::protocol::envelope::{self, Data, Format, ServerOp};
+use crate::protocol::deflate::{Compressor, DeflateMode, Inflater};
+use crate::protocol::envelope::{self, Data, Format, GapMark, ServerOp};
 use crate::protocol::frame::{encode_server_frame, OpCode};
 
 /// The wire formats a room message can be sent in.
@@ -328,6 +328,65 @@ pub(crate) fn split_frame(frame: &[u8]) -> (OpCode, &[u8]) {
         _ => 2,
     };
     (op, frame.get(hl..).unwrap_or(&[]))
+}
+
+/// Header length, payload length and first byte of the first of our own server frames in `buf`.
+fn frame_bounds(buf: &[u8]) -> Option<(usize, usize, u8)> {
+    let (&b0, rest) = buf.split_first()?;
+    let (hl, len) = match rest.first()? & 0x7f {
+        126 => (
+            4,
+            u64::from(u16::from_be_bytes(rest.get(1..3)?.try_into().ok()?)),
+        ),
+        127 => (10, u64::from_be_bytes(rest.get(1..9)?.try_into().ok()?)),
+        n => (2, u64::from(n)),
+    };
+    Some((hl, usize::try_from(len).ok()?, b0))
+}
+
+/// `batch` (one or more of our envelope frames for one room, as queued for a connection on
+/// `wire`) with its first message marked `"gap": true` ([`envelope::mark_gap`]). A compressed
+/// message (shared mode: no context) is inflated and goes out uncompressed. `None` when the
+/// batch holds no message (only presence events), its first message is marked already, or the
+/// wire is raw (raw clients have no seq). A batch whose first message is marked already comes
+/// back as it is.
+#[cold]
+pub(crate) fn gap_frame(batch: &Bytes, wire: Wire) -> Option<Bytes> {
+    let format = wire.format()?;
+    let mut at = 0;
+    while at < batch.len() {
+        let (hl, len, b0) = frame_bounds(&batch[at..])?;
+        let end = at.checked_add(hl + len)?;
+        let payload = batch.get(at + hl..end)?;
+        let op = if b0 & 0x0f == 1 {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
+        let marked = if b0 & 0x40 != 0 {
+            let mut plain = bytes::BytesMut::new();
+            let mut inflater = Inflater::new(15);
+            inflater
+                .inflate(payload, usize::MAX, true, &mut plain)
+                .ok()?;
+            envelope::mark_gap(&plain, format)
+        } else {
+            envelope::mark_gap(payload, format)
+        };
+        match marked {
+            GapMark::Marked(m) => {
+                let frame = encode_server_frame(op, false, &m);
+                let mut out = Vec::with_capacity(batch.len() + frame.len());
+                out.extend_from_slice(&batch[..at]);
+                out.extend_from_slice(&frame);
+                out.extend_from_slice(&batch[end..]);
+                return Some(Bytes::from(out));
+            }
+            GapMark::AlreadyMarked => return Some(batch.clone()),
+            GapMark::NotAMessage => at = end,
+        }
+    }
+    None
 }
 
 /// Frame an envelope payload: text messages for JSON, binary for CBOR.

@@ -232,8 +232,10 @@ pub struct RoomClassSection {
     pub history_size: Option<i64>,
     /// Overrides `[history] ttl`.
     pub history_ttl: Option<String>,
-    /// Overrides `[limits] slow_consumer`: `"close"` or `"drop"`.
+    /// Overrides `[limits] slow_consumer`: `"close"`, `"drop"`, `"drop_oldest"`, `"conflate"`.
     pub slow_consumer: Option<String>,
+    /// Members a room of the class may have, all shards and formats (unset: no cap).
+    pub max_subscribers: Option<i64>,
 }
 
 /// `[shutdown]` section.

@@ -210,6 +210,8 @@ pub struct RoomClass {
     pub history_ttl: Option<Duration>,
     /// Overrides `[limits] slow_consumer` for broadcasts in these rooms.
     pub slow_consumer: Option<SlowConsumer>,
+    /// Members a room may have (all shards, raw and envelope); `None`: no cap.
+    pub max_subscribers: Option<u64>,
 }
 
 impl Config {
@@ -239,6 +241,11 @@ impl Config {
         self.class_of(room)
             .and_then(|c| c.slow_consumer)
             .unwrap_or(self.slow_consumer)
+    }
+
+    /// The cap on `room`'s members, if its class sets one.
+    pub fn max_subscribers_in(&self, room: &str) -> Option<u64> {
+        self.class_of(room).and_then(|c| c.max_subscribers)
     }
 
     fn class_of(&self, room: &str) -> Option<&RoomClass> {

@@ -459,6 +459,12 @@ fn room_class(r: RoomClassSection) -> Result<RoomClass, ConfigError> {
             .slow_consumer
             .map(|p| slow_consumer("rooms.class.slow_consumer", &p))
             .transpose()?,
+        max_subscribers: match r.max_subscribers {
+            Some(n) if n < 1 => {
+                return Err(invalid("rooms.class.max_subscribers", "must be at least 1"))
+            }
+            n => n.map(|n| n as u64),
+        },
     })
 }
 

@@ -23,7 +23,7 @@ use crate::ids::{ConnId, RoomId, ShardId, Tick};
 use crate::protocol::close::CloseCode;
 use crate::protocol::deflate::Inflater;
 use crate::protocol::frame::encode_close;
-use crate::wire::Wire;
+use crate::wire::{gap_frame, Wire};
 use writer::Dedicated;
 
 /// Where a member sits in a room, kept by the connection so it can leave in O(1).
@@ -36,6 +36,9 @@ pub(crate) struct Membership {
     pub(crate) slot: u32,
     /// The member receives presence events (`join`/`leave`) of this room.
     pub(crate) presence: bool,
+    /// Messages of this room were lost for this member (slow-consumer policy) and the next one
+    /// it gets must say so (`"gap": true`).
+    pub(crate) gap: bool,
 }
 
 /// The room tag of queued frames that belong to no room.
@@ -104,6 +107,8 @@ pub(crate) struct Conn {
     /// When its token runs out (with the leeway), in seconds since the Unix epoch; 0: never.
     pub(crate) expires: u32,
     pub(crate) rooms: SmallVec<[Membership; 1]>,
+    /// Some membership has `gap` set: broadcasts take the slow path (no direct send).
+    pub(crate) gap_pending: bool,
 }
 
 /// Outcome of a direct write ([`Conn::send_direct`]).
@@ -160,6 +165,7 @@ impl Conn {
             last_ping: now,
             expires: 0,
             rooms: SmallVec::new(),
+            gap_pending: false,
         }
     }
 
@@ -195,14 +201,8 @@ impl Conn {
             return Push::Sealed;
         }
         let room = room.0 as u32;
-        if !self.fits(frame.len(), limit) {
-            match policy {
-                SlowConsumer::Drop => return Push::Dropped,
-                SlowConsumer::Close => return Push::OverLimit,
-                SlowConsumer::DropOldest | SlowConsumer::Conflate => {
-                    return self.push_lossy(frame, limit, policy, room)
-                }
-            }
+        if self.gap_pending || !self.fits(frame.len(), limit) {
+            return self.push_lossy(frame, limit, policy, room);
         }
         self.buffered += frame.len();
         self.queue.push_back((frame.clone(), room));
@@ -210,17 +210,65 @@ impl Conn {
         Push::Queued
     }
 
-    /// Over the mark under `drop_oldest` (discard the room's oldest queued frames until the new
-    /// one fits, or drop the new one) or `conflate` (discard all of the room's queued frames:
-    /// the new one is the room's latest state). Frames of other rooms, replies and the rest of a
-    /// partly written frame are never touched.
+    /// Over the mark, or a loss to report: `drop` drops the new frame; `drop_oldest` discards
+    /// the room's oldest queued frames until the new one fits (or drops it); `conflate` discards
+    /// all of the room's queued frames (the new one is the room's latest state). Frames of other
+    /// rooms, replies and the rest of a partly written frame are never touched. Envelope
+    /// clients learn of every loss from `"gap": true` on the next message of the room they get
+    /// ([`Conn::lost`]).
     #[cold]
     fn push_lossy(&mut self, frame: &Bytes, limit: usize, policy: SlowConsumer, room: u32) -> Push {
         let mut dropped = 0u32;
+        let over = !self.fits(frame.len(), limit);
+        if over {
+            match policy {
+                SlowConsumer::Close => return Push::OverLimit,
+                SlowConsumer::Drop => {
+                    self.lost(room, false);
+                    return Push::Dropped;
+                }
+                SlowConsumer::DropOldest | SlowConsumer::Conflate => {
+                    dropped = self.discard_room_frames(frame.len(), limit, policy, room);
+                    if dropped > 0 {
+                        self.lost(room, true);
+                    }
+                    if policy == SlowConsumer::DropOldest && !self.fits(frame.len(), limit) {
+                        self.lost(room, false);
+                        return Push::Replaced {
+                            dropped,
+                            queued: false,
+                        };
+                    }
+                }
+            }
+        }
+        let frame = self.take_gap_mark(frame, room);
+        self.buffered += frame.len();
+        self.queue.push_back((frame, room));
+        self.wake_writer();
+        if over {
+            Push::Replaced {
+                dropped,
+                queued: true,
+            }
+        } else {
+            Push::Queued
+        }
+    }
+
+    /// Discard queued frames of `room` (all of them for `conflate`, the oldest until `extra`
+    /// fits for `drop_oldest`); returns how many.
+    fn discard_room_frames(
+        &mut self,
+        extra: usize,
+        limit: usize,
+        policy: SlowConsumer,
+        room: u32,
+    ) -> u32 {
+        let mut dropped = 0u32;
         let mut i = 0;
         while i < self.queue.len() {
-            let conflate = policy == SlowConsumer::Conflate;
-            if !conflate && self.fits(frame.len(), limit) {
+            if policy != SlowConsumer::Conflate && self.fits(extra, limit) {
                 break;
             }
             if self.queue[i].1 == room {
@@ -232,19 +280,50 @@ impl Conn {
                 i += 1;
             }
         }
-        if policy == SlowConsumer::DropOldest && !self.fits(frame.len(), limit) {
-            return Push::Replaced {
-                dropped,
-                queued: false,
-            };
+        dropped
+    }
+
+    /// Frames of `room` were lost for this envelope connection. The first message of the room
+    /// it will still get carries `"gap": true`: with `queued_after` (older frames were discarded)
+    /// the first queued frame of the room is marked now, if there is one; otherwise the next
+    /// frame pushed for the room is ([`Conn::take_gap_mark`]).
+    #[cold]
+    fn lost(&mut self, room: u32, queued_after: bool) {
+        if self.wire.is_raw() {
+            return;
         }
-        self.buffered += frame.len();
-        self.queue.push_back((frame.clone(), room));
-        self.wake_writer();
-        Push::Replaced {
-            dropped,
-            queued: true,
+        if queued_after {
+            let wire = self.wire;
+            if let Some((b, _)) = self.queue.iter_mut().find(|(_, r)| *r == room) {
+                if let Some(m) = gap_frame(b, wire) {
+                    self.buffered = self.buffered - b.len() + m.len();
+                    *b = m;
+                    return;
+                }
+            }
         }
+        if let Some(m) = self.rooms.iter_mut().find(|m| m.room.0 as u32 == room) {
+            m.gap = true;
+            self.gap_pending = true;
+        }
+    }
+
+    /// `frame`, marked `"gap": true` if the room has a loss to report (which is then reported).
+    fn take_gap_mark(&mut self, frame: &Bytes, room: u32) -> Bytes {
+        let Some(m) = self
+            .rooms
+            .iter_mut()
+            .find(|m| m.gap && m.room.0 as u32 == room)
+        else {
+            return frame.clone();
+        };
+        let Some(marked) = gap_frame(frame, self.wire) else {
+            // Presence events only: the mark waits for the next message.
+            return frame.clone();
+        };
+        m.gap = false;
+        self.gap_pending = self.rooms.iter().any(|m| m.gap);
+        marked
     }
 
     /// Queue the frames of one reply (a pong, an ack, an error, a presence list, a history page,
@@ -281,7 +360,7 @@ impl Conn {
     /// partial write queues the rest and wakes or needs a writer).
     #[inline]
     pub(crate) fn send_direct(&mut self, frame: &Bytes) -> Option<Direct> {
-        if self.sealed || self.buffered != 0 || self.fd < 0 {
+        if self.sealed || self.buffered != 0 || self.fd < 0 || self.gap_pending {
             return None;
         }
         // SAFETY: `fd` is open while the connection is in the slab (see `kill`); the kernel
@@ -577,5 +656,89 @@ mod tests {
             }
         );
         assert_eq!(firsts(&c), vec![(8, NO_ROOM), (7, 2), (5, 1)]);
+    }
+
+    /// An envelope JSON message frame of `room` 1 with `seq`, padded to about 60 bytes.
+    fn msg(seq: u64) -> Bytes {
+        let text = format!(
+            r#"{{"op":"message","room":"r","seq":{seq},"from":null,"data":"{}"}}"#,
+            "x".repeat(10)
+        );
+        crate::protocol::frame::encode_server_frame(
+            crate::protocol::frame::OpCode::Text,
+            false,
+            text.as_bytes(),
+        )
+    }
+
+    /// (seq, marked) of each queued frame.
+    fn seqs(c: &Conn) -> Vec<(u64, bool)> {
+        c.queue
+            .iter()
+            .map(|(b, _)| {
+                let t = std::str::from_utf8(&b[2..]).unwrap();
+                let seq = t.split(r#""seq":"#).nth(1).unwrap();
+                let seq: u64 = seq[..seq.find(',').unwrap()].parse().unwrap();
+                (seq, t.contains(r#""gap":true"#))
+            })
+            .collect()
+    }
+
+    fn envelope_member() -> Conn {
+        let mut c = conn();
+        c.wire = Wire::Json;
+        c.rooms.push(Membership {
+            room: RoomId(1),
+            slot: 0,
+            presence: false,
+            gap: false,
+        });
+        c
+    }
+
+    #[test]
+    fn the_first_message_after_a_loss_carries_gap() {
+        let len = msg(1).len();
+        let limit = 2 * len + 20; // two messages, one of them marked
+        let r = RoomId(1);
+        // drop: 3 is lost, so 4 (the next the client gets) is marked; 5 is not.
+        let mut c = envelope_member();
+        for seq in 1..=3 {
+            c.push_broadcast(&msg(seq), limit, SlowConsumer::Drop, r);
+        }
+        assert!(c.gap_pending, "no direct send may skip the mark");
+        c.queue.clear();
+        c.buffered = 0;
+        for seq in 4..=5 {
+            assert_eq!(
+                c.push_broadcast(&msg(seq), limit, SlowConsumer::Drop, r),
+                Push::Queued
+            );
+        }
+        assert_eq!(seqs(&c), vec![(4, true), (5, false)]);
+        assert!(!c.gap_pending);
+        // drop_oldest: 1 is discarded, 2 (first still queued) is marked.
+        let mut c = envelope_member();
+        for seq in 1..=3 {
+            c.push_broadcast(&msg(seq), limit, SlowConsumer::DropOldest, r);
+        }
+        assert_eq!(seqs(&c), vec![(2, true), (3, false)]);
+        assert_eq!(
+            c.buffered,
+            c.queue.iter().map(|(b, _)| b.len()).sum::<usize>()
+        );
+        // conflate: only the latest, marked.
+        let mut c = envelope_member();
+        for seq in 1..=3 {
+            c.push_broadcast(&msg(seq), limit, SlowConsumer::Conflate, r);
+        }
+        assert_eq!(seqs(&c), vec![(3, true)]);
+        // Raw clients have no seq: nothing to mark.
+        let mut c = envelope_member();
+        c.wire = Wire::Raw;
+        for seq in 1..=3 {
+            c.push_broadcast(&msg(seq), limit, SlowConsumer::Drop, r);
+        }
+        assert!(!c.gap_pending);
     }
 }

@@ -35,6 +35,8 @@ pub struct ShardStats {
     pub forbidden: AtomicU64,
     /// Connections closed with 4001 at their token's expiry.
     pub token_expiries: AtomicU64,
+    /// Joins refused because the room was at its class's `max_subscribers`.
+    pub room_full: AtomicU64,
     /// Upgrades refused for a missing or invalid token.
     pub auth_failures: AtomicU64,
     /// The same, per reason (index: [`AUTH_REASONS`]).
@@ -120,6 +122,8 @@ pub struct Snapshot {
     pub forbidden: u64,
     /// See [`ShardStats::token_expiries`].
     pub token_expiries: u64,
+    /// See [`ShardStats::room_full`].
+    pub room_full: u64,
     /// See [`ShardStats::auth_failures`].
     pub auth_failures: u64,
     /// See [`ShardStats::handshake_timeouts`].
@@ -179,6 +183,7 @@ impl Stats {
             s.refused_publishes += l(&sh.refused_publishes);
             s.forbidden += l(&sh.forbidden);
             s.token_expiries += l(&sh.token_expiries);
+            s.room_full += l(&sh.room_full);
             s.auth_failures += l(&sh.auth_failures);
             s.handshake_timeouts += l(&sh.handshake_timeouts);
             s.protocol_errors += l(&sh.protocol_errors);

@@ -37,3 +37,5 @@ pub const COMPRESSIONS: &str = "compressions_total";
 pub const INFLATIONS: &str = "inflations_total";
 /// Envelope frames serialized for room messages and events (once per message per format).
 pub const ENVELOPE_ENCODINGS: &str = "envelope_encodings_total";
+/// Joins refused because the room was at its class's `max_subscribers`.
+pub const ROOM_FULL: &str = "room_full_total";

@@ -19,6 +19,9 @@ pub enum SessionError {
     /// `subscribe` over `limits.max_rooms_per_connection`.
     #[error("too many rooms on this connection")]
     TooManyRooms,
+    /// `subscribe` to a room at its class's `max_subscribers`.
+    #[error("room is full")]
+    RoomFull,
     /// The connection's token (or the room's class) does not allow this action in this room;
     /// the field is the verb (`subscribe`, `publish`, `presence`, `history`).
     #[error("not allowed to {0} in this room")]
@@ -36,6 +39,7 @@ impl SessionError {
             SessionError::AlreadySubscribed => "already_subscribed",
             SessionError::NotSubscribed => "not_subscribed",
             SessionError::TooManyRooms => "too_many_rooms",
+            SessionError::RoomFull => "room_full",
             SessionError::Forbidden(_) => "forbidden",
             SessionError::BadRefresh(_) => "bad_refresh",
         }
@@ -51,6 +55,7 @@ mod tests {
         assert_eq!(SessionError::AlreadySubscribed.code(), "already_subscribed");
         assert_eq!(SessionError::NotSubscribed.code(), "not_subscribed");
         assert_eq!(SessionError::TooManyRooms.code(), "too_many_rooms");
+        assert_eq!(SessionError::RoomFull.code(), "room_full");
         assert_eq!(
             SessionError::TooManyRooms.to_string(),
             "too many rooms on this connection"

@@ -85,6 +85,9 @@ pub(crate) struct HomeRoom {
     pub(crate) total: [u32; WIRES],
     /// Last time the room had an envelope member (raw messages are kept only around then).
     pub(crate) envelope_seen: Option<Tick>,
+    /// Raw connections refused by `max_subscribers` whose `Leave` is still to come (they joined
+    /// on their shard before the refusal reached it; their leave must not be counted).
+    refused: Vec<u64>,
 }
 
 impl HomeRoom {
@@ -98,7 +101,29 @@ impl HomeRoom {
             per_shard: vec![[0; WIRES]; shards],
             total: [0; WIRES],
             envelope_seen: None,
+            refused: Vec::new(),
         }
+    }
+
+    /// May `uid` join with `wire` under a cap of `max` members (all shards, every format)? A
+    /// refused raw connection is remembered until its leave comes (see [`HomeRoom::leaves`]).
+    pub(crate) fn admit(&mut self, max: Option<u64>, uid: u64, wire: Wire) -> bool {
+        if max.is_none_or(|m| self.members() < m) {
+            return true;
+        }
+        if wire.is_raw() {
+            self.refused.push(uid);
+        }
+        false
+    }
+
+    /// `uid` left with `wire`: count it out, unless it was a refused raw join (never counted).
+    pub(crate) fn leaves(&mut self, shard: ShardId, wire: Wire, uid: Option<u64>) {
+        if let Some(i) = uid.and_then(|u| self.refused.iter().position(|&x| x == u)) {
+            self.refused.swap_remove(i);
+            return;
+        }
+        self.count(shard, wire, false);
     }
 
     pub(crate) fn count(&mut self, shard: ShardId, wire: Wire, add: bool) {
@@ -279,6 +304,27 @@ mod tests {
 
     fn seqs(v: &[Arc<Bcast>]) -> Vec<u64> {
         v.iter().map(|b| b.seq).collect()
+    }
+
+    #[test]
+    fn max_subscribers_caps_members_across_shards_and_formats() {
+        let mut r = HomeRoom::new(2);
+        for (uid, shard, wire) in [(1, 0, Wire::Json), (2, 1, Wire::Raw)] {
+            assert!(r.admit(Some(2), uid, wire));
+            r.count(ShardId(shard), wire, true);
+        }
+        assert!(!r.admit(Some(2), 3, Wire::Cbor));
+        assert!(!r.admit(Some(2), 4, Wire::Raw));
+        assert!(r.admit(None, 5, Wire::Raw), "no cap");
+        assert_eq!(r.members(), 2);
+        // The refused raw connection's leave is not counted out; a real member's is.
+        r.leaves(ShardId(1), Wire::Raw, Some(4));
+        assert_eq!(r.members(), 2);
+        r.leaves(ShardId(1), Wire::Raw, Some(2));
+        assert_eq!(r.members(), 1);
+        assert!(r.admit(Some(2), 6, Wire::Raw), "room again below the cap");
+        // A refused envelope subscribe sends no leave: nothing is remembered for it.
+        assert!(r.refused.is_empty());
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl RoomRegistry {
             room: id,
             slot: (room.members.len() - 1) as u32,
             presence: false,
+            gap: false,
         }
     }
 

@@ -23,7 +23,6 @@ pub(crate) struct ConnRef {
 /// An envelope subscription request.
 #[derive(Debug)]
 pub(crate) struct SubReq {
-    pub(crate) conn: ConnRef,
     pub(crate) since: Option<u64>,
     pub(crate) epoch: Option<u64>,
     pub(crate) presence: bool,
@@ -35,15 +34,16 @@ pub(crate) struct SubReq {
 /// A request to a room's home shard.
 #[derive(Debug)]
 pub(crate) enum HomeMsg {
-    /// A member joined `room` on `shard` with `wire`; for an envelope subscription, also
-    /// register its presence and answer with [`Reply::Subscribed`].
+    /// `conn` joined `room` with `wire`; for an envelope subscription, also register its
+    /// presence and answer with [`Reply::Subscribed`]. A room of a class at its
+    /// `max_subscribers` answers [`Reply::Full`] instead and counts nothing.
     Join {
         room: Arc<str>,
-        shard: ShardId,
+        conn: ConnRef,
         wire: Wire,
         sub: Option<SubReq>,
     },
-    /// A member left; `uid` for envelope members (presence).
+    /// A member left; `uid` identifies it (presence, refused raw joins).
     Leave {
         room: Arc<str>,
         shard: ShardId,
@@ -111,6 +111,9 @@ pub(crate) enum Reply {
     Subscribed(SubAnswer),
     /// A ready frame (ack, presence, history).
     Frame { conn: ConnRef, frame: Bytes },
+    /// The room is at its class's `max_subscribers`: the join was not counted (a raw member
+    /// that joined locally leaves and is closed; an envelope subscribe gets `room_full`).
+    Full { conn: ConnRef, room: Arc<str> },
 }
 
 /// An HTTP API request, answered by the room's home (or, for `Rooms`, by every shard).

@@ -130,14 +130,13 @@ impl EnvelopeSession {
                 let presence = presence
                     && auth::may(self.identity.as_deref(), &class, Action::Presence, &room);
                 let sub = SubReq {
-                    conn: me,
                     since,
                     epoch,
                     presence,
                     info: self.info.clone(),
                     user: self.identity.as_ref().map(|i| i.sub.clone()),
                 };
-                return subscribe(s, Arc::from(room), sub, now);
+                return subscribe(s, me, Arc::from(room), sub, now);
             }
             ClientOp::Unsubscribe { room } => return unsubscribe(s, me, &room, format, now),
             ClientOp::Refresh { token } => return self.refresh(s, me, &token, req_id, now),
@@ -278,11 +277,11 @@ pub(crate) fn expiry(exp: u64, leeway: std::time::Duration) -> u32 {
 /// tracked as pending and sent to the room's home.
 fn subscribe(
     s: &mut ShardCore,
+    me: ConnRef,
     room: Arc<str>,
     sub: SubReq,
     now: Instant,
 ) -> Result<(), SessionError> {
-    let me = sub.conn;
     let key = (me.uid, room.clone());
     let pending = s.subs.get(&key).is_some_and(|p| p.live);
     if s.member_room(me.id, &room).is_some() || pending {
@@ -298,7 +297,7 @@ fn subscribe(
     s.subs.entry(key).or_default().live = true;
     let msg = HomeMsg::Join {
         room,
-        shard: s.id,
+        conn: me,
         wire,
         sub: Some(sub),
     };

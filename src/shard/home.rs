@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::bus::ShardMsg;
 use super::ShardCore;
 use crate::ids::{ShardId, Tick};
+use crate::metrics::ShardStats;
 use crate::protocol::envelope::{Data, Format, ServerOp};
 use crate::room::home::{by_user, home_index, Member};
 use crate::room::requests::{ApiAnswer, ApiReq, ConnRef, HomeMsg, Query, Reply, SubAnswer, SubReq};
@@ -133,10 +134,10 @@ impl ShardCore {
         match msg {
             HomeMsg::Join {
                 room,
-                shard,
+                conn,
                 wire,
                 sub,
-            } => self.home_join(room, shard, wire, sub, now),
+            } => self.home_join(room, conn, wire, sub, now),
             HomeMsg::Leave {
                 room,
                 shard,
@@ -172,14 +173,20 @@ impl ShardCore {
     fn home_join(
         &mut self,
         room: Arc<str>,
-        shard: ShardId,
+        conn: ConnRef,
         wire: Wire,
         sub: Option<SubReq>,
         now: Instant,
     ) {
         let (shards, tick, ttl) = (self.shards(), Tick::at(now), self.cfg.history_in(&room).1);
+        let max = self.cfg.max_subscribers_in(&room);
         let r = self.home.get_or_create(&room, shards);
-        r.count(shard, wire, true);
+        if !r.admit(max, conn.uid, wire) {
+            ShardStats::add(&self.my_stats().room_full, 1);
+            self.reply(conn.shard, Reply::Full { conn, room }, now);
+            return;
+        }
+        r.count(conn.shard, wire, true);
         let Some(sub) = sub else { return };
         r.expire(tick, ttl);
         let (recovered, replay) = r.resume(sub.since, sub.epoch);
@@ -188,9 +195,9 @@ impl ShardCore {
             user: sub.user.clone(),
             info: sub.info.clone(),
         };
-        let fresh = r.presence.insert(sub.conn.uid, member).is_none();
+        let fresh = r.presence.insert(conn.uid, member).is_none();
         let answer = Reply::Subscribed(SubAnswer {
-            conn: sub.conn,
+            conn,
             room: room.clone(),
             wire,
             presence: sub.presence,
@@ -199,10 +206,10 @@ impl ShardCore {
             recovered,
             replay,
         });
-        self.reply(sub.conn.shard, answer, now);
+        self.reply(conn.shard, answer, now);
         if fresh && self.cfg.class_rights(&room).presence {
             let ev = Kind::Join {
-                conn: sub.conn.uid,
+                conn: conn.uid,
                 user: sub.user,
                 info: sub.info,
             };
@@ -223,7 +230,7 @@ impl ShardCore {
         let Some(r) = self.home.rooms.get_mut(&room) else {
             return;
         };
-        r.count(shard, wire, false);
+        r.leaves(shard, wire, uid);
         if !wire.is_raw() {
             r.envelope_seen = Some(tick);
         }

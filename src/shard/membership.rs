@@ -15,7 +15,7 @@ use crate::conn::{Membership, Push};
 use crate::ids::{ConnId, RoomId, Tick};
 use crate::metrics::ShardStats;
 use crate::protocol::close::CloseCode;
-use crate::room::requests::HomeMsg;
+use crate::room::requests::{ConnRef, HomeMsg};
 
 impl ShardCore {
     /// Register a freshly accepted socket (in the handshake phase).
@@ -82,11 +82,17 @@ impl ShardCore {
     /// Join a raw room: locally, and counted by the room's home.
     pub(crate) fn join_raw(&mut self, id: ConnId, room: &str) -> Option<RoomId> {
         let rid = self.join_local(id, room, false)?;
-        let wire = self.conns.get(id.0)?.wire;
+        let c = self.conns.get(id.0)?;
+        let conn = ConnRef {
+            shard: self.id,
+            id,
+            uid: c.uid,
+        };
+        let wire = c.wire;
         let name = self.rooms.get(rid)?.name.clone();
         let msg = HomeMsg::Join {
             room: name,
-            shard: self.id,
+            conn,
             wire,
             sub: None,
         };
@@ -143,7 +149,7 @@ impl ShardCore {
                 room: name,
                 shard: self.id,
                 wire,
-                uid: (!wire.is_raw()).then_some(uid),
+                uid: Some(uid),
             };
             self.send_home(msg, Instant::now());
         }

@@ -11,10 +11,11 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::ShardCore;
-use crate::ids::ConnId;
+use crate::ids::{ConnId, Tick};
+use crate::protocol::close::CloseCode;
 use crate::protocol::envelope::{Data, Format, ServerOp};
 use crate::protocol::session::SessionError;
-use crate::room::requests::{HomeMsg, Reply, SubAnswer};
+use crate::room::requests::{ConnRef, HomeMsg, Reply, SubAnswer};
 use crate::wire::envelope_frame;
 
 /// Answers still to come from a room's home for one connection's subscriptions to that room.
@@ -37,6 +38,29 @@ impl ShardCore {
                 }
             }
             Reply::Subscribed(a) => self.subscribed(a, now),
+            Reply::Full { conn, room } => self.room_full(conn, room, now),
+        }
+    }
+
+    /// The room's home refused a join (`max_subscribers`): an envelope subscribe gets
+    /// `room_full`; a raw client, which joined here at its upgrade, leaves and is closed with
+    /// 1013 (what it was sent from the room meanwhile and not yet written is discarded).
+    fn room_full(&mut self, conn: ConnRef, room: Arc<str>, now: Instant) {
+        let Some(c) = self.conns.get(conn.id.0).filter(|c| c.uid == conn.uid) else {
+            return;
+        };
+        if c.wire.is_raw() {
+            self.leave_all(conn.id);
+            let deadline = Tick::at(now + self.cfg.close_timeout);
+            if let Some(c) = self.conns.get_mut(conn.id.0) {
+                c.start_close(CloseCode::TRY_AGAIN_LATER, "room full", deadline, true);
+            }
+            self.kick(conn.id);
+            return;
+        }
+        let (cancelled, _) = self.settle_pending(&(conn.uid, room));
+        if !cancelled {
+            self.send_error(conn.id, &SessionError::RoomFull, None, now);
         }
     }
 

@@ -820,6 +820,140 @@ def test_mode_none_room_classes():
     check("mode none: refresh -> bad_refresh 'auth is off'", f == error_frame("bad_refresh", "auth is off", "r"), f)
 
 
+def test_class_max_subscribers():
+    d = daemon("auth-classes")
+    full = room("full:m")
+    a, b = Client(d), Client(d)
+    for name, c in (("first", a), ("second", b)):
+        f = c.request({"op": "subscribe", "room": full})
+        check(f"max_subscribers 2: {name} subscriber accepted", isinstance(f, dict) and f.get("op") == "subscribed", f)
+    c = Client(d)
+    f = c.request({"op": "subscribe", "room": full})
+    check("max_subscribers 2: third subscribe -> error room_full, connection stays open",
+          f == {"op": "error", "code": "room_full", "reason": "room is full"}, f)
+    # A bare socket: the close can come in the same segment as the 101, which the `websockets`
+    # sync client does not read.
+    with socket.create_connection(("127.0.0.1", d.port), timeout=TIMEOUT) as sk:
+        sk.sendall((f"GET /ws/{full} HTTP/1.1\r\nHost: {d.addr}\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        data = b""
+        while len(data.partition(b"\r\n\r\n")[2]) < 13 and (chunk := sk.recv(4096)):
+            data += chunk
+    head, _, frame = data.partition(b"\r\n\r\n")
+    code = int.from_bytes(frame[2:4], "big") if frame[:1] == b"\x88" else None
+    check("max_subscribers 2: raw client over the cap: 101, then close 1013 'room full'",
+          head.startswith(b"HTTP/1.1 101") and code == 1013 and frame[4:] == b"room full", data[-40:])
+    f = c.request({"op": "subscribe", "room": room("lobby")})
+    check("max_subscribers: other rooms unaffected", isinstance(f, dict) and f.get("op") == "subscribed", f)
+    # A refused raw join is not counted out when it leaves: still exactly two members.
+    f = c.request({"op": "subscribe", "room": full})
+    check("max_subscribers: still full after the refused raw client left",
+          isinstance(f, dict) and f.get("code") == "room_full", f)
+    a.request({"op": "unsubscribe", "room": full})
+    f = c.request({"op": "subscribe", "room": full})
+    check("max_subscribers: a member leaves -> the next subscribe is accepted",
+          isinstance(f, dict) and f.get("op") == "subscribed", f)
+
+
+class StalledClient:
+    """An envelope JSON subscriber on a bare socket with a tiny receive buffer: it stops reading
+    after subscribing (so the daemon queues for it and the room's policy applies), then reads
+    every frame when told to."""
+
+    def __init__(self, d, r):
+        self.s = socket.socket()
+        self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.s.settimeout(TIMEOUT)
+        self.s.connect(("127.0.0.1", d.port))
+        self.s.sendall((f"GET /ws HTTP/1.1\r\nHost: {d.addr}\r\nUpgrade: websocket\r\n"
+                        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {JSON_PROTO}\r\n\r\n").encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self.s.recv(4096)
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.frames = []
+        self.welcome = self.next()
+        text = json.dumps({"op": "subscribe", "room": r}).encode()
+        mask = os.urandom(4)
+        self.s.sendall(bytes([0x81, 0x80 | len(text)]) + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(text)))
+        self.subscribed = self.next()
+
+    def next(self):
+        """The next whole server frame's JSON."""
+        while True:
+            if len(self.buf) >= 2:
+                n, hl = self.buf[1] & 0x7F, 2
+                if n == 126:
+                    n, hl = int.from_bytes(self.buf[2:4], "big"), 4
+                elif n == 127:
+                    n, hl = int.from_bytes(self.buf[2:10], "big"), 10
+                if len(self.buf) >= hl + n:
+                    payload, self.buf = self.buf[hl:hl + n], self.buf[hl + n:]
+                    return json.loads(payload)
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+
+    def read_until(self, data, timeout=30):
+        """Read messages until one carries `data`: the list of messages before it."""
+        out, end = [], time.monotonic() + timeout
+        while time.monotonic() < end:
+            f = self.next()
+            if f.get("op") != "message":
+                continue
+            if f.get("data") == data:
+                return out
+            out.append(f)
+        raise TimeoutError(f"no message {data!r} within {timeout} s")
+
+
+def test_gap_marker(policy):
+    """A stalled client in a busy room loses frames to the class's policy; once it reads again,
+    the first message after each loss (and only those) carries gap: true."""
+    d = daemon("auth-classes")
+    r = room(f"{policy}:g")
+    slow = StalledClient(d, r)
+    check(f"gap {policy}: stalled client subscribed", slow.subscribed.get("op") == "subscribed", slow.subscribed)
+    pub = Client(d)
+    blob = "x" * 2000
+    for i in range(5000):  # 10 MB: far past 128 KiB queued + what the kernel buffers
+        pub.send({"op": "publish", "room": r, "data": {"i": i, "pad": blob}})
+    f = pub.request({"op": "publish", "room": r, "data": "flushed", "id": "last"})
+    check(f"gap {policy}: publisher done", isinstance(f, dict), f)
+    done = threading.Event()
+    got = {}
+
+    def reader():
+        try:
+            got["msgs"] = slow.read_until("end")
+        except Exception as e:  # noqa: BLE001
+            got["error"] = repr(e)
+        done.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    # Published until the reader has it: the queue drains once it reads, then nothing is lost.
+    while not done.wait(0.2):
+        pub.send({"op": "publish", "room": r, "data": "end"})
+    msgs = got.get("msgs")
+    check(f"gap {policy}: stalled client reads to the end", msgs is not None, got.get("error"))
+    if msgs is None:
+        return
+    prev, wrong, gaps = slow.subscribed.get("seq", 0), [], 0
+    for m in msgs:
+        jumped = m["seq"] != prev + 1
+        gaps += jumped
+        if m["seq"] <= prev or bool(m.get("gap")) != jumped:
+            wrong.append((prev, m["seq"], m.get("gap")))
+        prev = m["seq"]
+    check(f"gap {policy}: frames were lost ({gaps} gaps in {len(msgs)} messages)", gaps > 0, len(msgs))
+    check(f"gap {policy}: seq increasing, gap: true exactly on the first message after each loss",
+          not wrong, wrong[:5])
+
+
 # --------------------------------------------------------------------------------------- presence
 
 def test_presence_users():
@@ -1168,7 +1302,9 @@ TESTS = [(f, drv) for drv in DRIVERS for f in (test_401_reasons, test_401_algori
                                                 test_401_token_sources, test_accepted_algorithms,
                                                 test_accepted_jwks)] + [
     (test_permissions_raw, None), (test_permissions_raw_drop, None), (test_permissions_envelope, None),
-    (test_mode_none_room_classes, None), (test_presence_users, None), (test_presence_anonymous_by_user, None),
+    (test_mode_none_room_classes, None), (test_class_max_subscribers, None),
+    (test_gap_marker, "drop"), (test_gap_marker, "oldest"), (test_gap_marker, "conflate"),
+    (test_presence_users, None), (test_presence_anonymous_by_user, None),
     (test_refresh_keeps_connection, None), (test_refresh_not_refreshed_expires, None), (test_refresh_bad, None),
     (test_refresh_drops_forbidden_room, None), (test_refresh_raw_expires, None),
     (test_origins, None), (test_require_origin, None), (test_api, None), (test_config_check, None),

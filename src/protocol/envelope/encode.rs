@@ -36,6 +36,49 @@ pub fn encode_server_into(op: &ServerOp<'_>, format: Format, out: &mut Vec<u8>) 
     }
 }
 
+/// What [`mark_gap`] made of a payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GapMark {
+    /// The message with `"gap": true` added after its `op`.
+    Marked(Vec<u8>),
+    /// A message that carries the flag already.
+    AlreadyMarked,
+    /// Not a `message` made by [`encode_server`] (an event, a reply).
+    NotAMessage,
+}
+
+/// Add `"gap": true` to a `message` payload made by [`encode_server`]: the first message a
+/// client gets for a room after the server dropped some of that room's messages for it.
+pub fn mark_gap(payload: &[u8], format: Format) -> GapMark {
+    // (prefix every message starts with, the flag, where it goes)
+    let (head, flag): (&[u8], &[u8]) = match format {
+        Format::Json => (br#"{"op":"message","#, br#""gap":true,"#),
+        // A map of fewer than 23 pairs (one header byte) whose first pair is op: "message".
+        Format::Cbor => (b"\x62op\x67message", b"\x63gap\xf5"),
+    };
+    let (prefix, body) = match format {
+        Format::Json => (0, payload),
+        Format::Cbor => match payload.split_first() {
+            Some((&h, rest)) if h & 0xe0 == 0xa0 && h & 0x1f < 23 => (1, rest),
+            _ => return GapMark::NotAMessage,
+        },
+    };
+    let Some(rest) = body.strip_prefix(head) else {
+        return GapMark::NotAMessage;
+    };
+    if rest.starts_with(&flag[..flag.len() - 1]) {
+        return GapMark::AlreadyMarked;
+    }
+    let mut out = Vec::with_capacity(payload.len() + flag.len());
+    if prefix == 1 {
+        out.push(payload[0] + 1);
+    }
+    out.extend_from_slice(head);
+    out.extend_from_slice(flag);
+    out.extend_from_slice(rest);
+    GapMark::Marked(out)
+}
+
 /// Encode a client frame (for tests, load generators and client libraries).
 pub fn encode_client(op: &ClientOp, format: Format) -> Vec<u8> {
     let mut out = Vec::with_capacity(client_size_hint(op));

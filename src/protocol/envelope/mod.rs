@@ -72,7 +72,7 @@ mod fixtures;
 
 pub use data::{data_from_json, data_to_json, data_to_raw, raw_frame_data};
 pub use decode::{decode_client, decode_client_with_id, decode_request};
-pub use encode::{encode_client, encode_server, encode_server_into};
+pub use encode::{encode_client, encode_server, encode_server_into, mark_gap, GapMark};
 
 /// The JSON subprotocol: text messages, one JSON object each.
 pub const JSON_SUBPROTOCOL: &str = "shardcast.v1.json";
@@ -553,6 +553,44 @@ mod tests {
         );
         assert_eq!(Format::negotiate(Vec::<String>::new()), None);
         assert_eq!(Format::negotiate(["chat".to_string()]), None);
+    }
+
+    #[test]
+    fn mark_gap_adds_the_flag_to_messages_only() {
+        let data = map(&[("text", text("hi"))]);
+        let msg = ServerOp::Message {
+            room: "chat:42",
+            seq: 21,
+            from: Some(12),
+            data: &data,
+        };
+        let marked = |p: &[u8], f| match mark_gap(p, f) {
+            GapMark::Marked(m) => m,
+            other => panic!("{other:?}"),
+        };
+        let json = marked(&encode_server(&msg, Format::Json), Format::Json);
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"op":"message","gap":true,"room":"chat:42","seq":21,"from":12,"data":{"text":"hi"}}"#
+        );
+        let cbor = marked(&encode_server(&msg, Format::Cbor), Format::Cbor);
+        let v: ciborium::Value = ciborium::from_reader(&cbor[..]).unwrap();
+        let m = v.as_map().unwrap();
+        assert_eq!(m.len(), 6);
+        let get = |k: &str| {
+            m.iter()
+                .find(|(x, _)| x.as_text() == Some(k))
+                .map(|(_, v)| v)
+        };
+        assert_eq!(get("gap"), Some(&ciborium::Value::Bool(true)));
+        assert_eq!(get("seq"), Some(&ciborium::Value::Integer(21.into())));
+        assert_eq!(mark_gap(&json, Format::Json), GapMark::AlreadyMarked);
+        assert_eq!(mark_gap(&cbor, Format::Cbor), GapMark::AlreadyMarked);
+        let ack = ServerOp::Ack { id: &data, seq: 1 };
+        for f in [Format::Json, Format::Cbor] {
+            assert_eq!(mark_gap(&encode_server(&ack, f), f), GapMark::NotAMessage);
+            assert_eq!(mark_gap(b"", f), GapMark::NotAMessage);
+        }
     }
 
     // --- docs/protocol.md examples ------------------------------------------------------------
