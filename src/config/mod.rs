@@ -131,8 +131,8 @@ pub struct Config {
     pub max_rooms_per_connection: usize,
     /// Messages per second (and burst) one connection may send; `None`: unlimited.
     pub message_rate: Option<Rate>,
-    /// Cap on the kernel's unsent data per connection (`SO_SNDBUF` is set from it, so what the
-    /// kernel holds for a stalled client is bounded too).
+    /// Cap on the kernel's unsent data per connection (`TCP_NOTSENT_LOWAT`), so what the
+    /// kernel holds for a stalled client is bounded too.
     pub socket_unsent_bytes: usize,
     /// `[admission]`.
     pub admission: AdmissionLimits,
