@@ -15,9 +15,11 @@ use monoio::{FusionDriver, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::admission::Admission;
 use crate::config::{Config, IoDriver};
+use crate::health::Health;
 use crate::ids::ShardId;
 use crate::listener::bind_reuseport;
 use crate::metrics::Stats;
+use crate::room::requests::{ApiAnswer, ApiReq};
 use crate::shard::broadcast::run_flusher;
 use crate::shard::bus::{run_inbox, ShardMsg};
 use crate::shard::sweep::run_sweeper;
@@ -57,6 +59,7 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    health: Arc<Health>,
     stats: Stats,
     inboxes: Vec<flume::Sender<ShardMsg>>,
     threads: Vec<JoinHandle<()>>,
@@ -64,6 +67,18 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// Shard pulses and readiness (`/readyz`, the systemd watchdog).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// A cloneable handle to send the shards configurations and test hooks.
+    pub fn control(&self) -> Control {
+        Control {
+            inboxes: self.inboxes.clone(),
+        }
+    }
+
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -127,6 +142,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
     let stats = Stats::new(n);
     let open = Arc::new(AtomicUsize::new(0));
     let admission = Arc::new(Admission::default());
+    let health = Arc::new(Health::new(n));
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..n).map(|_| flume::bounded(cfg.inbox_capacity)).unzip();
     let peers: Arc<[flume::Sender<ShardMsg>]> = senders.clone().into();
@@ -142,6 +158,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
             stats: stats.clone(),
             open: open.clone(),
             admission: admission.clone(),
+            health: health.clone(),
             ready: ready_tx.clone(),
         };
         let t = std::thread::Builder::new()
@@ -162,11 +179,51 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
     };
     Ok(ServerHandle {
         addr,
+        health,
         stats,
         inboxes: senders,
         threads,
         driver,
     })
+}
+
+/// A cloneable handle to the running shards (for the admin listener and signal handlers).
+#[derive(Clone)]
+pub struct Control {
+    inboxes: Vec<flume::Sender<ShardMsg>>,
+}
+
+impl Control {
+    /// See [`ServerHandle::reconfigure`].
+    pub fn reconfigure(&self, cfg: Config) {
+        let cfg = Arc::new(cfg);
+        for tx in &self.inboxes {
+            let _ = tx.send(ShardMsg::Reconfigure(cfg.clone()));
+        }
+    }
+
+    /// Every room with members: (name, members, seq), asked of every shard (each answers for
+    /// the rooms it is home to) with `timeout` per shard.
+    pub fn room_stats(&self, timeout: Duration) -> Vec<(Arc<str>, u64, u64)> {
+        let mut all = Vec::new();
+        for tx in &self.inboxes {
+            let (atx, arx) = flume::bounded(1);
+            if tx.send(ShardMsg::Api(ApiReq::RoomStats, atx)).is_err() {
+                continue;
+            }
+            if let Ok(ApiAnswer::RoomStats(r)) = arx.recv_timeout(timeout) {
+                all.extend(r);
+            }
+        }
+        all
+    }
+
+    /// Test hook: block shard `shard`'s thread for `dur` (its loop stops turning).
+    pub fn stall(&self, shard: usize, dur: Duration) -> bool {
+        self.inboxes
+            .get(shard)
+            .is_some_and(|tx| tx.send(ShardMsg::Stall(dur)).is_ok())
+    }
 }
 
 /// Wait until all `n` shards report their runtime running; the driver in use ("epoll" if any
@@ -197,6 +254,7 @@ struct ShardStart {
     stats: Stats,
     open: Arc<AtomicUsize>,
     admission: Arc<Admission>,
+    health: Arc<Health>,
     ready: mpsc::Sender<Result<&'static str, ServerError>>,
 }
 
@@ -280,6 +338,7 @@ async fn shard_main(shard: ShardStart) {
         stats,
         open,
         admission,
+        health,
         ready,
     } = shard;
     let driver = if monoio::utils::is_legacy() {
@@ -305,6 +364,7 @@ async fn shard_main(shard: ShardStart) {
         stats,
         open,
         admission,
+        health.clone(),
     )));
     core.borrow_mut().me = Rc::downgrade(&core);
     monoio::spawn(run_inbox(core.clone(), inbox));
@@ -312,6 +372,7 @@ async fn shard_main(shard: ShardStart) {
     monoio::spawn(run_flusher(core.clone()));
     let _ = ready.send(Ok(driver));
     drop(ready);
+    health.set_accepting(id.0, true);
 
     accept_loop(&core, &listener).await;
     // Stop listening now: a cancelled io_uring accept can keep the socket alive in the kernel

@@ -44,6 +44,21 @@ pub struct FileConfig {
     /// `[admission]`
     #[serde(default)]
     pub admission: AdmissionSection,
+    /// `[admin]`
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[admin]` section: the operator's listener (metrics, health, admin page, reload).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `host:port`; `""` disables the admin listener.
+    pub listen: Option<String>,
+    /// Bearer key for everything but `/healthz` and `/readyz`.
+    pub key: Option<String>,
+    /// File holding the key (trailing newline trimmed).
+    pub key_file: Option<String>,
 }
 
 /// `[admission]` section: which new connections are taken.

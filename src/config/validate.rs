@@ -41,6 +41,7 @@ impl FileConfig {
         }
         auth(&mut c, self.auth)?;
         admission(&mut c, self.admission)?;
+        admin(&mut c, self.admin)?;
         if let Some(classes) = self.rooms.class.take() {
             c.room_classes = classes
                 .into_iter()
@@ -187,6 +188,29 @@ fn rate(
         None => per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32,
     };
     Ok(Some(Rate { per_second, burst }))
+}
+
+/// `[admin]`.
+fn admin(c: &mut Config, a: AdminSection) -> Result<(), ConfigError> {
+    if let Some(l) = a.listen {
+        c.admin.listen = if l.is_empty() {
+            None
+        } else {
+            Some(
+                parse_listen(&l)
+                    .map_err(|_| invalid("admin.listen", format!("`{l}` is not host:port")))?,
+            )
+        };
+        c.admin.explicit = true;
+    }
+    let key = match (a.key, a.key_file) {
+        (Some(_), Some(_)) => return Err(invalid("admin.key", "set key or key_file, not both")),
+        (Some(k), None) => Some(k),
+        (None, Some(f)) => Some(read_file("admin.key_file", &f)?.trim_end().to_string()),
+        (None, None) => None,
+    };
+    c.admin.key = key.filter(|k| !k.is_empty());
+    Ok(())
 }
 
 /// `[admission]`.

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::{ShardCore, ShardRef};
 use crate::admission::{Admission, Holder, Jitter};
 use crate::conn::Phase;
+use crate::health::Health;
 use crate::heartbeat::{self, judge, unix_now, Verdict};
 use crate::ids::{ConnId, Tick};
 use crate::metrics::ShardStats;
@@ -41,6 +42,8 @@ pub(crate) struct Lifecycle {
     pub(crate) admission: Arc<Admission>,
     /// Spreads `Retry-After` values.
     pub(crate) jitter: Jitter,
+    /// Pulses and accepting flags (`/readyz`, the systemd watchdog).
+    pub(crate) health: Arc<Health>,
     /// Set when shutdown begins: the mode and the drain deadline.
     pub(crate) shutdown: Option<(ShutdownMode, Instant)>,
     /// Wakes the accept loop when shutdown begins.
@@ -55,11 +58,13 @@ impl Lifecycle {
     pub(crate) fn new(
         open_connections: Arc<AtomicUsize>,
         admission: Arc<Admission>,
+        health: Arc<Health>,
         seed: u64,
     ) -> Lifecycle {
         Lifecycle {
             open_connections,
             admission,
+            health,
             jitter: Jitter::new(seed),
             shutdown: None,
             accept_waker: None,
@@ -134,6 +139,7 @@ impl ShardCore {
         if self.id.0 == 0 {
             self.life.admission.purge();
         }
+        self.life.health.beat(self.id.0);
         let st = self.my_stats();
         ShardStats::add(&st.heartbeat_timeouts, hb);
         ShardStats::add(&st.handshake_timeouts, hs);
@@ -150,6 +156,8 @@ impl ShardCore {
         };
         let deadline = now + grace;
         self.life.shutdown = Some((mode, deadline));
+        self.life.health.set_draining();
+        self.life.health.set_accepting(self.id.0, false);
         let deadline = Tick::at(deadline);
         if let Some(w) = self.life.accept_waker.take() {
             w.wake();
