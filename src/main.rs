@@ -8,12 +8,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shardcast::admin::{self, Admin, Reloader};
 use shardcast::config::{parse_io_driver, parse_listen, parse_shards, Config};
-use shardcast::server::{self, Control, ServerHandle};
+use shardcast::server::{self, Bound, Control};
 use shardcast::service;
 use shardcast::shard::ShutdownMode;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
@@ -109,7 +109,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     let shards = cfg.shards.get();
-    let handle = server::start(cfg.clone()).context("starting server")?;
+    let bound = server::bind(cfg.clone()).context("starting server")?;
+    let running = Arc::new(Mutex::new(cfg.clone()));
+    let reload = reloader(cli, running, bound.control(), log, bound.stats().clone());
+    let driver = Arc::new(OnceLock::new());
+    admin_listener(&cfg, &bound, driver.clone(), reload.clone())?;
+    if let Some(ms) = test_hook("SHARDCAST_TEST_START_DELAY_MS") {
+        // Test hook: hold the shards back so that /readyz can be seen saying "starting".
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    let handle = bound.run().context("starting server")?;
+    let _ = driver.set(handle.driver());
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         shards,
@@ -117,15 +127,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         listen = %handle.local_addr(),
         "shardcast started"
     );
-    let running = Arc::new(Mutex::new(cfg.clone()));
-    let reload = reloader(
-        cli,
-        running.clone(),
-        handle.control(),
-        log,
-        handle.stats().clone(),
-    );
-    admin_listener(&cfg, &handle, reload.clone())?;
     service::ready(handle.stats());
     service::spawn_watchdog(handle.health().clone(), handle.stats().clone());
     let mode = loop {
@@ -214,20 +215,21 @@ fn reloader(
 /// machine has it); an address set in the file that cannot be bound is an error.
 fn admin_listener(
     cfg: &Config,
-    handle: &ServerHandle,
+    bound: &Bound,
+    io_driver: Arc<OnceLock<&'static str>>,
     reload: Arc<Reloader>,
 ) -> anyhow::Result<()> {
     let Some(addr) = cfg.admin.listen else {
         return Ok(());
     };
     let admin = Admin {
-        stats: handle.stats().clone(),
-        health: handle.health().clone(),
-        io_driver: handle.driver(),
+        stats: bound.stats().clone(),
+        health: bound.health().clone(),
+        io_driver,
         key: cfg.admin.key.clone(),
         reload: Box::new(move || reload()),
-        control: handle.control(),
-        test_hooks: std::env::var("SHARDCAST_TEST_HOOKS").is_ok_and(|v| v == "1"),
+        control: bound.control(),
+        test_hooks: test_hooks(),
     };
     match admin::spawn(addr, admin) {
         Ok(local) => {
@@ -270,4 +272,16 @@ fn reload_command(cli: &Cli) -> anyhow::Result<()> {
         anyhow::bail!("reload refused");
     }
     Ok(())
+}
+
+/// `SHARDCAST_TEST_HOOKS=1`: the test-only hooks are on.
+fn test_hooks() -> bool {
+    std::env::var("SHARDCAST_TEST_HOOKS").is_ok_and(|v| v == "1")
+}
+
+/// A numeric test-hook variable, read only when the hooks are on.
+fn test_hook(name: &str) -> Option<u64> {
+    test_hooks()
+        .then(|| std::env::var(name).ok()?.parse().ok())
+        .flatten()
 }

@@ -130,8 +130,25 @@ impl ServerHandle {
     }
 }
 
-/// Start the server described by `cfg`.
+/// Start the server described by `cfg` ([`bind`], then [`Bound::run`]).
 pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
+    bind(cfg)?.run()
+}
+
+/// A server whose listeners are bound and whose shared state (counters, health, inboxes)
+/// exists, before any shard runs: the admin listener can start first and report "starting".
+pub struct Bound {
+    cfg: Config,
+    listeners: Vec<std::net::TcpListener>,
+    addr: SocketAddr,
+    stats: Stats,
+    health: Arc<Health>,
+    senders: Vec<flume::Sender<ShardMsg>>,
+    receivers: Vec<flume::Receiver<ShardMsg>>,
+}
+
+/// Bind the listeners of `cfg` and make the shared state.
+pub fn bind(cfg: Config) -> Result<Bound, ServerError> {
     let n = cfg.shards.get();
     let bind_err = |source| ServerError::Bind {
         addr: cfg.listen,
@@ -139,52 +156,96 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
     };
     let listeners = bind_reuseport(cfg.listen, n, cfg.backlog).map_err(bind_err)?;
     let addr = listeners[0].local_addr().map_err(bind_err)?;
-    let stats = Stats::new(n);
-    let open = Arc::new(AtomicUsize::new(0));
-    let admission = Arc::new(Admission::default());
-    let health = Arc::new(Health::new(n));
-    let (senders, receivers): (Vec<_>, Vec<_>) =
-        (0..n).map(|_| flume::bounded(cfg.inbox_capacity)).unzip();
-    let peers: Arc<[flume::Sender<ShardMsg>]> = senders.clone().into();
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<&'static str, ServerError>>();
-    let mut threads = Vec::with_capacity(n);
-    for (i, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
-        let shard = ShardStart {
-            id: ShardId(i),
-            cfg: cfg.clone(),
-            listener,
-            inbox,
-            peers: peers.clone(),
-            stats: stats.clone(),
-            open: open.clone(),
-            admission: admission.clone(),
-            health: health.clone(),
-            ready: ready_tx.clone(),
-        };
-        let t = std::thread::Builder::new()
-            .name(format!("shard-{i}"))
-            .spawn(move || shard_thread(shard))
-            .map_err(|_| ServerError::Thread(i))?;
-        threads.push(t);
-    }
-    drop(ready_tx);
-    let driver = match wait_ready(&ready_rx, n) {
-        Ok(d) => d,
-        Err(e) => {
-            for tx in &senders {
-                let _ = tx.send(ShardMsg::Shutdown(ShutdownMode::Fast));
-            }
-            return Err(e);
-        }
-    };
-    Ok(ServerHandle {
+    let (senders, receivers) = (0..n).map(|_| flume::bounded(cfg.inbox_capacity)).unzip();
+    Ok(Bound {
+        stats: Stats::new(n),
+        health: Arc::new(Health::new(n)),
+        cfg,
+        listeners,
         addr,
-        health,
-        stats,
-        inboxes: senders,
-        threads,
-        driver,
+        senders,
+        receivers,
     })
+}
+
+impl Bound {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Shard pulses and readiness.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// A handle to the shards (messages wait in their inboxes until they run).
+    pub fn control(&self) -> Control {
+        Control {
+            inboxes: self.senders.clone(),
+        }
+    }
+
+    /// Start the shards; returns once every one runs (or the first error).
+    pub fn run(self) -> Result<ServerHandle, ServerError> {
+        let Bound {
+            cfg,
+            listeners,
+            addr,
+            stats,
+            health,
+            senders,
+            receivers,
+        } = self;
+        let n = listeners.len();
+        let open = Arc::new(AtomicUsize::new(0));
+        let admission = Arc::new(Admission::default());
+        let peers: Arc<[flume::Sender<ShardMsg>]> = senders.clone().into();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<&'static str, ServerError>>();
+        let mut threads = Vec::with_capacity(n);
+        for (i, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
+            let shard = ShardStart {
+                id: ShardId(i),
+                cfg: cfg.clone(),
+                listener,
+                inbox,
+                peers: peers.clone(),
+                stats: stats.clone(),
+                open: open.clone(),
+                admission: admission.clone(),
+                health: health.clone(),
+                ready: ready_tx.clone(),
+            };
+            let t = std::thread::Builder::new()
+                .name(format!("shard-{i}"))
+                .spawn(move || shard_thread(shard))
+                .map_err(|_| ServerError::Thread(i))?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        let driver = match wait_ready(&ready_rx, n) {
+            Ok(d) => d,
+            Err(e) => {
+                for tx in &senders {
+                    let _ = tx.send(ShardMsg::Shutdown(ShutdownMode::Fast));
+                }
+                return Err(e);
+            }
+        };
+        Ok(ServerHandle {
+            addr,
+            health,
+            stats,
+            inboxes: senders,
+            threads,
+            driver,
+        })
+    }
 }
 
 /// A cloneable handle to the running shards (for the admin listener and signal handlers).

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::gate::bearer;
 use crate::health::{Health, Readiness};
-use crate::metrics::export::{render, Process};
+use crate::metrics::export::{classic, render, Process};
 use crate::metrics::Stats;
 use crate::protocol::handshake::{http_response, parse_request, Request};
 use crate::server::Control;
@@ -33,8 +33,8 @@ pub struct Admin {
     pub stats: Stats,
     /// Pulses and readiness.
     pub health: Arc<Health>,
-    /// The I/O driver in use.
-    pub io_driver: &'static str,
+    /// The I/O driver in use (set once the shards run).
+    pub io_driver: Arc<std::sync::OnceLock<&'static str>>,
     /// `[admin] key`.
     pub key: Option<String>,
     /// Re-reads the config file and puts it in force.
@@ -52,8 +52,11 @@ pub enum Route {
     Health,
     /// `GET /readyz`.
     Ready,
-    /// `GET /metrics`.
-    Metrics,
+    /// `GET /metrics`: OpenMetrics when the scraper accepts it, else the classic text format.
+    Metrics {
+        /// `Accept` names `application/openmetrics-text`.
+        openmetrics: bool,
+    },
     /// `GET /`.
     Page,
     /// `GET /events`.
@@ -82,7 +85,12 @@ pub fn route(req: &Request, authorized: bool, test_hooks: bool) -> Route {
         return r;
     }
     let r = match (req.method.as_str(), req.path.as_str()) {
-        ("GET" | "HEAD", "/metrics") => Route::Metrics,
+        ("GET" | "HEAD", "/metrics") => Route::Metrics {
+            openmetrics: req
+                .accept
+                .as_deref()
+                .is_some_and(|a| a.contains("application/openmetrics-text")),
+        },
         ("GET" | "HEAD", "/") => Route::Page,
         ("GET", "/events") => Route::Events,
         ("POST", "/reload") => Route::Reload,
@@ -202,17 +210,21 @@ fn answer(admin: &Admin, r: Route) -> Vec<u8> {
             }
             Readiness::Draining => text(503, "draining"),
         },
-        Route::Metrics => http_response(
-            200,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            "",
-            &render(
+        Route::Metrics { openmetrics } => {
+            let text = render(
                 &admin.stats,
                 &Process {
-                    io_driver: admin.io_driver,
+                    io_driver: admin.io_driver.get().copied().unwrap_or("starting"),
                 },
-            ),
-        ),
+            );
+            if openmetrics {
+                let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                http_response(200, ct, "", &text)
+            } else {
+                let ct = "text/plain; version=0.0.4; charset=utf-8";
+                http_response(200, ct, "", &classic(&text))
+            }
+        }
         Route::Page => http_response(200, "text/html; charset=utf-8", "", page::PAGE),
         Route::Reload => match (admin.reload)() {
             Ok(summary) => text(200, &summary),

@@ -9,7 +9,16 @@ fn health_checks_are_open_the_rest_needs_the_key() {
     let get = |p: &str| req(&format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n"));
     assert_eq!(route(&get("/healthz"), false, false), Route::Health);
     assert_eq!(route(&get("/readyz"), false, false), Route::Ready);
-    assert_eq!(route(&get("/metrics"), true, false), Route::Metrics);
+    assert_eq!(
+        route(&get("/metrics"), true, false),
+        Route::Metrics { openmetrics: false }
+    );
+    let om =
+        req("GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0\r\n\r\n");
+    assert_eq!(
+        route(&om, true, false),
+        Route::Metrics { openmetrics: true }
+    );
     assert_eq!(
         route(&get("/metrics"), false, false),
         Route::Refuse(401, "admin key required")

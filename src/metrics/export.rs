@@ -280,6 +280,42 @@ pub fn render(stats: &Stats, process: &Process) -> String {
     out
 }
 
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics text: counter families are
+/// named with their `_total` in `# HELP`/`# TYPE` as that format's parsers expect, and `# EOF`
+/// and `# UNIT` lines go. Served unless the scraper asks for OpenMetrics.
+pub fn classic(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_string());
+            }
+        }
+    }
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((p, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{p}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,5 +344,14 @@ mod tests {
             );
         }
         assert!(text.ends_with("# EOF\n"));
+        let c = classic(&text);
+        assert!(
+            c.contains("# TYPE shardcast_deliveries_total counter\n"),
+            "{c}"
+        );
+        assert!(c.contains("# HELP shardcast_deliveries_total "));
+        assert!(c.contains("# TYPE shardcast_connections gauge\n"));
+        assert!(c.contains("shardcast_deliveries_total{shard=\"1\"} 7\n"));
+        assert!(!c.contains("# EOF"));
     }
 }
