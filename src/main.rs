@@ -37,6 +37,12 @@ struct Cli {
     /// I/O driver ("auto", "io_uring" or "epoll"), overrides `server.io_driver`.
     #[arg(long)]
     io_driver: Option<String>,
+    /// Zero-downtime upgrade: take the listen address over from the shardcast already serving
+    /// it (both share it through SO_REUSEPORT until the old one has drained: once this one
+    /// accepts, the old one gets SIGTERM and closes its clients with 1012 over its
+    /// drain_timeout, and they reconnect here). Without it, a served address is refused.
+    #[arg(long)]
+    takeover: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -51,6 +57,13 @@ enum Command {
     /// Ask the running daemon (through its admin listener, `[admin] listen` and `key` of the
     /// same --config) to re-read its config file, as SIGHUP does; prints what it said.
     Reload,
+    /// Ask the running daemon (same way) to stop accepting and close its clients with 1012
+    /// spread over the window, as SIGTERM does over `[shutdown] drain_timeout`.
+    Drain {
+        /// The window, e.g. "30s" (default: drain_timeout).
+        #[arg(long)]
+        over: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,7 +113,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Some(Command::Reload) => return reload_command(&cli),
+        Some(Command::Reload) => return admin_post(&cli, "/reload"),
+        Some(Command::Drain { over }) => {
+            let q = over
+                .as_deref()
+                .map(|o| format!("?over={o}"))
+                .unwrap_or_default();
+            return admin_post(&cli, &format!("/drain{q}"));
+        }
         None => {}
     }
     let cfg = load(&cli)?;
@@ -109,11 +129,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     let shards = cfg.shards.get();
-    let bound = server::bind(cfg.clone()).context("starting server")?;
+    let old = if cli.takeover {
+        shardcast::listener::owner(cfg.listen)
+    } else {
+        None
+    };
+    let takeover = cli.takeover;
+    let bound = server::bind(cfg.clone(), takeover).context("starting server")?;
     let running = Arc::new(Mutex::new(cfg.clone()));
     let reload = reloader(cli, running, bound.control(), log, bound.stats().clone());
     let driver = Arc::new(OnceLock::new());
-    admin_listener(&cfg, &bound, driver.clone(), reload.clone())?;
+    let drain_over: Arc<Mutex<Option<std::time::Duration>>> = Arc::default();
+    let admin = admin_config(
+        &cfg,
+        &bound,
+        driver.clone(),
+        reload.clone(),
+        drain_over.clone(),
+    );
+    start_admin(&cfg, admin, takeover)?;
     if let Some(ms) = test_hook("SHARDCAST_TEST_START_DELAY_MS") {
         // Test hook: hold the shards back so that /readyz can be seen saying "starting".
         std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -128,6 +162,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         "shardcast started"
     );
     service::ready(handle.stats());
+    if let Some((pid, cmd)) = old {
+        // Our shards accept: the old process may stop accepting and drain.
+        tracing::info!(pid, %cmd, "took the address over; the running daemon drains");
+        // SAFETY: kill(2) on a pid read from /proc; no memory is involved.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
     service::spawn_watchdog(handle.health().clone(), handle.stats().clone());
     let mode = loop {
         match signals.forever().next() {
@@ -137,7 +179,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Some(SIGINT) => break ShutdownMode::Fast,
-            _ => break ShutdownMode::Graceful,
+            _ => {
+                let over = drain_over.lock().unwrap_or_else(|e| e.into_inner()).take();
+                break over.map_or(ShutdownMode::Graceful, ShutdownMode::Over);
+            }
         }
     };
     tracing::info!(?mode, drain_timeout = ?cfg.drain_timeout, "shutting down");
@@ -211,26 +256,43 @@ fn reloader(
     })
 }
 
-/// Start the admin listener. The default address in use is a warning (another daemon on this
-/// machine has it); an address set in the file that cannot be bound is an error.
-fn admin_listener(
+/// What the admin listener serves from.
+fn admin_config(
     cfg: &Config,
     bound: &Bound,
     io_driver: Arc<OnceLock<&'static str>>,
     reload: Arc<Reloader>,
-) -> anyhow::Result<()> {
-    let Some(addr) = cfg.admin.listen else {
-        return Ok(());
-    };
-    let admin = Admin {
+    drain_over: Arc<Mutex<Option<std::time::Duration>>>,
+) -> Admin {
+    Admin {
         stats: bound.stats().clone(),
         health: bound.health().clone(),
         io_driver,
         key: cfg.admin.key.clone(),
         reload: Box::new(move || reload()),
+        // `POST /drain`: the same path as SIGTERM, with its window.
+        drain: Box::new(move |over| {
+            if !over.is_zero() {
+                *drain_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(over);
+            }
+            let _ = signal_hook::low_level::raise(SIGTERM);
+        }),
         control: bound.control(),
         test_hooks: test_hooks(),
+    }
+}
+
+/// Start the admin listener. The default address in use is a warning (another daemon on this
+/// machine has it); an address set in the file that cannot be bound is an error; during a
+/// takeover the old process holds it until it exits, so it is taken when free.
+fn start_admin(cfg: &Config, admin: Admin, takeover: bool) -> anyhow::Result<()> {
+    let Some(addr) = cfg.admin.listen else {
+        return Ok(());
     };
+    if takeover && shardcast::listener::in_use(addr) {
+        admin::spawn_when_free(addr, admin).context("admin listener thread")?;
+        return Ok(());
+    }
     match admin::spawn(addr, admin) {
         Ok(local) => {
             tracing::info!(admin = %local, "admin listener (metrics, readyz, admin page)");
@@ -244,8 +306,8 @@ fn admin_listener(
     }
 }
 
-/// `shardcast reload`: POST /reload to the admin listener of the same config.
-fn reload_command(cli: &Cli) -> anyhow::Result<()> {
+/// `shardcast reload` / `drain`: POST `path` to the admin listener of the same config.
+fn admin_post(cli: &Cli, path: &str) -> anyhow::Result<()> {
     use std::io::{Read, Write};
     let cfg = load(cli)?;
     let addr = cfg
@@ -262,14 +324,14 @@ fn reload_command(cli: &Cli) -> anyhow::Result<()> {
         .unwrap_or_default();
     write!(
         s,
-        "POST /reload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{auth}\r\n"
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{auth}\r\n"
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
     println!("{}", body.trim_end());
     if !head.starts_with("HTTP/1.1 200") {
-        anyhow::bail!("reload refused");
+        anyhow::bail!("refused");
     }
     Ok(())
 }

@@ -32,6 +32,18 @@ const URING_ENTRIES: u32 = 16384;
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// Another process serves the address (start with `--takeover` to hand it over).
+    #[error(
+        "{addr} is already served by {owner}; a second instance would silently split clients \
+         between the two. Stop it first, or start this one with --takeover to take the address \
+         over while the running one drains"
+    )]
+    InUse {
+        /// Address.
+        addr: SocketAddr,
+        /// Who holds it (pid and command line, as far as /proc tells).
+        owner: String,
+    },
     /// Binding the listen address failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -132,7 +144,7 @@ impl ServerHandle {
 
 /// Start the server described by `cfg` ([`bind`], then [`Bound::run`]).
 pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
-    bind(cfg)?.run()
+    bind(cfg, false)?.run()
 }
 
 /// A server whose listeners are bound and whose shared state (counters, health, inboxes)
@@ -147,8 +159,20 @@ pub struct Bound {
     receivers: Vec<flume::Receiver<ShardMsg>>,
 }
 
-/// Bind the listeners of `cfg` and make the shared state.
-pub fn bind(cfg: Config) -> Result<Bound, ServerError> {
+/// Bind the listeners of `cfg` and make the shared state. An address another process
+/// listens on is refused ([`ServerError::InUse`]) unless `takeover`: then this process joins
+/// its SO_REUSEPORT group (the caller tells the old one to drain once this one accepts).
+pub fn bind(cfg: Config, takeover: bool) -> Result<Bound, ServerError> {
+    if !takeover && crate::listener::in_use(cfg.listen) {
+        let owner = crate::listener::owner(cfg.listen).map_or_else(
+            || "another process".to_string(),
+            |(pid, cmd)| format!("pid {pid} ({cmd})"),
+        );
+        return Err(ServerError::InUse {
+            addr: cfg.listen,
+            owner,
+        });
+    }
     let n = cfg.shards.get();
     let bind_err = |source| ServerError::Bind {
         addr: cfg.listen,

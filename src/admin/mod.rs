@@ -39,6 +39,8 @@ pub struct Admin {
     pub key: Option<String>,
     /// Re-reads the config file and puts it in force.
     pub reload: Box<Reloader>,
+    /// Begins a rolling drain over the given window (as SIGTERM does over `drain_timeout`).
+    pub drain: Box<dyn Fn(Duration) + Send + Sync>,
     /// The shards, for test hooks.
     pub control: Control,
     /// `SHARDCAST_TEST_HOOKS=1`: `POST /test/stall?shard=N&ms=M` is served.
@@ -63,6 +65,11 @@ pub enum Route {
     Events,
     /// `POST /reload`.
     Reload,
+    /// `POST /drain?over=30s`: a rolling drain over that window (default `drain_timeout`).
+    Drain {
+        /// The window, if given.
+        over: Option<Duration>,
+    },
     /// `POST /test/stall` (test hooks only).
     Stall {
         /// Which shard.
@@ -94,6 +101,12 @@ pub fn route(req: &Request, authorized: bool, test_hooks: bool) -> Route {
         ("GET" | "HEAD", "/") => Route::Page,
         ("GET", "/events") => Route::Events,
         ("POST", "/reload") => Route::Reload,
+        ("POST", "/drain") => match req.query_value("over").map(humantime::parse_duration) {
+            Some(Err(_)) => return Route::Refuse(400, "over: a duration such as 30s"),
+            over => Route::Drain {
+                over: over.and_then(Result::ok),
+            },
+        },
         ("POST", "/test/stall") if test_hooks => {
             let num = |k| req.query_value(k).and_then(|v| v.parse().ok());
             match (num("shard"), num("ms")) {
@@ -104,7 +117,7 @@ pub fn route(req: &Request, authorized: bool, test_hooks: bool) -> Route {
                 _ => return Route::Refuse(400, "shard and ms required"),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/" | "/events" | "/reload") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/" | "/events" | "/reload" | "/drain") => {
             return Route::Refuse(405, "method not allowed")
         }
         _ => return Route::Refuse(404, "not found"),
@@ -140,6 +153,24 @@ pub fn spawn(addr: SocketAddr, admin: Admin) -> std::io::Result<SocketAddr> {
         .name("admin".into())
         .spawn(move || accept_loop(listener, admin))?;
     Ok(local)
+}
+
+/// Serve once `addr` can be bound (a takeover: the old process still holds it until it has
+/// drained), retrying every 250 ms on a thread of its own.
+pub fn spawn_when_free(addr: SocketAddr, admin: Admin) -> std::io::Result<()> {
+    let admin = Arc::new(admin);
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || loop {
+            match TcpListener::bind(addr) {
+                Ok(l) => {
+                    tracing::info!(admin = %addr, "admin listener (after the takeover)");
+                    return accept_loop(l, admin);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        })
+        .map(|_| ())
 }
 
 fn accept_loop(listener: TcpListener, admin: Arc<Admin>) {
@@ -230,6 +261,10 @@ fn answer(admin: &Admin, r: Route) -> Vec<u8> {
             Ok(summary) => text(200, &summary),
             Err(why) => text(400, &why),
         },
+        Route::Drain { over } => {
+            (admin.drain)(over.unwrap_or(Duration::ZERO));
+            text(200, "draining")
+        }
         Route::Stall { shard, ms } => {
             if admin.control.stall(shard, Duration::from_millis(ms)) {
                 text(200, "stalling")

@@ -36,6 +36,20 @@ fn health_checks_are_open_the_rest_needs_the_key() {
     let post = |p: &str| req(&format!("POST {p} HTTP/1.1\r\nHost: x\r\n\r\n"));
     assert_eq!(route(&post("/reload"), true, false), Route::Reload);
     assert_eq!(
+        route(&post("/drain?over=30s"), true, false),
+        Route::Drain {
+            over: Some(Duration::from_secs(30))
+        }
+    );
+    assert_eq!(
+        route(&post("/drain"), true, false),
+        Route::Drain { over: None }
+    );
+    assert_eq!(
+        route(&post("/drain?over=soon"), true, false),
+        Route::Refuse(400, "over: a duration such as 30s")
+    );
+    assert_eq!(
         route(&post("/test/stall?shard=1&ms=50"), true, false),
         Route::Refuse(404, "not found"),
         "test hooks off"
