@@ -83,14 +83,15 @@ class Proc:
         self.log.close()
 
 
-def raw_socket(p, room="lobby", headers=""):
+def raw_socket(p, room="lobby", headers="", path=None):
     """An upgraded raw-room connection on a bare socket (cheap: many of them)."""
     s = socket.create_connection(("127.0.0.1", p.port), timeout=TIMEOUT)
-    s.sendall((f"GET /ws/{room} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    path = path or f"/ws/{room}"
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n").encode())
     data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(4096)
+    while not data.endswith(b"\r\n\r\n"):  # byte by byte: what follows belongs to the stream
+        chunk = s.recv(1)
         if not chunk:
             break
         data += chunk
@@ -375,7 +376,158 @@ def test_sighup_reload():
         p.stop()
 
 
-TESTS = [(f, None) for f in (test_metrics, test_admin_key, test_readyz, test_sd_notify, test_sighup_reload)]
+def envelope_socket(p, sub_room=None):
+    """An envelope JSON connection on a bare socket (welcome read), optionally subscribed."""
+    s, status = raw_socket(p, headers=f"Sec-WebSocket-Protocol: {T.JSON_PROTO}\r\n", path="/ws")
+    if sub_room:
+        s.sendall(masked(('{"op":"subscribe","room":"%s"}' % sub_room).encode()))
+    return s, status
+
+
+def read_frames(buf):
+    """Whole server frames at the front of buf: ([(opcode, payload)], rest)."""
+    out = []
+    while len(buf) >= 2:
+        n, hl = buf[1] & 0x7F, 2
+        if n == 126:
+            if len(buf) < 4:
+                break
+            n, hl = int.from_bytes(buf[2:4], "big"), 4
+        elif n == 127:
+            if len(buf) < 10:
+                break
+            n, hl = int.from_bytes(buf[2:10], "big"), 10
+        if len(buf) < hl + n:
+            break
+        out.append((buf[0] & 0x0F, bytes(buf[hl:hl + n])))
+        buf = buf[hl + n:]
+    return out, buf
+
+
+def watch_closes(socks, timeout):
+    """Read every socket until it gets a close frame: per socket (hint time, after_ms, close
+    time, close code), times relative to the call."""
+    import selectors
+    import json as J
+    sel = selectors.DefaultSelector()
+    t0 = time.monotonic()
+    state = {}
+    for i, s in enumerate(socks):
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, i)
+        state[i] = {"buf": b"", "hint": None, "after": None, "close": None, "code": None}
+    left = len(socks)
+    while left and time.monotonic() - t0 < timeout:
+        for key, _ in sel.select(0.5):
+            i, st = key.data, state[key.data]
+            try:
+                data = key.fileobj.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(key.fileobj)
+                left -= st["close"] is None
+                continue
+            frames, st["buf"] = read_frames(st["buf"] + data)
+            for op, payload in frames:
+                if op == 1:
+                    msg = J.loads(payload)
+                    if msg.get("op") == "reconnect" and st["hint"] is None:
+                        st["hint"], st["after"] = time.monotonic() - t0, msg.get("after_ms")
+                elif op == 8 and st["close"] is None:
+                    st["close"], st["code"] = time.monotonic() - t0, int.from_bytes(payload[:2], "big")
+                    sel.unregister(key.fileobj)
+                    left -= 1
+                    break
+    return [state[i] for i in range(len(socks))]
+
+
+def test_rolling_drain():
+    p = Proc("drain", "[admin]\nlisten = \"@ADMIN@\"\n[shutdown]\ndrain_timeout = \"5s\"\n[limits]\nmax_connections = 5000\n")
+    try:
+        N = 2000
+        socks = [envelope_socket(p)[0] for _ in range(N)]
+        raw = [raw_socket(p, "drain-raw")[0] for _ in range(50)]
+        _, fams = metrics(p)
+        check(f"drain: {N} envelope + 50 raw clients connected", total(fams, "shardcast_connections") == N + 50,
+              total(fams, "shardcast_connections"))
+        p.proc.send_signal(signal.SIGTERM)
+        res = watch_closes(socks + raw, timeout=15)
+        env, rw = res[:N], res[N:]
+        hinted = [r for r in env if r["hint"] is not None]
+        check("drain: every envelope client got {op: reconnect, after_ms} first", len(hinted) == N, N - len(hinted))
+        check("drain: after_ms within the spread (0 .. 80 % of 5 s)",
+              all(0 <= (r["after"] or 0) <= 4000 for r in hinted), max((r["after"] or 0) for r in hinted))
+        codes = {r["code"] for r in res}
+        check("drain: every client closed with 1012 (service restart)", codes == {1012}, codes)
+        closes = sorted(r["close"] for r in res if r["close"] is not None)
+        edges = [i * 0.5 for i in range(11)]
+        hist = [sum(1 for t in closes if lo <= t < lo + 0.5) for lo in edges[:-1]]
+        print("    close times, 0.5 s buckets from SIGTERM:", hist, flush=True)
+        mean = len(closes) / 8
+        check("drain: closes spread evenly over the first 4 s (each 0.5 s bucket within 0.5x-1.6x of the mean)",
+              len(closes) == N + 50 and all(0.5 * mean <= h <= 1.6 * mean for h in hist[:8]) and sum(hist[8:]) <= 0.05 * N,
+              hist)
+        late = [abs(r["close"] - (r["hint"] + r["after"] / 1000)) for r in hinted if r["close"] is not None]
+        check("drain: each close comes when its hint said (within 0.5 s)", late and max(late) < 0.5, max(late or [0]))
+        check("drain: the daemon exits 0 after the drain", p.proc.wait(10) == 0, p.proc.poll())
+        for s in socks + raw:
+            s.close()
+    finally:
+        p.stop()
+
+
+def test_second_instance_and_takeover():
+    cfg = "[admin]\nlisten = \"\"\n[shutdown]\ndrain_timeout = \"3s\"\n"
+    a = Proc("first", cfg)
+    try:
+        out = subprocess.run([BIN, "--config", a.path, "--listen", a.addr], capture_output=True, text=True, timeout=10)
+        check("second instance: refuses to start on a served address (exit 1)", out.returncode == 1, out.returncode)
+        check("second instance: the error names the address and the running pid",
+              a.addr in out.stderr and f"pid {a.proc.pid}" in out.stderr and "--takeover" in out.stderr, out.stderr[-300:])
+        N = 200
+        room = "switch"
+        clients = [envelope_socket(a, room)[0] for _ in range(N)]
+        for c in clients:
+            c.settimeout(TIMEOUT)
+            got = b""
+            while b"subscribed" not in got:
+                got += c.recv(4096)
+        args = [BIN, "--config", a.path, "--listen", a.addr, "--takeover"]
+        blog = open(os.path.join(TMP, "takeover.log"), "wb")
+        bp = subprocess.Popen(args, stdout=blog, stderr=subprocess.STDOUT)
+        try:
+            res = watch_closes(clients, timeout=10)
+            codes = {r["code"] for r in res}
+            check("takeover: the old daemon's clients are closed 1012 after a reconnect hint",
+                  codes == {1012} and all(r["hint"] is not None for r in res), codes)
+            check("takeover: the old daemon exits after its drain", a.proc.wait(10) == 0, a.proc.poll())
+            # Everyone reconnects to the new daemon and resubscribes with since/epoch.
+            again = []
+            for _ in range(N):
+                s, status = envelope_socket(a, room)
+                again.append((s, status))
+            ok = sum(1 for _, st in again if st.startswith(b"HTTP/1.1 101"))
+            check(f"takeover: all {N} clients reconnect to the new daemon", ok == N, ok)
+            with open(os.path.join(TMP, "takeover.log"), "rb") as f:
+                log = f.read().decode()
+            check("takeover: the new daemon logged the takeover", "took the address over" in log, log[-300:])
+            for s, _ in again:
+                s.close()
+        finally:
+            bp.send_signal(signal.SIGINT)
+            bp.wait(10)
+            blog.close()
+        for c in clients:
+            c.close()
+    finally:
+        a.stop()
+
+
+TESTS = [(f, None) for f in (test_metrics, test_admin_key, test_readyz, test_sd_notify, test_sighup_reload,
+                             test_rolling_drain, test_second_instance_and_takeover)]
 
 if __name__ == "__main__":
     try:
