@@ -206,14 +206,15 @@ fn logging(cfg: &Config) -> Option<reload::Handle<EnvFilter, Registry>> {
     let fixed = from_env.is_some();
     let filter = from_env.unwrap_or_else(|| EnvFilter::new(&cfg.log_level));
     let (filter, handle) = reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
-        .init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    if cfg.log_json {
+        registry.with(fmt.json().flatten_event(true)).init();
+    } else {
+        registry
+            .with(fmt.with_ansi(std::io::stderr().is_terminal()))
+            .init();
+    }
     (!fixed).then_some(handle)
 }
 

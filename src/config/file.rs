@@ -143,8 +143,10 @@ pub struct EnvelopeSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
-    /// Bearer key; the API is off when unset or empty.
+    /// Bearer key (or `env:NAME`); the API is off when unset or empty.
     pub key: Option<String>,
+    /// File holding the key (trailing newline trimmed).
+    pub key_file: Option<String>,
 }
 
 /// `[compression]` section (permessage-deflate, RFC 7692).
@@ -300,4 +302,8 @@ pub struct ShutdownSection {
 pub struct LogSection {
     /// A `tracing` filter such as `"info"` or `"shardcast=debug"`; `RUST_LOG` overrides it.
     pub level: Option<String>,
+    /// `"text"` or `"json"`.
+    pub format: Option<String>,
+    /// One line per upgrade or refusal.
+    pub access_log: Option<bool>,
 }

@@ -23,7 +23,7 @@ use crate::auth::{ClassRights, Verifier};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// Path that was read.
         path: String,
@@ -138,6 +138,10 @@ pub struct Config {
     pub admission: AdmissionLimits,
     /// `[admin]`.
     pub admin: AdminListener,
+    /// `[log] format = "json"`.
+    pub log_json: bool,
+    /// `[log] access_log`: one line per upgrade or refusal.
+    pub access_log: bool,
     /// Ping interval.
     pub heartbeat_interval: Duration,
     /// Extra silence after `heartbeat_interval` before a connection is dropped.
@@ -357,6 +361,8 @@ impl Default for Config {
             socket_unsent_bytes: 256 * 1024,
             admission: AdmissionLimits::default(),
             admin: AdminListener::default(),
+            log_json: false,
+            access_log: false,
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(10),
             echo_to_sender: true,
@@ -445,6 +451,29 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_from_files_the_environment_and_systemd_credentials() {
+        let dir = std::env::temp_dir().join(format!("sc-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("api"), "file-key\n").unwrap();
+        std::env::set_var("SC_TEST_ADMIN_KEY_42", "env-key");
+        std::env::set_var("CREDENTIALS_DIRECTORY", &dir);
+        let c = Config::from_toml(
+            "[api]\nkey_file = \"$CREDENTIALS_DIRECTORY/api\"\n[admin]\nkey = \"env:SC_TEST_ADMIN_KEY_42\"",
+        )
+        .unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("file-key"));
+        assert_eq!(c.admin.key.as_deref(), Some("env-key"));
+        let e = Config::from_toml("[api]\nkey = \"env:SC_TEST_UNSET_VAR_42\"").unwrap_err();
+        assert!(
+            e.to_string().contains("api.key") && e.to_string().contains("SC_TEST_UNSET_VAR_42"),
+            "{e}"
+        );
+        let e = Config::from_toml("[api]\nkey = \"a\"\nkey_file = \"b\"").unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn reload_keeps_the_keys_that_need_a_restart() {
