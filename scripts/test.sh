@@ -56,6 +56,9 @@ fi
 step "third-party clients: Python websockets (permessage-deflate) and the envelope protocol suite (cbor2)"
 bash tests/python/run.sh
 
+step "pages in headless Chromium (playwright-core): the admin page under load"
+bash tests/browser/run.sh
+
 step "systemd unit"
 bash scripts/verify-systemd.sh target/release/shardcast
 
