@@ -266,10 +266,12 @@ async fn read_more(
         }
         match recv_nonblocking(fd, rbuf) {
             Ok(0) => return false,
-            Ok(_) => {
+            Ok(n) => {
                 // A full buffer means more may be waiting: read again before polling.
                 *more_ready = rbuf.len() == rbuf.capacity();
-                if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                let mut s = shard.borrow_mut();
+                ShardStats::add(&s.my_stats().bytes_in, n as u64);
+                if let Some(c) = s.conns.get_mut(id.0) {
                     c.last_seen = Tick::at(Instant::now());
                 }
                 return true;
