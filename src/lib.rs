@@ -26,6 +26,8 @@
 //!   do.
 //! - `http`: the HTTP API, pages and responses on the public listener.
 //! - `transport`: sockets to sessions: the WebSocket upgrade and reader.
+//! - [`tls`]: rustls configuration from `[tls]` (reloadable `tls::load`) and the sans-io state
+//!   of one TLS connection.
 //! - [`listener`]: one SO_REUSEPORT listener per shard.
 //! - [`server`]: shard threads and runtimes (io_uring or epoll), accept loops, the handle.
 
@@ -45,5 +47,6 @@ pub mod room;
 pub mod server;
 pub(crate) mod session;
 pub mod shard;
+pub mod tls;
 pub(crate) mod transport;
 pub mod wire;

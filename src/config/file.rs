@@ -41,6 +41,18 @@ pub struct FileConfig {
     /// `[auth]`
     #[serde(default)]
     pub auth: AuthSection,
+    /// `[tls]` (absent: plain `ws://` and HTTP)
+    pub tls: Option<TlsSection>,
+}
+
+/// `[tls]` section: serve `wss://` and HTTPS on the listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<String>,
+    /// PEM private key of the leaf certificate.
+    pub key_file: Option<String>,
 }
 
 /// `[auth]` section: who may connect, and with what rights.

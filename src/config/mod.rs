@@ -160,6 +160,8 @@ pub struct Config {
     pub origins: Origins,
     /// `[[rooms.class]]`, in order (first match wins).
     pub room_classes: Arc<[RoomClass]>,
+    /// `[tls]`: the listener serves `wss://` and HTTPS (`None`: plain).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// How connections authenticate.
@@ -314,6 +316,7 @@ impl Default for Config {
             auth: Auth::default(),
             origins: Origins::default(),
             room_classes: Arc::from(Vec::new()),
+            tls: None,
         }
     }
 }

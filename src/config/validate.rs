@@ -13,6 +13,7 @@ use crate::auth::pattern::Pattern;
 use crate::auth::token::{KeySource, Verifier};
 use crate::auth::ClassRights;
 use crate::protocol::deflate::DeflateMode;
+use crate::tls::{TlsConfig, TlsFiles};
 
 impl FileConfig {
     /// Parse TOML text.
@@ -38,6 +39,9 @@ impl FileConfig {
                 Some(parsed.map_err(|e| invalid("server.allowed_origins", e.to_string()))?);
         }
         auth(&mut c, self.auth)?;
+        if let Some(t) = self.tls.take() {
+            c.tls = Some(tls(t)?);
+        }
         if let Some(classes) = self.rooms.class.take() {
             c.room_classes = classes
                 .into_iter()
@@ -367,6 +371,27 @@ fn auth(c: &mut Config, a: AuthSection) -> Result<(), ConfigError> {
     }
     c.auth = out;
     Ok(())
+}
+
+/// `[tls]`: both files are required; they are read and checked now, so `config check` catches
+/// a missing file, bad PEM or a key that does not match the certificate.
+fn tls(t: TlsSection) -> Result<TlsConfig, ConfigError> {
+    let path = |key: &'static str, v: Option<String>| match v.filter(|p| !p.is_empty()) {
+        Some(p) => Ok(std::path::PathBuf::from(p)),
+        None => Err(invalid(key, "required when [tls] is present")),
+    };
+    let files = TlsFiles {
+        cert_file: path("tls.cert_file", t.cert_file)?,
+        key_file: path("tls.key_file", t.key_file)?,
+    };
+    let server = crate::tls::load(&files).map_err(|e| {
+        let key = match e.key() {
+            "cert_file" => "tls.cert_file",
+            _ => "tls.key_file",
+        };
+        invalid(key, e.to_string())
+    })?;
+    Ok(TlsConfig { files, server })
 }
 
 fn read_file(key: &'static str, path: &str) -> Result<String, ConfigError> {

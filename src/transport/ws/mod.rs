@@ -11,10 +11,14 @@ use bytes::BytesMut;
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
+use super::tls::TlsStream;
 use crate::conn::writer::dedicated_compressor;
+use crate::http::io::HttpIo;
+use crate::ids::ConnId;
 use crate::protocol::deflate::DeflateParams;
 use crate::session::Session;
 use crate::shard::ShardRef;
+use crate::tls::session::TlsState;
 
 /// What a successful upgrade leaves behind.
 pub(crate) struct Upgraded {
@@ -26,14 +30,42 @@ pub(crate) struct Upgraded {
     pub(crate) deflate: Option<DeflateParams>,
 }
 
-/// Serve one accepted socket to the end.
-pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
+/// Serve one accepted socket to the end: plain, or TLS when `[tls]` is in force.
+pub(crate) async fn serve(shard: ShardRef, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let id = shard.borrow_mut().add_conn(fd, std::time::Instant::now());
+    let tls = shard.borrow().cfg.tls.as_ref().map(|t| t.server.clone());
+    match tls {
+        None => serve_io(shard, id, stream, |s| (s, None)).await,
+        Some(cfg) => match TlsStream::new(stream, cfg) {
+            Ok(t) => {
+                serve_io(shard, id, t, |t| {
+                    let (tcp, tls) = t.into_parts();
+                    (tcp, Some(tls))
+                })
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a TLS session");
+                shard.borrow_mut().remove_conn(id, false);
+            }
+        },
+    }
+}
+
+/// The handshake phase on `io`, then (upgraded) the reader task; `parts` gives the socket and
+/// the TLS state (if any) back from `io`.
+async fn serve_io<S: HttpIo>(
+    shard: ShardRef,
+    id: ConnId,
+    mut io: S,
+    parts: impl FnOnce(S) -> (TcpStream, Option<Box<TlsState>>),
+) {
     let mut admitted = false;
-    match upgrade::handshake(&shard, id, &mut stream, &mut admitted).await {
+    match upgrade::handshake(&shard, id, &mut io, &mut admitted).await {
         Some(up) => {
+            let (stream, tls) = parts(io);
             let (rh, wh) = stream.into_split();
             // No writer task yet: one is spawned when something is queued (ShardCore::kick).
             {
@@ -42,6 +74,7 @@ pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
                 if let Some(c) = s.conns.get_mut(id.0) {
                     c.wh = Some(wh);
                     c.dedicated = dedicated;
+                    c.tls = tls;
                 }
                 // Anything queued during the upgrade (the envelope `welcome`) goes out now.
                 s.kick(id);
@@ -51,7 +84,7 @@ pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
         None => {
             // The stream (and its fd) goes, and the connection is forgotten in the same
             // synchronous step (see `Conn::kill`).
-            drop(stream);
+            drop(io);
             shard.borrow_mut().remove_conn(id, admitted);
         }
     }
