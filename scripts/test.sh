@@ -13,6 +13,7 @@ step "system packages"
 need=()
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v gcc >/dev/null || need+=(gcc)
+command -v curl >/dev/null || need+=(curl)  # the TLS suite: curl --cacert against the daemon
 command -v python3 >/dev/null || need+=(python3 python3-pip python3-venv)
 command -v python3 >/dev/null && ! python3 -m venv --help >/dev/null 2>&1 && need+=(python3-venv)
 if ((${#need[@]})); then
@@ -47,7 +48,7 @@ AUTOBAHN_DAEMON_ARGS="--io-driver io_uring" bash tests/autobahn/run.sh
 step "Autobahn fuzzingclient, epoll (all but the 84 slow compression cases)"
 AUTOBAHN_NO_BUILD=1 AUTOBAHN_DAEMON_ARGS="--io-driver epoll" bash tests/autobahn/run.sh
 
-step "third-party clients: Python websockets (permessage-deflate) and the envelope protocol suite (cbor2)"
+step "third-party clients: Python websockets (permessage-deflate), the envelope protocol suite (cbor2), auth (PyJWT), TLS (wss:// and HTTPS with curl)"
 bash tests/python/run.sh
 
 step "systemd unit"

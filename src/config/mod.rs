@@ -470,6 +470,36 @@ mod tests {
     }
 
     #[test]
+    fn tls_section() {
+        assert!(
+            Config::from_toml("").unwrap().tls.is_none(),
+            "plain by default"
+        );
+        for (text, key) in [
+            ("[tls]", "tls.cert_file"),
+            ("[tls]\ncert_file = \"c.pem\"", "tls.key_file"),
+            (
+                "[tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"k.pem\"",
+                "tls.cert_file",
+            ),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = Config::from_toml("[tls]\ncert = \"c.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cert"), "unknown keys are refused: {e}");
+        let (files, _) = crate::tls::tests::self_signed("config-tls");
+        let text = format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}",
+            files.cert_file, files.key_file
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.tls.map(|t| t.files), Some(files));
+    }
+
+    #[test]
     fn cli_values_are_checked_like_the_file() {
         assert_eq!(parse_shards("3").unwrap().get(), 3);
         assert_eq!(parse_shards("auto").unwrap(), available_cores());

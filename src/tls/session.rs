@@ -13,6 +13,7 @@ use std::io::{IoSlice, Read, Write};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rustls::ServerConnection;
+use smallvec::SmallVec;
 
 /// A TLS-level failure of one connection (its alert, if any, is queued: [`TlsState::output`]).
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +153,7 @@ impl TlsState {
     pub(crate) fn encrypt(&mut self, chunks: &[Bytes], out: &mut BytesMut) -> usize {
         let start = out.len();
         if !self.closing {
-            let mut rest: Vec<IoSlice<'_>> = chunks
+            let mut rest: SmallVec<[IoSlice<'_>; 8]> = chunks
                 .iter()
                 .filter(|c| !c.is_empty())
                 .map(|c| IoSlice::new(c))
