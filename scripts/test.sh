@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, runnable on a fresh Debian machine with Rust (root): installs what the
 # tests need, then runs format and lint checks, unit and integration tests (both I/O drivers),
-# the Autobahn conformance suite (on io_uring and on epoll) and the systemd unit check.
+# the Autobahn conformance suite (on io_uring and on epoll), a short run of every fuzz target and
+# the systemd unit check.
 #
 #   bash scripts/test.sh
 set -euo pipefail
@@ -49,6 +50,11 @@ AUTOBAHN_NO_BUILD=1 AUTOBAHN_DAEMON_ARGS="--io-driver epoll" bash tests/autobahn
 
 step "third-party clients: Python websockets (permessage-deflate) and the envelope protocol suite (cbor2)"
 bash tests/python/run.sh
+
+# Each fuzz target ~20 s under libFuzzer when a nightly toolchain is there (cargo-fuzz installed
+# if missing), else the stable replay of the corpus plus mutations; it prints which mode ran.
+step "fuzz targets (scripts/fuzz.sh --quick)"
+bash scripts/fuzz.sh --quick
 
 step "systemd unit"
 bash scripts/verify-systemd.sh target/release/shardcast
