@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, runnable on a fresh Debian machine with Rust (root): installs what the
 # tests need, then runs format and lint checks, unit and integration tests (both I/O drivers),
-# the Autobahn conformance suite (on io_uring and on epoll) and the systemd unit check.
+# the Autobahn conformance suite (on io_uring and on epoll), a short run of every fuzz target and
+# the systemd unit check.
 #
 #   bash scripts/test.sh
 set -euo pipefail
@@ -59,6 +60,11 @@ bash tests/python/run.sh
 
 step "pages in headless Chromium (playwright-core): the admin page under load"
 bash tests/browser/run.sh
+
+# Each fuzz target ~20 s under libFuzzer when a nightly toolchain is there (cargo-fuzz installed
+# if missing), else the stable replay of the corpus plus mutations; it prints which mode ran.
+step "fuzz targets (scripts/fuzz.sh --quick)"
+bash scripts/fuzz.sh --quick
 
 step "systemd unit"
 bash scripts/verify-systemd.sh target/release/shardcast
