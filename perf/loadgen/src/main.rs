@@ -2,12 +2,16 @@
 //! See `loadgen --help`.
 
 mod auth;
+mod backoff;
 mod deflate;
 mod engine;
 mod envelope;
+mod fleet;
 mod hist;
 mod payload;
+mod probe;
 mod procstat;
+mod storm;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddrV4, ToSocketAddrs};
@@ -19,7 +23,7 @@ use envelope::Envelope;
 use payload::Kind;
 use procstat::{cpu_s, rss_kib, share, CpuSnap};
 
-const HELP: &str = "\
+const HELP_HEAD: &str = "\
 loadgen: single-threaded epoll WebSocket load generator (one connection per room path /ws/{room},
 or per envelope subscription on /ws with --envelope)
 
@@ -43,7 +47,9 @@ SCENARIOS
   churn   --connections N (1000) --cycles C (10)
           C times: open N connections (each in its own room), close them cleanly; reports
           handshakes/s and handshakes per server CPU-second (server CPU while opening).
+";
 
+const HELP_TAIL: &str = "
 COMMON FLAGS
   --url ws://HOST:PORT[/prefix]   server (default ws://127.0.0.1:9300)
   --server-pid PID                read the server's CPU time and RSS from /proc/PID
@@ -77,6 +83,11 @@ COMMON FLAGS
   --label NAME                    carried into the JSON
 ";
 
+fn help() -> ! {
+    print!("{HELP_HEAD}{}{HELP_TAIL}", storm::HELP);
+    std::process::exit(0)
+}
+
 struct Args {
     scenario: String,
     flags: BTreeMap<String, String>,
@@ -88,8 +99,7 @@ impl Args {
         let mut it = std::env::args().skip(1);
         let scenario = it.next().ok_or("missing scenario (try --help)")?;
         if scenario == "--help" || scenario == "-h" || scenario == "help" {
-            print!("{HELP}");
-            std::process::exit(0);
+            help();
         }
         let mut flags = BTreeMap::new();
         let mut switches = Vec::new();
@@ -107,10 +117,7 @@ impl Args {
                 "json" | "max" | "deflate" | "broadcast-once" | "no-inflate-memo" => {
                     switches.push(name.to_string())
                 }
-                "help" => {
-                    print!("{HELP}");
-                    std::process::exit(0);
-                }
+                "help" => help(),
                 _ => {
                     let v = rest.pop().ok_or(format!("--{name} needs a value"))?;
                     flags.insert(name.to_string(), v);
@@ -182,6 +189,13 @@ impl Report {
     }
     fn obj(&mut self, k: &str, v: Vec<(String, i64)>) {
         self.fields.push((k.into(), V::Obj(v)));
+    }
+    /// An integer already in the report.
+    fn get_i(&self, k: &str) -> Option<i64> {
+        self.fields.iter().find_map(|(name, v)| match v {
+            V::I(x) if name == k => Some(*x),
+            _ => None,
+        })
     }
 
     fn json(&self) -> String {
@@ -601,6 +615,7 @@ fn run() -> Result<u8, String> {
     let c;
     let mut e;
     match sc.as_str() {
+        "storm" => return storm::main(&a),
         "fanout" => {
             let mut known = COMMON.to_vec();
             known.extend(["subscribers", "rate", "window", "envelope"]);
@@ -922,8 +937,14 @@ fn run() -> Result<u8, String> {
     }
     r.i("nofile_limit", nofile);
     let errs = errors(&mut r, &e);
+    finish(&r, &sc, &c);
+    Ok(if errs > 0 { 2 } else { 0 })
+}
+
+/// Print the report: the human table, and the JSON line with --json.
+fn finish(r: &Report, scenario: &str, c: &Common) {
     println!(
-        "loadgen {sc}{}",
+        "loadgen {scenario}{}",
         if c.label.is_empty() {
             String::new()
         } else {
@@ -934,7 +955,6 @@ fn run() -> Result<u8, String> {
     if c.json {
         println!("{}", r.json());
     }
-    Ok(if errs > 0 { 2 } else { 0 })
 }
 
 fn main() -> ExitCode {
