@@ -9,6 +9,8 @@
 //! - [`ids`]: `ShardId`, `ConnId`, `RoomId` and the compact `Tick` clock (a leaf).
 //! - [`protocol`]: sans-io RFC 6455 and RFC 7692 (handshake, frames, reassembly, close codes,
 //!   permessage-deflate), the envelope codec (JSON, CBOR), room names, session error codes.
+//! - [`admission`]: which new connections are taken (handshake rates, per-IP and per-user
+//!   caps, handshakes in progress); shared by the shards, decided by pure functions.
 //! - [`config`]: TOML file schema → validated typed [`config::Config`], swappable per shard.
 //! - [`metrics`]: per-shard counters, summed on read; their names in [`metrics::names`].
 //! - `wire`: wire formats, a message's encodings, the sequenced broadcast and its once-cells.
@@ -31,6 +33,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub(crate) mod conn;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use monoio::{FusionDriver, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
+use crate::admission::Admission;
 use crate::config::{Config, IoDriver};
 use crate::ids::ShardId;
 use crate::listener::bind_reuseport;
@@ -125,6 +126,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
     let addr = listeners[0].local_addr().map_err(bind_err)?;
     let stats = Stats::new(n);
     let open = Arc::new(AtomicUsize::new(0));
+    let admission = Arc::new(Admission::default());
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..n).map(|_| flume::bounded(cfg.inbox_capacity)).unzip();
     let peers: Arc<[flume::Sender<ShardMsg>]> = senders.clone().into();
@@ -139,6 +141,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
             peers: peers.clone(),
             stats: stats.clone(),
             open: open.clone(),
+            admission: admission.clone(),
             ready: ready_tx.clone(),
         };
         let t = std::thread::Builder::new()
@@ -193,6 +196,7 @@ struct ShardStart {
     peers: Arc<[flume::Sender<ShardMsg>]>,
     stats: Stats,
     open: Arc<AtomicUsize>,
+    admission: Arc<Admission>,
     ready: mpsc::Sender<Result<&'static str, ServerError>>,
 }
 
@@ -275,6 +279,7 @@ async fn shard_main(shard: ShardStart) {
         peers,
         stats,
         open,
+        admission,
         ready,
     } = shard;
     let driver = if monoio::utils::is_legacy() {
@@ -299,6 +304,7 @@ async fn shard_main(shard: ShardStart) {
         peers,
         stats,
         open,
+        admission,
     )));
     core.borrow_mut().me = Rc::downgrade(&core);
     monoio::spawn(run_inbox(core.clone(), inbox));

@@ -41,6 +41,33 @@ pub struct FileConfig {
     /// `[auth]`
     #[serde(default)]
     pub auth: AuthSection,
+    /// `[admission]`
+    #[serde(default)]
+    pub admission: AdmissionSection,
+}
+
+/// `[admission]` section: which new connections are taken.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionSection {
+    /// Open connections per client IP (IPv6: per /64).
+    pub max_connections_per_ip: Option<i64>,
+    /// Upgrades per second, daemon-wide.
+    pub handshakes_per_second: Option<f64>,
+    /// Upgrades allowed back to back above that rate.
+    pub handshake_burst: Option<i64>,
+    /// Upgrades per second per client IP.
+    pub handshakes_per_ip_per_second: Option<f64>,
+    /// Upgrades back to back per client IP.
+    pub handshake_ip_burst: Option<i64>,
+    /// Connections accepted and not yet upgraded, daemon-wide.
+    pub max_pending_handshakes: Option<i64>,
+    /// CIDRs whose forwarding headers name the client.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Open connections per authenticated user.
+    pub max_connections_per_user: Option<i64>,
+    /// `"refuse_new"` or `"close_oldest"`.
+    pub on_user_limit: Option<String>,
 }
 
 /// `[auth]` section: who may connect, and with what rights.
@@ -191,6 +218,12 @@ pub struct LimitsSection {
     pub close_timeout: Option<String>,
     /// Maximum rooms one connection may belong to.
     pub max_rooms_per_connection: Option<i64>,
+    /// Messages per second one connection may send (sustained).
+    pub messages_per_second: Option<f64>,
+    /// Messages one connection may send back to back.
+    pub message_burst: Option<i64>,
+    /// Cap on the kernel's send queue per connection.
+    pub socket_unsent_bytes: Option<ByteSize>,
 }
 
 /// `[heartbeat]` section.

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admission::{AdmissionLimits, Rate};
 use crate::auth::origin::Origins;
 use crate::auth::pattern::Pattern;
 use crate::auth::{ClassRights, Verifier};
@@ -128,6 +129,13 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Max rooms per connection.
     pub max_rooms_per_connection: usize,
+    /// Messages per second (and burst) one connection may send; `None`: unlimited.
+    pub message_rate: Option<Rate>,
+    /// Cap on the kernel's unsent data per connection (`SO_SNDBUF` is set from it, so what the
+    /// kernel holds for a stalled client is bounded too).
+    pub socket_unsent_bytes: usize,
+    /// `[admission]`.
+    pub admission: AdmissionLimits,
     /// Ping interval.
     pub heartbeat_interval: Duration,
     /// Extra silence after `heartbeat_interval` before a connection is dropped.
@@ -298,6 +306,9 @@ impl Default for Config {
             max_header_bytes: 8 * 1024,
             close_timeout: Duration::from_secs(5),
             max_rooms_per_connection: 64,
+            message_rate: None,
+            socket_unsent_bytes: 256 * 1024,
+            admission: AdmissionLimits::default(),
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(10),
             echo_to_sender: true,

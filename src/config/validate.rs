@@ -8,11 +8,13 @@ use std::time::Duration;
 use super::file::*;
 use super::{available_cores, invalid, parse_listen, Config, ConfigError, IoDriver, SlowConsumer};
 use super::{Auth, RawReadonly, RoomClass};
+use crate::admission::{Rate, UserLimit};
 use crate::auth::origin::OriginPattern;
 use crate::auth::pattern::Pattern;
 use crate::auth::token::{KeySource, Verifier};
 use crate::auth::ClassRights;
 use crate::protocol::deflate::DeflateMode;
+use ipnet::IpNet;
 
 impl FileConfig {
     /// Parse TOML text.
@@ -38,6 +40,7 @@ impl FileConfig {
                 Some(parsed.map_err(|e| invalid("server.allowed_origins", e.to_string()))?);
         }
         auth(&mut c, self.auth)?;
+        admission(&mut c, self.admission)?;
         if let Some(classes) = self.rooms.class.take() {
             c.room_classes = classes
                 .into_iter()
@@ -137,6 +140,19 @@ fn limits(c: &mut Config, l: LimitsSection) -> Result<(), ConfigError> {
     if let Some(n) = l.max_rooms_per_connection {
         c.max_rooms_per_connection = positive("limits.max_rooms_per_connection", n)?;
     }
+    c.message_rate = rate(
+        ("limits.messages_per_second", l.messages_per_second),
+        ("limits.message_burst", l.message_burst),
+    )?;
+    if let Some(v) = &l.socket_unsent_bytes {
+        c.socket_unsent_bytes = byte_size("limits.socket_unsent_bytes", v)?;
+        if c.socket_unsent_bytes < 4096 {
+            return Err(invalid(
+                "limits.socket_unsent_bytes",
+                "must be at least 4KiB",
+            ));
+        }
+    }
     if c.max_frame_bytes > c.max_message_bytes {
         // A frame can never carry more than a message; clamp silently would hide a mistake.
         return Err(invalid(
@@ -146,6 +162,86 @@ fn limits(c: &mut Config, l: LimitsSection) -> Result<(), ConfigError> {
                 c.max_frame_bytes, c.max_message_bytes
             ),
         ));
+    }
+    Ok(())
+}
+
+/// A rate and its burst (the burst defaults to one second's worth, at least 1).
+fn rate(
+    (rate_key, per_second): (&'static str, Option<f64>),
+    (burst_key, burst): (&'static str, Option<i64>),
+) -> Result<Option<Rate>, ConfigError> {
+    let Some(per_second) = per_second else {
+        if burst.is_some() {
+            return Err(invalid(burst_key, format!("needs {rate_key}")));
+        }
+        return Ok(None);
+    };
+    if !(per_second.is_finite() && per_second > 0.0) {
+        return Err(invalid(rate_key, "must be a positive number"));
+    }
+    let burst = match burst {
+        Some(b) => {
+            u32::try_from(positive(burst_key, b)?).map_err(|_| invalid(burst_key, "too large"))?
+        }
+        None => per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32,
+    };
+    Ok(Some(Rate { per_second, burst }))
+}
+
+/// `[admission]`.
+fn admission(c: &mut Config, a: AdmissionSection) -> Result<(), ConfigError> {
+    let l = &mut c.admission;
+    let count = |key: &'static str, n: i64| {
+        u32::try_from(positive(key, n)?).map_err(|_| invalid(key, "too large"))
+    };
+    if let Some(n) = a.max_connections_per_ip {
+        l.max_connections_per_ip = Some(count("admission.max_connections_per_ip", n)?);
+    }
+    if let Some(n) = a.max_connections_per_user {
+        l.max_connections_per_user = Some(count("admission.max_connections_per_user", n)?);
+    }
+    if let Some(n) = a.max_pending_handshakes {
+        l.max_pending_handshakes = positive("admission.max_pending_handshakes", n)?;
+    }
+    l.handshakes = rate(
+        ("admission.handshakes_per_second", a.handshakes_per_second),
+        ("admission.handshake_burst", a.handshake_burst),
+    )?;
+    l.handshakes_per_ip = rate(
+        (
+            "admission.handshakes_per_ip_per_second",
+            a.handshakes_per_ip_per_second,
+        ),
+        ("admission.handshake_ip_burst", a.handshake_ip_burst),
+    )?;
+    if let Some(list) = a.trusted_proxies {
+        let nets: Result<Vec<IpNet>, _> = list
+            .iter()
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "admission.trusted_proxies",
+                            format!("`{s}` is not an IP address or CIDR"),
+                        )
+                    })
+            })
+            .collect();
+        l.trusted_proxies = nets?.into();
+    }
+    if let Some(p) = a.on_user_limit {
+        l.user_limit = match p.as_str() {
+            "refuse_new" => UserLimit::RefuseNew,
+            "close_oldest" => UserLimit::CloseOldest,
+            other => {
+                return Err(invalid(
+                    "admission.on_user_limit",
+                    format!("`{other}` is not one of \"refuse_new\", \"close_oldest\""),
+                ))
+            }
+        };
     }
     Ok(())
 }

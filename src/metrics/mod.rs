@@ -41,6 +41,12 @@ pub struct ShardStats {
     pub auth_failures: AtomicU64,
     /// The same, per reason (index: [`AUTH_REASONS`]).
     pub auth_failures_by_reason: [AtomicU64; AUTH_REASONS.len()],
+    /// Messages refused by `[limits] messages_per_second`.
+    pub rate_limited: AtomicU64,
+    /// Upgrades refused by admission control.
+    pub admission_refusals: AtomicU64,
+    /// The same, per reason (index: [`crate::admission::REFUSAL_REASONS`]).
+    pub admission_refusals_by_reason: [AtomicU64; 5],
     /// Connections dropped for not finishing the HTTP handshake in time.
     pub handshake_timeouts: AtomicU64,
     /// Connections closed for a protocol violation.
@@ -79,6 +85,14 @@ impl ShardStats {
         Self::add(&self.auth_failures, 1);
         if let Some(i) = AUTH_REASONS.iter().position(|r| *r == label) {
             Self::add(&self.auth_failures_by_reason[i], 1);
+        }
+    }
+
+    /// Count one admission refusal (`reason`: index into the reasons).
+    pub fn count_admission_refusal(&self, reason: usize) {
+        Self::add(&self.admission_refusals, 1);
+        if let Some(c) = self.admission_refusals_by_reason.get(reason) {
+            Self::add(c, 1);
         }
     }
 
@@ -126,6 +140,10 @@ pub struct Snapshot {
     pub room_full: u64,
     /// See [`ShardStats::auth_failures`].
     pub auth_failures: u64,
+    /// See [`ShardStats::rate_limited`].
+    pub rate_limited: u64,
+    /// See [`ShardStats::admission_refusals`].
+    pub admission_refusals: u64,
     /// See [`ShardStats::handshake_timeouts`].
     pub handshake_timeouts: u64,
     /// See [`ShardStats::protocol_errors`].
@@ -185,6 +203,8 @@ impl Stats {
             s.token_expiries += l(&sh.token_expiries);
             s.room_full += l(&sh.room_full);
             s.auth_failures += l(&sh.auth_failures);
+            s.rate_limited += l(&sh.rate_limited);
+            s.admission_refusals += l(&sh.admission_refusals);
             s.handshake_timeouts += l(&sh.handshake_timeouts);
             s.protocol_errors += l(&sh.protocol_errors);
             s.write_calls += l(&sh.write_calls);

@@ -39,3 +39,7 @@ pub const INFLATIONS: &str = "inflations_total";
 pub const ENVELOPE_ENCODINGS: &str = "envelope_encodings_total";
 /// Joins refused because the room was at its class's `max_subscribers`.
 pub const ROOM_FULL: &str = "room_full_total";
+/// Upgrades refused by admission control (label `reason`).
+pub const ADMISSION_REFUSALS: &str = "admission_refusals_total";
+/// Messages refused by `[limits] messages_per_second`.
+pub const RATE_LIMITED: &str = "rate_limited_total";

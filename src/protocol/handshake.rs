@@ -63,6 +63,10 @@ pub struct Request {
     pub origin: Option<String>,
     /// `Cookie` header values, joined with `; `.
     pub cookie: Option<String>,
+    /// `Forwarded` header values (RFC 7239), joined with `, `.
+    pub forwarded: Option<String>,
+    /// `X-Forwarded-For` header values, joined with `, `.
+    pub x_forwarded_for: Option<String>,
 }
 
 /// Parse a request head from the front of `buf`.
@@ -111,6 +115,8 @@ pub fn parse_request(
         content_length,
         origin,
         cookie,
+        forwarded,
+        x_forwarded_for,
     } = fields;
     Ok(Some((
         Request {
@@ -127,6 +133,8 @@ pub fn parse_request(
             content_length,
             origin,
             cookie,
+            forwarded,
+            x_forwarded_for,
         },
         n,
     )))
@@ -145,6 +153,17 @@ struct HeaderFields {
     content_length: Option<usize>,
     origin: Option<String>,
     cookie: Option<String>,
+    forwarded: Option<String>,
+    x_forwarded_for: Option<String>,
+}
+
+/// Append one header's `value` to a list kept as one string.
+fn append(list: &mut Option<String>, sep: &str, value: &str) {
+    let l = list.get_or_insert_with(String::new);
+    if !l.is_empty() {
+        l.push_str(sep);
+    }
+    l.push_str(value.trim());
 }
 
 impl HeaderFields {
@@ -182,11 +201,11 @@ impl HeaderFields {
             }
             self.origin = Some(value.trim().to_string());
         } else if name.eq_ignore_ascii_case("cookie") {
-            let c = self.cookie.get_or_insert_with(String::new);
-            if !c.is_empty() {
-                c.push_str("; ");
-            }
-            c.push_str(value.trim());
+            append(&mut self.cookie, "; ", value);
+        } else if name.eq_ignore_ascii_case("forwarded") {
+            append(&mut self.forwarded, ", ", value);
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            append(&mut self.x_forwarded_for, ", ", value);
         } else if name.eq_ignore_ascii_case("content-length") {
             let n = value
                 .trim()

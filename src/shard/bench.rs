@@ -44,6 +44,7 @@ impl LocalFanout {
             peers,
             Stats::new(1),
             Arc::new(AtomicUsize::new(0)),
+            Arc::default(),
         );
         let now = Instant::now();
         let mut room = None;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{ShardCore, ShardRef, ShutdownMode};
+use crate::admission::Holder;
 use crate::config::Config;
 use crate::ids::ShardId;
 use crate::room::requests::{ApiAnswer, ApiReq, HomeMsg, Reply};
@@ -39,6 +40,9 @@ pub(crate) enum ShardMsg {
     Reply(Reply),
     /// An HTTP API request (answered on the channel).
     Api(ApiReq, flume::Sender<ApiAnswer>),
+    /// Close one connection: its user opened a newer one over `max_connections_per_user`
+    /// (`on_user_limit = "close_oldest"`).
+    Evict(Holder),
     /// Put a new configuration in force.
     Reconfigure(Arc<Config>),
     /// Begin shutting down.
@@ -119,6 +123,7 @@ impl ShardCore {
                 let answer = self.home_api(req, now);
                 let _ = tx.try_send(answer);
             }
+            ShardMsg::Evict(h) => self.evict(h, now),
             ShardMsg::Reconfigure(cfg) => self.reconfigure(Rc::new(Config::clone(&cfg))),
             ShardMsg::Shutdown(mode) => self.begin_shutdown(mode, now),
         }

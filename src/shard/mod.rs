@@ -33,6 +33,7 @@ use std::rc::{Rc, Weak};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::conn::{writer, Conns};
 use crate::ids::{ConnId, ShardId, Tick};
@@ -75,6 +76,7 @@ impl ShardCore {
         peers: Arc<[flume::Sender<bus::ShardMsg>]>,
         stats: Stats,
         open_connections: Arc<AtomicUsize>,
+        admission: Arc<Admission>,
     ) -> ShardCore {
         Tick::start_clock();
         ShardCore {
@@ -87,7 +89,11 @@ impl ShardCore {
             home: HomeRooms::default(),
             bus: bus::Bus::new(peers),
             subs: HashMap::new(),
-            life: sweep::Lifecycle::new(open_connections),
+            life: sweep::Lifecycle::new(
+                open_connections,
+                admission,
+                0x5eed ^ (id.0 as u64 + 1) << 32,
+            ),
             enc: Encoder::default(),
             stats,
             me: Weak::new(),

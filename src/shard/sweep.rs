@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{ShardCore, ShardRef};
+use crate::admission::{Admission, Holder, Jitter};
 use crate::conn::Phase;
 use crate::heartbeat::{self, judge, unix_now, Verdict};
 use crate::ids::{ConnId, Tick};
@@ -36,6 +37,10 @@ pub enum ShutdownMode {
 pub(crate) struct Lifecycle {
     /// Daemon-wide count of open WebSocket connections (checked only at upgrade).
     pub(crate) open_connections: Arc<AtomicUsize>,
+    /// Daemon-wide admission state (rates, per-IP and per-user counts).
+    pub(crate) admission: Arc<Admission>,
+    /// Spreads `Retry-After` values.
+    pub(crate) jitter: Jitter,
     /// Set when shutdown begins: the mode and the drain deadline.
     pub(crate) shutdown: Option<(ShutdownMode, Instant)>,
     /// Wakes the accept loop when shutdown begins.
@@ -47,9 +52,15 @@ pub(crate) struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub(crate) fn new(open_connections: Arc<AtomicUsize>) -> Lifecycle {
+    pub(crate) fn new(
+        open_connections: Arc<AtomicUsize>,
+        admission: Arc<Admission>,
+        seed: u64,
+    ) -> Lifecycle {
         Lifecycle {
             open_connections,
+            admission,
+            jitter: Jitter::new(seed),
             shutdown: None,
             accept_waker: None,
             kick: Vec::new(),
@@ -120,6 +131,9 @@ impl ShardCore {
         self.life.expired = expired;
         let cfg = self.cfg.clone();
         self.home.sweep(now, |room| cfg.history_in(room).1);
+        if self.id.0 == 0 {
+            self.life.admission.purge();
+        }
         let st = self.my_stats();
         ShardStats::add(&st.heartbeat_timeouts, hb);
         ShardStats::add(&st.handshake_timeouts, hs);
@@ -159,6 +173,30 @@ impl ShardCore {
             }
             self.kick(ConnId(i));
         }
+    }
+
+    /// Close a connection whose user opened a newer one over `max_connections_per_user`
+    /// (`on_user_limit = "close_oldest"`): 1008, after what its rooms have pending.
+    pub(crate) fn evict(&mut self, h: Holder, now: Instant) {
+        if h.shard != self.id {
+            self.send_to(h.shard, super::bus::ShardMsg::Evict(h));
+            return;
+        }
+        if self.conns.get(h.id.0).is_none_or(|c| c.uid != h.uid) {
+            return;
+        }
+        self.flush_conn_rooms(h.id, now);
+        self.leave_all(h.id);
+        let deadline = Tick::at(now + self.cfg.close_timeout);
+        if let Some(c) = self.conns.get_mut(h.id.0) {
+            c.start_close(
+                CloseCode::POLICY,
+                "replaced by a newer connection",
+                deadline,
+                false,
+            );
+        }
+        self.kick(h.id);
     }
 
     /// Close a connection whose token ran out: 4001, after what its rooms have pending.

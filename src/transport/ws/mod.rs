@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
+use crate::admission::Tickets;
 use crate::conn::writer::dedicated_compressor;
 use crate::protocol::deflate::DeflateParams;
 use crate::session::Session;
@@ -24,12 +25,37 @@ pub(crate) struct Upgraded {
     pub(crate) rbuf: BytesMut,
     /// permessage-deflate, if negotiated.
     pub(crate) deflate: Option<DeflateParams>,
+    /// Its places in the admission counts, released when the connection ends.
+    pub(crate) tickets: Tickets,
+}
+
+/// Bound what the kernel holds for this socket's unsent data to about `bytes`
+/// (`[limits] socket_unsent_bytes`): `SO_SNDBUF` is fixed (Linux doubles the value asked for
+/// and stops autotuning it, which otherwise lets a stalled socket hold megabytes). Together with
+/// `max_buffered_bytes` this bounds a stalled client's cost end to end.
+fn cap_send_buffer(fd: std::os::fd::RawFd, bytes: usize) {
+    let half = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local; `fd` is the
+    // accepted socket, open for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&half as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "SO_SNDBUF not set");
+    }
 }
 
 /// Serve one accepted socket to the end.
 pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    cap_send_buffer(fd, shard.borrow().cfg.socket_unsent_bytes);
     let id = shard.borrow_mut().add_conn(fd, std::time::Instant::now());
     let mut admitted = false;
     match upgrade::handshake(&shard, id, &mut stream, &mut admitted).await {

@@ -172,10 +172,12 @@ fn on_close(shard: &ShardRef, id: ConnId, code: Option<CloseCode>) {
 }
 
 async fn read_loop(shard: &ShardRef, id: ConnId, rh: &mut OwnedReadHalf<TcpStream>, up: Upgraded) {
+    // The admission tickets are released when the reading ends.
     let Upgraded {
         session,
         mut rbuf,
         deflate,
+        tickets: _tickets,
     } = up;
     let dec = {
         let s = shard.borrow();

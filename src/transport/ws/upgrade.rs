@@ -2,6 +2,7 @@
 //! `limits.max_header_bytes` and the handshake deadline the sweep enforces), ask the gate, and
 //! write what it decided: a refusal, a page, the HTTP API's answer, or `101` and the session.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,9 +12,10 @@ use monoio::net::TcpStream;
 
 use super::reader::read_append;
 use super::Upgraded;
+use crate::admission::Holder;
 use crate::auth::Identity;
 use crate::conn::Phase;
-use crate::gate::{self, Plan, Policy, Rejection, Target, Upgrade};
+use crate::gate::{self, Client, Plan, Policy, Rejection, Target, Upgrade};
 use crate::http;
 use crate::ids::{ConnId, Tick};
 use crate::metrics::ShardStats;
@@ -24,12 +26,45 @@ use crate::session::Session;
 use crate::shard::{ShardCore, ShardRef};
 use crate::wire::{envelope_frame, Wire};
 
-/// The gate's view of this shard now.
-fn policy(s: &ShardCore) -> Policy<'_> {
+/// The gate's view of this shard now; with `client`, the connection to admit.
+fn policy<'a>(s: &'a ShardCore, client: Option<Client<'a>>) -> Policy<'a> {
     Policy {
         cfg: &s.cfg,
         open_connections: s.open_connections(),
         draining: s.life.shutdown.is_some(),
+        client,
+    }
+}
+
+/// Ask the gate about a complete request from `peer` on connection `id`.
+fn plan(
+    s: &mut ShardCore,
+    req: &Request,
+    id: ConnId,
+    peer: Option<IpAddr>,
+) -> Result<Plan, Rejection> {
+    let jitter = s.life.jitter.next_unit();
+    let uid = s.conns.get(id.0).map_or(0, |c| c.uid);
+    let s = &*s;
+    let client = peer.map(|peer| Client {
+        admission: &s.life.admission,
+        peer,
+        conn: Holder {
+            shard: s.id,
+            id,
+            uid,
+        },
+        jitter,
+    });
+    gate::plan_upgrade(req, &policy(s, client))
+}
+
+/// Count a refusal by its reason.
+fn count_refusal(s: &ShardCore, r: &Rejection) {
+    match r {
+        Rejection::Unauthorized(e) => s.my_stats().count_auth_failure(e.as_str()),
+        Rejection::Refused { refusal, .. } => s.my_stats().count_admission_refusal(refusal.index()),
+        _ => {}
     }
 }
 
@@ -41,13 +76,25 @@ pub(crate) async fn handshake(
     stream: &mut TcpStream,
     admitted: &mut bool,
 ) -> Option<Upgraded> {
+    let pending = {
+        let mut s = shard.borrow_mut();
+        let jitter = s.life.jitter.next_unit();
+        let p = s.life.admission.begin_handshake(&s.cfg.admission);
+        p.map_err(|r| Rejection::refused(r, jitter))
+    };
+    let _pending = match pending {
+        Ok(p) => p,
+        Err(r) => {
+            count_refusal(&shard.borrow(), &r);
+            return reject(shard, stream, &r).await;
+        }
+    };
     let (req, buf, used) = read_head(shard, stream).await?;
-    let plan = gate::plan_upgrade(&req, &policy(&shard.borrow()));
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let plan = plan(&mut shard.borrow_mut(), &req, id, peer);
     let up = match plan {
         Err(r) => {
-            if let Rejection::Unauthorized(e) = &r {
-                shard.borrow().my_stats().count_auth_failure(e.as_str());
-            }
+            count_refusal(&shard.borrow(), &r);
             return reject(shard, stream, &r).await;
         }
         Ok(Plan::Health) => return respond(stream, http::response::text(200, "ok\n")).await,
@@ -72,6 +119,8 @@ pub(crate) async fn handshake(
         deflate,
         shared_deflate,
         identity,
+        tickets,
+        evict,
     } = up;
     let (res, _) = stream.write_all(response).await;
     res.ok()?;
@@ -87,10 +136,14 @@ pub(crate) async fn handshake(
         Some(rest) if !rest.is_empty() => BytesMut::from(rest),
         _ => BytesMut::new(),
     };
+    if let Some(h) = evict {
+        shard.borrow_mut().evict(h, Instant::now());
+    }
     Some(Upgraded {
         session,
         rbuf,
         deflate,
+        tickets,
     })
 }
 
@@ -107,7 +160,7 @@ async fn read_head(shard: &ShardRef, stream: &mut TcpStream) -> Option<(Request,
             Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
-        let parsed = gate::parse_head(&buf, &policy(&shard.borrow()));
+        let parsed = gate::parse_head(&buf, &policy(&shard.borrow(), None));
         match parsed {
             Ok(None) => continue,
             Ok(Some((req, used))) => return Some((req, buf, used)),
