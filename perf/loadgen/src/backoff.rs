@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
-/// Full-jitter backoff: retry number `attempt` (0 = the first retry after a loss) waits a
-/// uniform draw in [0, min(cap, base * 2^attempt)). `unit` is a uniform draw in [0, 1).
-/// A server's `Retry-After` (seconds) is a floor: the client never comes back earlier.
+/// How long a client waits before its next attempt. Without a server hint, full-jitter
+/// backoff: retry number `attempt` (0 = the first retry after a loss) waits a uniform draw in
+/// [0, min(cap, base * 2^attempt)). With a `Retry-After` of N seconds (a 429/503), the server
+/// has already spread its refused clients over whole seconds: wait N plus a uniform draw in
+/// [0, 1 s), so those told the same N do not come back in the same instant either.
+/// `unit` is a uniform draw in [0, 1).
 pub fn delay(
     attempt: u32,
     base: Duration,
@@ -14,15 +17,15 @@ pub fn delay(
     retry_after: Option<u64>,
     unit: f64,
 ) -> Duration {
+    let unit = unit.clamp(0.0, 1.0);
+    if let Some(s) = retry_after {
+        return Duration::from_secs(s) + Duration::from_secs(1).mul_f64(unit);
+    }
     let ceil = base
         .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
         .unwrap_or(cap)
         .min(cap);
-    let jitter = ceil.mul_f64(unit.clamp(0.0, 1.0));
-    match retry_after {
-        Some(s) => jitter.max(Duration::from_secs(s)),
-        None => jitter,
-    }
+    ceil.mul_f64(unit)
 }
 
 /// The value of a `Retry-After` header in an HTTP response head, if it is delay-seconds
@@ -79,12 +82,12 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_a_floor() {
+    fn retry_after_replaces_the_backoff() {
         let d = delay(0, BASE, CAP, Some(2), 0.5);
-        assert_eq!(d, Duration::from_secs(2));
-        // A jitter draw above the hint wins.
-        let d = delay(6, BASE, CAP, Some(1), 0.5);
-        assert_eq!(d, Duration::from_secs(10));
+        assert_eq!(d, Duration::from_millis(2500));
+        // Whatever the attempt number: the server's hint decides, never earlier than it says.
+        assert_eq!(delay(9, BASE, CAP, Some(1), 0.0), Duration::from_secs(1));
+        assert!(delay(9, BASE, CAP, Some(1), 0.999_999) < Duration::from_secs(2));
     }
 
     #[test]

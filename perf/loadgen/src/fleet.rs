@@ -83,7 +83,16 @@ pub struct Fleet {
     pub open: usize,
     /// Failed connection attempts by kind ("refused", "timeout", "HTTP 503", "reset", "eof" ...).
     pub failures: BTreeMap<String, u64>,
-    /// Refusals (non-101 answers) that carried a `Retry-After` in seconds.
+    /// While set (the cut command is running), failures go to `failures_during_cut` instead:
+    /// attempts caught by the cut itself (a killed server's listener resets the connections
+    /// still in its accept queue when it is finally released; `ss -K` kills handshakes it
+    /// meets while it walks the sockets).
+    pub cut_running: bool,
+    pub failures_during_cut: BTreeMap<String, u64>,
+    /// Failures other than "refused" (nothing listening) and 429/503 with Retry-After.
+    pub unexpected: u64,
+    pub unexpected_during_cut: u64,
+    /// Refusals (non-101 answers, outside the cut) that carried a `Retry-After` in seconds.
     pub refusals_with_retry_after: u64,
     /// Of those, 429 or 503: the refusals a well-behaved server gives in a storm.
     pub ok_refusals: u64,
@@ -115,6 +124,10 @@ impl Fleet {
             counting: false,
             open: 0,
             failures: BTreeMap::new(),
+            cut_running: false,
+            failures_during_cut: BTreeMap::new(),
+            unexpected: 0,
+            unexpected_during_cut: 0,
             refusals_with_retry_after: 0,
             ok_refusals: 0,
             losses: BTreeMap::new(),
@@ -349,13 +362,13 @@ impl Fleet {
                     status,
                     retry_after,
                 } => {
-                    if retry_after.is_some() {
-                        self.refusals_with_retry_after += 1;
-                        if status == "429" || status == "503" {
-                            self.ok_refusals += 1;
-                        }
+                    let ok = retry_after.is_some() && (status == "429" || status == "503");
+                    if !self.cut_running {
+                        self.refusals_with_retry_after += retry_after.is_some() as u64;
+                        self.ok_refusals += ok as u64;
                     }
-                    return self.fail(i, format!("HTTP {status}"), retry_after);
+                    let kind = format!("HTTP {status}");
+                    return self.fail_as(i, kind, retry_after, ok);
                 }
             }
         }
@@ -458,7 +471,36 @@ impl Fleet {
 
     /// A failed attempt: count it and wait the backoff (or the server's Retry-After).
     fn fail(&mut self, i: usize, kind: String, retry_after: Option<u64>) {
-        *self.failures.entry(kind).or_default() += 1;
+        // A refused TCP connect: nothing listens (a restart's gap).
+        let expected = kind == "refused";
+        self.fail_as(i, kind, retry_after, expected)
+    }
+
+    /// `expected`: a failure a well-behaved server causes in a storm (nothing listening, or a
+    /// 429/503 with Retry-After); anything else counts in `unexpected`.
+    fn fail_as(&mut self, i: usize, kind: String, retry_after: Option<u64>, expected: bool) {
+        if !expected {
+            if self.cut_running {
+                self.unexpected_during_cut += 1;
+            } else {
+                self.unexpected += 1;
+            }
+        }
+        if std::env::var_os("LOADGEN_DEBUG").is_some() && kind != "refused" {
+            let c = &self.clients[i];
+            eprintln!(
+                "loadgen: client {i}: {kind} in {:?} after {:.1} ms ({} bytes received)",
+                c.st,
+                now_ns().saturating_sub(c.started) as f64 / 1e6,
+                c.inbuf.len()
+            );
+        }
+        let m = if self.cut_running {
+            &mut self.failures_during_cut
+        } else {
+            &mut self.failures
+        };
+        *m.entry(kind).or_default() += 1;
         self.drop_stream(i);
         self.release_slot(i);
         let c = &mut self.clients[i];

@@ -7,10 +7,12 @@ mod deflate;
 mod engine;
 mod envelope;
 mod fleet;
+mod flood;
 mod hist;
 mod payload;
 mod probe;
 mod procstat;
+mod stalled;
 mod storm;
 
 use std::collections::BTreeMap;
@@ -84,7 +86,12 @@ COMMON FLAGS
 ";
 
 fn help() -> ! {
-    print!("{HELP_HEAD}{}{HELP_TAIL}", storm::HELP);
+    print!(
+        "{HELP_HEAD}{}{}{}{HELP_TAIL}",
+        storm::HELP,
+        flood::HELP,
+        stalled::HELP
+    );
     std::process::exit(0)
 }
 
@@ -616,6 +623,8 @@ fn run() -> Result<u8, String> {
     let mut e;
     match sc.as_str() {
         "storm" => return storm::main(&a),
+        "flood" => return flood::main(&a),
+        "stalled" => return stalled::main(&a),
         "fanout" => {
             let mut known = COMMON.to_vec();
             known.extend(["subscribers", "rate", "window", "envelope"]);

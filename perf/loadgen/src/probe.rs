@@ -40,6 +40,59 @@ fn parse_sockstat(text: &str) -> Option<TcpSockstat> {
     Some(s)
 }
 
+/// The server's side of its established TCP connections on `port`, summed (from `ss -tmn`):
+/// how many, bytes in their send queues (Send-Q: unsent + unacknowledged), and the kernel
+/// memory their send queues hold (skmem `w`, wmem_queued, buffers included) and their
+/// receive queues (`r`, rmem_alloc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockSum {
+    pub count: u64,
+    pub send_q: u64,
+    pub wmem_queued: u64,
+    pub rmem: u64,
+    /// Largest send buffer (skmem `tb`) seen: the cap socket_unsent_bytes sets.
+    pub max_sndbuf: u64,
+}
+
+pub fn server_sockets(port: u16) -> Option<SockSum> {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-tmnH",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| parse_ss(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn parse_ss(text: &str) -> SockSum {
+    let mut s = SockSum::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(mem) = t.strip_prefix("skmem:(") {
+            for kv in mem.trim_end_matches(')').split(',') {
+                let (k, v) = kv.split_at(kv.find(|c: char| c.is_ascii_digit()).unwrap_or(kv.len()));
+                let v: u64 = v.parse().unwrap_or(0);
+                match k {
+                    "w" => s.wmem_queued += v,
+                    "r" => s.rmem += v,
+                    "tb" => s.max_sndbuf = s.max_sndbuf.max(v),
+                    _ => {}
+                }
+            }
+        } else if let Some(q) = t.split_whitespace().nth(1) {
+            // "Recv-Q Send-Q local peer" (no State column with a state filter).
+            s.count += 1;
+            s.send_q += q.parse::<u64>().unwrap_or(0);
+        }
+    }
+    s
+}
+
 /// Page size used by /proc/net/sockstat's `mem` (the kernel's PAGE_SIZE).
 pub fn page_size() -> u64 {
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -69,6 +122,22 @@ mod tests {
             })
         );
         assert_eq!(parse_sockstat("UDP: inuse 0 mem 3\n"), None);
+    }
+
+    #[test]
+    fn sums_ss_output() {
+        let t = "0      4096   127.0.0.1:9508 127.0.0.1:40870\n\t skmem:(r0,rb131072,t2304,tb262144,f0,w8448,o0,bl0,d0)\n\
+                 12     0      127.0.0.1:9508 127.0.0.2:40871\n\t skmem:(r768,rb131072,t0,tb131072,f0,w0,o0,bl0,d0)\n";
+        assert_eq!(
+            parse_ss(t),
+            SockSum {
+                count: 2,
+                send_q: 4096,
+                wmem_queued: 8448,
+                rmem: 768,
+                max_sndbuf: 262144
+            }
+        );
     }
 
     #[test]

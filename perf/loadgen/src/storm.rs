@@ -263,11 +263,14 @@ impl Storm<'_> {
             sockstat().map(|s| s.mem_pages),
         );
         f.failures.clear();
+        f.failures_during_cut.clear();
         f.losses.clear();
         f.reconnect_ns.clear();
         f.back_at.clear();
         f.refusals_with_retry_after = 0;
         f.ok_refusals = 0;
+        f.unexpected = 0;
+        f.unexpected_during_cut = 0;
         let attempts0: Vec<u32> = f.clients.iter().map(|c| c.attempts_total).collect();
         // The cut: from here every client is on its own.
         let t0 = now_ns();
@@ -278,6 +281,7 @@ impl Storm<'_> {
             .spawn()
             .map_err(|e| format!("--cut-cmd: {e}"))?;
         let mut cut_exited = false;
+        f.cut_running = true;
         let mut peak = Probe::default();
         let mut last_probe = 0u64;
         let all_lost = |f: &Fleet| f.clients.iter().all(|c| c.lost_at >= t0);
@@ -287,6 +291,8 @@ impl Storm<'_> {
             if !cut_exited {
                 if let Some(new_pid) = cut_done(&mut child)? {
                     cut_exited = true;
+                    f.cut_running = false;
+                    r.f(&self.key("cut_cmd_s"), ms(now_ns() - t0) / 1e3);
                     if new_pid.is_some() {
                         *pid = new_pid;
                     }
@@ -299,6 +305,7 @@ impl Storm<'_> {
                 peak.rss = peak.rss.max(p.rss);
             }
         }
+        f.cut_running = false;
         let all_back = cut_exited && f.open == n && all_lost(f);
         let last_loss = f.clients.iter().map(|c| c.lost_at).max().unwrap_or(t0);
         let secs = |t: u64| ms(t.saturating_sub(t0)) / 1e3;
@@ -340,6 +347,10 @@ impl Storm<'_> {
         let failed: u64 = f.failures.values().sum();
         r.i(&self.key("attempt_failures"), failed);
         r.obj(&self.key("attempt_failures_by_kind"), obj(&f.failures));
+        r.obj(
+            &self.key("attempt_failures_during_cut_by_kind"),
+            obj(&f.failures_during_cut),
+        );
         let refusals: u64 = f
             .failures
             .iter()
@@ -357,7 +368,8 @@ impl Storm<'_> {
             &self.key("refusals_429_503_with_retry_after"),
             f.ok_refusals,
         );
-        let unexpected = failed - f.failures.get("refused").copied().unwrap_or(0) - f.ok_refusals;
+        let unexpected = f.unexpected;
+        r.i(&self.key("unexpected_during_cut"), f.unexpected_during_cut);
         r.i(
             &self.key("handshake_timeouts"),
             f.failures.get("timeout").copied().unwrap_or(0),
