@@ -19,6 +19,7 @@
 //! - [`room`]: room registry, end-of-turn coalescing, the fan-out loop, each room's home state
 //!   ([`room::home`]: seq, epoch, history, presence) and the home protocol's messages.
 //! - [`heartbeat`]: the pure heartbeat verdict the sweep applies.
+//! - [`health`]: shard pulses and accepting flags for `/readyz` and the systemd watchdog.
 //! - [`gate`]: every decision about an HTTP request before any WebSocket state exists
 //!   (routing, upgrade validation, subprotocol and deflate negotiation, admission).
 //! - [`shard`]: one shard's state composed of those parts, and everything that needs more than
@@ -29,15 +30,20 @@
 //! - `http`: the HTTP API, pages and responses on the public listener.
 //! - `transport`: sockets to sessions: the WebSocket upgrade and reader.
 //! - [`listener`]: one SO_REUSEPORT listener per shard.
+//! - [`admin`]: the operator's listener (metrics, health, readiness, admin page, reload), on
+//!   its own thread.
+//! - [`service`]: systemd notify (READY, STATUS, STOPPING) and the watchdog.
 //! - [`server`]: shard threads and runtimes (io_uring or epoll), accept loops, the handle.
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod config;
 pub(crate) mod conn;
 pub mod gate;
+pub mod health;
 pub mod heartbeat;
 pub(crate) mod http;
 pub mod ids;
@@ -46,6 +52,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod room;
 pub mod server;
+pub mod service;
 pub(crate) mod session;
 pub mod shard;
 pub(crate) mod transport;

@@ -44,6 +44,21 @@ pub struct FileConfig {
     /// `[admission]`
     #[serde(default)]
     pub admission: AdmissionSection,
+    /// `[admin]`
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[admin]` section: the operator's listener (metrics, health, admin page, reload).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `host:port`; `""` disables the admin listener.
+    pub listen: Option<String>,
+    /// Bearer key for everything but `/healthz` and `/readyz`.
+    pub key: Option<String>,
+    /// File holding the key (trailing newline trimmed).
+    pub key_file: Option<String>,
 }
 
 /// `[admission]` section: which new connections are taken.
@@ -128,8 +143,10 @@ pub struct EnvelopeSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
-    /// Bearer key; the API is off when unset or empty.
+    /// Bearer key (or `env:NAME`); the API is off when unset or empty.
     pub key: Option<String>,
+    /// File holding the key (trailing newline trimmed).
+    pub key_file: Option<String>,
 }
 
 /// `[compression]` section (permessage-deflate, RFC 7692).
@@ -285,4 +302,8 @@ pub struct ShutdownSection {
 pub struct LogSection {
     /// A `tracing` filter such as `"info"` or `"shardcast=debug"`; `RUST_LOG` overrides it.
     pub level: Option<String>,
+    /// `"text"` or `"json"`.
+    pub format: Option<String>,
+    /// One line per upgrade or refusal.
+    pub access_log: Option<bool>,
 }

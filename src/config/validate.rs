@@ -41,6 +41,7 @@ impl FileConfig {
         }
         auth(&mut c, self.auth)?;
         admission(&mut c, self.admission)?;
+        admin(&mut c, self.admin)?;
         if let Some(classes) = self.rooms.class.take() {
             c.room_classes = classes
                 .into_iter()
@@ -189,6 +190,29 @@ fn rate(
     Ok(Some(Rate { per_second, burst }))
 }
 
+/// `[admin]`.
+fn admin(c: &mut Config, a: AdminSection) -> Result<(), ConfigError> {
+    if let Some(l) = a.listen {
+        c.admin.listen = if l.is_empty() {
+            None
+        } else {
+            Some(
+                parse_listen(&l)
+                    .map_err(|_| invalid("admin.listen", format!("`{l}` is not host:port")))?,
+            )
+        };
+        c.admin.explicit = true;
+    }
+    let key = match (a.key, a.key_file) {
+        (Some(_), Some(_)) => return Err(invalid("admin.key", "set key or key_file, not both")),
+        (Some(k), None) => Some(secret("admin.key", &k)?),
+        (None, Some(f)) => Some(read_file("admin.key_file", &f)?.trim_end().to_string()),
+        (None, None) => None,
+    };
+    c.admin.key = key.filter(|k| !k.is_empty());
+    Ok(())
+}
+
 /// `[admission]`.
 fn admission(c: &mut Config, a: AdmissionSection) -> Result<(), ConfigError> {
     let l = &mut c.admission;
@@ -283,6 +307,21 @@ fn compression(c: &mut Config, z: CompressionSection) -> Result<(), ConfigError>
 
 /// `[log]`.
 fn log(c: &mut Config, g: LogSection) -> Result<(), ConfigError> {
+    if let Some(f) = &g.format {
+        c.log_json = match f.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("`{other}` is not one of \"text\", \"json\""),
+                ))
+            }
+        };
+    }
+    if let Some(a) = g.access_log {
+        c.access_log = a;
+    }
     if let Some(level) = g.level {
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             return Err(invalid(
@@ -329,7 +368,13 @@ fn envelope(c: &mut Config, e: EnvelopeSection) -> Result<(), ConfigError> {
 
 /// `[api]`.
 fn api(c: &mut Config, a: ApiSection) -> Result<(), ConfigError> {
-    if let Some(k) = a.key {
+    let key = match (a.key, a.key_file) {
+        (Some(_), Some(_)) => return Err(invalid("api.key", "set key or key_file, not both")),
+        (Some(k), None) => Some(secret("api.key", &k)?),
+        (None, Some(f)) => Some(read_file("api.key_file", &f)?.trim_end().to_string()),
+        (None, None) => None,
+    };
+    if let Some(k) = key {
         if k.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
             return Err(invalid(
                 "api.key",
@@ -465,8 +510,39 @@ fn auth(c: &mut Config, a: AuthSection) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Read a file named by `key`. `$CREDENTIALS_DIRECTORY` in the path is the directory systemd's
+/// `LoadCredential=` puts the service's secrets in.
 fn read_file(key: &'static str, path: &str) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| invalid(key, format!("cannot read {path}: {e}")))
+    let path = expand_credentials(key, path)?;
+    std::fs::read_to_string(&path).map_err(|e| invalid(key, format!("cannot read {path}: {e}")))
+}
+
+fn expand_credentials(key: &'static str, path: &str) -> Result<String, ConfigError> {
+    for var in ["${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY"] {
+        if path.contains(var) {
+            let dir = std::env::var("CREDENTIALS_DIRECTORY").map_err(|_| {
+                invalid(
+                    key,
+                    "names $CREDENTIALS_DIRECTORY, which is not set (systemd LoadCredential=)",
+                )
+            })?;
+            return Ok(path.replace(var, &dir));
+        }
+    }
+    Ok(path.to_string())
+}
+
+/// A secret given inline: the value itself, or `env:NAME` for the environment variable NAME.
+fn secret(key: &'static str, value: &str) -> Result<String, ConfigError> {
+    match value.strip_prefix("env:") {
+        Some(name) => std::env::var(name).map_err(|_| {
+            invalid(
+                key,
+                format!("names the environment variable {name}, which is not set"),
+            )
+        }),
+        None => Ok(value.to_string()),
+    }
 }
 
 fn verifier(a: &AuthSection) -> Result<Verifier, ConfigError> {
@@ -492,7 +568,7 @@ fn verifier(a: &AuthSection) -> Result<Verifier, ConfigError> {
             ))
         }
         (Some(s), None) if s.is_empty() => return Err(invalid("auth.hs256_secret", "empty")),
-        (Some(s), None) => Some(s.as_bytes().to_vec()),
+        (Some(s), None) => Some(secret("auth.hs256_secret", s)?.into_bytes()),
         (None, Some(path)) => {
             let text = read_file("auth.hs256_secret_file", path)?;
             let secret = text.trim_end_matches(['\r', '\n']);

@@ -526,7 +526,10 @@ fn admission_per_ip_cap_gives_429_with_retry_after() {
     assert_eq!(e.status(), 429);
     assert_eq!(e.as_str(), "ip_connections");
     let text = String::from_utf8(e.response()).unwrap();
-    assert!(text.starts_with("HTTP/1.1 429"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{text}"
+    );
     assert!(
         text.contains("\r\nRetry-After: 2\r\n"),
         "1 s + jitter 0.5 of 2: {text}"

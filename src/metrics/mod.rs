@@ -1,6 +1,7 @@
 //! Counters. Each shard writes only its own `ShardStats` (relaxed atomics, no contention); readers
 //! (status page, tests, later Prometheus) sum them. Their exported names are in [`names`].
 
+pub mod export;
 pub mod names;
 
 use std::sync::atomic::{AtomicU64, Ordering};

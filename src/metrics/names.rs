@@ -43,3 +43,19 @@ pub const ROOM_FULL: &str = "room_full_total";
 pub const ADMISSION_REFUSALS: &str = "admission_refusals_total";
 /// Messages refused by `[limits] messages_per_second`.
 pub const RATE_LIMITED: &str = "rate_limited_total";
+/// Publishes refused by permissions.
+pub const REFUSED_PUBLISHES: &str = "refused_publishes_total";
+/// Requests refused as `forbidden`.
+pub const FORBIDDEN: &str = "forbidden_total";
+/// Connections closed with 4001 at their token's expiry.
+pub const TOKEN_EXPIRIES: &str = "token_expiries_total";
+/// Upgrades refused for a missing or invalid token (label `reason`).
+pub const AUTH_FAILURES: &str = "auth_failures_total";
+/// Resident set size of the process (gauge).
+pub const PROCESS_RSS_BYTES: &str = "process_resident_memory_bytes";
+/// Open file descriptors of the process (gauge).
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// The I/O driver in use (info gauge, label `driver`).
+pub const IO_DRIVER: &str = "io_driver";
+/// The running build (info gauge, label `version`).
+pub const BUILD_INFO: &str = "build_info";

@@ -67,6 +67,8 @@ pub struct Request {
     pub forwarded: Option<String>,
     /// `X-Forwarded-For` header values, joined with `, `.
     pub x_forwarded_for: Option<String>,
+    /// `Accept` header values, joined with `, `.
+    pub accept: Option<String>,
 }
 
 /// Parse a request head from the front of `buf`.
@@ -117,6 +119,7 @@ pub fn parse_request(
         cookie,
         forwarded,
         x_forwarded_for,
+        accept,
     } = fields;
     Ok(Some((
         Request {
@@ -135,6 +138,7 @@ pub fn parse_request(
             cookie,
             forwarded,
             x_forwarded_for,
+            accept,
         },
         n,
     )))
@@ -155,6 +159,7 @@ struct HeaderFields {
     cookie: Option<String>,
     forwarded: Option<String>,
     x_forwarded_for: Option<String>,
+    accept: Option<String>,
 }
 
 /// Append one header's `value` to a list kept as one string.
@@ -206,6 +211,8 @@ impl HeaderFields {
             append(&mut self.forwarded, ", ", value);
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {
             append(&mut self.x_forwarded_for, ", ", value);
+        } else if name.eq_ignore_ascii_case("accept") {
+            append(&mut self.accept, ", ", value);
         } else if name.eq_ignore_ascii_case("content-length") {
             let n = value
                 .trim()
@@ -307,7 +314,10 @@ pub fn reason_phrase(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         426 => "Upgrade Required",
+        403 => "Forbidden",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Error",
     }

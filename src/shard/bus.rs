@@ -45,6 +45,8 @@ pub(crate) enum ShardMsg {
     Evict(Holder),
     /// Put a new configuration in force.
     Reconfigure(Arc<Config>),
+    /// Test hook (`SHARDCAST_TEST_HOOKS=1`): block this shard's thread, as a stuck loop would.
+    Stall(std::time::Duration),
     /// Begin shutting down.
     Shutdown(ShutdownMode),
 }
@@ -124,6 +126,7 @@ impl ShardCore {
                 let _ = tx.try_send(answer);
             }
             ShardMsg::Evict(h) => self.evict(h, now),
+            ShardMsg::Stall(d) => std::thread::sleep(d),
             ShardMsg::Reconfigure(cfg) => self.reconfigure(Rc::new(Config::clone(&cfg))),
             ShardMsg::Shutdown(mode) => self.begin_shutdown(mode, now),
         }

@@ -328,6 +328,14 @@ impl ShardCore {
                     .map(|(n, r)| (n.clone(), r.members()))
                     .collect(),
             ),
+            ApiReq::RoomStats => ApiAnswer::RoomStats(
+                self.home
+                    .rooms
+                    .iter()
+                    .filter(|(_, r)| r.members() > 0)
+                    .map(|(n, r)| (n.clone(), r.members(), r.seq))
+                    .collect(),
+            ),
         }
     }
 }

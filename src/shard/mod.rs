@@ -36,6 +36,7 @@ use std::sync::Arc;
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::conn::{writer, Conns};
+use crate::health::Health;
 use crate::ids::{ConnId, ShardId, Tick};
 use crate::metrics::{ShardStats, Stats};
 use crate::protocol::deflate::DeflateMode;
@@ -77,6 +78,7 @@ impl ShardCore {
         stats: Stats,
         open_connections: Arc<AtomicUsize>,
         admission: Arc<Admission>,
+        health: Arc<Health>,
     ) -> ShardCore {
         Tick::start_clock();
         ShardCore {
@@ -92,6 +94,7 @@ impl ShardCore {
             life: sweep::Lifecycle::new(
                 open_connections,
                 admission,
+                health,
                 0x5eed ^ (id.0 as u64 + 1) << 32,
             ),
             enc: Encoder::default(),

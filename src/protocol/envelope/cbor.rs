@@ -71,6 +71,10 @@ pub(super) fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             cbor_opt_entry_data(out, "id", id)?;
         }
         ServerOp::Error { code, reason, id } => cbor_error(out, name, code, reason, id)?,
+        ServerOp::Reconnect { after_ms } => {
+            cbor_open(out, name, 2);
+            cbor_entry_u64(out, "after_ms", after_ms);
+        }
         ServerOp::RateLimited { retry_after_ms, id } => {
             cbor_open(out, name, 4 + pairs(&id));
             cbor_entry_text(out, "code", "rate_limited");

@@ -142,6 +142,7 @@ fn server_size_hint(op: &ServerOp<'_>) -> usize {
         ServerOp::Refreshed { id, .. } => id.map_or(0, data_hint),
         ServerOp::Error { reason, id, .. } => reason.len() + id.map_or(0, data_hint),
         ServerOp::RateLimited { id, .. } => 64 + id.map_or(0, data_hint),
+        ServerOp::Reconnect { .. } => 16,
     }
 }
 

@@ -54,6 +54,10 @@ pub(super) fn json_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             json_opt_id(out, id)?;
         }
         ServerOp::Error { code, reason, id } => json_error(out, code, reason, id)?,
+        ServerOp::Reconnect { after_ms } => {
+            json_key(out, "after_ms");
+            json_u64(out, after_ms);
+        }
         ServerOp::RateLimited { retry_after_ms, id } => {
             json_key(out, "code");
             json_str(out, "rate_limited");

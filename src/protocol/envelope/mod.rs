@@ -400,6 +400,13 @@ pub enum ServerOp<'a> {
         /// The `id` of the failed request, if it had one.
         id: Option<&'a Data>,
     },
+    /// `{"op":"reconnect","after_ms":N}`: the server is draining (restart, upgrade); this
+    /// connection will be closed with 1012 in about `after_ms`; reconnect then (or earlier, to
+    /// another node), resuming with `since`/`epoch`.
+    Reconnect {
+        /// Milliseconds until this connection's close.
+        after_ms: u64,
+    },
     /// `{"op":"error","code":"rate_limited","reason":TEXT,"retry_after_ms":N,"id":ID?}`: the
     /// connection is over `[limits] messages_per_second`; the request was not carried out.
     RateLimited {
@@ -428,6 +435,7 @@ impl ServerOp<'_> {
             ServerOp::Ack { .. } => "ack",
             ServerOp::Refreshed { .. } => "refreshed",
             ServerOp::Error { .. } | ServerOp::RateLimited { .. } => "error",
+            ServerOp::Reconnect { .. } => "reconnect",
         }
     }
 }

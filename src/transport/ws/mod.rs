@@ -29,25 +29,27 @@ pub(crate) struct Upgraded {
     pub(crate) tickets: Tickets,
 }
 
-/// Bound what the kernel holds for this socket's unsent data to about `bytes`
-/// (`[limits] socket_unsent_bytes`): `SO_SNDBUF` is fixed (Linux doubles the value asked for
-/// and stops autotuning it, which otherwise lets a stalled socket hold megabytes). Together with
-/// `max_buffered_bytes` this bounds a stalled client's cost end to end.
-fn cap_send_buffer(fd: std::os::fd::RawFd, bytes: usize) {
-    let half = libc::c_int::try_from(bytes / 2).unwrap_or(libc::c_int::MAX);
+/// Bound what the kernel holds of this socket's unsent data to about `bytes`
+/// (`[limits] socket_unsent_bytes`) with `TCP_NOTSENT_LOWAT`: a send is accepted only while less
+/// than that is waiting to go out (data in flight, sent and not yet acknowledged, is not capped,
+/// so fast links keep their window). Without it the kernel buffers up to `tcp_wmem`'s maximum
+/// (4 MiB here) for a client that stopped reading. Together with `max_buffered_bytes` this
+/// bounds a stalled client's cost end to end.
+fn cap_unsent(fd: std::os::fd::RawFd, bytes: usize) {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local; `fd` is the
     // accepted socket, open for the duration of the call.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&half as *const libc::c_int).cast(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&v as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "SO_SNDBUF not set");
+        tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_NOTSENT_LOWAT not set");
     }
 }
 
@@ -55,7 +57,7 @@ fn cap_send_buffer(fd: std::os::fd::RawFd, bytes: usize) {
 pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    cap_send_buffer(fd, shard.borrow().cfg.socket_unsent_bytes);
+    cap_unsent(fd, shard.borrow().cfg.socket_unsent_bytes);
     let id = shard.borrow_mut().add_conn(fd, std::time::Instant::now());
     let mut admitted = false;
     match upgrade::handshake(&shard, id, &mut stream, &mut admitted).await {

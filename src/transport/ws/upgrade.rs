@@ -59,6 +59,39 @@ fn plan(
     gate::plan_upgrade(req, &policy(s, client))
 }
 
+/// `[log] access_log`: one line per request on the public listener.
+fn access_line(
+    req: &Request,
+    peer: Option<IpAddr>,
+    plan: &Result<Plan, Rejection>,
+    started: Instant,
+) {
+    let (status, result, protocol, user) = match plan {
+        Ok(Plan::Upgrade(u)) => {
+            let proto = match &u.target {
+                Target::Envelope { format, .. } => format.name(),
+                Target::Room { .. } => "raw",
+            };
+            let user = u.identity.as_ref().map(|i| i.sub.to_string());
+            (101, "upgrade", proto, user)
+        }
+        Ok(_) => (200, "http", "", None),
+        Err(r) => (r.status(), r.as_str(), "", None),
+    };
+    tracing::info!(
+        target: "shardcast::access",
+        remote = %peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
+        method = %req.method,
+        path = %req.path,
+        protocol,
+        user = user.as_deref().unwrap_or("-"),
+        status,
+        result,
+        duration_us = started.elapsed().as_micros() as u64,
+        "access"
+    );
+}
+
 /// Count a refusal by its reason.
 fn count_refusal(s: &ShardCore, r: &Rejection) {
     match r {
@@ -89,9 +122,13 @@ pub(crate) async fn handshake(
             return reject(shard, stream, &r).await;
         }
     };
+    let started = Instant::now();
     let (req, buf, used) = read_head(shard, stream).await?;
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     let plan = plan(&mut shard.borrow_mut(), &req, id, peer);
+    if shard.borrow().cfg.access_log {
+        access_line(&req, peer, &plan, started);
+    }
     let up = match plan {
         Err(r) => {
             count_refusal(&shard.borrow(), &r);
