@@ -5,7 +5,7 @@ Reads loadgen's --json lines and prints the numbers that matter with the bound e
 to; exits 1 if any bound is violated. Stdlib only.
 
   check.py storm RESULT.json [--mode restart|cut|admission]
-  check.py flood BASELINE.json FLOOD.json FLOODGEN.json [--p99-factor F]
+  check.py flood BASELINE.json FLOOD.json FLOODGEN.json [--p99-max-ms MS]
   check.py stalled STALLED.json BASELINE.json [--p99-factor F]
 """
 
@@ -55,17 +55,26 @@ def storm(r, mode):
               r["refusals_429_503_with_retry_after" + sfx] == refused,
               f"{r['refusals_429_503_with_retry_after' + sfx]}/{refused}", "all 429/503 with Retry-After")
         fb, fa = r["server_fds_before_cut" + sfx], r["server_fds_after_back" + sfx]
-        check(f"{tag}: server FDs after all are back", fb is not None and abs(fa - fb) <= 2,
+        check(f"{tag}: server FDs after all are back", None not in (fa, fb) and abs(fa - fb) <= 2,
               f"{fa} (before: {fb})", "before +- 2")
         rb, ra = r["server_rss_before_cut" + sfx + "_kib"], r["server_rss_after_back" + sfx + "_kib"]
+        if None in (ra, rb):
+            check(f"{tag}: server RSS readable", False, f"{ra} / {rb}", "both read")
+            continue
         if mode == "restart":
             # A new process that took every handshake at once: its allocator keeps some of that
             # peak; bounded, not equal.
             check(f"{tag}: server RSS after all are back (new process)", ra <= rb * 1.5 + 4096,
                   f"{ra} KiB (before: {rb})", "<= 1.5 x before + 4 MiB")
+        elif not sfx:
+            # The first storm in a process sets its high-water mark: for a while the dead
+            # connections and their replacements coexist (up to twice the clients).
+            check(f"{tag}: server RSS after all are back (same process)", ra <= rb * 2 + 4096,
+                  f"{ra} KiB (before: {rb})", "<= 2 x before + 4 MiB (first storm: high-water)")
         else:
-            check(f"{tag}: server RSS after all are back (same process)", ra <= rb * 1.1 + 2048,
-                  f"{ra} KiB (before: {rb})", "<= 1.1 x before + 2 MiB")
+            # Later storms in the same process must not add to it: no growth, no leak.
+            check(f"{tag}: server RSS after all are back (same process)", ra <= rb * 1.05 + 1024,
+                  f"{ra} KiB (before: {rb})", "<= 1.05 x before + 1 MiB (no growth per storm)")
     if mode == "admission":
         check("the server refused some handshakes (429/503)", r["refusals"] > 0, r["refusals"], "> 0")
     check("one broadcast per room reached every client", r["check_received"] == n,
@@ -81,7 +90,7 @@ def room(r, tag):
           f" (+{r['losses_tail']} missing at the end), errors {r['errors_total']}")
 
 
-def flood(base, fl, gen, factor):
+def flood(base, fl, gen, p99_max_ms):
     kind = gen["kind"]
     room(base, "room, no flood")
     room(fl, f"room, {kind} flood")
@@ -94,9 +103,10 @@ def flood(base, fl, gen, factor):
               r["losses"] == 0 and r["losses_tail"] == 0 and r["deliveries"] > 0,
               f"lost {r['losses']}+{r['losses_tail']}", "0")
         check(f"room ({tag}): errors", r["errors_total"] == 0, r["errors_total"], "0")
-    bound = factor * base["lat_p99_us"] + 20_000
-    check(f"room p99 under the {kind} flood", fl["lat_p99_us"] <= bound,
-          f"{fl['lat_p99_us'] / 1000:.2f} ms", f"<= {factor:g} x no-flood + 20 ms = {bound / 1000:.1f} ms")
+    # Reported against the no-flood run; held only to "still served": no stall of a second.
+    ratio = fl["lat_p99_us"] / max(base["lat_p99_us"], 1)
+    check(f"room p99 under the {kind} flood", fl["lat_p99_us"] <= p99_max_ms * 1000,
+          f"{fl['lat_p99_us'] / 1000:.2f} ms ({ratio:.1f} x no flood)", f"<= {p99_max_ms:g} ms")
     check(f"{kind} flood: all {gen['connections']} opened", gen["ramp_s"] is not None,
           f"ramp {gen['ramp_s']}", "ramp done")
     if kind == "garbage":
@@ -154,8 +164,8 @@ def main():
         mode = opt(args, "--mode", "restart")
         storm(load(args[0]), mode)
     elif what == "flood":
-        factor = float(opt(args, "--p99-factor", "10"))
-        flood(load(args[0]), load(args[1]), load(args[2]), factor)
+        p99_max_ms = float(opt(args, "--p99-max-ms", "1000"))
+        flood(load(args[0]), load(args[1]), load(args[2]), p99_max_ms)
     elif what == "stalled":
         factor = float(opt(args, "--p99-factor", "1.2"))
         stalled(load(args[0]), load(args[1]), factor)

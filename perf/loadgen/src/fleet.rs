@@ -83,11 +83,13 @@ pub struct Fleet {
     pub open: usize,
     /// Failed connection attempts by kind ("refused", "timeout", "HTTP 503", "reset", "eof" ...).
     pub failures: BTreeMap<String, u64>,
-    /// While set (the cut command is running), failures go to `failures_during_cut` instead:
-    /// attempts caught by the cut itself (a killed server's listener resets the connections
+    /// While set (the cut command is running), failures go to `failures_during_cut` instead
+    /// (and so do those of attempts begun before `cut_end`): attempts caught by the cut itself (a killed server's listener resets the connections
     /// still in its accept queue when it is finally released; `ss -K` kills handshakes it
     /// meets while it walks the sockets).
     pub cut_running: bool,
+    /// When the cut command ended: an attempt begun before then still counts as caught by it.
+    pub cut_end: Option<u64>,
     pub failures_during_cut: BTreeMap<String, u64>,
     /// Failures other than "refused" (nothing listening) and 429/503 with Retry-After.
     pub unexpected: u64,
@@ -125,6 +127,7 @@ impl Fleet {
             open: 0,
             failures: BTreeMap::new(),
             cut_running: false,
+            cut_end: None,
             failures_during_cut: BTreeMap::new(),
             unexpected: 0,
             unexpected_during_cut: 0,
@@ -363,7 +366,7 @@ impl Fleet {
                     retry_after,
                 } => {
                     let ok = retry_after.is_some() && (status == "429" || status == "503");
-                    if !self.cut_running {
+                    if !self.during_cut(i) {
                         self.refusals_with_retry_after += retry_after.is_some() as u64;
                         self.ok_refusals += ok as u64;
                     }
@@ -469,6 +472,14 @@ impl Fleet {
         }
     }
 
+    /// Whether client `i`'s current attempt may have been caught by the cut.
+    fn during_cut(&self, i: usize) -> bool {
+        self.cut_running
+            || self
+                .cut_end
+                .is_some_and(|end| self.clients[i].started < end)
+    }
+
     /// A failed attempt: count it and wait the backoff (or the server's Retry-After).
     fn fail(&mut self, i: usize, kind: String, retry_after: Option<u64>) {
         // A refused TCP connect: nothing listens (a restart's gap).
@@ -479,8 +490,9 @@ impl Fleet {
     /// `expected`: a failure a well-behaved server causes in a storm (nothing listening, or a
     /// 429/503 with Retry-After); anything else counts in `unexpected`.
     fn fail_as(&mut self, i: usize, kind: String, retry_after: Option<u64>, expected: bool) {
+        let during = self.during_cut(i);
         if !expected {
-            if self.cut_running {
+            if during {
                 self.unexpected_during_cut += 1;
             } else {
                 self.unexpected += 1;
@@ -495,7 +507,7 @@ impl Fleet {
                 c.inbuf.len()
             );
         }
-        let m = if self.cut_running {
+        let m = if during {
             &mut self.failures_during_cut
         } else {
             &mut self.failures

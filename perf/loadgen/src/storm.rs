@@ -282,6 +282,7 @@ impl Storm<'_> {
             .map_err(|e| format!("--cut-cmd: {e}"))?;
         let mut cut_exited = false;
         f.cut_running = true;
+        f.cut_end = None;
         let mut peak = Probe::default();
         let mut last_probe = 0u64;
         let all_lost = |f: &Fleet| f.clients.iter().all(|c| c.lost_at >= t0);
@@ -292,6 +293,7 @@ impl Storm<'_> {
                 if let Some(new_pid) = cut_done(&mut child)? {
                     cut_exited = true;
                     f.cut_running = false;
+                    f.cut_end = Some(now_ns());
                     r.f(&self.key("cut_cmd_s"), ms(now_ns() - t0) / 1e3);
                     if new_pid.is_some() {
                         *pid = new_pid;
