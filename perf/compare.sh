@@ -53,6 +53,18 @@
 #                       connection presenting a valid HS256 token (checked only at the upgrade:
 #                       fan-out cost should equal fanout-1k-max's)
 #   handshake-* with hs256/es256 and fanout-1k-max-auth run only on shardcast and shardcast-base.
+#   fanout-1k-max-tls   fanout-1k-max over wss:// (loadgen --url wss://... --ca): shardcast with a
+#                       [tls] config, uws with uWS.SSLApp (TLS_CERT/TLS_KEY); each TLS connection
+#                       encrypts its own copy of every broadcast. Compare with fanout-1k-max in
+#                       the same run for the cost of TLS.
+#   handshake-tls       churn --connections 1000 --cycles 20 over wss:// (full TLS handshakes:
+#                       loadgen does not resume sessions); handshakes per server CPU-second.
+#   *-tls run on shardcast and uws (node-ws/server.js has no TLS; a shardcast-base built before
+#   [tls] existed rejects the config and is skipped).
+#
+# TLS: a test CA and a server certificate for 127.0.0.1 / localhost (EC P-256, as a typical
+# ACME certificate) are made per run with the openssl CLI in a temporary directory (removed at
+# exit); loadgen trusts only that CA.
 #
 # AUTH: tokens are made per run by Python 3 + PyJWT + cryptography in perf/.venv (git-ignored;
 # created with `python3 -m venv` + `pip install PyJWT cryptography` when missing): sub "perf-N",
@@ -96,6 +108,8 @@ QUIET_WAIT=30
 QUIET_MAX=0.25
 VENV="$PERF/.venv"           # PyJWT + cryptography for the auth scenarios' tokens
 TMPD=""                      # temporary files of this run (tokens, ES256 key pair and config)
+TLSD=""                      # the TLS scenarios' CA, certificate and shardcast config
+TLS_ON=0                     # the run in progress is a TLS one (wss://, https health check)
 HS_CONNS=1000                # handshake-*: churn --connections
 HS_CYCLES=20                 #              --cycles (one distinct token per handshake)
 
@@ -139,6 +153,8 @@ cleanup() {
   stop_server
   [ -n "$TMPD" ] && rm -rf "$TMPD"
   TMPD=""
+  [ -n "$TLSD" ] && rm -rf "$TLSD"
+  TLSD=""
 }
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
@@ -250,6 +266,25 @@ for bench in "${BENCHES[@]}"; do
   if needs_tokens "$bench"; then setup_auth; break; fi
 done
 
+# ---- TLS scenarios: test CA, server certificate, shardcast config ------------------------------
+is_tls() { case "$1" in *-tls) return 0 ;; esac; return 1; }
+setup_tls() {
+  TLSD="$(mktemp -d -t shardcast-perf-tls.XXXXXX)" || { echo "compare.sh: mktemp failed" >&2; exit 1; }
+  command -v openssl >/dev/null || { echo "compare.sh: the TLS scenarios need the openssl CLI" >&2; exit 1; }
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+  { openssl req -x509 "${ec[@]}" -keyout "$TLSD/ca.key" -out "$TLSD/ca.pem" -days 2 -subj "/CN=perf CA" \
+      && openssl req "${ec[@]}" -keyout "$TLSD/key.pem" -out "$TLSD/srv.csr" -subj "/CN=127.0.0.1" \
+      && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$TLSD/ext" \
+      && openssl x509 -req -in "$TLSD/srv.csr" -CA "$TLSD/ca.pem" -CAkey "$TLSD/ca.key" -CAcreateserial \
+           -out "$TLSD/cert.pem" -days 2 -extfile "$TLSD/ext"; } >"$TLSD/openssl.log" 2>&1 \
+    || { echo "compare.sh: certificate generation failed (see $TLSD/openssl.log)" >&2; cat "$TLSD/openssl.log" >&2; exit 1; }
+  printf '[tls]\ncert_file = "%s"\nkey_file = "%s"\n' "$TLSD/cert.pem" "$TLSD/key.pem" >"$TLSD/tls.toml"
+  log "TLS scenarios: test CA and certificate in $TLSD ($(openssl version))"
+}
+for bench in "${BENCHES[@]}"; do
+  if is_tls "$bench"; then setup_tls; break; fi
+done
+
 # ---- results dir + environment --------------------------------------------------------------
 TS="$(date +%Y%m%d-%H%M%S)"
 OUT="${OUT:-$PERF/results/$TS}"
@@ -322,12 +357,19 @@ start_server() {
       taskset -c "$cpus" "$SHARDCAST" --listen "127.0.0.1:$port" --shards 1 \
         --config "$PERF/configs/${name#shardcast-}.toml" >"$logf" 2>&1 & ;;
     node-ws) taskset -c "$cpus" "$PERF/ref/run-node-ws.sh" "$port" >"$logf" 2>&1 & ;;
-    uws) taskset -c "$cpus" "$PERF/ref/run-uws.sh" "$port" >"$logf" 2>&1 & ;;
+    uws)
+      if [ "$TLS_ON" = 1 ]; then
+        TLS_CERT="$TLSD/cert.pem" TLS_KEY="$TLSD/key.pem" taskset -c "$cpus" "$PERF/ref/run-uws.sh" "$port" >"$logf" 2>&1 &
+      else
+        taskset -c "$cpus" "$PERF/ref/run-uws.sh" "$port" >"$logf" 2>&1 &
+      fi ;;
   esac
   SRV_PID=$!
+  local health=(curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/healthz")
+  [ "$TLS_ON" = 1 ] && health=(curl -s -o /dev/null --max-time 1 --cacert "$TLSD/ca.pem" "https://127.0.0.1:$port/healthz")
   for _ in $(seq 100); do
     kill -0 "$SRV_PID" 2>/dev/null || { warn "$name exited at start-up (see $logf)"; SRV_PID=""; return 1; }
-    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/healthz"; then return 0; fi
+    if "${health[@]}"; then return 0; fi
     sleep 0.1
   done
   warn "$name did not answer on port $port within 10 s"
@@ -351,6 +393,8 @@ bench_args() {
     handshake-none|handshake-hs256|handshake-es256)
       echo "churn --connections $HS_CONNS --cycles $HS_CYCLES" ;;
     fanout-1k-max-auth) echo "fanout --subscribers 1000 --max" ;;
+    fanout-1k-max-tls) echo "fanout --subscribers 1000 --max" ;;
+    handshake-tls) echo "churn --connections $HS_CONNS --cycles $HS_CYCLES" ;;
     *) return 1 ;;
   esac
 }
@@ -361,6 +405,7 @@ bench_config() {
     handshake-none) echo "$PERF/configs/auth-off.toml" ;;
     handshake-hs256|fanout-1k-max-auth) echo "$PERF/configs/auth-hs256.toml" ;;
     handshake-es256) echo "$TMPD/auth-es256.toml" ;;
+    *-tls) echo "$TLSD/tls.toml" ;;
   esac
 }
 
@@ -387,6 +432,9 @@ run_one() {  # bench server rep server_cpus loadgen_cpus
   local bench="$1" server="$2" rep="$3" scpu="$4" lcpu="$5"
   local args port logf out line cfg="" cfg_note="null" tok tokfile=""
   args="$(bench_args "$bench")" || { warn "unknown scenario $bench"; return; }
+  local scheme=ws
+  TLS_ON=0
+  if is_tls "$bench"; then TLS_ON=1; scheme=wss; args="$args --ca $TLSD/ca.pem"; fi
   case "$server" in shardcast-env-*) args="$args --envelope ${server#shardcast-env-}" ;; esac
   case "$server" in
     shardcast|shardcast-base) cfg="$(bench_config "$bench")" ;;
@@ -427,7 +475,7 @@ run_one() {  # bench server rep server_cpus loadgen_cpus
   }
   # A dead loadgen must never outlive its run.
   # shellcheck disable=SC2086
-  timeout -s KILL 300 taskset -c "$lcpu" "$LOADGEN" $args --url "ws://127.0.0.1:$port" \
+  timeout -s KILL 300 taskset -c "$lcpu" "$LOADGEN" $args --url "$scheme://127.0.0.1:$port" \
     --server-pid "$SRV_PID" --duration "$DURATION" --warmup "$WARMUP" --json --label "$server" \
     >"$OUT/logs/$bench.$server.$rep.loadgen.txt" 2>&1 &
   LG_PID=$!
@@ -496,6 +544,10 @@ for bench in "${BENCHES[@]}"; do
   for server in "${AVAIL[@]}"; do
     if auth_only "$bench" && [ "$server" != shardcast ] && [ "$server" != shardcast-base ]; then
       warn "$bench runs only on shardcast and shardcast-base: skipping $server"
+      continue
+    fi
+    if is_tls "$bench" && [ "$server" = node-ws ]; then
+      warn "$bench: node-ws/server.js has no TLS: skipping node-ws"
       continue
     fi
     servers+=("$server")

@@ -154,13 +154,16 @@ def idle_table(bench, by_server):
 
 
 def churn_table(bench, by_server):
-    head = ["server", "runs", "cycles/s", "connect+close/s", "handshakes/s", "RSS before (MiB)",
-            "RSS after 1st cycle (MiB)", "RSS after (MiB)", "growth after 1st cycle (KiB)", "errors"]
+    head = ["server", "runs", "cycles/s", "connect+close/s", "handshakes/s", "handshakes / server CPU-s",
+            "RSS before (MiB)", "RSS after 1st cycle (MiB)", "RSS after (MiB)", "growth after 1st cycle (KiB)",
+            "errors"]
     lines = []
     for s in order(by_server):
         runs = by_server[s]
         lines.append([s, len(runs), fmt(med(runs, "cycles_per_s"), "cpu"), fmt(med(runs, "conns_per_s"), "rate"),
-                      fmt(med(runs, "handshakes_per_s"), "rate"), fmt(med(runs, "server_rss_before_kib"), "mib"),
+                      fmt(med(runs, "handshakes_per_s"), "rate"),
+                      fmt(med(runs, "handshakes_per_server_cpu_s"), "rate"),
+                      fmt(med(runs, "server_rss_before_kib"), "mib"),
                       fmt(med(runs, "server_rss_after_first_cycle_kib"), "mib"),
                       fmt(med(runs, "server_rss_after_kib"), "mib"),
                       fmt(med(runs, "rss_growth_after_first_cycle_kib")), errors_cell(runs)])

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, runnable on a fresh Debian machine with Rust (root): installs what the
 # tests need, then runs format and lint checks, unit and integration tests (both I/O drivers),
-# the Autobahn conformance suite (on io_uring and on epoll) and the systemd unit check.
+# the Autobahn conformance suite (on io_uring and on epoll), a short run of every fuzz target and
+# the systemd unit check.
 #
 #   bash scripts/test.sh
 set -euo pipefail
@@ -14,6 +15,7 @@ need=()
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v gcc >/dev/null || need+=(gcc)
 command -v ss >/dev/null || need+=(iproute2)
+command -v curl >/dev/null || need+=(curl)  # the TLS suite: curl --cacert against the daemon
 command -v python3 >/dev/null || need+=(python3 python3-pip python3-venv)
 command -v python3 >/dev/null && ! python3 -m venv --help >/dev/null 2>&1 && need+=(python3-venv)
 if ((${#need[@]})); then
@@ -54,7 +56,7 @@ else
   echo "set AUTOBAHN_PYTHON27); every other step runs."
 fi
 
-step "third-party clients: Python websockets (permessage-deflate) and the envelope protocol suite (cbor2)"
+step "third-party clients: Python websockets (permessage-deflate), the envelope protocol suite (cbor2), auth (PyJWT), TLS (wss:// and HTTPS with curl)"
 bash tests/python/run.sh
 
 step "storms and floods: 10k-client reconnect storm, floods while serving a room, stalled clients' memory bound"
@@ -62,6 +64,11 @@ bash tests/storm/run.sh
 
 step "pages in headless Chromium (playwright-core): the admin page under load"
 bash tests/browser/run.sh
+
+# Each fuzz target ~20 s under libFuzzer when a nightly toolchain is there (cargo-fuzz installed
+# if missing), else the stable replay of the corpus plus mutations; it prints which mode ran.
+step "fuzz targets (scripts/fuzz.sh --quick)"
+bash scripts/fuzz.sh --quick
 
 step "systemd unit"
 bash scripts/verify-systemd.sh target/release/shardcast

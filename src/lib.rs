@@ -29,6 +29,8 @@
 //!   do.
 //! - `http`: the HTTP API, pages and responses on the public listener.
 //! - `transport`: sockets to sessions: the WebSocket upgrade and reader.
+//! - [`tls`]: rustls configuration from `[tls]` (reloadable `tls::load`) and the sans-io state
+//!   of one TLS connection.
 //! - [`listener`]: one SO_REUSEPORT listener per shard.
 //! - [`admin`]: the operator's listener (metrics, health, readiness, admin page, reload), on
 //!   its own thread.
@@ -55,5 +57,6 @@ pub mod server;
 pub mod service;
 pub(crate) mod session;
 pub mod shard;
+pub mod tls;
 pub(crate) mod transport;
 pub mod wire;

@@ -102,27 +102,40 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.command.is_some() {
+        return tool_command(&cli);
+    }
+    serve(cli)
+}
+
+/// `config check`, `reload`, `drain`.
+fn tool_command(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Some(Command::Config {
             action: ConfigAction::Check,
         }) => {
-            load(&cli)?;
+            load(cli)?;
             match &cli.config {
                 Some(path) => println!("{}: OK", path.display()),
                 None => println!("built-in defaults: OK"),
             }
             return Ok(());
         }
-        Some(Command::Reload) => return admin_post(&cli, "/reload"),
+        Some(Command::Reload) => return admin_post(cli, "/reload"),
         Some(Command::Drain { over }) => {
             let q = over
                 .as_deref()
                 .map(|o| format!("?over={o}"))
                 .unwrap_or_default();
-            return admin_post(&cli, &format!("/drain{q}"));
+            return admin_post(cli, &format!("/drain{q}"));
         }
         None => {}
     }
+    Ok(())
+}
+
+/// Run the daemon until a stop signal and the drain are over.
+fn serve(cli: Cli) -> anyhow::Result<()> {
     let cfg = load(&cli)?;
     let log = logging(&cfg);
 
@@ -171,20 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     service::spawn_watchdog(handle.health().clone(), handle.stats().clone());
-    let mode = loop {
-        match signals.forever().next() {
-            Some(SIGHUP) => {
-                if let Err(e) = reload() {
-                    tracing::error!("reload refused, the running config stays: {e}");
-                }
-            }
-            Some(SIGINT) => break ShutdownMode::Fast,
-            _ => {
-                let over = drain_over.lock().unwrap_or_else(|e| e.into_inner()).take();
-                break over.map_or(ShutdownMode::Graceful, ShutdownMode::Over);
-            }
-        }
-    };
+    let mode = wait_for_stop(&mut signals, &reload, &drain_over);
     tracing::info!(?mode, drain_timeout = ?cfg.drain_timeout, "shutting down");
     service::stopping();
     handle.shutdown(mode);
@@ -197,6 +197,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     handle.join().context("waiting for shards")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serve signals until one stops the daemon: SIGHUP reloads; SIGINT is a fast stop; SIGTERM
+/// (or `POST /drain`, which raises it with a window) a rolling drain.
+fn wait_for_stop(
+    signals: &mut Signals,
+    reload: &Arc<Reloader>,
+    drain_over: &Mutex<Option<std::time::Duration>>,
+) -> ShutdownMode {
+    loop {
+        match signals.forever().next() {
+            Some(SIGHUP) => {
+                if let Err(e) = reload() {
+                    tracing::error!("reload refused, the running config stays: {e}");
+                }
+            }
+            Some(SIGINT) => return ShutdownMode::Fast,
+            _ => {
+                let over = drain_over.lock().unwrap_or_else(|e| e.into_inner()).take();
+                return over.map_or(ShutdownMode::Graceful, ShutdownMode::Over);
+            }
+        }
+    }
 }
 
 /// Set up logging; the handle changes the level on reload (unless `RUST_LOG` decides).

@@ -195,6 +195,14 @@ fn config_check_accepts_example_and_names_bad_keys() {
         ),
         ("[heartbeat]\ninterval = \"often\"\n", "heartbeat.interval"),
         ("[server]\nshards = -2\n", "server.shards"),
+        (
+            "[tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
+            "tls.cert_file",
+        ),
+        (
+            "[tls]\ncert_file = \"/nonexistent/cert.pem\"\n",
+            "tls.key_file",
+        ),
     ] {
         let path = dir.join("bad.toml");
         std::fs::write(&path, text).unwrap();

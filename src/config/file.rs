@@ -47,6 +47,18 @@ pub struct FileConfig {
     /// `[admin]`
     #[serde(default)]
     pub admin: AdminSection,
+    /// `[tls]` (absent: plain `ws://` and HTTP)
+    pub tls: Option<TlsSection>,
+}
+
+/// `[tls]` section: serve `wss://` and HTTPS on the listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<String>,
+    /// PEM private key of the leaf certificate.
+    pub key_file: Option<String>,
 }
 
 /// `[admin]` section: the operator's listener (metrics, health, admin page, reload).

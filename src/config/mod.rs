@@ -174,6 +174,8 @@ pub struct Config {
     pub origins: Origins,
     /// `[[rooms.class]]`, in order (first match wins).
     pub room_classes: Arc<[RoomClass]>,
+    /// `[tls]`: the listener serves `wss://` and HTTPS (`None`: plain).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// How connections authenticate.
@@ -379,6 +381,7 @@ impl Default for Config {
             auth: Auth::default(),
             origins: Origins::default(),
             room_classes: Arc::from(Vec::new()),
+            tls: None,
         }
     }
 }
@@ -571,6 +574,36 @@ mod tests {
             let e = Config::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn tls_section() {
+        assert!(
+            Config::from_toml("").unwrap().tls.is_none(),
+            "plain by default"
+        );
+        for (text, key) in [
+            ("[tls]", "tls.cert_file"),
+            ("[tls]\ncert_file = \"c.pem\"", "tls.key_file"),
+            (
+                "[tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"k.pem\"",
+                "tls.cert_file",
+            ),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = Config::from_toml("[tls]\ncert = \"c.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cert"), "unknown keys are refused: {e}");
+        let (files, _) = crate::tls::tests::self_signed("config-tls");
+        let text = format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}",
+            files.cert_file, files.key_file
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.tls.map(|t| t.files), Some(files));
     }
 
     #[test]

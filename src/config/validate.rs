@@ -14,6 +14,7 @@ use crate::auth::pattern::Pattern;
 use crate::auth::token::{KeySource, Verifier};
 use crate::auth::ClassRights;
 use crate::protocol::deflate::DeflateMode;
+use crate::tls::{TlsConfig, TlsFiles};
 use ipnet::IpNet;
 
 impl FileConfig {
@@ -42,6 +43,9 @@ impl FileConfig {
         auth(&mut c, self.auth)?;
         admission(&mut c, self.admission)?;
         admin(&mut c, self.admin)?;
+        if let Some(t) = self.tls.take() {
+            c.tls = Some(tls(t)?);
+        }
         if let Some(classes) = self.rooms.class.take() {
             c.room_classes = classes
                 .into_iter()
@@ -508,6 +512,27 @@ fn auth(c: &mut Config, a: AuthSection) -> Result<(), ConfigError> {
     }
     c.auth = out;
     Ok(())
+}
+
+/// `[tls]`: both files are required; they are read and checked now, so `config check` catches
+/// a missing file, bad PEM or a key that does not match the certificate.
+fn tls(t: TlsSection) -> Result<TlsConfig, ConfigError> {
+    let path = |key: &'static str, v: Option<String>| match v.filter(|p| !p.is_empty()) {
+        Some(p) => Ok(std::path::PathBuf::from(p)),
+        None => Err(invalid(key, "required when [tls] is present")),
+    };
+    let files = TlsFiles {
+        cert_file: path("tls.cert_file", t.cert_file)?,
+        key_file: path("tls.key_file", t.key_file)?,
+    };
+    let server = crate::tls::load(&files).map_err(|e| {
+        let key = match e.key() {
+            "cert_file" => "tls.cert_file",
+            _ => "tls.key_file",
+        };
+        invalid(key, e.to_string())
+    })?;
+    Ok(TlsConfig { files, server })
 }
 
 /// Read a file named by `key`. `$CREDENTIALS_DIRECTORY` in the path is the directory systemd's

@@ -23,6 +23,7 @@ use crate::ids::{ConnId, RoomId, ShardId, Tick};
 use crate::protocol::close::CloseCode;
 use crate::protocol::deflate::Inflater;
 use crate::protocol::frame::encode_close;
+use crate::tls::session::TlsState;
 use crate::wire::{gap_frame, Wire};
 use writer::Dedicated;
 
@@ -109,6 +110,9 @@ pub(crate) struct Conn {
     pub(crate) rooms: SmallVec<[Membership; 1]>,
     /// Some membership has `gap` set: broadcasts take the slow path (no direct send).
     pub(crate) gap_pending: bool,
+    /// TLS state (`[tls]`): the reader decrypts with it, the writer encrypts the queued frames
+    /// with it; such connections take no direct sends (their frames go through the writer).
+    pub(crate) tls: Option<Box<TlsState>>,
 }
 
 /// Outcome of a direct write ([`Conn::send_direct`]).
@@ -166,6 +170,7 @@ impl Conn {
             expires: 0,
             rooms: SmallVec::new(),
             gap_pending: false,
+            tls: None,
         }
     }
 
@@ -360,7 +365,12 @@ impl Conn {
     /// partial write queues the rest and wakes or needs a writer).
     #[inline]
     pub(crate) fn send_direct(&mut self, frame: &Bytes) -> Option<Direct> {
-        if self.sealed || self.buffered != 0 || self.fd < 0 || self.gap_pending {
+        if self.sealed
+            || self.buffered != 0
+            || self.fd < 0
+            || self.gap_pending
+            || self.tls.is_some()
+        {
             return None;
         }
         // SAFETY: `fd` is open while the connection is in the slab (see `kill`); the kernel

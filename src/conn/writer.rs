@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use monoio::buf::IoVecBuf;
-use monoio::io::{AsyncWriteRent, OwnedWriteHalf};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf};
 use monoio::net::TcpStream;
 
 use super::Conns;
@@ -182,12 +182,18 @@ pub(crate) async fn write_loop<H: Host>(
     id: ConnId,
     mut wh: OwnedWriteHalf<TcpStream>,
     mut dedicated: Option<Box<Dedicated>>,
+    tls: bool,
 ) {
     let mut batch = WriteBatch::default();
     loop {
         match next_batch(&shard, id, &mut batch).await {
             Next::Write => {}
-            Next::Exit => break,
+            Next::Exit => {
+                if tls {
+                    close_notify(&shard, id, &mut wh).await;
+                }
+                break;
+            }
             Next::Retire => {
                 retire(&shard, id, wh, dedicated);
                 return;
@@ -198,6 +204,9 @@ pub(crate) async fn write_loop<H: Host>(
             if let Some(c) = shard.borrow_mut().conns_mut().get_mut(id.0) {
                 c.buffered = c.buffered.saturating_sub(before) + after;
             }
+        }
+        if tls {
+            encrypt(&shard, id, &mut batch);
         }
         let Some(calls) = write_batch(&shard, id, &mut wh, &mut batch).await else {
             // The peer is gone: stop both sides.
@@ -215,6 +224,9 @@ pub(crate) async fn write_loop<H: Host>(
                 .is_some_and(|c| c.fin_after_flush && c.sealed && c.queue.is_empty())
         };
         if fin {
+            if tls {
+                close_notify(&shard, id, &mut wh).await;
+            }
             let _ = wh.shutdown().await;
             if let Some(c) = shard.borrow_mut().conns_mut().get_mut(id.0) {
                 c.fin_after_flush = false;
@@ -224,6 +236,49 @@ pub(crate) async fn write_loop<H: Host>(
     }
     writer_exited(&shard, id);
     // `wh` drops here: FIN to the peer.
+}
+
+/// TLS: replace the batch's frames (shared with other recipients) by this connection's own
+/// encryption of them, as one buffer, with any TLS records rustls had pending before them;
+/// `buffered` then counts the ciphertext in flight (as it counts a dedicated-mode compression).
+fn encrypt<H: Host>(shard: &Rc<RefCell<H>>, id: ConnId, batch: &mut WriteBatch) {
+    let mut s = shard.borrow_mut();
+    let Some(c) = s.conns_mut().get_mut(id.0) else {
+        return;
+    };
+    let Some(tls) = c.tls.as_mut() else {
+        return;
+    };
+    let before: usize = batch.bufs.iter().map(Bytes::len).sum();
+    // Record overhead: at most 29 bytes per 16 KiB record (TLS 1.2 AES-GCM), plus slack for
+    // pending handshake records.
+    let mut out = BytesMut::with_capacity(before + (before / 16384 + 1) * 29 + 64);
+    let after = tls.encrypt(&batch.bufs, &mut out);
+    batch.bufs.clear();
+    if after > 0 {
+        batch.bufs.push(out.freeze());
+    }
+    c.buffered = c.buffered.saturating_sub(before) + after;
+}
+
+/// TLS: send close_notify before the stream ends (best effort, not when the socket was killed:
+/// a write to a shut-down socket fails at once anyway).
+async fn close_notify<H: Host>(
+    shard: &Rc<RefCell<H>>,
+    id: ConnId,
+    wh: &mut OwnedWriteHalf<TcpStream>,
+) {
+    let mut out = BytesMut::new();
+    let queued = {
+        let mut s = shard.borrow_mut();
+        match s.conns_mut().get_mut(id.0) {
+            Some(c) if !c.killed => c.tls.as_mut().is_some_and(|t| t.close_notify(&mut out)),
+            _ => false,
+        }
+    };
+    if queued && !out.is_empty() {
+        let _ = wh.write_all(out.freeze()).await;
+    }
 }
 
 /// Wait until something is queued (moved into `batch`), the connection ends, or the sweep asks

@@ -6,9 +6,8 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 
+use super::io::HttpIo;
 use super::response::{api_error, json};
 use crate::auth::Verifier;
 use crate::ids::ShardId;
@@ -50,10 +49,15 @@ fn authorize(given: Option<&str>, key: Option<&str>, v: Option<&Verifier>) -> Re
 }
 
 /// Serve one HTTP API request on `stream`; `early` holds the body bytes read with the head.
-pub(crate) async fn serve(shard: &ShardRef, stream: &mut TcpStream, req: &Request, early: &[u8]) {
+pub(crate) async fn serve<S: HttpIo>(
+    shard: &ShardRef,
+    stream: &mut S,
+    req: &Request,
+    early: &[u8],
+) {
     let resp = respond(shard, stream, req, early).await;
-    let _ = stream.write_all(resp).await;
-    let _ = stream.shutdown().await;
+    let _ = stream.send(resp).await;
+    stream.finish().await;
 }
 
 /// An API route.
@@ -84,7 +88,12 @@ fn endpoint<'a>(method: &str, path: &'a str) -> Endpoint<'a> {
     }
 }
 
-async fn respond(shard: &ShardRef, stream: &mut TcpStream, req: &Request, early: &[u8]) -> Vec<u8> {
+async fn respond<S: HttpIo>(
+    shard: &ShardRef,
+    stream: &mut S,
+    req: &Request,
+    early: &[u8],
+) -> Vec<u8> {
     let (key, verifier) = {
         let s = shard.borrow();
         (s.cfg.api_key.clone(), s.cfg.auth.verifier.clone())
@@ -118,7 +127,12 @@ async fn respond(shard: &ShardRef, stream: &mut TcpStream, req: &Request, early:
 }
 
 /// `POST /api/publish`.
-async fn publish(shard: &ShardRef, stream: &mut TcpStream, req: &Request, early: &[u8]) -> Vec<u8> {
+async fn publish<S: HttpIo>(
+    shard: &ShardRef,
+    stream: &mut S,
+    req: &Request,
+    early: &[u8],
+) -> Vec<u8> {
     let (max_body, shards) = {
         let s = shard.borrow();
         (s.cfg.max_message_bytes, s.shards())
@@ -214,13 +228,12 @@ fn parse_publish(body: &[u8]) -> Result<(String, Data), (&'static str, String)> 
 }
 
 /// Read a request body of `len` bytes, starting with what came with the head.
-async fn read_body(stream: &mut TcpStream, early: &[u8], len: usize) -> Option<Vec<u8>> {
-    use monoio::io::AsyncReadRent;
+async fn read_body<S: HttpIo>(stream: &mut S, early: &[u8], len: usize) -> Option<Vec<u8>> {
     let mut body = Vec::with_capacity(len);
     body.extend_from_slice(&early[..early.len().min(len)]);
     while body.len() < len {
         let buf = BytesMut::with_capacity((len - body.len()).min(64 * 1024));
-        let (res, buf) = stream.read(buf).await;
+        let (res, buf) = stream.read_append(buf).await;
         match res {
             Ok(0) | Err(_) => return None,
             Ok(_) => body.extend_from_slice(&buf[..buf.len().min(len - body.len())]),

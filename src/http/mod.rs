@@ -3,5 +3,6 @@
 //! decision (`gate::plan_upgrade`).
 
 pub(crate) mod api;
+pub(crate) mod io;
 pub(crate) mod pages;
 pub(crate) mod response;

@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use super::{names, ShardStats, Stats, AUTH_REASONS};
+use super::{names, ShardStats, Stats, AUTH_REASONS, CLOSE_CODES, QUEUE_BUCKETS};
 
 /// A per-shard counter or gauge: exported name (without the `shardcast_` prefix; counters
 /// without their `_total`, which the encoder adds), help, and where it lives.
@@ -108,6 +108,26 @@ const COUNTERS: &[Field] = &[
         "Messages refused by limits.messages_per_second",
         |s| &s.rate_limited,
     ),
+    (
+        names::RECEIVED_BYTES,
+        "Bytes received from WebSocket clients",
+        |s| &s.bytes_in,
+    ),
+    (
+        names::BROADCAST_SENT_BYTES,
+        "Bytes of broadcast frames handed to connections",
+        |s| &s.broadcast_bytes_out,
+    ),
+    (
+        names::CROSS_SHARD_MESSAGES,
+        "Messages sent to other shards",
+        |s| &s.cross_shard_messages,
+    ),
+    (
+        names::CROSS_SHARD_OVERFLOW,
+        "Cross-shard messages that waited for room in a full inbox",
+        |s| &s.cross_shard_overflow,
+    ),
 ];
 
 /// Gauges, one series per shard.
@@ -189,6 +209,65 @@ impl Scrape {
         Ok(())
     }
 
+    fn sum(&self, get: impl Fn(&ShardStats) -> u64) -> u64 {
+        (0..self.stats.shard_count())
+            .map(|i| get(self.stats.shard(i)))
+            .sum()
+    }
+
+    fn resumes_and_closes(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let c = |v: u64| ConstCounter::new(v);
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut m = e.encode_descriptor(
+            strip_total(names::RESUMES),
+            "Subscribes with since/epoch, by whether they recovered",
+            None,
+            c(0).metric_type(),
+        )?;
+        c(self.sum(|s| l(&s.resumes_recovered)))
+            .encode(m.encode_family(&[("recovered", "true")])?)?;
+        c(self.sum(|s| l(&s.resumes_lost))).encode(m.encode_family(&[("recovered", "false")])?)?;
+        let mut m = e.encode_descriptor(
+            strip_total(names::CLOSES_SENT),
+            "Close frames the server started, by code",
+            None,
+            c(0).metric_type(),
+        )?;
+        for (i, code) in CLOSE_CODES
+            .iter()
+            .map(|c| c.to_string())
+            .chain(["other".to_string()])
+            .enumerate()
+        {
+            c(self.sum(|s| l(&s.closes_sent[i])))
+                .encode(m.encode_family(&[("code", code.as_str())])?)?;
+        }
+        Ok(())
+    }
+
+    fn queue_histogram(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counts: Vec<u64> = (0..=QUEUE_BUCKETS.len())
+            .map(|i| self.sum(|s| l(&s.queue_depth[i])))
+            .collect();
+        let buckets: Vec<(f64, u64)> = QUEUE_BUCKETS
+            .iter()
+            .map(|&b| b as f64)
+            .chain([f64::MAX])
+            .zip(counts.iter().copied())
+            .collect();
+        let sum = self.sum(|s| l(&s.queued_bytes)) as f64;
+        let count = counts.iter().sum();
+        let m = e.encode_descriptor(
+            names::QUEUED_BYTES,
+            "Bytes queued per connection, sampled by the sweep",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        let mut m = m;
+        m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
     fn process(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
         let (rss, fds) = process_figures();
         let g = |v: u64| ConstGauge::new(v as i64);
@@ -248,6 +327,8 @@ impl Collector for Scrape {
             &crate::admission::REFUSAL_REASONS,
             |s, r| s.admission_refusals_by_reason[r].load(Ordering::Relaxed),
         )?;
+        self.resumes_and_closes(&mut e)?;
+        self.queue_histogram(&mut e)?;
         self.process(&mut e)
     }
 }
@@ -326,6 +407,11 @@ mod tests {
         ShardStats::add(&stats.shard(1).deliveries, 7);
         stats.shard(0).count_auth_failure("token_expired");
         stats.shard(1).count_admission_refusal(3);
+        stats.shard(0).count_close(1012);
+        stats.shard(1).count_close(4999);
+        stats
+            .shard(0)
+            .record_queue_depths([0, 10, 2000, 5 << 20].into_iter());
         let text = render(&stats, &Process { io_driver: "epoll" });
         assert!(
             text.contains("shardcast_deliveries_total{shard=\"1\"} 7\n"),
@@ -343,6 +429,19 @@ mod tests {
                 "{name}"
             );
         }
+        assert!(
+            text.contains("shardcast_closes_sent_total{code=\"1012\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("shardcast_closes_sent_total{code=\"other\"} 1\n"));
+        assert!(text.contains("shardcast_resumes_total{recovered=\"false\"} 0\n"));
+        assert!(
+            text.contains("shardcast_connection_queued_bytes_bucket{le=\"0.0\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("shardcast_connection_queued_bytes_bucket{le=\"1024.0\"} 2\n"));
+        assert!(text.contains("shardcast_connection_queued_bytes_bucket{le=\"+Inf\"} 4\n"));
+        assert!(text.contains("shardcast_connection_queued_bytes_count 4\n"));
         assert!(text.ends_with("# EOF\n"));
         let c = classic(&text);
         assert!(

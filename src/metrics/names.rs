@@ -59,3 +59,17 @@ pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
 pub const IO_DRIVER: &str = "io_driver";
 /// The running build (info gauge, label `version`).
 pub const BUILD_INFO: &str = "build_info";
+/// Bytes received from WebSocket clients.
+pub const RECEIVED_BYTES: &str = "received_bytes_total";
+/// Bytes of broadcast frames handed to connections.
+pub const BROADCAST_SENT_BYTES: &str = "broadcast_sent_bytes_total";
+/// Messages sent to other shards.
+pub const CROSS_SHARD_MESSAGES: &str = "cross_shard_messages_total";
+/// Cross-shard messages that found the peer's inbox full (ordered overflow).
+pub const CROSS_SHARD_OVERFLOW: &str = "cross_shard_overflow_total";
+/// Resumes (`subscribe` with `since`/`epoch`), label `recovered`.
+pub const RESUMES: &str = "resumes_total";
+/// Close frames the server started, label `code`.
+pub const CLOSES_SENT: &str = "closes_sent_total";
+/// Per-connection queued bytes, sampled by the sweep (histogram).
+pub const QUEUED_BYTES: &str = "connection_queued_bytes";

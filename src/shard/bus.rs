@@ -16,6 +16,7 @@ use super::{ShardCore, ShardRef, ShutdownMode};
 use crate::admission::Holder;
 use crate::config::Config;
 use crate::ids::ShardId;
+use crate::metrics::ShardStats;
 use crate::room::requests::{ApiAnswer, ApiReq, HomeMsg, Reply};
 use crate::wire::{Bcast, Frames};
 
@@ -85,6 +86,7 @@ impl ShardCore {
     /// is waiting, otherwise behind what is waiting (drained by a task). Never blocks.
     pub(crate) fn send_to(&mut self, peer: ShardId, msg: ShardMsg) {
         let i = peer.0;
+        ShardStats::add(&self.stats.shard(self.id.0).cross_shard_messages, 1);
         let bus = &mut self.bus;
         if bus.overflow[i].is_empty() {
             match bus.peers[i].try_send(msg) {
@@ -95,6 +97,7 @@ impl ShardCore {
         } else {
             bus.overflow[i].push_back(msg);
         }
+        ShardStats::add(&self.stats.shard(self.id.0).cross_shard_overflow, 1);
         if !bus.draining[i] {
             if let Some(me) = self.me.upgrade() {
                 self.bus.draining[i] = true;

@@ -137,7 +137,8 @@ impl ShardCore {
         let Some(wh) = c.wh.take() else { return };
         c.writer_alive = true;
         c.retire = false;
-        monoio::spawn(writer::write_loop(me, id, wh, c.dedicated.take()));
+        let tls = c.tls.is_some();
+        monoio::spawn(writer::write_loop(me, id, wh, c.dedicated.take(), tls));
     }
 }
 

@@ -169,6 +169,8 @@ impl ShardCore {
         if self.id.0 == 0 {
             self.life.admission.purge();
         }
+        let depths = self.conns.iter().map(|(_, c)| c.buffered);
+        self.stats.shard(self.id.0).record_queue_depths(depths);
         self.life.health.beat(self.id.0);
         let st = self.my_stats();
         ShardStats::add(&st.heartbeat_timeouts, hb);
@@ -276,6 +278,7 @@ impl ShardCore {
         if let Some(c) = self.conns.get_mut(id.0) {
             let deadline = Tick::at(deadline);
             c.start_close(code, reason, deadline, fast);
+            self.stats.shard(self.id.0).count_close(code.0);
             c.phase = Phase::Closing { deadline };
         }
         self.kick(id);
@@ -301,6 +304,7 @@ impl ShardCore {
                 deadline,
                 false,
             );
+            self.stats.shard(self.id.0).count_close(CloseCode::POLICY.0);
         }
         self.kick(h.id);
     }
@@ -312,6 +316,9 @@ impl ShardCore {
         let deadline = Tick::at(now + self.cfg.close_timeout);
         if let Some(c) = self.conns.get_mut(id.0) {
             c.start_close(CloseCode::TOKEN_EXPIRED, "token expired", deadline, false);
+            self.stats
+                .shard(self.id.0)
+                .count_close(CloseCode::TOKEN_EXPIRED.0);
             c.fin_after_flush = true;
             ShardStats::add(&self.stats.shard(self.id.0).token_expiries, 1);
         }

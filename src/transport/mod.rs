@@ -2,4 +2,5 @@
 //! permessage-deflate); an SSE fallback would sit beside it, behind the same gate and the same
 //! sessions.
 
+pub(crate) mod tls;
 pub(crate) mod ws;

@@ -22,6 +22,10 @@
 #   AUTOBAHN_DAEMON_ARGS extra daemon flags, e.g. "--io-driver epoll"
 #   AUTOBAHN_DAEMON    server binary to test (default target/release/shardcast);
 #                      it is started as `$AUTOBAHN_DAEMON --config <toml>`
+#   AUTOBAHN_TLS       set to 1 to test over wss://: a self-signed certificate is
+#                      made with the openssl CLI in $AUTOBAHN_REPORTS/tls, and the
+#                      daemon runs shardcast-autobahn.toml plus a [tls] section
+#                      (wstest's Twisted client does not verify certificates)
 #
 # Outputs in $AUTOBAHN_REPORTS: spec.json, expected-cases.txt, wstest.log,
 # shardcast.log, and reports/ (index.json, index.html, per-case reports).
@@ -35,6 +39,7 @@ CONFIG="tests/autobahn/shardcast-autobahn.toml"   # relative to $REPO
 HOST=127.0.0.1
 PORT=9001                                          # must match $CONFIG
 URL="ws://$HOST:$PORT/ws/autobahn"
+[[ "${AUTOBAHN_TLS:-0}" == 1 ]] && URL="wss://$HOST:$PORT/ws/autobahn"
 AGENT=shardcast
 DAEMON="${AUTOBAHN_DAEMON:-$REPO/target/release/shardcast}"
 
@@ -81,6 +86,18 @@ fi
 # ---------------------------------------------------------------------------
 rm -rf "$OUT"
 mkdir -p "$OUT/reports"
+
+if [[ "${AUTOBAHN_TLS:-0}" == 1 ]]; then
+    mkdir -p "$OUT/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+        -subj "/CN=$HOST" -addext "subjectAltName=IP:$HOST" \
+        -keyout "$OUT/tls/key.pem" -out "$OUT/tls/cert.pem" 2>"$OUT/tls/openssl.log" \
+        || die "openssl could not make a certificate (see $OUT/tls/openssl.log)"
+    { cat "$CONFIG"; printf '[tls]\ncert_file = "%s"\nkey_file = "%s"\n' \
+        "$OUT/tls/cert.pem" "$OUT/tls/key.pem"; } >"$OUT/shardcast-autobahn-tls.toml"
+    CONFIG="$OUT/shardcast-autobahn-tls.toml"
+    log "TLS: $URL with $CONFIG"
+fi
 
 # Build the spec with python3 so AUTOBAHN_EXCLUDE/AUTOBAHN_CASES are
 # validated as JSON lists of strings instead of being pasted in blindly.

@@ -4,11 +4,12 @@
 #
 #   bash tests/python/run.sh          # every suite
 #   bash tests/python/run.sh auth     # only the auth suite (test_auth.py starts its own daemons)
+#   bash tests/python/run.sh tls      # only the TLS suite (test_tls.py: its own CA and daemons)
 set -euo pipefail
 SUITE="${1:-all}"
 case "$SUITE" in
-  all | auth) ;;
-  *) echo "usage: $0 [auth]" >&2; exit 2 ;;
+  all | auth | tls) ;;
+  *) echo "usage: $0 [auth|tls]" >&2; exit 2 ;;
 esac
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
@@ -51,6 +52,16 @@ if [[ $SUITE == auth ]]; then
   exit 0
 fi
 
+# TLS (wss:// and HTTPS with a CA made at run time, curl, plain HTTP on the TLS port, bad
+# certificate files): test_tls.py starts its own daemons (both I/O drivers, free ports).
+run_tls() {
+  SHARDCAST_BIN="${SHARDCAST_BIN:-$REPO/target/release/shardcast}" "$VENV/bin/python" tests/python/test_tls.py
+}
+if [[ $SUITE == tls ]]; then
+  run_tls
+  exit 0
+fi
+
 # Raw rooms and permessage-deflate with the `websockets` client.
 PORT=9011
 target/release/shardcast --listen "127.0.0.1:$PORT" --shards 2 >target/python-daemon.log 2>&1 &
@@ -67,3 +78,4 @@ wait_port 9012
 cleanup  # the auth suite runs its own daemons
 PIDS=()
 run_auth
+run_tls

@@ -5,6 +5,7 @@ and a stalled shard, SIGHUP reload with connected clients.
     SHARDCAST_BIN=target/release/shardcast python tests/python/test_ops.py [name-filter ...]
 """
 
+import json
 import os
 import shutil
 import signal
@@ -130,7 +131,9 @@ def test_metrics():
                     "shardcast_auth_failures", "shardcast_admission_refusals", "shardcast_compressions",
                     "shardcast_envelope_encodings", "shardcast_rate_limited", "shardcast_room_full",
                     "shardcast_process_resident_memory_bytes", "shardcast_process_open_fds", "shardcast_io_driver",
-                    "shardcast_build_info"]
+                    "shardcast_build_info", "shardcast_received_bytes", "shardcast_broadcast_sent_bytes",
+                    "shardcast_cross_shard_messages", "shardcast_cross_shard_overflow", "shardcast_resumes",
+                    "shardcast_closes_sent", "shardcast_connection_queued_bytes"]
         missing = [n for n in expected if n not in fams]
         check("metrics: every listed metric is exported", not missing, missing)
         N, M, K = 20, 30, 3
@@ -154,6 +157,17 @@ def test_metrics():
         check(f"metrics: counters follow a known load ({N} connections, {M} messages, {K} refusals)",
               vals["connections"] == N and vals["messages_in"] == M and vals["deliveries"] == N * M
               and vals["http_rejected"] == K and vals["upgrades"] == N, vals)
+        rx = total(fams, "shardcast_received_bytes")
+        check("metrics: received bytes count the client frames (30 frames of 11-12 bytes)",
+              rx is not None and rx >= M * 11, rx)
+        end, hc = time.monotonic() + TIMEOUT, []
+        while time.monotonic() < end:  # sampled by the sweep, at most a second behind
+            h = metrics(p)[1].get("shardcast_connection_queued_bytes")
+            hc = [x.value for x in h.samples if x.name.endswith("_count")] if h else []
+            if hc == [N]:
+                break
+            time.sleep(0.2)
+        check("metrics: the queue-depth histogram samples every connection", hc == [N], hc)
         shards = {s.labels.get("shard") for s in fams["shardcast_deliveries"].samples}
         check("metrics: counters carry a shard label per shard", shards == {"0", "1"}, shards)
         drv = [s.labels.get("driver") for s in fams["shardcast_io_driver"].samples]
@@ -490,11 +504,15 @@ def test_second_instance_and_takeover():
         N = 200
         room = "switch"
         clients = [envelope_socket(a, room)[0] for _ in range(N)]
+        epochs = set()
         for c in clients:
             c.settimeout(TIMEOUT)
-            got = b""
-            while b"subscribed" not in got:
-                got += c.recv(4096)
+            buf, sub = b"", None
+            while sub is None:
+                buf += c.recv(4096)
+                frames, _ = read_frames(buf)
+                sub = next((json.loads(pl) for op, pl in frames if op == 1 and b'"subscribed"' in pl), None)
+            epochs.add(sub["epoch"])
         args = [BIN, "--config", a.path, "--listen", a.addr, "--takeover"]
         blog = open(os.path.join(TMP, "takeover.log"), "wb")
         bp = subprocess.Popen(args, stdout=blog, stderr=subprocess.STDOUT)
@@ -506,11 +524,27 @@ def test_second_instance_and_takeover():
             check("takeover: the old daemon exits after its drain", a.proc.wait(10) == 0, a.proc.poll())
             # Everyone reconnects to the new daemon and resubscribes with since/epoch.
             again = []
+            (epoch,) = epochs
             for _ in range(N):
-                s, status = envelope_socket(a, room)
+                s, status = envelope_socket(a)
+                s.sendall(masked(json.dumps({"op": "subscribe", "room": room, "since": 0, "epoch": epoch}).encode()))
                 again.append((s, status))
             ok = sum(1 for _, st in again if st.startswith(b"HTTP/1.1 101"))
             check(f"takeover: all {N} clients reconnect to the new daemon", ok == N, ok)
+            answers = []
+            for s, _ in again:
+                buf, sub = b"", None
+                while sub is None:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+                    frames, _ = read_frames(buf)
+                    sub = next((json.loads(pl) for op, pl in frames if op == 1 and b'"subscribed"' in pl), None)
+                answers.append(sub)
+            explicit = sum(1 for x in answers if x and x.get("recovered") is False and x.get("epoch") != epoch)
+            check("takeover: resuming with since/epoch on the new process says recovered: false (a new epoch: "
+                  "nothing is lost silently)", explicit == N, explicit)
             with open(os.path.join(TMP, "takeover.log"), "rb") as f:
                 log = f.read().decode()
             check("takeover: the new daemon logged the takeover", "took the address over" in log, log[-300:])

@@ -82,6 +82,8 @@ struct Conn {
     env_phase: u8,
     /// Envelope: the room seq expected next (`subscribed.seq + 1`, then +1 per message).
     env_next: u64,
+    /// `wss://`: this connection's TLS session (created when the TCP connect completes).
+    tls: Option<Box<rustls::ClientConnection>>,
 }
 
 pub enum Traffic {
@@ -142,6 +144,10 @@ pub struct Engine {
     rng: u64,
     /// Offer permessage-deflate in the handshake.
     pub offer_deflate: bool,
+    /// `wss://`: the TLS client configuration (None: plain `ws://`).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Scratch plaintext of TLS reads.
+    plain: Vec<u8>,
     /// Bearer tokens: connection k (in the order handshakes start, over the engine's whole
     /// life, churn cycles included) sends `tokens[k % len]`. Empty: no Authorization header.
     pub tokens: Vec<String>,
@@ -255,6 +261,8 @@ impl Engine {
             json_at,
             rng: 0x2545_f491_4f6c_dd1d,
             offer_deflate: false,
+            tls: None,
+            plain: Vec::with_capacity(READ_BUF),
             tokens: Vec::new(),
             next_token: 0,
             shared_inflater: Some(Box::new(deflate::SharedInflater::new(true))),
@@ -338,6 +346,7 @@ impl Engine {
                 tmpl,
                 env_phase: 0,
                 env_next: 0,
+                tls: None,
             });
             self.next_seq.push(0);
         }
@@ -538,6 +547,21 @@ impl Engine {
              Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n{proto}{ext}{authz}\r\n",
             self.path_prefix, self.host_header
         );
+        if let Some(cfg) = &self.tls {
+            let host = self
+                .host_header
+                .rsplit_once(':')
+                .map_or(&*self.host_header, |h| h.0);
+            match crate::tls::connect(cfg, host) {
+                Ok(t) => self.conns[i].tls = Some(t),
+                Err(e) => {
+                    eprintln!("loadgen: TLS session for {host}: {e}");
+                    self.connect_errors += 1;
+                    self.close(i);
+                    return;
+                }
+            }
+        }
         let c = &mut self.conns[i];
         c.state = State::Handshake;
         c.out.extend_from_slice(req.as_bytes());
@@ -548,6 +572,9 @@ impl Engine {
     /// new edge), but not when the peer's FIN is queued behind the data (`closed`): then read on
     /// until EOF, which would otherwise never be seen.
     fn on_readable(&mut self, i: usize, now: u64, closed: bool) {
+        if self.conns[i].tls.is_some() {
+            return self.on_readable_tls(i, now, closed);
+        }
         let mut buf = std::mem::take(&mut self.rbuf);
         loop {
             let st = self.conns[i].state;
@@ -591,6 +618,68 @@ impl Engine {
             }
         }
         self.rbuf = buf;
+    }
+
+    /// `on_readable` for a TLS connection: ciphertext in, its plaintext to `ingest`; then send
+    /// what the TLS session wants to (handshake messages).
+    fn on_readable_tls(&mut self, i: usize, now: u64, closed: bool) {
+        let mut buf = std::mem::take(&mut self.rbuf);
+        let mut plain = std::mem::take(&mut self.plain);
+        loop {
+            let st = self.conns[i].state;
+            if st == State::Closed {
+                break;
+            }
+            let c = &mut self.conns[i];
+            let r = c.stream.as_mut().unwrap().read(&mut buf);
+            let n = match r {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            if n == 0 {
+                // EOF (or an error): the plain path's bookkeeping.
+                match st {
+                    State::CloseAcked => {}
+                    State::Handshake | State::Subscribing => {
+                        *self.handshake_failures.entry("eof".into()).or_default() += 1
+                    }
+                    _ => self.eof_errors += 1,
+                }
+                self.close(i);
+                break;
+            }
+            plain.clear();
+            let tls = c.tls.as_mut().unwrap();
+            match crate::tls::decrypt(tls, &buf[..n], &mut plain) {
+                Ok(_) => {}
+                Err(e) => {
+                    let key = if matches!(st, State::Handshake | State::Subscribing) {
+                        format!("tls: {e}")
+                    } else {
+                        self.io_errors += 1;
+                        String::new()
+                    };
+                    if !key.is_empty() {
+                        *self.handshake_failures.entry(key).or_default() += 1;
+                    }
+                    self.close(i);
+                    break;
+                }
+            }
+            if !plain.is_empty() {
+                self.ingest(i, &plain, now);
+            }
+            if self.conns[i].tls.as_ref().is_some_and(|t| t.wants_write()) {
+                self.flush(i);
+            }
+            if n < buf.len() && !closed && self.conns[i].state != State::CloseAcked {
+                break;
+            }
+        }
+        self.rbuf = buf;
+        self.plain = plain;
     }
 
     fn ingest(&mut self, i: usize, data: &[u8], now: u64) {
@@ -1065,6 +1154,9 @@ impl Engine {
     }
 
     fn flush(&mut self, i: usize) {
+        if self.conns[i].tls.is_some() {
+            return self.flush_tls(i);
+        }
         loop {
             let c = &mut self.conns[i];
             let Some(s) = c.stream.as_mut() else {
@@ -1102,6 +1194,47 @@ impl Engine {
         }
     }
 
+    /// `flush` for a TLS connection: the pending plaintext into the session, then its records
+    /// to the socket (what the socket does not take stays in the session until writable).
+    fn flush_tls(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        let (Some(s), Some(tls)) = (c.stream.as_mut(), c.tls.as_mut()) else {
+            c.out.clear();
+            c.out_off = 0;
+            return;
+        };
+        if c.out_off < c.out.len() {
+            // No buffer limit (set at connect): the session takes all of it.
+            let _ = tls.writer().write_all(&c.out[c.out_off..]);
+        }
+        c.out.clear();
+        c.out_off = 0;
+        while tls.wants_write() {
+            match tls.write_tls(s) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.blocked = true;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    match c.state {
+                        State::Handshake | State::Subscribing => {
+                            *self
+                                .handshake_failures
+                                .entry("write error".into())
+                                .or_default() += 1
+                        }
+                        State::CloseAcked | State::Closing => {}
+                        _ => self.io_errors += 1,
+                    }
+                    self.close(i);
+                    return;
+                }
+            }
+        }
+    }
+
     fn close(&mut self, i: usize) {
         let c = &mut self.conns[i];
         let st = c.state;
@@ -1116,6 +1249,7 @@ impl Engine {
         c.out_off = 0;
         c.inbuf = Vec::new();
         c.inflater = None;
+        c.tls = None;
         c.blocked = false;
         match st {
             State::Connecting | State::Handshake | State::Subscribing => self.connecting -= 1,

@@ -280,6 +280,9 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
 pub fn main(a: &Args) -> Result<u8, String> {
     a.take_known(KNOWN)?;
     let c = crate::common(a, crate::payload::Kind::Binary)?;
+    if c.tls.is_some() {
+        return Err("flood: ws:// only (its clients speak plain TCP)".into());
+    }
     let kind_name: String = a.get("kind", "silent".to_string())?;
     let kind = parse_kind(&kind_name)?;
     let n: usize = a.get("connections", 15_000)?;

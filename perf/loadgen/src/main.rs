@@ -14,6 +14,7 @@ mod probe;
 mod procstat;
 mod stalled;
 mod storm;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddrV4, ToSocketAddrs};
@@ -53,7 +54,10 @@ SCENARIOS
 
 const HELP_TAIL: &str = "
 COMMON FLAGS
-  --url ws://HOST:PORT[/prefix]   server (default ws://127.0.0.1:9300)
+  --url ws://HOST:PORT[/prefix]   server (default ws://127.0.0.1:9300); wss://HOST:PORT: TLS
+                                  (rustls, TLS 1.3 or 1.2, ALPN http/1.1, no resumption: every
+                                  handshake is a full one), trusting only --ca
+  --ca FILE                       PEM CA certificate(s) for wss:// (required with wss://)
   --server-pid PID                read the server's CPU time and RSS from /proc/PID
   --duration SECS (5)             measured phase (message scenarios)
   --warmup SECS (1)               unmeasured phase before it
@@ -291,6 +295,8 @@ fn group(x: i64) -> String {
 }
 
 struct Common {
+    /// `wss://`: the TLS client configuration.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     dst: SocketAddrV4,
     host_header: String,
     prefix: String,
@@ -327,13 +333,19 @@ const COMMON: &[&str] = &[
     "label",
     "token",
     "token-file",
+    "ca",
 ];
 
 fn common(a: &Args, default_payload: Kind) -> Result<Common, String> {
     let url: String = a.get("url", "ws://127.0.0.1:9300".to_string())?;
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or("--url must start with ws://")?;
+    let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(r), _) => (r, None),
+        (None, Some(r)) => {
+            let ca = a.flags.get("ca").ok_or("wss:// needs --ca FILE")?;
+            (r, Some(tls::client_config(ca)?))
+        }
+        _ => return Err("--url must start with ws:// or wss://".into()),
+    };
     let (hostport, prefix) = match rest.find('/') {
         Some(p) => (&rest[..p], rest[p..].trim_end_matches('/').to_string()),
         None => (rest, String::new()),
@@ -377,6 +389,7 @@ fn common(a: &Args, default_payload: Kind) -> Result<Common, String> {
         (None, None) => Vec::new(),
     };
     Ok(Common {
+        tls,
         tokens,
         dst,
         host_header: hostport.to_string(),
@@ -428,6 +441,7 @@ fn engine(c: &Common) -> Engine {
     });
     e.handshake_inflight = c.inflight;
     e.offer_deflate = c.deflate;
+    e.tls = c.tls.clone();
     e.set_inflate_memo(c.inflate_memo);
     e.tokens = c.tokens.clone();
     e
@@ -444,6 +458,7 @@ fn head(r: &mut Report, scenario: &str, c: &Common) {
     r.s("payload", c.payload.name());
     r.s("envelope", c.envelope.name());
     r.i("deflate_offered", c.deflate as u8);
+    r.i("tls", c.tls.is_some() as u8);
     r.i("inflate_memo", c.inflate_memo as u8);
     // Bearer tokens sent round-robin, one per connection (0: no Authorization header).
     r.i("tokens", c.tokens.len());

@@ -78,6 +78,9 @@ pub fn main(a: &Args) -> Result<u8, String> {
     known.extend(EXTRA);
     a.take_known(&known)?;
     let c = crate::common(a, crate::payload::Kind::Binary)?;
+    if c.tls.is_some() {
+        return Err("stalled: ws:// only (its clients speak plain TCP)".into());
+    }
     let s: usize = a.get("stalled", 5000)?;
     let n: usize = a.get("subscribers", 100)?;
     let rate: f64 = a.get("rate", 100.0)?;

@@ -116,6 +116,9 @@ fn cut_done(child: &mut Child) -> Result<Option<Option<String>>, String> {
 pub fn main(a: &Args) -> Result<u8, String> {
     a.take_known(KNOWN)?;
     let c = crate::common(a, crate::payload::Kind::Binary)?;
+    if c.tls.is_some() {
+        return Err("storm: ws:// only (its clients speak plain TCP)".into());
+    }
     let n: usize = a.get("clients", 10_000)?;
     let k: usize = a.get("room-size", 0)?;
     let cut = a

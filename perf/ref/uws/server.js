@@ -7,6 +7,8 @@
 //
 // Usage: ../run-uws.sh PORT   (sets LD_PRELOAD for the glibc shim when needed)
 //        node server.js PORT  (only on glibc >= 2.38)
+// TLS: with TLS_CERT and TLS_KEY (PEM files) in the environment it serves wss:// and https://
+// with uWS.SSLApp (uSockets' OpenSSL/BoringSSL), the same contract otherwise.
 const fs = require('fs');
 
 const port = Number(process.argv[2] || process.env.PORT);
@@ -32,7 +34,10 @@ const uWS = require('@btc-vision/uwebsockets.js');
 
 const ROOM_NAME = /^[A-Za-z0-9_.:-]{1,128}$/; // same room-name rule as shardcast
 
-const app = uWS.App();
+const tls = process.env.TLS_CERT && process.env.TLS_KEY;
+const app = tls
+  ? uWS.SSLApp({ cert_file_name: process.env.TLS_CERT, key_file_name: process.env.TLS_KEY })
+  : uWS.App();
 
 app.ws('/ws/:room', {
   compression: uWS.DISABLED,
@@ -81,5 +86,5 @@ app.listen(host, port, (token) => {
     console.error(`failed to listen on ${host}:${port}`);
     process.exit(1);
   }
-  console.log(`listening on ${port}`);
+  console.log(`listening on ${port}${tls ? ' (TLS)' : ''}`);
 });

@@ -11,11 +11,15 @@ use bytes::BytesMut;
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
+use super::tls::TlsStream;
 use crate::admission::Tickets;
 use crate::conn::writer::dedicated_compressor;
+use crate::http::io::HttpIo;
+use crate::ids::ConnId;
 use crate::protocol::deflate::DeflateParams;
 use crate::session::Session;
 use crate::shard::ShardRef;
+use crate::tls::session::TlsState;
 
 /// What a successful upgrade leaves behind.
 pub(crate) struct Upgraded {
@@ -53,15 +57,45 @@ fn cap_unsent(fd: std::os::fd::RawFd, bytes: usize) {
     }
 }
 
-/// Serve one accepted socket to the end.
-pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
+/// Serve one accepted socket to the end: plain, or TLS when `[tls]` is in force.
+pub(crate) async fn serve(shard: ShardRef, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     cap_unsent(fd, shard.borrow().cfg.socket_unsent_bytes);
     let id = shard.borrow_mut().add_conn(fd, std::time::Instant::now());
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let tls = shard.borrow().cfg.tls.as_ref().map(|t| t.server.clone());
+    match tls {
+        None => serve_io(shard, id, peer, stream, |s| (s, None)).await,
+        Some(cfg) => match TlsStream::new(stream, cfg) {
+            Ok(t) => {
+                serve_io(shard, id, peer, t, |t| {
+                    let (tcp, tls) = t.into_parts();
+                    (tcp, Some(tls))
+                })
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a TLS session");
+                shard.borrow_mut().remove_conn(id, false);
+            }
+        },
+    }
+}
+
+/// The handshake phase on `io`, then (upgraded) the reader task; `parts` gives the socket and
+/// the TLS state (if any) back from `io`.
+async fn serve_io<S: HttpIo>(
+    shard: ShardRef,
+    id: ConnId,
+    peer: Option<std::net::IpAddr>,
+    mut io: S,
+    parts: impl FnOnce(S) -> (TcpStream, Option<Box<TlsState>>),
+) {
     let mut admitted = false;
-    match upgrade::handshake(&shard, id, &mut stream, &mut admitted).await {
+    match upgrade::handshake(&shard, id, peer, &mut io, &mut admitted).await {
         Some(up) => {
+            let (stream, tls) = parts(io);
             let (rh, wh) = stream.into_split();
             // No writer task yet: one is spawned when something is queued (ShardCore::kick).
             {
@@ -70,6 +104,7 @@ pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
                 if let Some(c) = s.conns.get_mut(id.0) {
                     c.wh = Some(wh);
                     c.dedicated = dedicated;
+                    c.tls = tls;
                 }
                 // Anything queued during the upgrade (the envelope `welcome`) goes out now.
                 s.kick(id);
@@ -79,7 +114,7 @@ pub(crate) async fn serve(shard: ShardRef, mut stream: TcpStream) {
         None => {
             // The stream (and its fd) goes, and the connection is forgotten in the same
             // synchronous step (see `Conn::kill`).
-            drop(stream);
+            drop(io);
             shard.borrow_mut().remove_conn(id, admitted);
         }
     }

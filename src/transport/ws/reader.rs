@@ -12,8 +12,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use monoio::buf::{IoBufMut, SliceMut};
-use monoio::io::{AsyncReadRent, OwnedReadHalf};
+use monoio::io::OwnedReadHalf;
 use monoio::net::TcpStream;
 
 use super::Upgraded;
@@ -27,6 +26,7 @@ use crate::protocol::frame::{encode_close, encode_server_frame, OpCode};
 use crate::protocol::ProtocolError;
 use crate::session::{Session, Verdict};
 use crate::shard::ShardRef;
+use crate::transport::tls::{self, Decrypted};
 
 /// The reader for an upgraded connection; when it ends, it closes the connection down.
 pub(crate) async fn reader_task(
@@ -195,6 +195,11 @@ async fn read_loop(shard: &ShardRef, id: ConnId, rh: &mut OwnedReadHalf<TcpStrea
     };
     let mut discard = false;
     let mut more_ready = !rbuf.is_empty();
+    let tls = shard
+        .borrow()
+        .conns
+        .get(id.0)
+        .is_some_and(|c| c.tls.is_some());
     loop {
         if discard {
             rbuf.clear();
@@ -219,7 +224,7 @@ async fn read_loop(shard: &ShardRef, id: ConnId, rh: &mut OwnedReadHalf<TcpStrea
             Step::Done => break,
         };
         reserve_for(&mut rbuf, need);
-        if !read_more(shard, id, rh, &mut rbuf, &mut more_ready).await {
+        if !read_more(shard, id, rh, &mut rbuf, &mut more_ready, tls).await {
             break;
         }
     }
@@ -238,14 +243,15 @@ fn reserve_for(rbuf: &mut BytesMut, need: usize) {
     }
 }
 
-/// Wait for readiness (unless more is known to be ready) and read once. `false`: the stream
-/// ended or failed.
+/// Wait for readiness (unless more is known to be ready) and read once (with `tls`, read
+/// ciphertext and decrypt it into `rbuf`). `false`: the stream ended or failed.
 async fn read_more(
     shard: &ShardRef,
     id: ConnId,
     rh: &mut OwnedReadHalf<TcpStream>,
     rbuf: &mut BytesMut,
     more_ready: &mut bool,
+    tls: bool,
 ) -> bool {
     // SAFETY: a shared reference to the stream only to read its fd and poll for readiness:
     // `readable` takes `&self` and only submits a poll; the write half never moves or mutates
@@ -264,12 +270,19 @@ async fn read_more(
         if rbuf.capacity() == 0 {
             *rbuf = shard.borrow_mut().conns.take_read_buf();
         }
-        match recv_nonblocking(fd, rbuf) {
-            Ok(0) => return false,
-            Ok(_) => {
+        let got = if tls {
+            recv_tls(shard, id, fd, rbuf)
+        } else {
+            recv_nonblocking(fd, rbuf).map(|n| (n, rbuf.len() == rbuf.capacity()))
+        };
+        match got {
+            Ok((0, _)) => return false,
+            Ok((n, full)) => {
                 // A full buffer means more may be waiting: read again before polling.
-                *more_ready = rbuf.len() == rbuf.capacity();
-                if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                *more_ready = full;
+                let mut s = shard.borrow_mut();
+                ShardStats::add(&s.my_stats().bytes_in, n as u64);
+                if let Some(c) = s.conns.get_mut(id.0) {
                     c.last_seen = Tick::at(Instant::now());
                 }
                 return true;
@@ -279,6 +292,33 @@ async fn read_more(
             Err(_) => return false,
         }
     }
+}
+
+/// One `recv` of ciphertext into a pooled scratch buffer (given back at once), decrypted into
+/// `rbuf`: `(plaintext bytes, the scratch buffer was filled)`. `Ok((0, _))`: the stream ended
+/// (EOF, the peer's close_notify, or a TLS error, whose alert was sent). A read that completes
+/// no record is `Interrupted` (read again) or `WouldBlock` (wait for readiness).
+fn recv_tls(
+    shard: &ShardRef,
+    id: ConnId,
+    fd: std::os::fd::RawFd,
+    rbuf: &mut BytesMut,
+) -> std::io::Result<(usize, bool)> {
+    let mut cipher = shard.borrow_mut().conns.take_read_buf();
+    let res = recv_nonblocking(fd, &mut cipher);
+    let full = cipher.len() == cipher.capacity();
+    let out = match res {
+        Ok(0) => Ok((0, false)),
+        Ok(_) => match tls::decrypt(shard, id, fd, &cipher, rbuf) {
+            Decrypted::Plain(0) if full => Err(std::io::ErrorKind::Interrupted.into()),
+            Decrypted::Plain(0) => Err(std::io::ErrorKind::WouldBlock.into()),
+            Decrypted::Plain(n) => Ok((n, full)),
+            Decrypted::End => Ok((0, false)),
+        },
+        Err(e) => Err(e),
+    };
+    shard.borrow_mut().conns.return_read_buf(cipher);
+    out
 }
 
 /// Inbound permessage-deflate state of one connection.
@@ -346,25 +386,6 @@ fn recv_nonblocking(fd: std::os::fd::RawFd, buf: &mut BytesMut) -> std::io::Resu
     // SAFETY: the kernel initialised `n` bytes after the current length.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
-}
-
-/// The spare capacity of `buf` (after the bytes it already holds) as a read target: monoio's
-/// plain `read` would write from the start of the buffer.
-fn spare(mut buf: BytesMut) -> SliceMut<BytesMut> {
-    if buf.capacity() == buf.len() {
-        buf.reserve(4096);
-    }
-    let (len, cap) = (buf.len(), buf.capacity());
-    buf.slice_mut(len..cap)
-}
-
-/// Read into the spare capacity of `buf`.
-pub(crate) async fn read_append<R: AsyncReadRent>(
-    r: &mut R,
-    buf: BytesMut,
-) -> (std::io::Result<usize>, BytesMut) {
-    let (res, slice) = r.read(spare(buf)).await;
-    (res, slice.into_inner())
 }
 
 /// Return a read buffer to the pool if it is an empty pool-sized buffer; otherwise drop it.

@@ -7,16 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 
-use super::reader::read_append;
 use super::Upgraded;
 use crate::admission::Holder;
 use crate::auth::Identity;
 use crate::conn::Phase;
 use crate::gate::{self, Client, Plan, Policy, Rejection, Target, Upgrade};
 use crate::http;
+use crate::http::io::HttpIo;
 use crate::ids::{ConnId, Tick};
 use crate::metrics::ShardStats;
 use crate::protocol::envelope::ServerOp;
@@ -103,10 +101,11 @@ fn count_refusal(s: &ShardCore, r: &Rejection) {
 
 /// Read and answer the HTTP request. On a successful upgrade, returns the session and any
 /// early frames. Everything allocated for the handshake is freed when this returns.
-pub(crate) async fn handshake(
+pub(crate) async fn handshake<S: HttpIo>(
     shard: &ShardRef,
     id: ConnId,
-    stream: &mut TcpStream,
+    peer: Option<IpAddr>,
+    stream: &mut S,
     admitted: &mut bool,
 ) -> Option<Upgraded> {
     let pending = {
@@ -124,7 +123,6 @@ pub(crate) async fn handshake(
     };
     let started = Instant::now();
     let (req, buf, used) = read_head(shard, stream).await?;
-    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let plan = plan(&mut shard.borrow_mut(), &req, id, peer);
     if shard.borrow().cfg.access_log {
         access_line(&req, peer, &plan, started);
@@ -159,8 +157,7 @@ pub(crate) async fn handshake(
         tickets,
         evict,
     } = up;
-    let (res, _) = stream.write_all(response).await;
-    res.ok()?;
+    stream.send(response).await.ok()?;
     let session = open(
         &mut shard.borrow_mut(),
         id,
@@ -185,13 +182,16 @@ pub(crate) async fn handshake(
 }
 
 /// Read until the request head is complete. `None`: the client went away or was refused.
-async fn read_head(shard: &ShardRef, stream: &mut TcpStream) -> Option<(Request, BytesMut, usize)> {
+async fn read_head<S: HttpIo>(
+    shard: &ShardRef,
+    stream: &mut S,
+) -> Option<(Request, BytesMut, usize)> {
     let max_header = shard.borrow().cfg.max_header_bytes;
     let mut buf = BytesMut::with_capacity(1024.min(max_header));
     loop {
         let room_left = max_header.saturating_sub(buf.len()).clamp(1, 4096);
         buf.reserve(room_left);
-        let (res, b) = read_append(stream, buf).await;
+        let (res, b) = stream.read_append(buf).await;
         buf = b;
         match res {
             Ok(0) | Err(_) => return None,
@@ -245,16 +245,16 @@ fn open(
 
 /// Refuse: the status and reason, counted, then a half-close so the client reads the whole
 /// response before the socket goes.
-async fn reject<T>(shard: &ShardRef, stream: &mut TcpStream, r: &Rejection) -> Option<T> {
+async fn reject<T, S: HttpIo>(shard: &ShardRef, stream: &mut S, r: &Rejection) -> Option<T> {
     ShardStats::add(&shard.borrow().my_stats().http_rejected, 1);
-    let _ = stream.write_all(r.response()).await;
-    let _ = stream.shutdown().await;
+    let _ = stream.send(r.response()).await;
+    stream.finish().await;
     None
 }
 
 /// Answer a page and end.
-async fn respond<T>(stream: &mut TcpStream, resp: Vec<u8>) -> Option<T> {
-    let _ = stream.write_all(resp).await;
-    let _ = stream.shutdown().await;
+async fn respond<T, S: HttpIo>(stream: &mut S, resp: Vec<u8>) -> Option<T> {
+    let _ = stream.send(resp).await;
+    stream.finish().await;
     None
 }
