@@ -14,6 +14,7 @@ step "system packages"
 need=()
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v gcc >/dev/null || need+=(gcc)
+command -v ss >/dev/null || need+=(iproute2)
 command -v curl >/dev/null || need+=(curl)  # the TLS suite: curl --cacert against the daemon
 command -v python3 >/dev/null || need+=(python3 python3-pip python3-venv)
 command -v python3 >/dev/null && ! python3 -m venv --help >/dev/null 2>&1 && need+=(python3-venv)
@@ -57,6 +58,9 @@ fi
 
 step "third-party clients: Python websockets (permessage-deflate), the envelope protocol suite (cbor2), auth (PyJWT), TLS (wss:// and HTTPS with curl)"
 bash tests/python/run.sh
+
+step "storms and floods: 10k-client reconnect storm, floods while serving a room, stalled clients' memory bound"
+bash tests/storm/run.sh
 
 step "pages in headless Chromium (playwright-core): the admin page under load"
 bash tests/browser/run.sh
