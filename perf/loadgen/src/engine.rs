@@ -548,7 +548,10 @@ impl Engine {
             self.path_prefix, self.host_header
         );
         if let Some(cfg) = &self.tls {
-            let host = self.host_header.rsplit_once(':').map_or(&*self.host_header, |h| h.0);
+            let host = self
+                .host_header
+                .rsplit_once(':')
+                .map_or(&*self.host_header, |h| h.0);
             match crate::tls::connect(cfg, host) {
                 Ok(t) => self.conns[i].tls = Some(t),
                 Err(e) => {

@@ -47,7 +47,11 @@ pub fn connect(cfg: &Arc<ClientConfig>, host: &str) -> io::Result<Box<ClientConn
 
 /// Feed `cipher` and append the plaintext it completes to `plain`. `Ok(true)`: the server sent
 /// close_notify.
-pub fn decrypt(c: &mut ClientConnection, mut cipher: &[u8], plain: &mut Vec<u8>) -> io::Result<bool> {
+pub fn decrypt(
+    c: &mut ClientConnection,
+    mut cipher: &[u8],
+    plain: &mut Vec<u8>,
+) -> io::Result<bool> {
     let mut closed = false;
     while !cipher.is_empty() {
         c.read_tls(&mut cipher)?;
