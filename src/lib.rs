@@ -9,6 +9,8 @@
 //! - [`ids`]: `ShardId`, `ConnId`, `RoomId` and the compact `Tick` clock (a leaf).
 //! - [`protocol`]: sans-io RFC 6455 and RFC 7692 (handshake, frames, reassembly, close codes,
 //!   permessage-deflate), the envelope codec (JSON, CBOR), room names, session error codes.
+//! - [`admission`]: which new connections are taken (handshake rates, per-IP and per-user
+//!   caps, handshakes in progress); shared by the shards, decided by pure functions.
 //! - [`config`]: TOML file schema → validated typed [`config::Config`], swappable per shard.
 //! - [`metrics`]: per-shard counters, summed on read; their names in [`metrics::names`].
 //! - `wire`: wire formats, a message's encodings, the sequenced broadcast and its once-cells.
@@ -17,6 +19,7 @@
 //! - [`room`]: room registry, end-of-turn coalescing, the fan-out loop, each room's home state
 //!   ([`room::home`]: seq, epoch, history, presence) and the home protocol's messages.
 //! - [`heartbeat`]: the pure heartbeat verdict the sweep applies.
+//! - [`health`]: shard pulses and accepting flags for `/readyz` and the systemd watchdog.
 //! - [`gate`]: every decision about an HTTP request before any WebSocket state exists
 //!   (routing, upgrade validation, subprotocol and deflate negotiation, admission).
 //! - [`shard`]: one shard's state composed of those parts, and everything that needs more than
@@ -29,14 +32,20 @@
 //! - [`tls`]: rustls configuration from `[tls]` (reloadable `tls::load`) and the sans-io state
 //!   of one TLS connection.
 //! - [`listener`]: one SO_REUSEPORT listener per shard.
+//! - [`admin`]: the operator's listener (metrics, health, readiness, admin page, reload), on
+//!   its own thread.
+//! - [`service`]: systemd notify (READY, STATUS, STOPPING) and the watchdog.
 //! - [`server`]: shard threads and runtimes (io_uring or epoll), accept loops, the handle.
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub(crate) mod conn;
 pub mod gate;
+pub mod health;
 pub mod heartbeat;
 pub(crate) mod http;
 pub mod ids;
@@ -45,6 +54,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod room;
 pub mod server;
+pub mod service;
 pub(crate) mod session;
 pub mod shard;
 pub mod tls;

@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 
 use monoio::{FusionDriver, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
+use crate::admission::Admission;
 use crate::config::{Config, IoDriver};
+use crate::health::Health;
 use crate::ids::ShardId;
 use crate::listener::bind_reuseport;
 use crate::metrics::Stats;
+use crate::room::requests::{ApiAnswer, ApiReq};
 use crate::shard::broadcast::run_flusher;
 use crate::shard::bus::{run_inbox, ShardMsg};
 use crate::shard::sweep::run_sweeper;
@@ -29,6 +32,18 @@ const URING_ENTRIES: u32 = 16384;
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// Another process serves the address (start with `--takeover` to hand it over).
+    #[error(
+        "{addr} is already served by {owner}; a second instance would silently split clients \
+         between the two. Stop it first, or start this one with --takeover to take the address \
+         over while the running one drains"
+    )]
+    InUse {
+        /// Address.
+        addr: SocketAddr,
+        /// Who holds it (pid and command line, as far as /proc tells).
+        owner: String,
+    },
     /// Binding the listen address failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -56,6 +71,7 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    health: Arc<Health>,
     stats: Stats,
     inboxes: Vec<flume::Sender<ShardMsg>>,
     threads: Vec<JoinHandle<()>>,
@@ -63,6 +79,18 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// Shard pulses and readiness (`/readyz`, the systemd watchdog).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// A cloneable handle to send the shards configurations and test hooks.
+    pub fn control(&self) -> Control {
+        Control {
+            inboxes: self.inboxes.clone(),
+        }
+    }
+
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -114,8 +142,37 @@ impl ServerHandle {
     }
 }
 
-/// Start the server described by `cfg`.
+/// Start the server described by `cfg` ([`bind`], then [`Bound::run`]).
 pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
+    bind(cfg, false)?.run()
+}
+
+/// A server whose listeners are bound and whose shared state (counters, health, inboxes)
+/// exists, before any shard runs: the admin listener can start first and report "starting".
+pub struct Bound {
+    cfg: Config,
+    listeners: Vec<std::net::TcpListener>,
+    addr: SocketAddr,
+    stats: Stats,
+    health: Arc<Health>,
+    senders: Vec<flume::Sender<ShardMsg>>,
+    receivers: Vec<flume::Receiver<ShardMsg>>,
+}
+
+/// Bind the listeners of `cfg` and make the shared state. An address another process
+/// listens on is refused ([`ServerError::InUse`]) unless `takeover`: then this process joins
+/// its SO_REUSEPORT group (the caller tells the old one to drain once this one accepts).
+pub fn bind(cfg: Config, takeover: bool) -> Result<Bound, ServerError> {
+    if !takeover && crate::listener::in_use(cfg.listen) {
+        let owner = crate::listener::owner(cfg.listen).map_or_else(
+            || "another process".to_string(),
+            |(pid, cmd)| format!("pid {pid} ({cmd})"),
+        );
+        return Err(ServerError::InUse {
+            addr: cfg.listen,
+            owner,
+        });
+    }
     let n = cfg.shards.get();
     let bind_err = |source| ServerError::Bind {
         addr: cfg.listen,
@@ -123,47 +180,135 @@ pub fn start(cfg: Config) -> Result<ServerHandle, ServerError> {
     };
     let listeners = bind_reuseport(cfg.listen, n, cfg.backlog).map_err(bind_err)?;
     let addr = listeners[0].local_addr().map_err(bind_err)?;
-    let stats = Stats::new(n);
-    let open = Arc::new(AtomicUsize::new(0));
-    let (senders, receivers): (Vec<_>, Vec<_>) =
-        (0..n).map(|_| flume::bounded(cfg.inbox_capacity)).unzip();
-    let peers: Arc<[flume::Sender<ShardMsg>]> = senders.clone().into();
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<&'static str, ServerError>>();
-    let mut threads = Vec::with_capacity(n);
-    for (i, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
-        let shard = ShardStart {
-            id: ShardId(i),
-            cfg: cfg.clone(),
-            listener,
-            inbox,
-            peers: peers.clone(),
-            stats: stats.clone(),
-            open: open.clone(),
-            ready: ready_tx.clone(),
-        };
-        let t = std::thread::Builder::new()
-            .name(format!("shard-{i}"))
-            .spawn(move || shard_thread(shard))
-            .map_err(|_| ServerError::Thread(i))?;
-        threads.push(t);
-    }
-    drop(ready_tx);
-    let driver = match wait_ready(&ready_rx, n) {
-        Ok(d) => d,
-        Err(e) => {
-            for tx in &senders {
-                let _ = tx.send(ShardMsg::Shutdown(ShutdownMode::Fast));
-            }
-            return Err(e);
-        }
-    };
-    Ok(ServerHandle {
+    let (senders, receivers) = (0..n).map(|_| flume::bounded(cfg.inbox_capacity)).unzip();
+    Ok(Bound {
+        stats: Stats::new(n),
+        health: Arc::new(Health::new(n)),
+        cfg,
+        listeners,
         addr,
-        stats,
-        inboxes: senders,
-        threads,
-        driver,
+        senders,
+        receivers,
     })
+}
+
+impl Bound {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Shard pulses and readiness.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// A handle to the shards (messages wait in their inboxes until they run).
+    pub fn control(&self) -> Control {
+        Control {
+            inboxes: self.senders.clone(),
+        }
+    }
+
+    /// Start the shards; returns once every one runs (or the first error).
+    pub fn run(self) -> Result<ServerHandle, ServerError> {
+        let Bound {
+            cfg,
+            listeners,
+            addr,
+            stats,
+            health,
+            senders,
+            receivers,
+        } = self;
+        let n = listeners.len();
+        let open = Arc::new(AtomicUsize::new(0));
+        let admission = Arc::new(Admission::default());
+        let peers: Arc<[flume::Sender<ShardMsg>]> = senders.clone().into();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<&'static str, ServerError>>();
+        let mut threads = Vec::with_capacity(n);
+        for (i, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
+            let shard = ShardStart {
+                id: ShardId(i),
+                cfg: cfg.clone(),
+                listener,
+                inbox,
+                peers: peers.clone(),
+                stats: stats.clone(),
+                open: open.clone(),
+                admission: admission.clone(),
+                health: health.clone(),
+                ready: ready_tx.clone(),
+            };
+            let t = std::thread::Builder::new()
+                .name(format!("shard-{i}"))
+                .spawn(move || shard_thread(shard))
+                .map_err(|_| ServerError::Thread(i))?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        let driver = match wait_ready(&ready_rx, n) {
+            Ok(d) => d,
+            Err(e) => {
+                for tx in &senders {
+                    let _ = tx.send(ShardMsg::Shutdown(ShutdownMode::Fast));
+                }
+                return Err(e);
+            }
+        };
+        Ok(ServerHandle {
+            addr,
+            health,
+            stats,
+            inboxes: senders,
+            threads,
+            driver,
+        })
+    }
+}
+
+/// A cloneable handle to the running shards (for the admin listener and signal handlers).
+#[derive(Clone)]
+pub struct Control {
+    inboxes: Vec<flume::Sender<ShardMsg>>,
+}
+
+impl Control {
+    /// See [`ServerHandle::reconfigure`].
+    pub fn reconfigure(&self, cfg: Config) {
+        let cfg = Arc::new(cfg);
+        for tx in &self.inboxes {
+            let _ = tx.send(ShardMsg::Reconfigure(cfg.clone()));
+        }
+    }
+
+    /// Every room with members: (name, members, seq), asked of every shard (each answers for
+    /// the rooms it is home to) with `timeout` per shard.
+    pub fn room_stats(&self, timeout: Duration) -> Vec<(Arc<str>, u64, u64)> {
+        let mut all = Vec::new();
+        for tx in &self.inboxes {
+            let (atx, arx) = flume::bounded(1);
+            if tx.send(ShardMsg::Api(ApiReq::RoomStats, atx)).is_err() {
+                continue;
+            }
+            if let Ok(ApiAnswer::RoomStats(r)) = arx.recv_timeout(timeout) {
+                all.extend(r);
+            }
+        }
+        all
+    }
+
+    /// Test hook: block shard `shard`'s thread for `dur` (its loop stops turning).
+    pub fn stall(&self, shard: usize, dur: Duration) -> bool {
+        self.inboxes
+            .get(shard)
+            .is_some_and(|tx| tx.send(ShardMsg::Stall(dur)).is_ok())
+    }
 }
 
 /// Wait until all `n` shards report their runtime running; the driver in use ("epoll" if any
@@ -193,6 +338,8 @@ struct ShardStart {
     peers: Arc<[flume::Sender<ShardMsg>]>,
     stats: Stats,
     open: Arc<AtomicUsize>,
+    admission: Arc<Admission>,
+    health: Arc<Health>,
     ready: mpsc::Sender<Result<&'static str, ServerError>>,
 }
 
@@ -275,6 +422,8 @@ async fn shard_main(shard: ShardStart) {
         peers,
         stats,
         open,
+        admission,
+        health,
         ready,
     } = shard;
     let driver = if monoio::utils::is_legacy() {
@@ -299,6 +448,8 @@ async fn shard_main(shard: ShardStart) {
         peers,
         stats,
         open,
+        admission,
+        health.clone(),
     )));
     core.borrow_mut().me = Rc::downgrade(&core);
     monoio::spawn(run_inbox(core.clone(), inbox));
@@ -306,6 +457,7 @@ async fn shard_main(shard: ShardStart) {
     monoio::spawn(run_flusher(core.clone()));
     let _ = ready.send(Ok(driver));
     drop(ready);
+    health.set_accepting(id.0, true);
 
     accept_loop(&core, &listener).await;
     // Stop listening now: a cancelled io_uring accept can keep the socket alive in the kernel

@@ -41,6 +41,12 @@ pub struct FileConfig {
     /// `[auth]`
     #[serde(default)]
     pub auth: AuthSection,
+    /// `[admission]`
+    #[serde(default)]
+    pub admission: AdmissionSection,
+    /// `[admin]`
+    #[serde(default)]
+    pub admin: AdminSection,
     /// `[tls]` (absent: plain `ws://` and HTTP)
     pub tls: Option<TlsSection>,
 }
@@ -53,6 +59,42 @@ pub struct TlsSection {
     pub cert_file: Option<String>,
     /// PEM private key of the leaf certificate.
     pub key_file: Option<String>,
+}
+
+/// `[admin]` section: the operator's listener (metrics, health, admin page, reload).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `host:port`; `""` disables the admin listener.
+    pub listen: Option<String>,
+    /// Bearer key for everything but `/healthz` and `/readyz`.
+    pub key: Option<String>,
+    /// File holding the key (trailing newline trimmed).
+    pub key_file: Option<String>,
+}
+
+/// `[admission]` section: which new connections are taken.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionSection {
+    /// Open connections per client IP (IPv6: per /64).
+    pub max_connections_per_ip: Option<i64>,
+    /// Upgrades per second, daemon-wide.
+    pub handshakes_per_second: Option<f64>,
+    /// Upgrades allowed back to back above that rate.
+    pub handshake_burst: Option<i64>,
+    /// Upgrades per second per client IP.
+    pub handshakes_per_ip_per_second: Option<f64>,
+    /// Upgrades back to back per client IP.
+    pub handshake_ip_burst: Option<i64>,
+    /// Connections accepted and not yet upgraded, daemon-wide.
+    pub max_pending_handshakes: Option<i64>,
+    /// CIDRs whose forwarding headers name the client.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Open connections per authenticated user.
+    pub max_connections_per_user: Option<i64>,
+    /// `"refuse_new"` or `"close_oldest"`.
+    pub on_user_limit: Option<String>,
 }
 
 /// `[auth]` section: who may connect, and with what rights.
@@ -113,8 +155,10 @@ pub struct EnvelopeSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
-    /// Bearer key; the API is off when unset or empty.
+    /// Bearer key (or `env:NAME`); the API is off when unset or empty.
     pub key: Option<String>,
+    /// File holding the key (trailing newline trimmed).
+    pub key_file: Option<String>,
 }
 
 /// `[compression]` section (permessage-deflate, RFC 7692).
@@ -203,6 +247,12 @@ pub struct LimitsSection {
     pub close_timeout: Option<String>,
     /// Maximum rooms one connection may belong to.
     pub max_rooms_per_connection: Option<i64>,
+    /// Messages per second one connection may send (sustained).
+    pub messages_per_second: Option<f64>,
+    /// Messages one connection may send back to back.
+    pub message_burst: Option<i64>,
+    /// Cap on the kernel's send queue per connection.
+    pub socket_unsent_bytes: Option<ByteSize>,
 }
 
 /// `[heartbeat]` section.
@@ -264,4 +314,8 @@ pub struct ShutdownSection {
 pub struct LogSection {
     /// A `tracing` filter such as `"info"` or `"shardcast=debug"`; `RUST_LOG` overrides it.
     pub level: Option<String>,
+    /// `"text"` or `"json"`.
+    pub format: Option<String>,
+    /// One line per upgrade or refusal.
+    pub access_log: Option<bool>,
 }

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admission::{AdmissionLimits, Rate};
 use crate::auth::origin::Origins;
 use crate::auth::pattern::Pattern;
 use crate::auth::{ClassRights, Verifier};
@@ -22,7 +23,7 @@ use crate::auth::{ClassRights, Verifier};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// Path that was read.
         path: String,
@@ -128,6 +129,19 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Max rooms per connection.
     pub max_rooms_per_connection: usize,
+    /// Messages per second (and burst) one connection may send; `None`: unlimited.
+    pub message_rate: Option<Rate>,
+    /// Cap on the kernel's unsent data per connection (`TCP_NOTSENT_LOWAT`), so what the
+    /// kernel holds for a stalled client is bounded too.
+    pub socket_unsent_bytes: usize,
+    /// `[admission]`.
+    pub admission: AdmissionLimits,
+    /// `[admin]`.
+    pub admin: AdminListener,
+    /// `[log] format = "json"`.
+    pub log_json: bool,
+    /// `[log] access_log`: one line per upgrade or refusal.
+    pub access_log: bool,
     /// Ping interval.
     pub heartbeat_interval: Duration,
     /// Extra silence after `heartbeat_interval` before a connection is dropped.
@@ -197,6 +211,27 @@ pub enum RawReadonly {
     Drop,
 }
 
+/// `[admin]`: the operator's listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminListener {
+    /// Where it listens; `None`: off.
+    pub listen: Option<SocketAddr>,
+    /// `listen` was set in the file (a default address in use is only warned about).
+    pub explicit: bool,
+    /// Bearer key required for everything but `/healthz` and `/readyz`.
+    pub key: Option<String>,
+}
+
+impl Default for AdminListener {
+    fn default() -> Self {
+        AdminListener {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            explicit: false,
+            key: None,
+        }
+    }
+}
+
 /// One `[[rooms.class]]`.
 #[derive(Debug, Clone)]
 pub struct RoomClass {
@@ -243,6 +278,30 @@ impl Config {
         self.class_of(room)
             .and_then(|c| c.slow_consumer)
             .unwrap_or(self.slow_consumer)
+    }
+
+    /// Carry over from `running` the keys that cannot change without a restart (listen,
+    /// shards, pin_cores, io_driver, backlog, inbox_capacity, admin listen) and name those the
+    /// new file tried to change.
+    pub fn keep_fixed(&mut self, running: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        macro_rules! keep {
+            ($($field:ident).+, $key:literal) => {
+                if self.$($field).+ != running.$($field).+ {
+                    changed.push($key);
+                    self.$($field).+ = running.$($field).+.clone();
+                }
+            };
+        }
+        keep!(listen, "server.listen");
+        keep!(shards, "server.shards");
+        keep!(pin_cores, "server.pin_cores");
+        keep!(io_driver, "server.io_driver");
+        keep!(backlog, "server.backlog");
+        keep!(inbox_capacity, "server.inbox_capacity");
+        keep!(admin.listen, "admin.listen");
+        self.admin.explicit = running.admin.explicit;
+        changed
     }
 
     /// The cap on `room`'s members, if its class sets one.
@@ -300,6 +359,12 @@ impl Default for Config {
             max_header_bytes: 8 * 1024,
             close_timeout: Duration::from_secs(5),
             max_rooms_per_connection: 64,
+            message_rate: None,
+            socket_unsent_bytes: 256 * 1024,
+            admission: AdmissionLimits::default(),
+            admin: AdminListener::default(),
+            log_json: false,
+            access_log: false,
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(10),
             echo_to_sender: true,
@@ -389,6 +454,48 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_from_files_the_environment_and_systemd_credentials() {
+        let dir = std::env::temp_dir().join(format!("sc-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("api"), "file-key\n").unwrap();
+        std::env::set_var("SC_TEST_ADMIN_KEY_42", "env-key");
+        std::env::set_var("CREDENTIALS_DIRECTORY", &dir);
+        let c = Config::from_toml(
+            "[api]\nkey_file = \"$CREDENTIALS_DIRECTORY/api\"\n[admin]\nkey = \"env:SC_TEST_ADMIN_KEY_42\"",
+        )
+        .unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("file-key"));
+        assert_eq!(c.admin.key.as_deref(), Some("env-key"));
+        let e = Config::from_toml("[api]\nkey = \"env:SC_TEST_UNSET_VAR_42\"").unwrap_err();
+        assert!(
+            e.to_string().contains("api.key") && e.to_string().contains("SC_TEST_UNSET_VAR_42"),
+            "{e}"
+        );
+        let e = Config::from_toml("[api]\nkey = \"a\"\nkey_file = \"b\"").unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reload_keeps_the_keys_that_need_a_restart() {
+        let running =
+            Config::from_toml("[server]\nlisten = \"127.0.0.1:8080\"\nshards = 2").unwrap();
+        let mut new = Config::from_toml(
+            "[server]\nlisten = \"127.0.0.1:9999\"\nshards = 2\n[limits]\nmax_buffered_bytes = \"64KiB\"\n[admin]\nlisten = \"\"",
+        )
+        .unwrap();
+        assert_eq!(
+            new.keep_fixed(&running),
+            vec!["server.listen", "admin.listen"]
+        );
+        assert_eq!(new.listen, running.listen);
+        assert_eq!(new.admin.listen, running.admin.listen);
+        assert_eq!(new.max_buffered_bytes, 64 * 1024, "the rest takes effect");
+        let mut same = running.clone();
+        assert!(same.keep_fixed(&running).is_empty());
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

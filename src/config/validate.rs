@@ -8,12 +8,14 @@ use std::time::Duration;
 use super::file::*;
 use super::{available_cores, invalid, parse_listen, Config, ConfigError, IoDriver, SlowConsumer};
 use super::{Auth, RawReadonly, RoomClass};
+use crate::admission::{Rate, UserLimit};
 use crate::auth::origin::OriginPattern;
 use crate::auth::pattern::Pattern;
 use crate::auth::token::{KeySource, Verifier};
 use crate::auth::ClassRights;
 use crate::protocol::deflate::DeflateMode;
 use crate::tls::{TlsConfig, TlsFiles};
+use ipnet::IpNet;
 
 impl FileConfig {
     /// Parse TOML text.
@@ -39,6 +41,8 @@ impl FileConfig {
                 Some(parsed.map_err(|e| invalid("server.allowed_origins", e.to_string()))?);
         }
         auth(&mut c, self.auth)?;
+        admission(&mut c, self.admission)?;
+        admin(&mut c, self.admin)?;
         if let Some(t) = self.tls.take() {
             c.tls = Some(tls(t)?);
         }
@@ -141,6 +145,19 @@ fn limits(c: &mut Config, l: LimitsSection) -> Result<(), ConfigError> {
     if let Some(n) = l.max_rooms_per_connection {
         c.max_rooms_per_connection = positive("limits.max_rooms_per_connection", n)?;
     }
+    c.message_rate = rate(
+        ("limits.messages_per_second", l.messages_per_second),
+        ("limits.message_burst", l.message_burst),
+    )?;
+    if let Some(v) = &l.socket_unsent_bytes {
+        c.socket_unsent_bytes = byte_size("limits.socket_unsent_bytes", v)?;
+        if c.socket_unsent_bytes < 4096 {
+            return Err(invalid(
+                "limits.socket_unsent_bytes",
+                "must be at least 4KiB",
+            ));
+        }
+    }
     if c.max_frame_bytes > c.max_message_bytes {
         // A frame can never carry more than a message; clamp silently would hide a mistake.
         return Err(invalid(
@@ -150,6 +167,109 @@ fn limits(c: &mut Config, l: LimitsSection) -> Result<(), ConfigError> {
                 c.max_frame_bytes, c.max_message_bytes
             ),
         ));
+    }
+    Ok(())
+}
+
+/// A rate and its burst (the burst defaults to one second's worth, at least 1).
+fn rate(
+    (rate_key, per_second): (&'static str, Option<f64>),
+    (burst_key, burst): (&'static str, Option<i64>),
+) -> Result<Option<Rate>, ConfigError> {
+    let Some(per_second) = per_second else {
+        if burst.is_some() {
+            return Err(invalid(burst_key, format!("needs {rate_key}")));
+        }
+        return Ok(None);
+    };
+    if !(per_second.is_finite() && per_second > 0.0) {
+        return Err(invalid(rate_key, "must be a positive number"));
+    }
+    let burst = match burst {
+        Some(b) => {
+            u32::try_from(positive(burst_key, b)?).map_err(|_| invalid(burst_key, "too large"))?
+        }
+        None => per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32,
+    };
+    Ok(Some(Rate { per_second, burst }))
+}
+
+/// `[admin]`.
+fn admin(c: &mut Config, a: AdminSection) -> Result<(), ConfigError> {
+    if let Some(l) = a.listen {
+        c.admin.listen = if l.is_empty() {
+            None
+        } else {
+            Some(
+                parse_listen(&l)
+                    .map_err(|_| invalid("admin.listen", format!("`{l}` is not host:port")))?,
+            )
+        };
+        c.admin.explicit = true;
+    }
+    let key = match (a.key, a.key_file) {
+        (Some(_), Some(_)) => return Err(invalid("admin.key", "set key or key_file, not both")),
+        (Some(k), None) => Some(secret("admin.key", &k)?),
+        (None, Some(f)) => Some(read_file("admin.key_file", &f)?.trim_end().to_string()),
+        (None, None) => None,
+    };
+    c.admin.key = key.filter(|k| !k.is_empty());
+    Ok(())
+}
+
+/// `[admission]`.
+fn admission(c: &mut Config, a: AdmissionSection) -> Result<(), ConfigError> {
+    let l = &mut c.admission;
+    let count = |key: &'static str, n: i64| {
+        u32::try_from(positive(key, n)?).map_err(|_| invalid(key, "too large"))
+    };
+    if let Some(n) = a.max_connections_per_ip {
+        l.max_connections_per_ip = Some(count("admission.max_connections_per_ip", n)?);
+    }
+    if let Some(n) = a.max_connections_per_user {
+        l.max_connections_per_user = Some(count("admission.max_connections_per_user", n)?);
+    }
+    if let Some(n) = a.max_pending_handshakes {
+        l.max_pending_handshakes = positive("admission.max_pending_handshakes", n)?;
+    }
+    l.handshakes = rate(
+        ("admission.handshakes_per_second", a.handshakes_per_second),
+        ("admission.handshake_burst", a.handshake_burst),
+    )?;
+    l.handshakes_per_ip = rate(
+        (
+            "admission.handshakes_per_ip_per_second",
+            a.handshakes_per_ip_per_second,
+        ),
+        ("admission.handshake_ip_burst", a.handshake_ip_burst),
+    )?;
+    if let Some(list) = a.trusted_proxies {
+        let nets: Result<Vec<IpNet>, _> = list
+            .iter()
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "admission.trusted_proxies",
+                            format!("`{s}` is not an IP address or CIDR"),
+                        )
+                    })
+            })
+            .collect();
+        l.trusted_proxies = nets?.into();
+    }
+    if let Some(p) = a.on_user_limit {
+        l.user_limit = match p.as_str() {
+            "refuse_new" => UserLimit::RefuseNew,
+            "close_oldest" => UserLimit::CloseOldest,
+            other => {
+                return Err(invalid(
+                    "admission.on_user_limit",
+                    format!("`{other}` is not one of \"refuse_new\", \"close_oldest\""),
+                ))
+            }
+        };
     }
     Ok(())
 }
@@ -191,6 +311,21 @@ fn compression(c: &mut Config, z: CompressionSection) -> Result<(), ConfigError>
 
 /// `[log]`.
 fn log(c: &mut Config, g: LogSection) -> Result<(), ConfigError> {
+    if let Some(f) = &g.format {
+        c.log_json = match f.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("`{other}` is not one of \"text\", \"json\""),
+                ))
+            }
+        };
+    }
+    if let Some(a) = g.access_log {
+        c.access_log = a;
+    }
     if let Some(level) = g.level {
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             return Err(invalid(
@@ -237,7 +372,13 @@ fn envelope(c: &mut Config, e: EnvelopeSection) -> Result<(), ConfigError> {
 
 /// `[api]`.
 fn api(c: &mut Config, a: ApiSection) -> Result<(), ConfigError> {
-    if let Some(k) = a.key {
+    let key = match (a.key, a.key_file) {
+        (Some(_), Some(_)) => return Err(invalid("api.key", "set key or key_file, not both")),
+        (Some(k), None) => Some(secret("api.key", &k)?),
+        (None, Some(f)) => Some(read_file("api.key_file", &f)?.trim_end().to_string()),
+        (None, None) => None,
+    };
+    if let Some(k) = key {
         if k.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
             return Err(invalid(
                 "api.key",
@@ -394,8 +535,39 @@ fn tls(t: TlsSection) -> Result<TlsConfig, ConfigError> {
     Ok(TlsConfig { files, server })
 }
 
+/// Read a file named by `key`. `$CREDENTIALS_DIRECTORY` in the path is the directory systemd's
+/// `LoadCredential=` puts the service's secrets in.
 fn read_file(key: &'static str, path: &str) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| invalid(key, format!("cannot read {path}: {e}")))
+    let path = expand_credentials(key, path)?;
+    std::fs::read_to_string(&path).map_err(|e| invalid(key, format!("cannot read {path}: {e}")))
+}
+
+fn expand_credentials(key: &'static str, path: &str) -> Result<String, ConfigError> {
+    for var in ["${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY"] {
+        if path.contains(var) {
+            let dir = std::env::var("CREDENTIALS_DIRECTORY").map_err(|_| {
+                invalid(
+                    key,
+                    "names $CREDENTIALS_DIRECTORY, which is not set (systemd LoadCredential=)",
+                )
+            })?;
+            return Ok(path.replace(var, &dir));
+        }
+    }
+    Ok(path.to_string())
+}
+
+/// A secret given inline: the value itself, or `env:NAME` for the environment variable NAME.
+fn secret(key: &'static str, value: &str) -> Result<String, ConfigError> {
+    match value.strip_prefix("env:") {
+        Some(name) => std::env::var(name).map_err(|_| {
+            invalid(
+                key,
+                format!("names the environment variable {name}, which is not set"),
+            )
+        }),
+        None => Ok(value.to_string()),
+    }
 }
 
 fn verifier(a: &AuthSection) -> Result<Verifier, ConfigError> {
@@ -421,7 +593,7 @@ fn verifier(a: &AuthSection) -> Result<Verifier, ConfigError> {
             ))
         }
         (Some(s), None) if s.is_empty() => return Err(invalid("auth.hs256_secret", "empty")),
-        (Some(s), None) => Some(s.as_bytes().to_vec()),
+        (Some(s), None) => Some(secret("auth.hs256_secret", s)?.into_bytes()),
         (None, Some(path)) => {
             let text = read_file("auth.hs256_secret_file", path)?;
             let secret = text.trim_end_matches(['\r', '\n']);

@@ -113,6 +113,9 @@ pub(crate) struct Conn {
     /// TLS state (`[tls]`): the reader decrypts with it, the writer encrypts the queued frames
     /// with it; such connections take no direct sends (their frames go through the writer).
     pub(crate) tls: Option<Box<TlsState>>,
+    /// Closed with its queue discarded: the writer also drops what it holds and has not
+    /// started sending (plain connections only: a TLS stream cannot skip encrypted bytes).
+    pub(crate) drop_in_flight: bool,
 }
 
 /// Outcome of a direct write ([`Conn::send_direct`]).
@@ -170,6 +173,7 @@ impl Conn {
             expires: 0,
             rooms: SmallVec::new(),
             gap_pending: false,
+            drop_in_flight: false,
             tls: None,
         }
     }
@@ -422,6 +426,7 @@ impl Conn {
             self.buffered -= freed;
             self.queue.clear();
             self.queue.shrink_to_fit();
+            self.drop_in_flight = self.tls.is_none();
         }
         self.push_control(encode_close(code, reason));
         self.sealed = true;

@@ -40,6 +40,8 @@ pub(crate) trait Host: 'static {
 struct WriteBatch {
     bufs: Vec<Bytes>,
     iov: Vec<libc::iovec>,
+    /// The front buffer is partly written (it must be finished: frames are never cut).
+    front_started: bool,
 }
 
 // SAFETY: `iov` points into `bufs`, whose heap data never moves while the batch is owned by the
@@ -69,16 +71,28 @@ impl WriteBatch {
     /// Drop `n` written bytes from the front.
     fn advance(&mut self, mut n: usize) {
         let mut done = 0;
+        let mut partial = false;
         for b in self.bufs.iter_mut() {
             if n >= b.len() {
                 n -= b.len();
                 done += 1;
             } else {
-                b.advance(n);
+                if n > 0 {
+                    b.advance(n);
+                    partial = true;
+                }
                 break;
             }
         }
+        // The new front is started if it was just cut, or it is the old, already started one.
+        self.front_started = partial || (done == 0 && self.front_started);
         self.bufs.drain(..done);
+    }
+
+    /// Drop every buffer not yet started (all but a partly written front one); their bytes.
+    fn drop_unstarted(&mut self) -> usize {
+        let keep = usize::from(self.front_started).min(self.bufs.len());
+        self.bufs.drain(keep..).map(|b| b.len()).sum()
     }
 
     /// Keep an idle connection's footprint small after a burst.
@@ -334,6 +348,9 @@ async fn write_batch<H: Host>(
                     if n < one.len() {
                         one.advance(n);
                         batch.bufs.push(one);
+                        batch.front_started |= n > 0;
+                    } else {
+                        batch.front_started = false;
                     }
                 }
                 res
@@ -355,6 +372,12 @@ async fn write_batch<H: Host>(
             Ok(n) if n > 0 => {
                 if let Some(c) = shard.borrow_mut().conns_mut().get_mut(id.0) {
                     c.buffered = c.buffered.saturating_sub(n);
+                    if c.drop_in_flight {
+                        // Closed as a slow consumer: what it has not started receiving goes,
+                        // so its close frame follows the frame in progress, not megabytes.
+                        let freed = batch.drop_unstarted();
+                        c.buffered = c.buffered.saturating_sub(freed);
+                    }
                 }
             }
             _ => return None,

@@ -13,6 +13,9 @@ mod info;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use std::net::IpAddr;
+
+use crate::admission::{client_ip, retry_after_secs, Admission, Holder, IpKey, Refusal, Tickets};
 use crate::auth::origin::OriginRefusal;
 use crate::auth::{self, Action, AuthError, Identity};
 use crate::config::{Compression, Config};
@@ -32,6 +35,21 @@ pub struct Policy<'a> {
     pub open_connections: usize,
     /// The daemon is shutting down.
     pub draining: bool,
+    /// Who is asking, and the admission state to charge (`None`: no per-client limits).
+    pub client: Option<Client<'a>>,
+}
+
+/// The connection a request came on, for admission.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    /// The daemon-wide admission state.
+    pub admission: &'a Arc<Admission>,
+    /// The TCP peer's address.
+    pub peer: IpAddr,
+    /// The connection, for the per-user list.
+    pub conn: Holder,
+    /// Uniform in [0, 1): spreads `Retry-After`.
+    pub jitter: f64,
 }
 
 /// Where an accepted request goes.
@@ -61,6 +79,10 @@ pub struct Upgrade {
     pub shared_deflate: bool,
     /// The verified token (`[auth] mode = "jwt"`).
     pub identity: Option<Arc<Identity>>,
+    /// Its places in the per-IP and per-user counts, held while it is open.
+    pub tickets: Tickets,
+    /// A connection of the same user to close (`on_user_limit = "close_oldest"`).
+    pub evict: Option<Holder>,
 }
 
 /// What an upgraded connection speaks.
@@ -125,6 +147,14 @@ pub enum Rejection {
     /// The token may not subscribe to this raw room (403).
     #[error("room not allowed")]
     RoomNotAllowed,
+    /// An admission limit (429 for one client's, 503 for the daemon's), with `Retry-After`.
+    #[error("{refusal}")]
+    Refused {
+        /// Which limit.
+        refusal: Refusal,
+        /// Seconds, jittered.
+        retry_after: u32,
+    },
 }
 
 impl Rejection {
@@ -140,6 +170,15 @@ impl Rejection {
             Rejection::OriginNotAllowed | Rejection::OriginRequired | Rejection::RoomNotAllowed => {
                 403
             }
+            Rejection::Refused { refusal, .. } => refusal.status(),
+        }
+    }
+
+    /// An admission refusal, its `Retry-After` spread by `jitter` (uniform in [0, 1)).
+    pub fn refused(refusal: Refusal, jitter: f64) -> Rejection {
+        Rejection::Refused {
+            refusal,
+            retry_after: retry_after_secs(refusal.wait_ns(), jitter),
         }
     }
 
@@ -161,21 +200,27 @@ impl Rejection {
             Rejection::OriginNotAllowed => "origin_not_allowed",
             Rejection::OriginRequired => "origin_required",
             Rejection::RoomNotAllowed => "room_not_allowed",
+            Rejection::Refused { refusal, .. } => refusal.as_str(),
         }
     }
 
     /// The whole HTTP response: status, the headers the status calls for, the reason as body.
     pub fn response(&self) -> Vec<u8> {
-        let extra = match self {
+        let extra: Cow<'static, str> = match self {
             Rejection::Handshake(HandshakeError::UnsupportedVersion) => {
-                "Sec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Version: 13\r\n".into()
             }
-            Rejection::MethodNotAllowed => "Allow: GET\r\n",
-            Rejection::Unauthorized(_) => "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n",
-            _ => "",
+            Rejection::MethodNotAllowed => "Allow: GET\r\n".into(),
+            Rejection::Unauthorized(_) => {
+                "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n".into()
+            }
+            Rejection::Refused { retry_after, .. } => {
+                format!("Retry-After: {retry_after}\r\n").into()
+            }
+            _ => "".into(),
         };
         let body = format!("{self}\n");
-        http_response(self.status(), "text/plain; charset=utf-8", extra, &body)
+        http_response(self.status(), "text/plain; charset=utf-8", &extra, &body)
     }
 }
 
@@ -199,11 +244,35 @@ pub fn plan_upgrade(req: &Request, policy: &Policy) -> Result<Plan, Rejection> {
             OriginRefusal::NotAllowed => Rejection::OriginNotAllowed,
             OriginRefusal::Missing => Rejection::OriginRequired,
         })?;
+    admit(policy)?;
+    // Rates and caps before the token: a flood of bad tokens costs no signature checks.
+    let mut tickets = Tickets::default();
+    if let Some(c) = &policy.client {
+        let trusted = &cfg.admission.trusted_proxies;
+        let ip = client_ip(
+            c.peer,
+            req.forwarded.as_deref(),
+            req.x_forwarded_for.as_deref(),
+            trusted,
+        );
+        let t = c.admission.admit_ip(&cfg.admission, IpKey::of(ip));
+        tickets.ip = Some(t.map_err(|r| Rejection::refused(r, c.jitter))?);
+    }
     let identity = authenticate(req, cfg)?.map(Arc::new);
     let target = authorize(target, identity.as_deref(), cfg)?;
-    admit(policy)?;
+    let mut evict = None;
+    if let (Some(c), Some(id)) = (&policy.client, &identity) {
+        let (t, e) = c
+            .admission
+            .admit_user(&cfg.admission, &id.sub, c.conn)
+            .map_err(|r| Rejection::refused(r, c.jitter))?;
+        tickets.user = Some(t);
+        evict = e;
+    }
     let mut up = upgrade(req, target, &accept, &cfg.compression);
     up.identity = identity;
+    up.tickets = tickets;
+    up.evict = evict;
     Ok(Plan::Upgrade(up))
 }
 
@@ -328,6 +397,8 @@ fn upgrade(req: &Request, target: Target, accept: &str, z: &Compression) -> Upgr
         deflate,
         shared_deflate,
         identity: None,
+        tickets: Tickets::default(),
+        evict: None,
     }
 }
 

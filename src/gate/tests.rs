@@ -27,6 +27,7 @@ fn with(cfg: Config) -> Policy<'static> {
         cfg: leak(cfg),
         open_connections: 0,
         draining: false,
+        client: None,
     }
 }
 
@@ -485,4 +486,138 @@ mod auth {
         let e = plan(&upgrade_head("/ws/lobby", ""), &strict).unwrap_err();
         assert_eq!((e.clone(), e.status()), (Rejection::OriginRequired, 403));
     }
+}
+
+/// A policy that admits connection `uid` from `peer` against `adm`, with `cfg`.
+fn from<'a>(cfg: &'static Config, adm: &'a Arc<Admission>, peer: &str, uid: u64) -> Policy<'a> {
+    Policy {
+        cfg,
+        open_connections: 0,
+        draining: false,
+        client: Some(Client {
+            admission: adm,
+            peer: peer.parse().unwrap(),
+            conn: Holder {
+                shard: crate::ids::ShardId(0),
+                id: crate::ids::ConnId(uid as usize),
+                uid,
+            },
+            jitter: 0.5,
+        }),
+    }
+}
+
+#[test]
+fn admission_per_ip_cap_gives_429_with_retry_after() {
+    let mut cfg = base();
+    cfg.admission.max_connections_per_ip = Some(1);
+    let cfg = leak(cfg);
+    let adm = Arc::new(Admission::default());
+    let first = plan(
+        &upgrade_head("/ws/lobby", ""),
+        &from(cfg, &adm, "127.0.0.2", 1),
+    );
+    assert!(matches!(first, Ok(Plan::Upgrade(_))), "{first:?}");
+    let e = plan(
+        &upgrade_head("/ws/lobby", ""),
+        &from(cfg, &adm, "127.0.0.2", 2),
+    )
+    .unwrap_err();
+    assert_eq!(e.status(), 429);
+    assert_eq!(e.as_str(), "ip_connections");
+    let text = String::from_utf8(e.response()).unwrap();
+    assert!(
+        text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\r\nRetry-After: 2\r\n"),
+        "1 s + jitter 0.5 of 2: {text}"
+    );
+    assert!(
+        text.ends_with("too many connections from this address\n"),
+        "{text}"
+    );
+    // Another address is its own count; the API is not admission-controlled.
+    assert!(plan(
+        &upgrade_head("/ws/lobby", ""),
+        &from(cfg, &adm, "127.0.0.3", 3)
+    )
+    .is_ok());
+    assert_eq!(
+        plan(
+            &head("GET", "/api/rooms", ""),
+            &from(cfg, &adm, "127.0.0.2", 4)
+        ),
+        Ok(Plan::Api)
+    );
+    // The first connection closes: its ticket goes, and the address may connect again.
+    drop(first);
+    assert!(plan(
+        &upgrade_head("/ws/lobby", ""),
+        &from(cfg, &adm, "127.0.0.2", 5)
+    )
+    .is_ok());
+}
+
+#[test]
+fn admission_global_rate_gives_503_and_comes_before_the_token() {
+    let mut cfg = base();
+    cfg.admission.handshakes = Some(crate::admission::Rate {
+        per_second: 0.5,
+        burst: 1,
+    });
+    let src = crate::auth::token::KeySource {
+        hs256_secret: Some(b"secret".to_vec()),
+        ..Default::default()
+    };
+    cfg.auth.verifier = Some(Arc::new(crate::auth::Verifier::new(&src).unwrap()));
+    let cfg = leak(cfg);
+    let adm = Arc::new(Admission::default());
+    let e = plan(
+        &upgrade_head("/ws/lobby", ""),
+        &from(cfg, &adm, "10.0.0.1", 1),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.status(),
+        401,
+        "the first one is charged, then checked: no token"
+    );
+    let e = plan(
+        &upgrade_head("/ws/lobby", ""),
+        &from(cfg, &adm, "10.0.0.2", 2),
+    )
+    .unwrap_err();
+    assert_eq!((e.status(), e.as_str()), (503, "handshake_rate"));
+    let text = String::from_utf8(e.response()).unwrap();
+    // 2 s to the next token, plus jitter 0.5 of 0..=2 more.
+    assert!(text.contains("\r\nRetry-After: 3\r\n"), "{text}");
+}
+
+#[test]
+fn admission_trusts_forwarding_headers_only_from_trusted_proxies() {
+    let mut cfg = base();
+    cfg.admission.max_connections_per_ip = Some(1);
+    cfg.admission.trusted_proxies = Arc::from(vec!["127.0.0.1/32".parse().unwrap()]);
+    let cfg = leak(cfg);
+    let adm = Arc::new(Admission::default());
+    let xff = |ip: &str| upgrade_head("/ws/lobby", &format!("X-Forwarded-For: {ip}\r\n"));
+    // Through the proxy: one per forwarded client.
+    let _a = plan(&xff("198.51.100.1"), &from(cfg, &adm, "127.0.0.1", 1)).unwrap();
+    let _b = plan(&xff("198.51.100.2"), &from(cfg, &adm, "127.0.0.1", 2)).unwrap();
+    assert_eq!(
+        plan(&xff("198.51.100.1"), &from(cfg, &adm, "127.0.0.1", 3))
+            .unwrap_err()
+            .status(),
+        429
+    );
+    // From an untrusted peer the header is ignored: the peer itself is counted.
+    let _c = plan(&xff("198.51.100.3"), &from(cfg, &adm, "127.0.0.5", 4)).unwrap();
+    assert_eq!(
+        plan(&xff("198.51.100.4"), &from(cfg, &adm, "127.0.0.5", 5))
+            .unwrap_err()
+            .status(),
+        429
+    );
 }

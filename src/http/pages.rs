@@ -30,7 +30,10 @@ Rooms with presence, history and resume: <code>ws://HOST:PORT/ws</code> with sub
 <tr><td>dropped replies</td><td>{dropped_replies}</td></tr>\
 <tr><td>auth failures</td><td>{auth}</td></tr>\
 <tr><td>forbidden requests</td><td>{forbidden}</td></tr>\
-<tr><td>token expiries</td><td>{expiries}</td></tr></table>\
+<tr><td>token expiries</td><td>{expiries}</td></tr>\
+<tr><td>admission refusals</td><td>{admission}</td></tr>\
+<tr><td>rate-limited messages</td><td>{rate_limited}</td></tr>\
+<tr><td>room full refusals</td><td>{room_full}</td></tr></table>\
 <p><a href=\"/healthz\">/healthz</a></p></body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
         shards = stats.shard_count(),
@@ -48,5 +51,8 @@ Rooms with presence, history and resume: <code>ws://HOST:PORT/ws</code> with sub
         auth = s.auth_failures,
         forbidden = s.forbidden,
         expiries = s.token_expiries,
+        admission = s.admission_refusals,
+        rate_limited = s.rate_limited,
+        room_full = s.room_full,
     )
 }

@@ -1,6 +1,7 @@
 //! Counters. Each shard writes only its own `ShardStats` (relaxed atomics, no contention); readers
 //! (status page, tests, later Prometheus) sum them. Their exported names are in [`names`].
 
+pub mod export;
 pub mod names;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,10 +38,34 @@ pub struct ShardStats {
     pub token_expiries: AtomicU64,
     /// Joins refused because the room was at its class's `max_subscribers`.
     pub room_full: AtomicU64,
+    /// Bytes received from WebSocket clients (frames as sent, compressed or not).
+    pub bytes_in: AtomicU64,
+    /// Bytes of broadcast frames handed to connections (per recipient, its wire format).
+    pub broadcast_bytes_out: AtomicU64,
+    /// Subscribes with `since`/`epoch` answered `recovered: true`.
+    pub resumes_recovered: AtomicU64,
+    /// Subscribes with `since`/`epoch` answered `recovered: false`.
+    pub resumes_lost: AtomicU64,
+    /// Messages sent to other shards.
+    pub cross_shard_messages: AtomicU64,
+    /// Of those, the ones that found the peer's inbox full and waited in order (overflow).
+    pub cross_shard_overflow: AtomicU64,
+    /// Close frames the server started, by code (index: [`CLOSE_CODES`]; last: any other).
+    pub closes_sent: [AtomicU64; CLOSE_CODES.len() + 1],
+    /// Connections by queued bytes at the last sweep (index: [`QUEUE_BUCKETS`]; last: above).
+    pub queue_depth: [AtomicU64; QUEUE_BUCKETS.len() + 1],
+    /// Sum of queued bytes at the last sweep.
+    pub queued_bytes: AtomicU64,
     /// Upgrades refused for a missing or invalid token.
     pub auth_failures: AtomicU64,
     /// The same, per reason (index: [`AUTH_REASONS`]).
     pub auth_failures_by_reason: [AtomicU64; AUTH_REASONS.len()],
+    /// Messages refused by `[limits] messages_per_second`.
+    pub rate_limited: AtomicU64,
+    /// Upgrades refused by admission control.
+    pub admission_refusals: AtomicU64,
+    /// The same, per reason (index: [`crate::admission::REFUSAL_REASONS`]).
+    pub admission_refusals_by_reason: [AtomicU64; 5],
     /// Connections dropped for not finishing the HTTP handshake in time.
     pub handshake_timeouts: AtomicU64,
     /// Connections closed for a protocol violation.
@@ -57,6 +82,14 @@ pub struct ShardStats {
     /// per message per format, however many subscribers.
     pub envelope_encodings: AtomicU64,
 }
+
+/// The close codes counted one by one in [`ShardStats::closes_sent`].
+pub const CLOSE_CODES: [u16; 11] = [
+    1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013, 4001,
+];
+
+/// Upper bounds (bytes) of the queue-depth histogram buckets.
+pub const QUEUE_BUCKETS: [u64; 7] = [0, 1024, 16 * 1024, 64 * 1024, 256 * 1024, 1 << 20, 4 << 20];
 
 /// The labels of [`ShardStats::auth_failures_by_reason`], in index order.
 pub const AUTH_REASONS: [&str; 11] = [
@@ -79,6 +112,42 @@ impl ShardStats {
         Self::add(&self.auth_failures, 1);
         if let Some(i) = AUTH_REASONS.iter().position(|r| *r == label) {
             Self::add(&self.auth_failures_by_reason[i], 1);
+        }
+    }
+
+    /// Count a close frame the server started.
+    pub fn count_close(&self, code: u16) {
+        let i = CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(CLOSE_CODES.len());
+        Self::add(&self.closes_sent[i], 1);
+    }
+
+    /// Record one sweep's sample of per-connection queued bytes.
+    pub fn record_queue_depths(&self, depths: impl Iterator<Item = usize>) {
+        let mut counts = [0u64; QUEUE_BUCKETS.len() + 1];
+        let mut sum = 0u64;
+        for d in depths {
+            let d = d as u64;
+            sum += d;
+            let i = QUEUE_BUCKETS
+                .iter()
+                .position(|&b| d <= b)
+                .unwrap_or(QUEUE_BUCKETS.len());
+            counts[i] += 1;
+        }
+        for (slot, n) in self.queue_depth.iter().zip(counts) {
+            slot.store(n, Ordering::Relaxed);
+        }
+        self.queued_bytes.store(sum, Ordering::Relaxed);
+    }
+
+    /// Count one admission refusal (`reason`: index into the reasons).
+    pub fn count_admission_refusal(&self, reason: usize) {
+        Self::add(&self.admission_refusals, 1);
+        if let Some(c) = self.admission_refusals_by_reason.get(reason) {
+            Self::add(c, 1);
         }
     }
 
@@ -126,6 +195,10 @@ pub struct Snapshot {
     pub room_full: u64,
     /// See [`ShardStats::auth_failures`].
     pub auth_failures: u64,
+    /// See [`ShardStats::rate_limited`].
+    pub rate_limited: u64,
+    /// See [`ShardStats::admission_refusals`].
+    pub admission_refusals: u64,
     /// See [`ShardStats::handshake_timeouts`].
     pub handshake_timeouts: u64,
     /// See [`ShardStats::protocol_errors`].
@@ -185,6 +258,8 @@ impl Stats {
             s.token_expiries += l(&sh.token_expiries);
             s.room_full += l(&sh.room_full);
             s.auth_failures += l(&sh.auth_failures);
+            s.rate_limited += l(&sh.rate_limited);
+            s.admission_refusals += l(&sh.admission_refusals);
             s.handshake_timeouts += l(&sh.handshake_timeouts);
             s.protocol_errors += l(&sh.protocol_errors);
             s.write_calls += l(&sh.write_calls);

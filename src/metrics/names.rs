@@ -39,3 +39,37 @@ pub const INFLATIONS: &str = "inflations_total";
 pub const ENVELOPE_ENCODINGS: &str = "envelope_encodings_total";
 /// Joins refused because the room was at its class's `max_subscribers`.
 pub const ROOM_FULL: &str = "room_full_total";
+/// Upgrades refused by admission control (label `reason`).
+pub const ADMISSION_REFUSALS: &str = "admission_refusals_total";
+/// Messages refused by `[limits] messages_per_second`.
+pub const RATE_LIMITED: &str = "rate_limited_total";
+/// Publishes refused by permissions.
+pub const REFUSED_PUBLISHES: &str = "refused_publishes_total";
+/// Requests refused as `forbidden`.
+pub const FORBIDDEN: &str = "forbidden_total";
+/// Connections closed with 4001 at their token's expiry.
+pub const TOKEN_EXPIRIES: &str = "token_expiries_total";
+/// Upgrades refused for a missing or invalid token (label `reason`).
+pub const AUTH_FAILURES: &str = "auth_failures_total";
+/// Resident set size of the process (gauge).
+pub const PROCESS_RSS_BYTES: &str = "process_resident_memory_bytes";
+/// Open file descriptors of the process (gauge).
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// The I/O driver in use (info gauge, label `driver`).
+pub const IO_DRIVER: &str = "io_driver";
+/// The running build (info gauge, label `version`).
+pub const BUILD_INFO: &str = "build_info";
+/// Bytes received from WebSocket clients.
+pub const RECEIVED_BYTES: &str = "received_bytes_total";
+/// Bytes of broadcast frames handed to connections.
+pub const BROADCAST_SENT_BYTES: &str = "broadcast_sent_bytes_total";
+/// Messages sent to other shards.
+pub const CROSS_SHARD_MESSAGES: &str = "cross_shard_messages_total";
+/// Cross-shard messages that found the peer's inbox full (ordered overflow).
+pub const CROSS_SHARD_OVERFLOW: &str = "cross_shard_overflow_total";
+/// Resumes (`subscribe` with `since`/`epoch`), label `recovered`.
+pub const RESUMES: &str = "resumes_total";
+/// Close frames the server started, label `code`.
+pub const CLOSES_SENT: &str = "closes_sent_total";
+/// Per-connection queued bytes, sampled by the sweep (histogram).
+pub const QUEUED_BYTES: &str = "connection_queued_bytes";

@@ -21,6 +21,8 @@ impl CloseCode {
     pub const TOO_BIG: CloseCode = CloseCode(1009);
     /// 1011 Internal Error.
     pub const INTERNAL: CloseCode = CloseCode(1011);
+    /// Service restart: the daemon is draining for a restart or an upgrade; reconnect.
+    pub const SERVICE_RESTART: CloseCode = CloseCode(1012);
     /// Try again later: the room is full (`max_subscribers`).
     pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
     /// 4001 (private use): the connection's token expired without a `refresh`.

@@ -63,6 +63,12 @@ pub struct Request {
     pub origin: Option<String>,
     /// `Cookie` header values, joined with `; `.
     pub cookie: Option<String>,
+    /// `Forwarded` header values (RFC 7239), joined with `, `.
+    pub forwarded: Option<String>,
+    /// `X-Forwarded-For` header values, joined with `, `.
+    pub x_forwarded_for: Option<String>,
+    /// `Accept` header values, joined with `, `.
+    pub accept: Option<String>,
 }
 
 /// Parse a request head from the front of `buf`.
@@ -111,6 +117,9 @@ pub fn parse_request(
         content_length,
         origin,
         cookie,
+        forwarded,
+        x_forwarded_for,
+        accept,
     } = fields;
     Ok(Some((
         Request {
@@ -127,6 +136,9 @@ pub fn parse_request(
             content_length,
             origin,
             cookie,
+            forwarded,
+            x_forwarded_for,
+            accept,
         },
         n,
     )))
@@ -145,6 +157,18 @@ struct HeaderFields {
     content_length: Option<usize>,
     origin: Option<String>,
     cookie: Option<String>,
+    forwarded: Option<String>,
+    x_forwarded_for: Option<String>,
+    accept: Option<String>,
+}
+
+/// Append one header's `value` to a list kept as one string.
+fn append(list: &mut Option<String>, sep: &str, value: &str) {
+    let l = list.get_or_insert_with(String::new);
+    if !l.is_empty() {
+        l.push_str(sep);
+    }
+    l.push_str(value.trim());
 }
 
 impl HeaderFields {
@@ -182,11 +206,13 @@ impl HeaderFields {
             }
             self.origin = Some(value.trim().to_string());
         } else if name.eq_ignore_ascii_case("cookie") {
-            let c = self.cookie.get_or_insert_with(String::new);
-            if !c.is_empty() {
-                c.push_str("; ");
-            }
-            c.push_str(value.trim());
+            append(&mut self.cookie, "; ", value);
+        } else if name.eq_ignore_ascii_case("forwarded") {
+            append(&mut self.forwarded, ", ", value);
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            append(&mut self.x_forwarded_for, ", ", value);
+        } else if name.eq_ignore_ascii_case("accept") {
+            append(&mut self.accept, ", ", value);
         } else if name.eq_ignore_ascii_case("content-length") {
             let n = value
                 .trim()
@@ -288,7 +314,10 @@ pub fn reason_phrase(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         426 => "Upgrade Required",
+        403 => "Forbidden",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Error",
     }

@@ -5,8 +5,9 @@
 //! Nothing in here touches a socket or a runtime, and nothing depends on the rest of the crate:
 //! it works on byte slices and `Bytes`, so it is tested and benched on its own: unit tests,
 //! property-style unit tests that feed the envelope decoder and the inflater random, mutated and
-//! truncated input from a fixed-seed generator (there is no coverage-guided fuzzer), and
-//! criterion benches in `benches/`.
+//! truncated input from a fixed-seed generator, coverage-guided fuzz targets in `fuzz/` (frame
+//! decoder, handshake, inflater, envelope decoders; see docs/conformance.md), and criterion
+//! benches in `benches/`.
 
 pub mod close;
 pub mod decoder;

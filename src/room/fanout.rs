@@ -33,6 +33,8 @@ pub(crate) struct Tally {
     pub(crate) dropped: u64,
     /// Direct send ops made.
     pub(crate) writes: u64,
+    /// Bytes handed over (queued or sent), all members.
+    pub(crate) bytes: u64,
 }
 
 /// Hand `frames` to the members of `room` (see the module doc); `limit` and `policy` are the
@@ -66,11 +68,13 @@ pub(crate) fn deliver(
                 Some(Direct::Sent) => {
                     t.delivered += 1;
                     t.writes += 1;
+                    t.bytes += frame.len() as u64;
                     continue;
                 }
                 Some(Direct::Partial) => {
                     t.delivered += 1;
                     t.writes += 1;
+                    t.bytes += frame.len() as u64;
                     if !conn.writer_alive {
                         scratch.spawn.push(m);
                     }
@@ -83,6 +87,7 @@ pub(crate) fn deliver(
         match conn.push_broadcast(frame, limit, policy, room) {
             Push::Queued => {
                 t.delivered += 1;
+                t.bytes += frame.len() as u64;
                 if !conn.writer_alive {
                     scratch.spawn.push(m);
                 }

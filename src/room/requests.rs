@@ -119,9 +119,16 @@ pub(crate) enum Reply {
 /// An HTTP API request, answered by the room's home (or, for `Rooms`, by every shard).
 #[derive(Debug)]
 pub(crate) enum ApiReq {
-    Publish { room: Arc<str>, data: Data },
-    Presence { room: Arc<str> },
+    Publish {
+        room: Arc<str>,
+        data: Data,
+    },
+    Presence {
+        room: Arc<str>,
+    },
     Rooms,
+    /// Every room this shard is home to: members and seq (the admin page's top rooms).
+    RoomStats,
 }
 
 /// The answer to an [`ApiReq`].
@@ -130,4 +137,6 @@ pub(crate) enum ApiAnswer {
     Seq(u64),
     Members(Vec<(u64, Option<Arc<str>>, Arc<Data>)>),
     Rooms(Vec<(Arc<str>, u64)>),
+    /// (room, members, seq).
+    RoomStats(Vec<(Arc<str>, u64, u64)>),
 }

@@ -27,7 +27,9 @@ pub(crate) struct EnvelopeSession {
     /// The verified token (`[auth] mode = "jwt"`), replaced by each successful `refresh`.
     identity: Option<Arc<Identity>>,
     /// Undecodable frames in a row.
-    bad: u32,
+    pub(super) bad: u32,
+    /// Its message rate's GCRA state (`[limits] messages_per_second`).
+    pub(super) rate_tat: u64,
     /// The current refresh window: when it began, and the refreshes handled in it.
     last_refresh: Option<(Instant, u8)>,
 }
@@ -43,8 +45,31 @@ impl EnvelopeSession {
             info,
             identity,
             bad: 0,
+            rate_tat: 0,
             last_refresh: None,
         }
+    }
+
+    /// Answer a message refused by the rate limit: `rate_limited` with the wait in ms, echoing
+    /// the request's `id` when the frame has one.
+    pub(super) fn send_rate_limited(
+        &self,
+        s: &mut ShardCore,
+        id: ConnId,
+        m: &Message,
+        wait_ns: u64,
+        now: Instant,
+    ) {
+        let req = match envelope::decode_request(m.payload(), self.format) {
+            Ok((_, req)) => req,
+            Err(Rejected { id, .. }) => id,
+        };
+        let op = ServerOp::RateLimited {
+            retry_after_ms: wait_ns.div_ceil(1_000_000),
+            id: req.as_ref(),
+        };
+        let frame = envelope_frame(&op, self.format);
+        s.queue_reply(id, [frame], now);
     }
 
     /// May this connection do `action` in `room`? Counted when not.

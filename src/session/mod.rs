@@ -13,8 +13,11 @@ pub(crate) mod raw;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::admission::rate::{gcra, mono_ns};
 use crate::auth::Identity;
 use crate::ids::{ConnId, RoomId};
+use crate::metrics::ShardStats;
+use crate::protocol::close::CloseCode;
 use crate::protocol::decoder::Message;
 use crate::protocol::envelope::{Data, Format};
 use crate::shard::ShardCore;
@@ -51,10 +54,14 @@ impl Session {
 
     /// A raw session in `room`.
     pub(crate) fn raw(room: RoomId, may_publish: bool) -> Session {
-        Session::Raw(raw::RawSession { room, may_publish })
+        Session::Raw(raw::RawSession {
+            room,
+            may_publish,
+            rate_tat: 0,
+        })
     }
 
-    /// Handle one complete data message from the client.
+    /// Handle one complete data message from the client (first charged to its message rate).
     pub(crate) fn on_message(
         &mut self,
         s: &mut ShardCore,
@@ -62,9 +69,48 @@ impl Session {
         m: Message,
         now: Instant,
     ) -> Verdict {
+        if let Some(rate) = s.cfg.message_rate {
+            let tat = match self {
+                Session::Raw(r) => &mut r.rate_tat,
+                Session::Envelope(e) => &mut e.rate_tat,
+            };
+            match gcra(*tat, mono_ns(now), &rate) {
+                Ok(next) => *tat = next,
+                Err(wait_ns) => return self.over_rate(s, id, &m, wait_ns, now),
+            }
+        }
         match self {
             Session::Raw(r) => r.on_message(s, id, m, now),
             Session::Envelope(e) => e.on_message(s, id, &m, now),
         }
+    }
+
+    /// A message over `[limits] messages_per_second` (not carried out, counted): a raw client
+    /// is closed with 1008; an envelope client gets `rate_limited` with the wait, and is closed
+    /// with 1008 once `max_bad_frames` refusals come in a row.
+    #[cold]
+    fn over_rate(
+        &mut self,
+        s: &mut ShardCore,
+        id: ConnId,
+        m: &Message,
+        wait_ns: u64,
+        now: Instant,
+    ) -> Verdict {
+        ShardStats::add(&s.my_stats().rate_limited, 1);
+        let e = match self {
+            Session::Raw(_) => {
+                s.fail_conn(id, CloseCode::POLICY, "rate limit exceeded", now);
+                return Verdict::Discard;
+            }
+            Session::Envelope(e) => e,
+        };
+        e.bad += 1;
+        if e.bad >= s.cfg.max_bad_frames {
+            s.fail_conn(id, CloseCode::POLICY, "rate limit exceeded", now);
+            return Verdict::Discard;
+        }
+        e.send_rate_limited(s, id, m, wait_ns, now);
+        Verdict::Continue
     }
 }

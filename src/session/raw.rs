@@ -20,6 +20,8 @@ pub(crate) struct RawSession {
     pub(crate) room: RoomId,
     /// Its token allows publishing there.
     pub(crate) may_publish: bool,
+    /// Its message rate's GCRA state (`[limits] messages_per_second`).
+    pub(crate) rate_tat: u64,
 }
 
 impl RawSession {

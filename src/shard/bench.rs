@@ -44,6 +44,8 @@ impl LocalFanout {
             peers,
             Stats::new(1),
             Arc::new(AtomicUsize::new(0)),
+            Arc::default(),
+            Arc::new(crate::health::Health::new(1)),
         );
         let now = Instant::now();
         let mut room = None;

@@ -71,6 +71,9 @@ impl ShardCore {
         if t.writes > 0 {
             ShardStats::add(&st.write_calls, t.writes);
         }
+        if t.bytes > 0 {
+            ShardStats::add(&st.broadcast_bytes_out, t.bytes);
+        }
     }
 
     /// Broadcast `frames` to the local members of `room`, coalescing them with the other

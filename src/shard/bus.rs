@@ -13,8 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{ShardCore, ShardRef, ShutdownMode};
+use crate::admission::Holder;
 use crate::config::Config;
 use crate::ids::ShardId;
+use crate::metrics::ShardStats;
 use crate::room::requests::{ApiAnswer, ApiReq, HomeMsg, Reply};
 use crate::wire::{Bcast, Frames};
 
@@ -39,8 +41,13 @@ pub(crate) enum ShardMsg {
     Reply(Reply),
     /// An HTTP API request (answered on the channel).
     Api(ApiReq, flume::Sender<ApiAnswer>),
+    /// Close one connection: its user opened a newer one over `max_connections_per_user`
+    /// (`on_user_limit = "close_oldest"`).
+    Evict(Holder),
     /// Put a new configuration in force.
     Reconfigure(Arc<Config>),
+    /// Test hook (`SHARDCAST_TEST_HOOKS=1`): block this shard's thread, as a stuck loop would.
+    Stall(std::time::Duration),
     /// Begin shutting down.
     Shutdown(ShutdownMode),
 }
@@ -79,6 +86,7 @@ impl ShardCore {
     /// is waiting, otherwise behind what is waiting (drained by a task). Never blocks.
     pub(crate) fn send_to(&mut self, peer: ShardId, msg: ShardMsg) {
         let i = peer.0;
+        ShardStats::add(&self.stats.shard(self.id.0).cross_shard_messages, 1);
         let bus = &mut self.bus;
         if bus.overflow[i].is_empty() {
             match bus.peers[i].try_send(msg) {
@@ -89,6 +97,7 @@ impl ShardCore {
         } else {
             bus.overflow[i].push_back(msg);
         }
+        ShardStats::add(&self.stats.shard(self.id.0).cross_shard_overflow, 1);
         if !bus.draining[i] {
             if let Some(me) = self.me.upgrade() {
                 self.bus.draining[i] = true;
@@ -119,6 +128,8 @@ impl ShardCore {
                 let answer = self.home_api(req, now);
                 let _ = tx.try_send(answer);
             }
+            ShardMsg::Evict(h) => self.evict(h, now),
+            ShardMsg::Stall(d) => std::thread::sleep(d),
             ShardMsg::Reconfigure(cfg) => self.reconfigure(Rc::new(Config::clone(&cfg))),
             ShardMsg::Shutdown(mode) => self.begin_shutdown(mode, now),
         }

@@ -190,6 +190,7 @@ impl ShardCore {
         let Some(sub) = sub else { return };
         r.expire(tick, ttl);
         let (recovered, replay) = r.resume(sub.since, sub.epoch);
+        let asked = sub.since.is_some() || sub.epoch.is_some();
         let (seq, epoch) = (r.seq, r.epoch);
         let member = Member {
             user: sub.user.clone(),
@@ -207,6 +208,17 @@ impl ShardCore {
             replay,
         });
         self.reply(conn.shard, answer, now);
+        if asked {
+            let st = self.my_stats();
+            ShardStats::add(
+                if recovered {
+                    &st.resumes_recovered
+                } else {
+                    &st.resumes_lost
+                },
+                1,
+            );
+        }
         if fresh && self.cfg.class_rights(&room).presence {
             let ev = Kind::Join {
                 conn: conn.uid,
@@ -326,6 +338,14 @@ impl ShardCore {
                     .iter()
                     .filter(|(_, r)| r.members() > 0)
                     .map(|(n, r)| (n.clone(), r.members()))
+                    .collect(),
+            ),
+            ApiReq::RoomStats => ApiAnswer::RoomStats(
+                self.home
+                    .rooms
+                    .iter()
+                    .filter(|(_, r)| r.members() > 0)
+                    .map(|(n, r)| (n.clone(), r.members(), r.seq))
                     .collect(),
             ),
         }

@@ -211,6 +211,7 @@ impl ShardCore {
         let deadline = Tick::at(now + self.cfg.close_timeout);
         if let Some(c) = self.conns.get_mut(id.0) {
             c.start_close(code, reason, deadline, false);
+            self.stats.shard(self.id.0).count_close(code.0);
             c.fin_after_flush = true;
         }
         self.kick(id);
@@ -237,6 +238,7 @@ impl ShardCore {
                 return;
             }
             c.start_close(CloseCode::POLICY, "slow consumer", deadline, true);
+            self.stats.shard(self.id.0).count_close(CloseCode::POLICY.0);
             ShardStats::add(&self.stats.shard(self.id.0).slow_consumer_closes, 1);
         }
         self.kick(id);

@@ -33,8 +33,10 @@ use std::rc::{Rc, Weak};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::conn::{writer, Conns};
+use crate::health::Health;
 use crate::ids::{ConnId, ShardId, Tick};
 use crate::metrics::{ShardStats, Stats};
 use crate::protocol::deflate::DeflateMode;
@@ -75,6 +77,8 @@ impl ShardCore {
         peers: Arc<[flume::Sender<bus::ShardMsg>]>,
         stats: Stats,
         open_connections: Arc<AtomicUsize>,
+        admission: Arc<Admission>,
+        health: Arc<Health>,
     ) -> ShardCore {
         Tick::start_clock();
         ShardCore {
@@ -87,7 +91,12 @@ impl ShardCore {
             home: HomeRooms::default(),
             bus: bus::Bus::new(peers),
             subs: HashMap::new(),
-            life: sweep::Lifecycle::new(open_connections),
+            life: sweep::Lifecycle::new(
+                open_connections,
+                admission,
+                health,
+                0x5eed ^ (id.0 as u64 + 1) << 32,
+            ),
             enc: Encoder::default(),
             stats,
             me: Weak::new(),

@@ -54,6 +54,9 @@ impl ShardCore {
             let deadline = Tick::at(now + self.cfg.close_timeout);
             if let Some(c) = self.conns.get_mut(conn.id.0) {
                 c.start_close(CloseCode::TRY_AGAIN_LATER, "room full", deadline, true);
+                self.stats
+                    .shard(self.id.0)
+                    .count_close(CloseCode::TRY_AGAIN_LATER.0);
             }
             self.kick(conn.id);
             return;

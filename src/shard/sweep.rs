@@ -11,11 +11,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{ShardCore, ShardRef};
+use crate::admission::{Admission, Holder, Jitter};
 use crate::conn::Phase;
+use crate::health::Health;
 use crate::heartbeat::{self, judge, unix_now, Verdict};
 use crate::ids::{ConnId, Tick};
 use crate::metrics::ShardStats;
 use crate::protocol::close::CloseCode;
+use crate::protocol::envelope::ServerOp;
+use crate::wire::envelope_frame;
 
 /// A writer task idle for this long exits (and is spawned again when needed).
 const WRITER_RETIRE: Duration = Duration::from_secs(2);
@@ -26,33 +30,74 @@ static PING: &[u8] = &[0x89, 0x00];
 /// How the daemon is stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownMode {
-    /// SIGTERM: stop accepting, close every client with 1001, flush, wait up to `drain_timeout`.
+    /// SIGTERM: stop accepting at once; close the clients with 1012 (service restart) spread
+    /// evenly over most of `drain_timeout` (envelope clients first get a `reconnect` hint with
+    /// their delay), flush, and exit by `drain_timeout`.
     Graceful,
-    /// SIGINT: the same, but do not wait for slow clients.
+    /// `shardcast drain --over D`: the same, spread over `D` instead of `drain_timeout`.
+    Over(Duration),
+    /// SIGINT: close every client with 1001 at once, and do not wait for slow clients.
     Fast,
+}
+
+/// The share of the drain window over which closes are spread (the rest lets the last ones
+/// flush and finish their close handshake).
+pub(crate) const DRAIN_SPREAD: f64 = 0.8;
+
+/// When each of `n` connections is closed in a rolling drain over `window`: slot `i` at a
+/// uniformly jittered point of the `i`-th of `n` equal parts of `DRAIN_SPREAD × window`
+/// (`jitter` yields uniforms in [0, 1)), so closes — and the reconnects they cause — are spread
+/// evenly, never all at once.
+pub(crate) fn drain_schedule(
+    n: usize,
+    window: Duration,
+    mut jitter: impl FnMut() -> f64,
+) -> Vec<Duration> {
+    let spread = window.mul_f64(DRAIN_SPREAD);
+    (0..n)
+        .map(|i| spread.mul_f64((i as f64 + jitter().clamp(0.0, 0.999)) / n as f64))
+        .collect()
 }
 
 /// Admission count and shutdown state.
 pub(crate) struct Lifecycle {
     /// Daemon-wide count of open WebSocket connections (checked only at upgrade).
     pub(crate) open_connections: Arc<AtomicUsize>,
+    /// Daemon-wide admission state (rates, per-IP and per-user counts).
+    pub(crate) admission: Arc<Admission>,
+    /// Spreads `Retry-After` values.
+    pub(crate) jitter: Jitter,
+    /// Pulses and accepting flags (`/readyz`, the systemd watchdog).
+    pub(crate) health: Arc<Health>,
     /// Set when shutdown begins: the mode and the drain deadline.
     pub(crate) shutdown: Option<(ShutdownMode, Instant)>,
     /// Wakes the accept loop when shutdown begins.
     pub(crate) accept_waker: Option<Waker>,
     /// The sweep's scratch list of connections to kick (reused).
     kick: Vec<ConnId>,
+    /// Rolling drain: when each remaining connection is to be closed (time, slot, uid), soonest
+    /// first.
+    pub(crate) drain_queue: std::collections::VecDeque<(Instant, ConnId, u64)>,
     /// The sweep's scratch list of connections whose token expired (reused).
     expired: Vec<ConnId>,
 }
 
 impl Lifecycle {
-    pub(crate) fn new(open_connections: Arc<AtomicUsize>) -> Lifecycle {
+    pub(crate) fn new(
+        open_connections: Arc<AtomicUsize>,
+        admission: Arc<Admission>,
+        health: Arc<Health>,
+        seed: u64,
+    ) -> Lifecycle {
         Lifecycle {
             open_connections,
+            admission,
+            health,
+            jitter: Jitter::new(seed),
             shutdown: None,
             accept_waker: None,
             kick: Vec::new(),
+            drain_queue: std::collections::VecDeque::new(),
             expired: Vec::new(),
         }
     }
@@ -117,48 +162,151 @@ impl ShardCore {
         for id in expired.drain(..) {
             self.close_expired(id, now);
         }
+        self.drain_due(now);
         self.life.expired = expired;
         let cfg = self.cfg.clone();
         self.home.sweep(now, |room| cfg.history_in(room).1);
+        if self.id.0 == 0 {
+            self.life.admission.purge();
+        }
+        let depths = self.conns.iter().map(|(_, c)| c.buffered);
+        self.stats.shard(self.id.0).record_queue_depths(depths);
+        self.life.health.beat(self.id.0);
         let st = self.my_stats();
         ShardStats::add(&st.heartbeat_timeouts, hb);
         ShardStats::add(&st.handshake_timeouts, hs);
     }
 
-    /// Start shutting down: every open client gets 1001; handshakes in progress are dropped.
+    /// Start shutting down: stop accepting; handshakes in progress are dropped; open clients
+    /// are closed with 1001 at once (`Fast`) or with 1012 on a rolling schedule (see
+    /// [`ShutdownMode::Graceful`]).
     pub(crate) fn begin_shutdown(&mut self, mode: ShutdownMode, now: Instant) {
         if let Some((ShutdownMode::Fast, _)) = self.life.shutdown {
             return;
         }
         let grace = match mode {
             ShutdownMode::Graceful => self.cfg.drain_timeout,
+            ShutdownMode::Over(d) => d,
             ShutdownMode::Fast => self.cfg.drain_timeout.min(Duration::from_millis(250)),
         };
         let deadline = now + grace;
         self.life.shutdown = Some((mode, deadline));
-        let deadline = Tick::at(deadline);
+        self.life.health.set_draining();
+        self.life.health.set_accepting(self.id.0, false);
         if let Some(w) = self.life.accept_waker.take() {
             w.wake();
         }
         let ids: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+        let mut open = Vec::with_capacity(ids.len());
         for i in ids {
-            self.leave_all(ConnId(i));
-            let c = &mut self.conns[i];
-            match c.phase {
-                Phase::Handshake { .. } => c.kill(),
-                _ => {
-                    c.start_close(
-                        CloseCode::GOING_AWAY,
-                        "server shutting down",
-                        deadline,
-                        mode == ShutdownMode::Fast,
-                    );
+            match self.conns[i].phase {
+                Phase::Handshake { .. } => self.conns[i].kill(),
+                Phase::Closing { .. } => {
                     // The drain deadline also bounds a close already in progress.
-                    c.phase = Phase::Closing { deadline };
+                    self.conns[i].phase = Phase::Closing {
+                        deadline: Tick::at(deadline),
+                    };
                 }
+                Phase::Open if mode == ShutdownMode::Fast => {
+                    self.close_for_shutdown(ConnId(i), CloseCode::GOING_AWAY, deadline, now);
+                }
+                Phase::Open => open.push(ConnId(i)),
             }
-            self.kick(ConnId(i));
         }
+        self.schedule_drain(open, grace, now);
+    }
+
+    /// Give each of `open` its close time over `grace` and send envelope clients their
+    /// `reconnect` hint (the delay until their close) now.
+    fn schedule_drain(&mut self, open: Vec<ConnId>, grace: Duration, now: Instant) {
+        let jitter = &mut self.life.jitter;
+        let mut slots = drain_schedule(open.len(), grace, || jitter.next_unit());
+        // Who goes when is shuffled too, so no shard or room goes first.
+        for i in (1..slots.len()).rev() {
+            let j = (self.life.jitter.next_unit() * (i + 1) as f64) as usize;
+            slots.swap(i, j.min(i));
+        }
+        let mut queue: Vec<(Instant, ConnId, u64)> = Vec::with_capacity(open.len());
+        for (id, at) in open.into_iter().zip(slots) {
+            let Some(c) = self.conns.get(id.0) else {
+                continue;
+            };
+            let uid = c.uid;
+            if let Some(format) = c.wire.format() {
+                let after_ms = at.as_millis() as u64;
+                let hint = envelope_frame(&ServerOp::Reconnect { after_ms }, format);
+                self.queue_reply(id, [hint], now);
+            }
+            queue.push((now + at, id, uid));
+        }
+        queue.sort_by_key(|e| e.0);
+        self.life.drain_queue = queue.into();
+    }
+
+    /// Close the connections whose drain time has come (1012 "service restart").
+    pub(crate) fn drain_due(&mut self, now: Instant) {
+        let Some((_, deadline)) = self.life.shutdown else {
+            return;
+        };
+        while let Some(&(at, id, uid)) = self.life.drain_queue.front() {
+            if at > now {
+                break;
+            }
+            self.life.drain_queue.pop_front();
+            if self
+                .conns
+                .get(id.0)
+                .is_some_and(|c| c.uid == uid && c.phase == Phase::Open)
+            {
+                self.close_for_shutdown(id, CloseCode::SERVICE_RESTART, deadline, now);
+            }
+        }
+    }
+
+    /// Leave every room and queue the close frame (`Fast`: what is queued is discarded).
+    fn close_for_shutdown(&mut self, id: ConnId, code: CloseCode, deadline: Instant, now: Instant) {
+        let fast = matches!(self.life.shutdown, Some((ShutdownMode::Fast, _)));
+        if !fast {
+            self.flush_conn_rooms(id, now);
+        }
+        self.leave_all(id);
+        let reason = if code == CloseCode::SERVICE_RESTART {
+            "service restart"
+        } else {
+            "server shutting down"
+        };
+        if let Some(c) = self.conns.get_mut(id.0) {
+            let deadline = Tick::at(deadline);
+            c.start_close(code, reason, deadline, fast);
+            self.stats.shard(self.id.0).count_close(code.0);
+            c.phase = Phase::Closing { deadline };
+        }
+        self.kick(id);
+    }
+
+    /// Close a connection whose user opened a newer one over `max_connections_per_user`
+    /// (`on_user_limit = "close_oldest"`): 1008, after what its rooms have pending.
+    pub(crate) fn evict(&mut self, h: Holder, now: Instant) {
+        if h.shard != self.id {
+            self.send_to(h.shard, super::bus::ShardMsg::Evict(h));
+            return;
+        }
+        if self.conns.get(h.id.0).is_none_or(|c| c.uid != h.uid) {
+            return;
+        }
+        self.flush_conn_rooms(h.id, now);
+        self.leave_all(h.id);
+        let deadline = Tick::at(now + self.cfg.close_timeout);
+        if let Some(c) = self.conns.get_mut(h.id.0) {
+            c.start_close(
+                CloseCode::POLICY,
+                "replaced by a newer connection",
+                deadline,
+                false,
+            );
+            self.stats.shard(self.id.0).count_close(CloseCode::POLICY.0);
+        }
+        self.kick(h.id);
     }
 
     /// Close a connection whose token ran out: 4001, after what its rooms have pending.
@@ -168,6 +316,9 @@ impl ShardCore {
         let deadline = Tick::at(now + self.cfg.close_timeout);
         if let Some(c) = self.conns.get_mut(id.0) {
             c.start_close(CloseCode::TOKEN_EXPIRED, "token expired", deadline, false);
+            self.stats
+                .shard(self.id.0)
+                .count_close(CloseCode::TOKEN_EXPIRED.0);
             c.fin_after_flush = true;
             ShardStats::add(&self.stats.shard(self.id.0).token_expiries, 1);
         }
@@ -186,5 +337,34 @@ pub(crate) async fn run_sweeper(shard: ShardRef) {
     loop {
         monoio::time::sleep(period).await;
         shard.borrow_mut().sweep(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rolling_drain_spreads_closes_evenly() {
+        let mut x = 0.0f64;
+        let slots = drain_schedule(1000, Duration::from_secs(10), || {
+            x = (x + 0.618_034) % 1.0;
+            x
+        });
+        assert_eq!(slots.len(), 1000);
+        assert!(
+            slots.iter().all(|d| *d < Duration::from_secs(8)),
+            "within the spread"
+        );
+        // Ten equal buckets of 0.8 s hold about 100 each.
+        let mut buckets = [0u32; 10];
+        for d in &slots {
+            buckets[(d.as_secs_f64() / 0.8) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&b| (95..=105).contains(&b)),
+            "{buckets:?}"
+        );
+        assert!(drain_schedule(0, Duration::from_secs(1), || 0.5).is_empty());
     }
 }

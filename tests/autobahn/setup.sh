@@ -73,6 +73,11 @@ find_python27() {
 }
 
 PY27="$(find_python27)"
+# `setup.sh --check`: only say whether a CPython 2.7 is there (exit 0) or not (exit 3).
+if [ "${1:-}" = "--check" ]; then
+    [ -n "$PY27" ] && exit 0
+    exit 3
+fi
 if [[ -z "$PY27" || ! -x "$PY27" ]]; then
     die "CPython 2.7 not found. Autobahn|Testsuite needs Python 2.7:
     install it with 'pyenv install 2.7.18' (expected at \$(pyenv root)/versions/2.7.18/bin/python2.7),

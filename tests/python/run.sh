@@ -42,6 +42,10 @@ wait_port() {
 # refusal cases on io_uring and on epoll), so it needs nothing from the daemons below.
 run_auth() {
   SHARDCAST_BIN="${SHARDCAST_BIN:-$REPO/target/release/shardcast}" "$VENV/bin/python" tests/python/test_auth.py
+  # Admission control and rate limits (issue #11), on the same machinery.
+  SHARDCAST_BIN="${SHARDCAST_BIN:-$REPO/target/release/shardcast}" "$VENV/bin/python" tests/python/test_abuse.py
+  # Operations (issue #12): metrics, readyz, sd_notify and watchdog, SIGHUP reload.
+  SHARDCAST_BIN="${SHARDCAST_BIN:-$REPO/target/release/shardcast}" "$VENV/bin/python" tests/python/test_ops.py
 }
 if [[ $SUITE == auth ]]; then
   run_auth

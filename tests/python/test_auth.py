@@ -238,7 +238,7 @@ def daemon(config, driver=None):
 
 # ---------------------------------------------------------------------------------------- clients
 
-def upgrade(d, path, headers=None, envelope=None):
+def upgrade(d, path, headers=None, envelope=None, source=None):
     """A hand-written WebSocket upgrade: (status, lower-case headers, body text).
 
     envelope: offer shardcast.v1.json (default: when the path is /ws or /ws?...)."""
@@ -251,7 +251,8 @@ def upgrade(d, path, headers=None, envelope=None):
     for k, v in (headers or {}).items():
         lines.append(f"{k}: {v}")
     req = "\r\n".join(lines) + "\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", d.port), timeout=TIMEOUT) as s:
+    src = (source, 0) if source else None
+    with socket.create_connection(("127.0.0.1", d.port), timeout=TIMEOUT, source_address=src) as s:
         s.sendall(req.encode())
         data = b""
         while b"\r\n\r\n" not in data:
@@ -1311,7 +1312,7 @@ TESTS = [(f, drv) for drv in DRIVERS for f in (test_401_reasons, test_401_algori
 ]
 
 
-def main():
+def main(tests=None, label="auth"):
     global KEYS
     if not os.access(BIN, os.X_OK):
         print(f"FAIL daemon binary {BIN} not found (build it: cargo build --release, or set SHARDCAST_BIN)")
@@ -1322,7 +1323,7 @@ def main():
     start = time.monotonic()
     try:
         KEYS = Keys(keydir)
-        for fn, drv in TESTS:
+        for fn, drv in (tests or TESTS):
             name = fn.__name__ + (f"[{drv}]" if drv else "")
             if want and not any(w in name for w in want):
                 continue
@@ -1348,7 +1349,7 @@ def main():
     print(f"\ntook {time.monotonic() - start:.1f} s")
     for name, verdict in results:
         print(f"{verdict} {name}")
-    print(f"auth: {passed} passed, {failed} failed")
+    print(f"{label}: {passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 
 

@@ -27,8 +27,8 @@ const READ_BUF: usize = 256 * 1024;
 const HANDSHAKE_TIMEOUT_NS: u64 = 10_000_000_000;
 const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
 /// RFC 6455 §1.3's sample key and its accept value.
-const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+pub(crate) const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub(crate) const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum State {
@@ -1458,6 +1458,17 @@ impl Engine {
 }
 
 fn connect_socket(src: Option<Ipv4Addr>, dst: SocketAddrV4) -> io::Result<TcpStream> {
+    connect_socket_with(src, dst, None)
+}
+
+/// A non-blocking TCP connect from `src` (port picked at connect) to `dst`, with TCP_NODELAY;
+/// `rcvbuf` sets SO_RCVBUF before the connect (so the window it advertises is small from the
+/// SYN on: a client that never reads then holds at most about that much).
+pub(crate) fn connect_socket_with(
+    src: Option<Ipv4Addr>,
+    dst: SocketAddrV4,
+    rcvbuf: Option<i32>,
+) -> io::Result<TcpStream> {
     fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
         let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         sa.sin_family = libc::AF_INET as libc::sa_family_t;
@@ -1488,6 +1499,9 @@ fn connect_socket(src: Option<Ipv4Addr>, dst: SocketAddrV4) -> io::Result<TcpStr
     // Owns the fd from here on (closed on every error path).
     let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
     setopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    if let Some(b) = rcvbuf {
+        setopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, b)?;
+    }
     if let Some(src) = src {
         // Let connect() pick the port for the full 4-tuple instead of bind() reserving one per
         // source address: no ephemeral-port exhaustion below 28k connections per source.

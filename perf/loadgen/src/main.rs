@@ -2,12 +2,18 @@
 //! See `loadgen --help`.
 
 mod auth;
+mod backoff;
 mod deflate;
 mod engine;
 mod envelope;
+mod fleet;
+mod flood;
 mod hist;
 mod payload;
+mod probe;
 mod procstat;
+mod stalled;
+mod storm;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -20,7 +26,7 @@ use envelope::Envelope;
 use payload::Kind;
 use procstat::{cpu_s, rss_kib, share, CpuSnap};
 
-const HELP: &str = "\
+const HELP_HEAD: &str = "\
 loadgen: single-threaded epoll WebSocket load generator (one connection per room path /ws/{room},
 or per envelope subscription on /ws with --envelope)
 
@@ -44,7 +50,9 @@ SCENARIOS
   churn   --connections N (1000) --cycles C (10)
           C times: open N connections (each in its own room), close them cleanly; reports
           handshakes/s and handshakes per server CPU-second (server CPU while opening).
+";
 
+const HELP_TAIL: &str = "
 COMMON FLAGS
   --url ws://HOST:PORT[/prefix]   server (default ws://127.0.0.1:9300); wss://HOST:PORT: TLS
                                   (rustls, TLS 1.3 or 1.2, ALPN http/1.1, no resumption: every
@@ -81,6 +89,16 @@ COMMON FLAGS
   --label NAME                    carried into the JSON
 ";
 
+fn help() -> ! {
+    print!(
+        "{HELP_HEAD}{}{}{}{HELP_TAIL}",
+        storm::HELP,
+        flood::HELP,
+        stalled::HELP
+    );
+    std::process::exit(0)
+}
+
 struct Args {
     scenario: String,
     flags: BTreeMap<String, String>,
@@ -92,8 +110,7 @@ impl Args {
         let mut it = std::env::args().skip(1);
         let scenario = it.next().ok_or("missing scenario (try --help)")?;
         if scenario == "--help" || scenario == "-h" || scenario == "help" {
-            print!("{HELP}");
-            std::process::exit(0);
+            help();
         }
         let mut flags = BTreeMap::new();
         let mut switches = Vec::new();
@@ -111,10 +128,7 @@ impl Args {
                 "json" | "max" | "deflate" | "broadcast-once" | "no-inflate-memo" => {
                     switches.push(name.to_string())
                 }
-                "help" => {
-                    print!("{HELP}");
-                    std::process::exit(0);
-                }
+                "help" => help(),
                 _ => {
                     let v = rest.pop().ok_or(format!("--{name} needs a value"))?;
                     flags.insert(name.to_string(), v);
@@ -186,6 +200,13 @@ impl Report {
     }
     fn obj(&mut self, k: &str, v: Vec<(String, i64)>) {
         self.fields.push((k.into(), V::Obj(v)));
+    }
+    /// An integer already in the report.
+    fn get_i(&self, k: &str) -> Option<i64> {
+        self.fields.iter().find_map(|(name, v)| match v {
+            V::I(x) if name == k => Some(*x),
+            _ => None,
+        })
     }
 
     fn json(&self) -> String {
@@ -616,6 +637,9 @@ fn run() -> Result<u8, String> {
     let c;
     let mut e;
     match sc.as_str() {
+        "storm" => return storm::main(&a),
+        "flood" => return flood::main(&a),
+        "stalled" => return stalled::main(&a),
         "fanout" => {
             let mut known = COMMON.to_vec();
             known.extend(["subscribers", "rate", "window", "envelope"]);
@@ -937,8 +961,14 @@ fn run() -> Result<u8, String> {
     }
     r.i("nofile_limit", nofile);
     let errs = errors(&mut r, &e);
+    finish(&r, &sc, &c);
+    Ok(if errs > 0 { 2 } else { 0 })
+}
+
+/// Print the report: the human table, and the JSON line with --json.
+fn finish(r: &Report, scenario: &str, c: &Common) {
     println!(
-        "loadgen {sc}{}",
+        "loadgen {scenario}{}",
         if c.label.is_empty() {
             String::new()
         } else {
@@ -949,7 +979,6 @@ fn run() -> Result<u8, String> {
     if c.json {
         println!("{}", r.json());
     }
-    Ok(if errs > 0 { 2 } else { 0 })
 }
 
 fn main() -> ExitCode {

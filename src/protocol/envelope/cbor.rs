@@ -1,7 +1,7 @@
 //! CBOR encoding (RFC 8949): server and client frames written straight into a `Vec<u8>` in
 //! shortest form (`"op"` first), payload data through ciborium.
 
-use super::{ClientOp, Data, EncodeError, ServerOp};
+use super::{ClientOp, Data, EncodeError, ServerOp, RATE_LIMITED_REASON};
 
 const CBOR_UINT: u8 = 0;
 const CBOR_TEXT: u8 = 3;
@@ -71,6 +71,17 @@ pub(super) fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             cbor_opt_entry_data(out, "id", id)?;
         }
         ServerOp::Error { code, reason, id } => cbor_error(out, name, code, reason, id)?,
+        ServerOp::Reconnect { after_ms } => {
+            cbor_open(out, name, 2);
+            cbor_entry_u64(out, "after_ms", after_ms);
+        }
+        ServerOp::RateLimited { retry_after_ms, id } => {
+            cbor_open(out, name, 4 + pairs(&id));
+            cbor_entry_text(out, "code", "rate_limited");
+            cbor_entry_text(out, "reason", RATE_LIMITED_REASON);
+            cbor_entry_u64(out, "retry_after_ms", retry_after_ms);
+            cbor_opt_entry_data(out, "id", id)?;
+        }
     }
     Ok(())
 }

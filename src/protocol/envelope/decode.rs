@@ -890,6 +890,30 @@ mod tests {
         assert_eq!(r.id, None);
     }
 
+    /// Found by the `envelope_json` fuzz target (fuzz/corpus/envelope_json/regress-float-1ulp):
+    /// serde_json's default float parser may be one ULP off, so a published number reached JSON
+    /// subscribers changed (1.8446744073737094e27 came out as 1.8446744073737097e27). Parsing is
+    /// correctly rounded now (serde_json's `float_roundtrip`), like `JSON.parse` and Python.
+    #[test]
+    fn json_numbers_are_relayed_exactly() {
+        for text in [
+            "1.8446744073737094e27",
+            "0.30000000000000004",
+            "2.2250738585072014e-308",
+        ] {
+            let frame = format!(r#"{{"op":"publish","room":"r","data":{text}}}"#);
+            let Ok(ClientOp::Publish { data, .. }) = decode_client(frame.as_bytes(), Format::Json)
+            else {
+                panic!("{frame} does not decode");
+            };
+            let expected: f64 = text.parse().unwrap();
+            assert_eq!(data, Data::Float(expected), "{text}");
+            // What JSON subscribers get reads back (correctly rounded) as the same number.
+            let relayed: f64 = data_to_json(&data).to_string().parse().unwrap();
+            assert_eq!(relayed, expected, "{text}");
+        }
+    }
+
     #[test]
     fn deep_nesting_and_huge_lengths_are_rejected() {
         for depth in [MAX_DEPTH + 1, 100_000] {

@@ -141,6 +141,8 @@ fn server_size_hint(op: &ServerOp<'_>) -> usize {
         ServerOp::Ack { id, .. } => data_hint(id),
         ServerOp::Refreshed { id, .. } => id.map_or(0, data_hint),
         ServerOp::Error { reason, id, .. } => reason.len() + id.map_or(0, data_hint),
+        ServerOp::RateLimited { id, .. } => 64 + id.map_or(0, data_hint),
+        ServerOp::Reconnect { .. } => 16,
     }
 }
 

@@ -5,7 +5,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use super::{untag_ref, ClientOp, Data, EncodeError, ServerOp};
+use super::{untag_ref, ClientOp, Data, EncodeError, ServerOp, RATE_LIMITED_REASON};
 
 pub(super) fn json_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     json_open(out, op.name());
@@ -54,6 +54,19 @@ pub(super) fn json_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             json_opt_id(out, id)?;
         }
         ServerOp::Error { code, reason, id } => json_error(out, code, reason, id)?,
+        ServerOp::Reconnect { after_ms } => {
+            json_key(out, "after_ms");
+            json_u64(out, after_ms);
+        }
+        ServerOp::RateLimited { retry_after_ms, id } => {
+            json_key(out, "code");
+            json_str(out, "rate_limited");
+            json_key(out, "reason");
+            json_str(out, RATE_LIMITED_REASON);
+            json_key(out, "retry_after_ms");
+            json_u64(out, retry_after_ms);
+            json_opt_id(out, id)?;
+        }
     }
     out.push(b'}');
     Ok(())

@@ -400,7 +400,25 @@ pub enum ServerOp<'a> {
         /// The `id` of the failed request, if it had one.
         id: Option<&'a Data>,
     },
+    /// `{"op":"reconnect","after_ms":N}`: the server is draining (restart, upgrade); this
+    /// connection will be closed with 1012 in about `after_ms`; reconnect then (or earlier, to
+    /// another node), resuming with `since`/`epoch`.
+    Reconnect {
+        /// Milliseconds until this connection's close.
+        after_ms: u64,
+    },
+    /// `{"op":"error","code":"rate_limited","reason":TEXT,"retry_after_ms":N,"id":ID?}`: the
+    /// connection is over `[limits] messages_per_second`; the request was not carried out.
+    RateLimited {
+        /// When the next message would be accepted.
+        retry_after_ms: u64,
+        /// The `id` of the refused request, if it had one.
+        id: Option<&'a Data>,
+    },
 }
+
+/// The `reason` of a `rate_limited` error.
+pub const RATE_LIMITED_REASON: &str = "too many messages on this connection";
 
 impl ServerOp<'_> {
     /// The op name on the wire; also a static metric label.
@@ -416,7 +434,8 @@ impl ServerOp<'_> {
             ServerOp::History { .. } => "history",
             ServerOp::Ack { .. } => "ack",
             ServerOp::Refreshed { .. } => "refreshed",
-            ServerOp::Error { .. } => "error",
+            ServerOp::Error { .. } | ServerOp::RateLimited { .. } => "error",
+            ServerOp::Reconnect { .. } => "reconnect",
         }
     }
 }

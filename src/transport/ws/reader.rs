@@ -172,10 +172,12 @@ fn on_close(shard: &ShardRef, id: ConnId, code: Option<CloseCode>) {
 }
 
 async fn read_loop(shard: &ShardRef, id: ConnId, rh: &mut OwnedReadHalf<TcpStream>, up: Upgraded) {
+    // The admission tickets are released when the reading ends.
     let Upgraded {
         session,
         mut rbuf,
         deflate,
+        tickets: _tickets,
     } = up;
     let dec = {
         let s = shard.borrow();
@@ -275,10 +277,12 @@ async fn read_more(
         };
         match got {
             Ok((0, _)) => return false,
-            Ok((_, full)) => {
+            Ok((n, full)) => {
                 // A full buffer means more may be waiting: read again before polling.
                 *more_ready = full;
-                if let Some(c) = shard.borrow_mut().conns.get_mut(id.0) {
+                let mut s = shard.borrow_mut();
+                ShardStats::add(&s.my_stats().bytes_in, n as u64);
+                if let Some(c) = s.conns.get_mut(id.0) {
                     c.last_seen = Tick::at(Instant::now());
                 }
                 return true;

@@ -2,15 +2,17 @@
 //! `limits.max_header_bytes` and the handshake deadline the sweep enforces), ask the gate, and
 //! write what it decided: a refusal, a page, the HTTP API's answer, or `101` and the session.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
 
 use super::Upgraded;
+use crate::admission::Holder;
 use crate::auth::Identity;
 use crate::conn::Phase;
-use crate::gate::{self, Plan, Policy, Rejection, Target, Upgrade};
+use crate::gate::{self, Client, Plan, Policy, Rejection, Target, Upgrade};
 use crate::http;
 use crate::http::io::HttpIo;
 use crate::ids::{ConnId, Tick};
@@ -22,12 +24,78 @@ use crate::session::Session;
 use crate::shard::{ShardCore, ShardRef};
 use crate::wire::{envelope_frame, Wire};
 
-/// The gate's view of this shard now.
-fn policy(s: &ShardCore) -> Policy<'_> {
+/// The gate's view of this shard now; with `client`, the connection to admit.
+fn policy<'a>(s: &'a ShardCore, client: Option<Client<'a>>) -> Policy<'a> {
     Policy {
         cfg: &s.cfg,
         open_connections: s.open_connections(),
         draining: s.life.shutdown.is_some(),
+        client,
+    }
+}
+
+/// Ask the gate about a complete request from `peer` on connection `id`.
+fn plan(
+    s: &mut ShardCore,
+    req: &Request,
+    id: ConnId,
+    peer: Option<IpAddr>,
+) -> Result<Plan, Rejection> {
+    let jitter = s.life.jitter.next_unit();
+    let uid = s.conns.get(id.0).map_or(0, |c| c.uid);
+    let s = &*s;
+    let client = peer.map(|peer| Client {
+        admission: &s.life.admission,
+        peer,
+        conn: Holder {
+            shard: s.id,
+            id,
+            uid,
+        },
+        jitter,
+    });
+    gate::plan_upgrade(req, &policy(s, client))
+}
+
+/// `[log] access_log`: one line per request on the public listener.
+fn access_line(
+    req: &Request,
+    peer: Option<IpAddr>,
+    plan: &Result<Plan, Rejection>,
+    started: Instant,
+) {
+    let (status, result, protocol, user) = match plan {
+        Ok(Plan::Upgrade(u)) => {
+            let proto = match &u.target {
+                Target::Envelope { format, .. } => format.name(),
+                Target::Room { .. } => "raw",
+            };
+            let user = u.identity.as_ref().map(|i| i.sub.to_string());
+            (101, "upgrade", proto, user)
+        }
+        Ok(_) => (200, "http", "", None),
+        Err(r) => (r.status(), r.as_str(), "", None),
+    };
+    tracing::info!(
+        target: "shardcast::access",
+        remote = %peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
+        method = %req.method,
+        path = %req.path,
+        protocol,
+        user = user.as_deref().unwrap_or("-"),
+        status,
+        result,
+        duration_us = started.elapsed().as_micros() as u64,
+        "access"
+    );
+}
+
+/// Count a refusal by its reason.
+fn count_refusal(s: &ShardCore, r: &Rejection) {
+    match r {
+        Rejection::Unauthorized(e) => s.my_stats().count_auth_failure(e.as_str()),
+        Rejection::Refused { refusal, .. } => s.my_stats().count_admission_refusal(refusal.index()),
+        _ => {}
     }
 }
 
@@ -36,16 +104,32 @@ fn policy(s: &ShardCore) -> Policy<'_> {
 pub(crate) async fn handshake<S: HttpIo>(
     shard: &ShardRef,
     id: ConnId,
+    peer: Option<IpAddr>,
     stream: &mut S,
     admitted: &mut bool,
 ) -> Option<Upgraded> {
+    let pending = {
+        let mut s = shard.borrow_mut();
+        let jitter = s.life.jitter.next_unit();
+        let p = s.life.admission.begin_handshake(&s.cfg.admission);
+        p.map_err(|r| Rejection::refused(r, jitter))
+    };
+    let _pending = match pending {
+        Ok(p) => p,
+        Err(r) => {
+            count_refusal(&shard.borrow(), &r);
+            return reject(shard, stream, &r).await;
+        }
+    };
+    let started = Instant::now();
     let (req, buf, used) = read_head(shard, stream).await?;
-    let plan = gate::plan_upgrade(&req, &policy(&shard.borrow()));
+    let plan = plan(&mut shard.borrow_mut(), &req, id, peer);
+    if shard.borrow().cfg.access_log {
+        access_line(&req, peer, &plan, started);
+    }
     let up = match plan {
         Err(r) => {
-            if let Rejection::Unauthorized(e) = &r {
-                shard.borrow().my_stats().count_auth_failure(e.as_str());
-            }
+            count_refusal(&shard.borrow(), &r);
             return reject(shard, stream, &r).await;
         }
         Ok(Plan::Health) => return respond(stream, http::response::text(200, "ok\n")).await,
@@ -70,6 +154,8 @@ pub(crate) async fn handshake<S: HttpIo>(
         deflate,
         shared_deflate,
         identity,
+        tickets,
+        evict,
     } = up;
     stream.send(response).await.ok()?;
     let session = open(
@@ -84,10 +170,14 @@ pub(crate) async fn handshake<S: HttpIo>(
         Some(rest) if !rest.is_empty() => BytesMut::from(rest),
         _ => BytesMut::new(),
     };
+    if let Some(h) = evict {
+        shard.borrow_mut().evict(h, Instant::now());
+    }
     Some(Upgraded {
         session,
         rbuf,
         deflate,
+        tickets,
     })
 }
 
@@ -107,7 +197,7 @@ async fn read_head<S: HttpIo>(
             Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
-        let parsed = gate::parse_head(&buf, &policy(&shard.borrow()));
+        let parsed = gate::parse_head(&buf, &policy(&shard.borrow(), None));
         match parsed {
             Ok(None) => continue,
             Ok(Some((req, used))) => return Some((req, buf, used)),
