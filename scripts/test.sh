@@ -16,6 +16,7 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v gcc >/dev/null || need+=(gcc)
 command -v ss >/dev/null || need+=(iproute2)
 command -v curl >/dev/null || need+=(curl)  # the TLS suite: curl --cacert against the daemon
+command -v openssl >/dev/null || need+=(openssl)  # Autobahn over wss: a self-signed certificate
 command -v python3 >/dev/null || need+=(python3 python3-pip python3-venv)
 command -v python3 >/dev/null && ! python3 -m venv --help >/dev/null 2>&1 && need+=(python3-venv)
 if ((${#need[@]})); then
@@ -55,6 +56,12 @@ else
   echo "Autobahn|Testsuite needs CPython 2.7, which this machine lacks (pyenv install 2.7.18, or"
   echo "set AUTOBAHN_PYTHON27); every other step runs."
 fi
+
+# The same client over wss:// (a self-signed certificate made at run time; shardcast with [tls]):
+# cases 1-10 (framing, pings, reserved bits, opcodes, fragmentation, UTF-8, close, limits).
+step "Autobahn fuzzingclient over wss:// (TLS), io_uring, cases 1-10"
+AUTOBAHN_NO_BUILD=1 AUTOBAHN_TLS=1 AUTOBAHN_DAEMON_ARGS="--io-driver io_uring" \
+  AUTOBAHN_CASES='["1.*","2.*","3.*","4.*","5.*","6.*","7.*","8.*","9.*","10.*"]' bash tests/autobahn/run.sh
 
 step "third-party clients: Python websockets (permessage-deflate), the envelope protocol suite (cbor2), auth (PyJWT), TLS (wss:// and HTTPS with curl)"
 bash tests/python/run.sh
