@@ -16,6 +16,7 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v gcc >/dev/null || need+=(gcc)
 command -v ss >/dev/null || need+=(iproute2)
 command -v curl >/dev/null || need+=(curl)  # the TLS suite: curl --cacert against the daemon
+command -v openssl >/dev/null || need+=(openssl)  # Autobahn over wss: a self-signed certificate
 command -v python3 >/dev/null || need+=(python3 python3-pip python3-venv)
 command -v python3 >/dev/null && ! python3 -m venv --help >/dev/null 2>&1 && need+=(python3-venv)
 if ((${#need[@]})); then
@@ -50,6 +51,13 @@ if bash tests/autobahn/setup.sh --check; then
 
   step "Autobahn fuzzingclient, epoll (all but the 84 slow compression cases)"
   AUTOBAHN_REPORTS="$PWD"/target/autobahn-reports/epoll AUTOBAHN_NO_BUILD=1 AUTOBAHN_DAEMON_ARGS="--io-driver epoll" bash tests/autobahn/run.sh
+
+  # The same client over wss:// (a self-signed certificate made at run time; shardcast with
+  # [tls]): cases 1-10 (framing, pings, reserved bits, opcodes, fragmentation, UTF-8, close, limits).
+  step "Autobahn fuzzingclient over wss:// (TLS), io_uring, cases 1-10"
+  AUTOBAHN_REPORTS="$PWD"/target/autobahn-reports/wss AUTOBAHN_NO_BUILD=1 AUTOBAHN_TLS=1 \
+    AUTOBAHN_DAEMON_ARGS="--io-driver io_uring" \
+    AUTOBAHN_CASES='["1.*","2.*","3.*","4.*","5.*","6.*","7.*","8.*","9.*","10.*"]' bash tests/autobahn/run.sh
 else
   step "Autobahn fuzzingclient: SKIPPED"
   echo "Autobahn|Testsuite needs CPython 2.7, which this machine lacks (pyenv install 2.7.18, or"

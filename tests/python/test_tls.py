@@ -15,12 +15,13 @@ and checked with independent clients that trust only the test CA:
   - a plain HTTP request on the TLS port gets a plain-text 400, garbage gets the connection
     closed, and the daemon keeps serving (no panic);
 and start-up refusals: a missing certificate file, a certificate whose key does not match, a
-[tls] without key_file: `config check` and the daemon exit non-zero naming the key.
+[tls] without key_file: `config check` and the daemon exit non-zero naming the key; and SIGHUP
+re-reads the certificate files (new connections get the new certificate, open ones stay).
 
 Usage: python tests/python/test_tls.py
   SHARDCAST_BIN   daemon binary (default: target/release/shardcast of this repository)
 Prints one line per check and a closing 'tls: N passed, N failed'; exits non-zero on any
-failure. Daemon logs: target/python-tls-<driver>.log.
+failure. Daemon logs: target/python-tls-<driver>.log, target/python-tls-reload.log.
 """
 
 import datetime
@@ -92,6 +93,26 @@ def make_pki(d):
                                        data_encipherment=False, key_agreement=False,
                                        encipher_only=False, decipher_only=False), critical=True)
           .sign(ca_key, hashes.SHA256()))
+    key, cert = leaf(ca_key, ca_name, now)
+    key2, cert2 = leaf(ca_key, ca_name, now)
+    files = {
+        "ca": ca.public_bytes(serialization.Encoding.PEM),
+        "cert": cert.public_bytes(serialization.Encoding.PEM),
+        "key": pem_key(key),
+        "cert2": cert2.public_bytes(serialization.Encoding.PEM),
+        "key2": pem_key(key2),
+        "other_key": pem_key(ec.generate_private_key(ec.SECP256R1())),
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = os.path.join(d, f"{name}.pem")
+        with open(paths[name], "wb") as f:
+            f.write(data)
+    return paths
+
+
+def leaf(ca_key, ca_name, now):
+    """A server certificate for localhost / 127.0.0.1 signed by the CA, and its key."""
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
@@ -105,18 +126,7 @@ def make_pki(d):
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
-    files = {
-        "ca": ca.public_bytes(serialization.Encoding.PEM),
-        "cert": cert.public_bytes(serialization.Encoding.PEM),
-        "key": pem_key(key),
-        "other_key": pem_key(ec.generate_private_key(ec.SECP256R1())),
-    }
-    paths = {}
-    for name, data in files.items():
-        paths[name] = os.path.join(d, f"{name}.pem")
-        with open(paths[name], "wb") as f:
-            f.write(data)
-    return paths
+    return key, cert
 
 
 def free_port():
@@ -129,13 +139,14 @@ def write_config(d, name, port, tls_lines):
     path = os.path.join(d, f"{name}.toml")
     with open(path, "w") as f:
         f.write(f'[server]\nlisten = "127.0.0.1:{port}"\nshards = 2\n'
-                f'[api]\nkey = "{API_KEY}"\n[tls]\n{tls_lines}')
+                f'[api]\nkey = "{API_KEY}"\n[admin]\nlisten = ""\n[tls]\n{tls_lines}')
     return path
 
 
 class Daemon:
-    def __init__(self, d, pki, driver):
+    def __init__(self, d, pki, driver, tag=None):
         self.driver, self.port, self.proc = driver, free_port(), None
+        self.tag = tag or driver
         self.path = write_config(d, f"tls-{driver}", self.port,
                                  f'cert_file = "{pki["cert"]}"\nkey_file = "{pki["key"]}"\n')
 
@@ -144,7 +155,7 @@ class Daemon:
                              text=True, timeout=30)
         if not check(f"[{self.driver}] config check accepts [tls]", chk.returncode == 0, chk.stderr):
             return False
-        self.log = open(os.path.join(REPO, "target", f"python-tls-{self.driver}.log"), "wb")
+        self.log = open(os.path.join(REPO, "target", f"python-tls-{self.tag}.log"), "wb")
         self.proc = subprocess.Popen([BIN, "--config", self.path, "--io-driver", self.driver],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         end = time.monotonic() + 15
@@ -330,6 +341,60 @@ def test_plain_on_tls_port(d, pki):
           (d.alive(), out.stdout, out.stderr))
 
 
+def served_cert(d, pki):
+    with tls_socket(d, client_ctx(pki)) as s:
+        return s.getpeercert(binary_form=True)
+
+
+def pem_der(path):
+    with open(path, "rb") as f:
+        return x509.load_pem_x509_certificate(f.read()).public_bytes(serialization.Encoding.DER)
+
+
+def wait_log(d, needle, timeout=10):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with open(d.log.name, "rb") as f:
+            if needle in f.read():
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def test_reload(tmp, pki):
+    """SIGHUP re-reads the certificate files: new connections get the new certificate, open
+    ones stay up."""
+    d = Daemon(tmp, pki, "io_uring", tag="reload")
+    cert, key = os.path.join(tmp, "live-cert.pem"), os.path.join(tmp, "live-key.pem")
+    shutil.copy(pki["cert"], cert)
+    shutil.copy(pki["key"], key)
+    d.path = write_config(tmp, "tls-reload", d.port, f'cert_file = "{cert}"\nkey_file = "{key}"\n')
+    if not d.start():
+        return
+    try:
+        check("[io_uring] reload: serves the first certificate", served_cert(d, pki) == pem_der(pki["cert"]))
+        url = f"wss://localhost:{d.port}/ws/{room('tls-reload')}"
+        with connect(url, ssl=client_ctx(pki), open_timeout=TIMEOUT) as ws:
+            shutil.copy(pki["cert2"], cert)
+            shutil.copy(pki["key2"], key)
+            d.proc.send_signal(signal.SIGHUP)
+            check("[io_uring] reload: SIGHUP: the daemon says it reloaded", wait_log(d, b"reloaded"))
+            check("[io_uring] reload: new connections get the new certificate",
+                  served_cert(d, pki) == pem_der(pki["cert2"]))
+            ws.send("still here")
+            check("[io_uring] reload: an open wss connection is kept", ws.recv(timeout=TIMEOUT) == "still here")
+            # A bad file on reload: refused, the certificate in force stays.
+            with open(cert, "w") as f:
+                f.write("not a certificate\n")
+            d.proc.send_signal(signal.SIGHUP)
+            check("[io_uring] reload: a bad cert_file is refused, naming tls.cert_file",
+                  wait_log(d, b"reload refused") and wait_log(d, b"tls.cert_file"))
+            check("[io_uring] reload: the previous certificate stays in force",
+                  d.alive() and served_cert(d, pki) == pem_der(pki["cert2"]))
+    finally:
+        d.stop()
+
+
 def test_refusals(tmp, pki):
     port = free_port()
     cases = [
@@ -359,6 +424,7 @@ def main():
     try:
         pki = make_pki(tmp)
         run("refusals", lambda: test_refusals(tmp, pki))
+        run("certificate reload (SIGHUP)", lambda: test_reload(tmp, pki))
         for drv in DRIVERS:
             d = Daemon(tmp, pki, drv)
             daemons.append(d)
