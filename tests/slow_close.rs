@@ -11,27 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{daemon, wait_until, Client};
 
-// OPEN DEFECT found by this test (issue #11, must-show 3): the stalled client that starts
-// reading 2 s after being marked slow receives whole frames (what the kernel held), but not the
-// 1008 close frame: the connection ends at close_timeout (EOF 5 s after the mark) with nothing
-// written after the mark. Kept as an ignored test until fixed:
-//   cargo test --release --test slow_close -- --ignored
-mod slow_consumer_close {
-    const OPEN: &str = "open defect: the 1008 close does not reach a late reader (see above)";
-
-    #[test]
-    #[ignore = "open defect: the 1008 close does not reach a late reader"]
-    fn io_uring() {
-        let _ = OPEN;
-        super::slow_consumer_close_is_whole_frames_then_1008_then_eof("io_uring")
-    }
-
-    #[test]
-    #[ignore = "open defect: the 1008 close does not reach a late reader"]
-    fn epoll() {
-        super::slow_consumer_close_is_whole_frames_then_1008_then_eof("epoll")
-    }
-}
+both_drivers!(slow_consumer_close_is_whole_frames_then_1008_then_eof);
 
 /// Size of message `k`: varied (1.5–7.5 KiB), so a frame cut short or resumed in the wrong
 /// place cannot pass for another one.
@@ -51,6 +31,8 @@ struct Outcome {
     messages: u32,
     close_code: Option<u16>,
     bytes_after_close: usize,
+    /// Bytes of a frame left incomplete when the stream ended (a frame cut short).
+    partial: usize,
     eof: bool,
 }
 
@@ -66,6 +48,7 @@ fn read_stream(s: &mut std::net::TcpStream, deadline: Duration) -> Outcome {
         messages: 0,
         close_code: None,
         bytes_after_close: 0,
+        partial: 0,
         eof: false,
     };
     let mut at = 0;
@@ -73,6 +56,9 @@ fn read_stream(s: &mut std::net::TcpStream, deadline: Duration) -> Outcome {
         match s.read(&mut tmp) {
             Ok(0) => {
                 out.eof = true;
+                if out.close_code.is_none() {
+                    out.partial = buf.len() - at;
+                }
                 break;
             }
             Ok(n) => buf.extend_from_slice(&tmp[..n]),
@@ -173,6 +159,7 @@ fn slow_consumer_close_is_whole_frames_then_1008_then_eof(driver: &str) {
     assert!(got.messages > 0, "{got:?}");
     assert_eq!(got.close_code, Some(1008), "{got:?}");
     assert_eq!(got.bytes_after_close, 0, "{got:?}");
+    assert_eq!(got.partial, 0, "a frame cut short: {got:?}");
     assert!(got.eof, "no EOF after the close: {got:?}");
     assert!(
         marked.elapsed() < CLOSE_TIMEOUT,

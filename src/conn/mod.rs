@@ -44,6 +44,9 @@ pub(crate) struct Membership {
 
 /// The room tag of queued frames that belong to no room.
 pub(crate) const NO_ROOM: u32 = u32::MAX;
+/// The tag of the rest of a frame whose beginning is already in the socket (a partial direct
+/// send): no policy may discard it, or the stream would carry a frame cut in half.
+pub(crate) const REST_OF_SENT: u32 = u32::MAX - 1;
 
 /// Size of one pooled read buffer.
 pub(crate) const READ_BUF_SIZE: usize = 64 * 1024;
@@ -70,8 +73,9 @@ pub(crate) struct Conn {
     pub(crate) fd: RawFd,
     pub(crate) phase: Phase,
     /// Frames waiting for the writer task.
-    /// Each with the room it was broadcast to ([`NO_ROOM`] for replies, control frames and the
-    /// rest of a partly written frame), for the per-room slow-consumer policies.
+    /// Each with the room it was broadcast to ([`NO_ROOM`] for replies and control frames,
+    /// [`REST_OF_SENT`] for the rest of a partly written frame), for the per-room slow-consumer
+    /// policies.
     pub(crate) queue: VecDeque<(Bytes, u32)>,
     /// Bytes queued or in flight, like the browser's `bufferedAmount`.
     pub(crate) buffered: usize,
@@ -404,7 +408,7 @@ impl Conn {
         }
         let rest = frame.slice(n..);
         self.buffered += rest.len();
-        self.queue.push_back((rest, NO_ROOM));
+        self.queue.push_back((rest, REST_OF_SENT));
         self.wake_writer();
         Some(Direct::Partial)
     }
@@ -422,9 +426,12 @@ impl Conn {
             return;
         }
         if discard_queue {
-            let freed: usize = self.queue.iter().map(|(b, _)| b.len()).sum();
+            // Keep the rest of a frame already partly in the socket: the close frame must
+            // follow whole frames only.
+            let keep = usize::from(self.queue.front().is_some_and(|f| f.1 == REST_OF_SENT));
+            let freed: usize = self.queue.iter().skip(keep).map(|(b, _)| b.len()).sum();
             self.buffered -= freed;
-            self.queue.clear();
+            self.queue.truncate(keep);
             self.queue.shrink_to_fit();
             self.drop_in_flight = self.tls.is_none();
         }
@@ -601,6 +608,43 @@ mod tests {
 
     fn frame(n: u8, len: usize) -> Bytes {
         Bytes::from(vec![n; len])
+    }
+
+    #[test]
+    fn a_slow_consumer_close_keeps_the_rest_of_a_partly_sent_frame() {
+        let mut c = conn();
+        // A direct send wrote the start of a frame; its rest waits at the front of the queue.
+        c.queue.push_back((frame(7, 40), REST_OF_SENT));
+        c.buffered = 40;
+        for _ in 0..3 {
+            c.push_broadcast(&frame(1, 50), 1000, SlowConsumer::Close, RoomId(0));
+        }
+        c.start_close(
+            CloseCode::POLICY,
+            "slow consumer",
+            Tick::at(Instant::now()),
+            true,
+        );
+        let close = encode_close(CloseCode::POLICY, "slow consumer");
+        assert_eq!(
+            c.queue.len(),
+            2,
+            "the rest of the cut frame, then the close"
+        );
+        assert_eq!(c.queue[0].0, frame(7, 40));
+        assert_eq!(c.queue[1].0, close);
+        assert_eq!(c.buffered, 40 + close.len());
+        // Without a partly sent frame, everything queued goes.
+        let mut c = conn();
+        c.push_broadcast(&frame(1, 50), 1000, SlowConsumer::Close, RoomId(0));
+        c.start_close(
+            CloseCode::POLICY,
+            "slow consumer",
+            Tick::at(Instant::now()),
+            true,
+        );
+        assert_eq!(c.queue.len(), 1);
+        assert_eq!(c.buffered, close.len());
     }
 
     fn firsts(c: &Conn) -> Vec<(u8, u32)> {

@@ -13,8 +13,10 @@
 # an address another socket still listens on (unless --takeover).
 #
 # SIGNAL KILL: the abrupt cut (every client sees EOF). TERM: shardcast's graceful drain (close
-# 1001 to every client, then exit within shutdown.drain_timeout); the new server starts only
-# once the old one has exited.
+# to every client, then exit within shutdown.drain_timeout); the new server starts only once the
+# old one has exited. takeover: no signal and no wait: CMD is started with --takeover (shardcast
+# joins the old process's SO_REUSEPORT group, then tells it to drain: its clients are closed
+# with 1012 over drain_timeout and come back to the new one).
 set -euo pipefail
 port=""
 if [ "${1:-}" = --port ]; then port="$2"; shift 2; fi
@@ -32,6 +34,12 @@ alive() {
   [ "$n" -gt 1 ]
 }
 
+if [ "$sig" = takeover ]; then
+  setsid "$@" --takeover >>"$log" 2>&1 </dev/null &
+  echo "$!" >"$pidfile"
+  echo "$!"
+  exit 0
+fi
 old="$(cat "$pidfile")"
 kill -"$sig" "$old"
 deadline=$((SECONDS + 60))

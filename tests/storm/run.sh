@@ -5,8 +5,9 @@
 #   storm    10,000 raw-room clients cut at once, reconnecting with full-jitter backoff that
 #            honours Retry-After: (1) the daemon restarted (SIGKILL, started again on the same
 #            port), (2) the connections cut 3 times in one daemon process (`ss -K`), for RSS and
-#            FDs back to baseline, (3) the same cut with [admission] handshakes_per_second set,
-#            so clients are refused with 503 + Retry-After and must come back by it.
+#            FDs back to baseline, (3) a restart by `--takeover` (the old process drains its
+#            clients over 5 s to the new one), (4) a cut with [admission] handshakes_per_second
+#            set, so clients are refused with 503 + Retry-After and must come back by it.
 #   flood    a 1,000-subscriber room at 20 messages/s, measured alone and while 15,000
 #            connections flood the daemon: silent (slowloris), half a request head, garbage.
 #   stalled  5,000 clients that never read in a busy room with 100 fast members: the memory per
@@ -165,6 +166,12 @@ storm() {
       stop
     done
   done
+  log "storm: $clients clients, shardcast restarted by --takeover (drain over 5 s; deadline 120 s)"
+  start shardcast "$HERE/takeover.toml" || { FAILS=$((FAILS + 1)); return; }
+  lg storm-takeover storm --url "ws://127.0.0.1:$PORT" --clients "$clients" --server-pid "$SRV_PID" \
+    --label takeover --cut-cmd "$HERE/restart.sh $PIDFILE takeover $SRVLOG $SRV_CMD"
+  verdict storm "$OUT/storm-takeover.json" --mode restart
+  stop
   [ -n "${nocut:-}" ] && return 0
   log "storm: 5000 clients cut, [admission] handshakes_per_second = 2000 (503 + Retry-After)"
   start shardcast "$HERE/admission.toml" || { FAILS=$((FAILS + 1)); return; }
@@ -231,9 +238,21 @@ stalled() {
   fi
 }
 
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml || echo ' (+ uncommitted changes)')"
+  echo "kernel: $(uname -r), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+  echo "rustc: $(rustc --version 2>/dev/null)"
+  echo "node: $(node --version 2>/dev/null || echo none)"
+  for k in net/core/somaxconn net/ipv4/tcp_max_syn_backlog net/ipv4/tcp_wmem net/ipv4/tcp_rmem net/ipv4/tcp_mem; do
+    echo "$k: $(cat "/proc/sys/$k")"
+  done
+  echo "full: $FULL"
+} >"$OUT/env.txt"
 only storm && storm
 only flood && flood
 only stalled && stalled
+rm -f "$OUT"/*.pid "$OUT"/*.ready
 log "results in $OUT"
 if [ "$FAILS" -gt 0 ]; then log "$FAILS check(s) failed"; exit 1; fi
 log "all storm, flood and stalled-client checks passed"

@@ -323,10 +323,7 @@ impl Fleet {
 
     fn on_readable(&mut self, i: usize) {
         let mut buf = std::mem::take(&mut self.rbuf);
-        loop {
-            let Some(s) = self.clients[i].stream.as_mut() else {
-                break;
-            };
+        while let Some(s) = self.clients[i].stream.as_mut() {
             match s.read(&mut buf) {
                 Ok(0) => {
                     self.broken(i, "eof".into());
@@ -409,9 +406,11 @@ impl Fleet {
             }
             match b0 & 0x0f {
                 0x8 => {
-                    let code = (payload.len() >= 2)
-                        .then(|| u16::from_be_bytes([payload[0], payload[1]]))
-                        .unwrap_or(1005);
+                    let code = if payload.len() >= 2 {
+                        u16::from_be_bytes([payload[0], payload[1]])
+                    } else {
+                        1005
+                    };
                     if self.clients[i].st == St::Closing {
                         continue; // our close answered; the FIN follows
                     }

@@ -20,8 +20,8 @@ use crate::fleet::io_kind;
 use crate::hist::Hist;
 use crate::{Args, Report};
 
-pub const HELP: &str = "\
-  flood   --kind silent|halfhead|garbage --connections N (15000) [--duration S (0 = until
+pub const HELP: &str =
+    "  flood   --kind silent|halfhead|garbage --connections N (15000) [--duration S (0 = until
           SIGTERM/SIGINT)] [--reopen-rate R (5000)] [--garbage-bytes B (512)]
           [--source-base A.B.C.D (127.0.1.1)] [--sources K (16)] [--ready-file PATH]
           keep N hostile connections open that never upgrade: silent (connect, send nothing),

@@ -13,8 +13,8 @@ use crate::probe::{page_size, server_sockets, sockstat, SockSum};
 use crate::procstat::rss_kib;
 use crate::{Args, Report};
 
-pub const HELP: &str = "\
-  stalled --stalled S (5000) --subscribers N (100) --rate R (100) [--rcvbuf B (4096)]
+pub const HELP: &str =
+    "  stalled --stalled S (5000) --subscribers N (100) --rate R (100) [--rcvbuf B (4096)]
           [--bound-bytes X] [--fill-timeout SECS (60)]
           S clients that never read (SO_RCVBUF B) join the fan-out room; then fanout --rate R
           with N fast subscribers. Before the traffic and once the stalled queues are full (the

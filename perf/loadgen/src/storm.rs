@@ -16,21 +16,22 @@ use crate::probe::{fds, sockstat};
 use crate::procstat::rss_kib;
 use crate::{Args, Report};
 
-pub const HELP: &str = "\
-  storm   --clients N (10000) --cut-cmd CMD [--room-size K (0 = one room)] [--base-ms 500]
-          [--cap-ms 20000] [--handshake-timeout S (10)] [--deadline S (120)] [--settle S (2)]
-          [--cuts C (1)] [--seed X]
-          N raw-room clients connect; then `sh -c CMD` cuts them all: a restart (CMD prints the
-          new server's PID as its last output word and exits, with the server's own output
-          redirected away from its stdout; see tests/storm/restart.sh), or a cut of the
-          connections only (`ss -K state established '( sport = :PORT )' >/dev/null`: the same
-          server process), C times in a row (fields of cut k >= 2 end in _k). Every client reconnects on its
-          own: first retry after uniform [0, base), then uniform [0, min(cap, base*2^k)),
-          never before a 429/503's Retry-After. Reports time until all are back, per-client
-          reconnect p50/p99, failed attempts by kind, server RSS/FDs (idle, before the cut,
-          peak, after all are back, after they leave), and checks that one message per room
-          reaches every client. Exit 2 if not all came back, an attempt timed out, or a
-          refusal was other than 429/503 with Retry-After (\"refused\" = nothing listening).
+pub const HELP: &str =
+    "  storm   --clients N (10000) --cut-cmd CMD [--room-size K (0 = one room)] [--cuts C (1)]
+          [--base-ms 500] [--cap-ms 20000] [--handshake-timeout S (10)] [--deadline S (120)]
+          [--settle S (2)] [--seed X]
+          N raw-room clients connect; then `sh -c CMD` cuts them all, C times: a restart (CMD
+          prints the new server's PID as its last output word and exits, the server's own
+          output sent elsewhere; see tests/storm/restart.sh) or a cut of the connections only
+          (`ss -K state established '( sport = :PORT )' >/dev/null`: the same process). Fields
+          of cut k >= 2 end in _k. Every client reconnects on its own: first retry after
+          uniform [0, base), then uniform [0, min(cap, base*2^k)); a 429/503 with Retry-After N
+          waits N s + uniform [0, 1 s). Reports time until all are back, per-client reconnect
+          p50/p99, failed attempts by kind (apart for attempts begun while CMD ran), server
+          RSS/FDs (idle, before the cut, peak, after all are back, after they leave), and checks
+          that one message per room reaches every client. Exit 2 if not all came back or an
+          attempt after the cut failed other than \"refused\" (nothing listening) or 429/503
+          with Retry-After.
 ";
 
 const KNOWN: &[&str] = &[
