@@ -900,15 +900,15 @@ class StalledClient:
             self.buf += chunk
 
     def read_until(self, data, timeout=30):
-        """Read messages until one carries `data`: the list of messages before it."""
+        """Read messages until one carries `data`: the list of messages up to and including it."""
         out, end = [], time.monotonic() + timeout
         while time.monotonic() < end:
             f = self.next()
             if f.get("op") != "message":
                 continue
+            out.append(f)
             if f.get("data") == data:
                 return out
-            out.append(f)
         raise TimeoutError(f"no message {data!r} within {timeout} s")
 
 
@@ -943,6 +943,8 @@ def test_gap_marker(policy):
     check(f"gap {policy}: stalled client reads to the end", msgs is not None, got.get("error"))
     if msgs is None:
         return
+    # The last message ("end") counts too: when every frame after the queued ones was lost, the
+    # first message after the loss is the "end" that stopped the reader.
     prev, wrong, gaps = slow.subscribed.get("seq", 0), [], 0
     for m in msgs:
         jumped = m["seq"] != prev + 1
