@@ -114,7 +114,7 @@ fn envelope_client(d: &ChildDaemon) -> (Client, u64) {
 
 /// The status page's slow-consumer close counter (0 if the page cannot be read).
 fn slow_consumer_closes(d: &ChildDaemon) -> u64 {
-    let Ok((_, page)) = http_request(d.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n") else {
+    let Ok((_, page)) = http_request(d.addr, "GET /status HTTP/1.1\r\nHost: x\r\n\r\n") else {
         return 0;
     };
     page.split("slow-consumer closes</td><td>")

@@ -92,7 +92,8 @@ fn ten_thousand_connections_all_receive_a_broadcast() {
     let mut publisher = Client::connect(d.addr, "/ws/big-room");
     // Wait until the daemon has registered all of them (the status page counts connections).
     common::wait_until(Duration::from_secs(30), "10,001 connections", || {
-        common::http_raw(d.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").contains("<td>10001</td>")
+        common::http_raw(d.addr, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+            .contains("<td>10001</td>")
     });
     let t1 = Instant::now();
     publisher.send_text("to everyone");

@@ -507,13 +507,48 @@ fn http_endpoints(driver: &str) {
     let addr = d.local_addr();
     let r = http_raw(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("ok\n"), "{r}");
-    let r = http_raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = http_raw(addr, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(
         r.starts_with("HTTP/1.1 200") && r.contains("shardcast"),
         "{r}"
     );
     let r = http_raw(addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    // The embedded files: the demos' index at / and the JavaScript client.
+    let r = http_raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("/cursor") && r.contains("/chat"),
+        "{r}"
+    );
+    let r = http_raw(
+        addr,
+        b"GET /client/shardcast.js HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("Content-Type: text/javascript"),
+        "{r}"
+    );
+    let r = http_raw(addr, b"HEAD /chat HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("\r\n\r\n"),
+        "{r}"
+    );
+    d.stop().unwrap();
+    // Without the demo pages, / is the status page and the demos are not found; the client stays.
+    let d = daemon(driver, "[server]\ndemo_pages = false\n");
+    let addr = d.local_addr();
+    let r = http_raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("<td>connections</td>"),
+        "{r}"
+    );
+    let r = http_raw(addr, b"GET /cursor HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    let r = http_raw(
+        addr,
+        b"GET /client/shardcast.js HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     d.stop().unwrap();
 }
 

@@ -195,6 +195,8 @@ pub struct ServerSection {
     pub allowed_origins: Option<Vec<String>>,
     /// Refuse upgrades without an `Origin` header.
     pub require_origin: Option<bool>,
+    /// Serve the demo pages at `/`, `/cursor`, `/chat`.
+    pub demo_pages: Option<bool>,
 }
 
 /// `shards = "auto"` or `shards = N`.

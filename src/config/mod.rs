@@ -107,6 +107,8 @@ pub struct Config {
     pub pin_cores: bool,
     /// I/O driver.
     pub io_driver: IoDriver,
+    /// `[server] demo_pages`: serve the demo pages (`/`, `/cursor`, `/chat`).
+    pub demo_pages: bool,
     /// Listen backlog.
     pub backlog: u32,
     /// Cross-shard inbox capacity per shard.
@@ -348,6 +350,7 @@ impl Default for Config {
             shards: available_cores(),
             pin_cores: false,
             io_driver: IoDriver::Auto,
+            demo_pages: true,
             backlog: 4096,
             inbox_capacity: 8192,
             max_connections: 100_000,

@@ -86,6 +86,9 @@ fn server(c: &mut Config, s: ServerSection) -> Result<(), ConfigError> {
     if let Some(d) = s.io_driver {
         c.io_driver = parse_io_driver(&d)?;
     }
+    if let Some(d) = s.demo_pages {
+        c.demo_pages = d;
+    }
     if let Some(b) = s.backlog {
         if b == 0 {
             return Err(invalid("server.backlog", "must be greater than zero"));

@@ -61,8 +61,10 @@ pub enum Plan {
     Api,
     /// `GET /healthz`.
     Health,
-    /// `GET /`: the status page.
+    /// `GET /status` (and `GET /` without the demo pages): the status page.
     Status,
+    /// An embedded file: the JavaScript client or a demo page (`http::assets`).
+    Asset(&'static crate::http::assets::Asset),
 }
 
 /// An admitted WebSocket upgrade.
@@ -358,8 +360,12 @@ fn route(req: &Request, policy: &Policy) -> Result<Routed, Rejection> {
     }
     match req.path.as_str() {
         "/healthz" => Ok(Routed::Plan(Plan::Health)),
-        "/" => Ok(Routed::Plan(Plan::Status)),
-        _ => Err(Rejection::NotFound),
+        "/status" => Ok(Routed::Plan(Plan::Status)),
+        path => match crate::http::assets::find(path, policy.cfg.demo_pages) {
+            Some(asset) => Ok(Routed::Plan(Plan::Asset(asset))),
+            None if path == "/" => Ok(Routed::Plan(Plan::Status)),
+            None => Err(Rejection::NotFound),
+        },
     }
 }
 

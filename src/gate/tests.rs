@@ -230,7 +230,8 @@ fn pages_and_unknown_paths() {
     let p = policy();
     assert_eq!(plan(&head("GET", "/healthz", ""), &p), Ok(Plan::Health));
     assert_eq!(plan(&head("HEAD", "/healthz", ""), &p), Ok(Plan::Health));
-    assert_eq!(plan(&head("GET", "/", ""), &p), Ok(Plan::Status));
+    assert_eq!(plan(&head("GET", "/status", ""), &p), Ok(Plan::Status));
+    assert!(matches!(plan(&head("GET", "/", ""), &p), Ok(Plan::Asset(a)) if a.path == "/"));
     let e = plan(&head("GET", "/nope", ""), &p).unwrap_err();
     assert_eq!((e.clone(), e.status()), (Rejection::NotFound, 404));
     let e = plan(&head("POST", "/", ""), &p).unwrap_err();

@@ -303,6 +303,24 @@ pub fn http_response(status: u16, content_type: &str, extra_headers: &str, body:
     .into_bytes()
 }
 
+/// An HTTP/1.1 response with a byte body; `len` is the `Content-Length` (the body's length, or
+/// the length a `HEAD` answer announces without sending it).
+pub fn http_response_bytes(
+    status: u16,
+    content_type: &str,
+    extra_headers: &str,
+    body: &[u8],
+    len: usize,
+) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n{extra_headers}\r\n",
+        reason = reason_phrase(status),
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
 /// Standard reason phrase.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {

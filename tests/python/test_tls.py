@@ -245,8 +245,8 @@ def test_https(d, pki):
     out = curl(d, pki, "/healthz")
     check(f"[{d.driver}] curl --cacert https /healthz", out.returncode == 0 and out.stdout == "ok\n",
           (out.returncode, out.stdout, out.stderr))
-    out = curl(d, pki, "/")
-    check(f"[{d.driver}] curl https / (status page)", out.returncode == 0 and "shardcast" in out.stdout,
+    out = curl(d, pki, "/status")
+    check(f"[{d.driver}] curl https /status (status page)", out.returncode == 0 and "shardcast" in out.stdout,
           (out.returncode, out.stdout[:200], out.stderr))
     out = curl(d, pki, "/api/rooms", "-H", f"Authorization: Bearer {API_KEY}")
     check(f"[{d.driver}] curl https /api/rooms", out.returncode == 0 and "rooms" in json.loads(out.stdout),

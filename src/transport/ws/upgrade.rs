@@ -137,6 +137,10 @@ pub(crate) async fn handshake<S: HttpIo>(
             let page = http::pages::status(&shard.borrow().stats);
             return respond(stream, page).await;
         }
+        Ok(Plan::Asset(asset)) => {
+            let head = req.method == "HEAD";
+            return respond(stream, http::assets::response(asset, head)).await;
+        }
         Ok(Plan::Api) => {
             http::api::serve(shard, stream, &req, &buf[used..]).await;
             return None;
