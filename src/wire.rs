@@ -425,7 +425,10 @@ impl Encoder {
             .compressor
             .get_or_insert_with(|| Box::new(Compressor::new(level, 15)));
         ShardStats::add(&stats.compressions, 1);
-        Some(c.compress_frame(op, payload, true))
+        let frame = c.compress_frame(op, payload, true);
+        ShardStats::add(&stats.deflate_in_bytes, payload.len() as u64);
+        ShardStats::add(&stats.deflate_out_bytes, frame.len() as u64);
+        Some(frame)
     }
 
     /// The encoding of `b` for `wire` (made now if nobody made it yet); `None` when it does not

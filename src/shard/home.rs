@@ -94,7 +94,10 @@ impl ShardCore {
             return;
         }
         let b = Arc::new(Bcast::raw_sequenced(room, r.seq, tick, frames));
-        r.keep(b.clone(), size, max_bytes);
+        let evicted = r.keep(b.clone(), size, max_bytes);
+        if evicted > 0 {
+            ShardStats::add(&self.stats.shard(self.id.0).history_evictions, evicted);
+        }
         if envelope_members {
             self.home_fanout(b, now);
         }
@@ -124,7 +127,10 @@ impl ShardCore {
             },
             from.map(|c| (c.shard, c.id)),
         ));
-        r.keep(b.clone(), size, max_bytes);
+        let evicted = r.keep(b.clone(), size, max_bytes);
+        if evicted > 0 {
+            ShardStats::add(&self.stats.shard(self.id.0).history_evictions, evicted);
+        }
         self.home_fanout(b, now);
         seq
     }

@@ -240,6 +240,9 @@ impl ShardCore {
             c.start_close(CloseCode::POLICY, "slow consumer", deadline, true);
             self.stats.shard(self.id.0).count_close(CloseCode::POLICY.0);
             ShardStats::add(&self.stats.shard(self.id.0).slow_consumer_closes, 1);
+            self.stats
+                .shard(self.id.0)
+                .count_slow_consumer(crate::config::SlowConsumer::Close, 1);
         }
         self.kick(id);
     }

@@ -165,7 +165,13 @@ impl ShardCore {
         self.drain_due(now);
         self.life.expired = expired;
         let cfg = self.cfg.clone();
-        self.home.sweep(now, |room| cfg.history_in(room).1);
+        if let Some(t) = self.home.sweep(now, |room| cfg.history_in(room).1) {
+            let st = self.stats.shard(self.id.0);
+            ShardStats::add(&st.history_evictions, t.expired);
+            ShardStats::set(&st.history_messages, t.messages);
+            ShardStats::set(&st.history_bytes, t.bytes);
+            ShardStats::set(&st.presence_members, t.presence);
+        }
         if self.id.0 == 0 {
             self.life.admission.purge();
         }
