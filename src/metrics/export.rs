@@ -146,6 +146,21 @@ const COUNTERS: &[Field] = &[
         |s| &s.dedicated_compressions,
     ),
     (
+        names::SSE_ENCODINGS,
+        "Broadcasts made into Server-Sent Events (once per message)",
+        |s| &s.sse_encodings,
+    ),
+    (
+        names::SSE_STREAMS,
+        "Server-Sent Events streams opened",
+        |s| &s.sse_streams,
+    ),
+    (
+        names::SSE_POSTS,
+        "Client operations posted to Server-Sent Events streams",
+        |s| &s.sse_posts,
+    ),
+    (
         names::HISTORY_EVICTIONS,
         "Kept messages dropped by a room's size, byte cap or ttl",
         |s| &s.history_evictions,

@@ -102,6 +102,12 @@ pub struct ShardStats {
     /// Presence entries (envelope subscriptions) in the rooms this shard is home for (gauge,
     /// set by the sweep).
     pub presence_members: AtomicU64,
+    /// Broadcasts made into Server-Sent Events (once per message, however many SSE streams).
+    pub sse_encodings: AtomicU64,
+    /// SSE streams opened (`GET /sse`).
+    pub sse_streams: AtomicU64,
+    /// Client operations posted to streams (`POST /sse/{stream}`) and carried out.
+    pub sse_posts: AtomicU64,
 }
 
 /// The labels of [`ShardStats::slow_consumer_actions`], in index order.

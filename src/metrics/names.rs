@@ -90,3 +90,9 @@ pub const HISTORY_BYTES: &str = "history_bytes";
 pub const HISTORY_EVICTIONS: &str = "history_evictions_total";
 /// Presence entries (envelope subscriptions) of the rooms (gauge, per home shard).
 pub const PRESENCE_MEMBERS: &str = "presence_members";
+/// Broadcasts made into Server-Sent Events (once per message, however many streams).
+pub const SSE_ENCODINGS: &str = "sse_encodings_total";
+/// Server-Sent Events streams opened.
+pub const SSE_STREAMS: &str = "sse_streams_total";
+/// Client operations posted to streams and carried out.
+pub const SSE_POSTS: &str = "sse_posts_total";

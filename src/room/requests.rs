@@ -140,6 +140,13 @@ pub(crate) enum ApiReq {
     Rooms,
     /// Every room this shard is home to: members and seq (the admin page's top rooms).
     RoomStats,
+    /// A client operation for the Server-Sent Events stream `(uid, secret)` on this shard,
+    /// from a post with `user`'s token.
+    SsePost {
+        stream: (u64, u64),
+        user: Option<String>,
+        body: Vec<u8>,
+    },
 }
 
 /// The answer to an [`ApiReq`].
@@ -150,4 +157,6 @@ pub(crate) enum ApiAnswer {
     Rooms(Vec<(Arc<str>, u64)>),
     /// (room, members, seq).
     RoomStats(Vec<(Arc<str>, u64, u64)>),
+    /// What became of an [`ApiReq::SsePost`].
+    Posted(crate::session::sse::Posted),
 }

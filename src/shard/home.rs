@@ -358,6 +358,9 @@ impl ShardCore {
                     .map(|(n, r)| (n.clone(), r.members()))
                     .collect(),
             ),
+            ApiReq::SsePost { stream, user, body } => {
+                ApiAnswer::Posted(self.post_sse(stream, user.as_deref(), &body, now))
+            }
             ApiReq::RoomStats => ApiAnswer::RoomStats(
                 self.home
                     .rooms

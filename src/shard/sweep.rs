@@ -152,6 +152,11 @@ impl ShardCore {
                 Verdict::Keep => {}
                 Verdict::Ping => {
                     c.last_ping = tick;
+                    if c.wire == crate::wire::Wire::Sse {
+                        // An event stream never answers: its comment line keeps proxies from
+                        // timing it out, and a dead client shows as a failed write.
+                        c.last_seen = tick;
+                    }
                     c.push_control(ping.clone());
                     kick.push(ConnId(i));
                 }
