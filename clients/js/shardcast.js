@@ -894,7 +894,7 @@ export class Client extends Emitter {
     for (const r of this._queue.drain()) r.reject(err);
     for (const sub of this._subs.values()) sub.state = "unsubscribed";
     this._subs.clear();
-    this._setState("closed", { code: info.code, reason: info.reason });
+    this._setState("closed", { code: info.code, reason: info.reason, status: info.status });
   }
 
   // -- token refresh ---------------------------------------------------------------------------

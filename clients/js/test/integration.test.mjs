@@ -132,6 +132,21 @@ test("history: all, since and limit, with the room's epoch", async () => {
   assert.equal(s.seq, 5);
 });
 
+test("answers for the same op and room in flight together are matched to their requests", async () => {
+  const sc = client();
+  const r = room();
+  for (const n of range(1, 6)) await sc.publish(r, n);
+  const pages = await Promise.all([
+    sc.history(r, { since: 4 }),
+    sc.history(r, { since: 0, limit: 2 }),
+    sc.history(r, { since: 2, limit: 1 }),
+  ]);
+  assert.deepEqual(
+    pages.map((p) => p.messages.map((m) => m.seq)),
+    [[5, 6], [1, 2], [3]],
+  );
+});
+
 test("server errors reject with the code; a refused subscribe emits error and ends", async () => {
   const sc = client();
   await assert.rejects(sc.publish("bad room!", 1), (e) => e.code === "bad_room" && typeof e.reason === "string");
@@ -252,6 +267,9 @@ test("resume across a connection cut: 500 numbered messages arrive exactly once,
     ["disconnected", "connecting", "connected"],
   );
   assert.equal(sub.seq, got.got[499].seq);
+  // The same session on every connection of the client.
+  assert.equal(tw.list.length, 2);
+  for (const w of tw.list) assert.equal(new URL(w.url).searchParams.get("session"), subC.session);
 });
 
 test("publishes made while disconnected are queued (bounded) and sent after the reconnect", async () => {

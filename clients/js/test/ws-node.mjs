@@ -5,7 +5,8 @@
 // Test extras: `destroySocket()` cuts the TCP connection without a close frame (the client
 // sees 1006, as after a network failure); `status` is the HTTP status of a refused upgrade;
 // `frames` (when `record` is set on the class) keeps every text message received; a subclass
-// may set `static before = async (ws) => {}` to hold the connection until a test releases it.
+// may set `static before = async (ws) => {}` to hold the connection until a test releases it;
+// `dropIncoming = (data) => bool` hides received messages from the application (lost replies).
 
 import net from "node:net";
 import tls from "node:tls";
@@ -27,6 +28,7 @@ export class NodeWebSocket {
     this.protocol = "";
     this.extensions = "";
     this.status = null;
+    this.dropIncoming = null; // test hook: (data) => true hides a received message
     this.frames = this.constructor.record ? [] : null;
     this.onopen = this.onmessage = this.onclose = this.onerror = null;
     this._listeners = { open: [], message: [], close: [], error: [] };
@@ -183,6 +185,7 @@ export class NodeWebSocket {
         this._parts = [];
         const data = this._partOp === 1 ? all.toString("utf8") : all;
         if (this.frames && typeof data === "string") this.frames.push(data);
+        if (this.dropIncoming && this.dropIncoming(data)) continue;
         if (this.readyState === 1) this._dispatch("message", { data });
         continue;
       }
