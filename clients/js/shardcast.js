@@ -408,8 +408,10 @@ class WsTransport {
 }
 
 class SseTransport {
-  constructor(url, postBase, token, fetchFn, handlers) {
+  constructor(url, postBase, token, fetchFn, idleMs, handlers) {
     this.kind = "sse";
+    this.idleMs = idleMs;
+    this.idle = null;
     this.h = handlers;
     this.done = false;
     this.postBase = postBase;
@@ -471,10 +473,18 @@ class SseTransport {
     });
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
+    // The server sends ": ping" every heartbeat interval: a stream silent for much longer is
+    // dead (a network that vanished without closing the connection).
+    const arm = () => {
+      clearTimeout(this.idle);
+      if (this.idleMs > 0) this.idle = setTimeout(() => this._end({ code: 1006, reason: "SSE stream idle" }), this.idleMs);
+    };
+    arm();
     try {
       for (;;) {
         const { done, value } = await reader.read();
         if (done || this.done) break;
+        arm();
         feed(decoder.decode(value, { stream: true }));
       }
     } catch (e) {
@@ -487,6 +497,7 @@ class SseTransport {
   _end(info) {
     if (this.done) return;
     this.done = true;
+    clearTimeout(this.idle);
     this.ac.abort();
     this.h.onClose(info);
   }
@@ -532,6 +543,7 @@ class SseTransport {
 
   close() {
     this.done = true;
+    clearTimeout(this.idle);
     this.ac.abort();
   }
 }
@@ -584,6 +596,7 @@ export class Client extends Emitter {
     this._random = opts.random ?? Math.random;
     this._backoff = new Backoff(opts.backoff ?? {}, this._random);
     this._timeout = opts.timeout ?? 10000;
+    this._idle = opts.sseIdleTimeout ?? 75000;
     this._queue = new PublishQueue(opts.maxQueued ?? 1000);
     /** "connecting" | "connected" | "disconnected" | "closed" */
     this.state = "connecting";
@@ -784,7 +797,7 @@ export class Client extends Emitter {
       u.search = q + params.filter(Boolean).join("&");
       const post = new URL(this._ends.sse);
       post.search = "";
-      this._t = new SseTransport(u.href, post.href.replace(/\/$/, ""), this._token, this._fetch, handlers);
+      this._t = new SseTransport(u.href, post.href.replace(/\/$/, ""), this._token, this._fetch, this._idle, handlers);
     }
     clearTimeout(this._timers.open);
     this._timers.open = setTimeout(() => {
@@ -921,6 +934,7 @@ export class Client extends Emitter {
     try {
       const f = await this._request({ op: "refresh", token });
       this.exp = f.exp ?? null;
+      if (gen === this._gen && this._t?.kind === "sse") this._t.token = token; // posts carry the new one
       this._emit("refreshed", { exp: this.exp });
       if (gen === this._gen) this._scheduleRefresh();
     } catch (e) {
@@ -934,7 +948,7 @@ export class Client extends Emitter {
     const r = frame.id !== undefined ? this._pending.get(frame.id) : null;
     if (!r) return;
     this._pending.delete(frame.id);
-    const code = status === 403 ? "forbidden" : "bad_request";
+    const code = status === 403 ? "forbidden" : status === 401 ? "unauthorized" : "bad_request";
     r.reject(scError(code, `HTTP ${status}`));
     if (r.sub) this._subscribeFailed(r.sub, scError(code, `HTTP ${status}`));
   }
