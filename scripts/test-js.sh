@@ -6,8 +6,8 @@
 # SHARDCAST_URL (and SHARDCAST_BIN, for the tests that start, kill and replace their own
 # daemons), runs the tests, stops the daemon.
 #
-# clients/js/test/pending-server.test.mjs tests server features not landed yet (reply ids,
-# session dedup, SSE): run only with SHARDCAST_JS_PENDING=1.
+# clients/js/test/pending-server.test.mjs tests the server features the client builds on
+# (reply ids, session dedup, SSE) as they landed for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -82,13 +82,7 @@ export SHARDCAST_URL="ws://$addr/ws"
 export SHARDCAST_BIN="$bin"
 echo "test-js: daemon $pid on $addr"
 
-files=()
-for f in clients/js/test/*.test.mjs; do
-  if [ "$(basename "$f")" = pending-server.test.mjs ] && [ "${SHARDCAST_JS_PENDING:-0}" != 1 ]; then
-    continue
-  fi
-  files+=("$f")
-done
+files=(clients/js/test/*.test.mjs)
 status=0
 node --test "${files[@]}" || status=$?
 if ! kill -0 "$pid" 2>/dev/null; then

@@ -15,6 +15,7 @@ need=()
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v gcc >/dev/null || need+=(gcc)
 command -v ss >/dev/null || need+=(iproute2)
+command -v node >/dev/null || need+=(nodejs npm)  # the JS client's tests, the browser pages
 command -v curl >/dev/null || need+=(curl)  # the TLS suite: curl --cacert against the daemon
 command -v openssl >/dev/null || need+=(openssl)  # Autobahn over wss: a self-signed certificate
 command -v python3 >/dev/null || need+=(python3 python3-pip python3-venv)
@@ -66,6 +67,9 @@ fi
 
 step "third-party clients: Python websockets (permessage-deflate), the envelope protocol suite (cbor2), auth (PyJWT), TLS (wss:// and HTTPS with curl)"
 bash tests/python/run.sh
+
+step "the JavaScript client (node --test against a real daemon: resume, dedup, SSE, restarts)"
+bash scripts/test-js.sh
 
 step "storms and floods: 10k-client reconnect storm, floods while serving a room, stalled clients' memory bound"
 bash tests/storm/run.sh

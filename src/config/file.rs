@@ -149,6 +149,10 @@ pub struct EnvelopeSection {
     pub max_bad_frames: Option<i64>,
     /// Largest `info` (JSON bytes) a connection may carry.
     pub max_info_bytes: Option<ByteSize>,
+    /// How long a room remembers a session's publish ids (duplicates dropped).
+    pub publish_dedup_window: Option<String>,
+    /// Publish ids a room remembers at most.
+    pub publish_dedup_max: Option<i64>,
 }
 
 /// `[api]` section: the HTTP publish API.

@@ -168,6 +168,11 @@ pub struct Config {
     pub max_bad_frames: u32,
     /// Largest per-connection `info`, in bytes of JSON.
     pub max_info_bytes: usize,
+    /// `[envelope] publish_dedup_window`: how long a room remembers the publish ids of
+    /// connections with a session.
+    pub publish_dedup_window: Duration,
+    /// `[envelope] publish_dedup_max`: publish ids a room remembers at most (oldest forgotten).
+    pub publish_dedup_max: usize,
     /// HTTP API bearer key (API disabled when `None`).
     pub api_key: Option<String>,
     /// `[auth]`.
@@ -380,6 +385,8 @@ impl Default for Config {
             history_max_room_bytes: 16 << 20,
             max_bad_frames: 10,
             max_info_bytes: 1024,
+            publish_dedup_window: Duration::from_secs(60),
+            publish_dedup_max: 1024,
             api_key: None,
             auth: Auth::default(),
             origins: Origins::default(),

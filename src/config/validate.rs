@@ -370,6 +370,13 @@ fn envelope(c: &mut Config, e: EnvelopeSection) -> Result<(), ConfigError> {
     if let Some(v) = &e.max_info_bytes {
         c.max_info_bytes = byte_size("envelope.max_info_bytes", v)?;
     }
+    if let Some(v) = &e.publish_dedup_window {
+        c.publish_dedup_window = duration("envelope.publish_dedup_window", v)?;
+    }
+    if let Some(n) = e.publish_dedup_max {
+        c.publish_dedup_max = usize::try_from(positive("envelope.publish_dedup_max", n)?)
+            .map_err(|_| invalid("envelope.publish_dedup_max", "too large"))?;
+    }
     Ok(())
 }
 

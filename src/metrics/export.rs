@@ -161,6 +161,11 @@ const COUNTERS: &[Field] = &[
         |s| &s.sse_posts,
     ),
     (
+        names::DUPLICATE_PUBLISHES,
+        "Publishes not delivered again (a session's repeated publish id)",
+        |s| &s.duplicate_publishes,
+    ),
+    (
         names::HISTORY_EVICTIONS,
         "Kept messages dropped by a room's size, byte cap or ttl",
         |s| &s.history_evictions,

@@ -108,6 +108,8 @@ pub struct ShardStats {
     pub sse_streams: AtomicU64,
     /// Client operations posted to streams (`POST /sse/{stream}`) and carried out.
     pub sse_posts: AtomicU64,
+    /// Publishes not delivered again: a session's repeat of a publish id (dedup).
+    pub duplicate_publishes: AtomicU64,
 }
 
 /// The labels of [`ShardStats::slow_consumer_actions`], in index order.

@@ -96,3 +96,5 @@ pub const SSE_ENCODINGS: &str = "sse_encodings_total";
 pub const SSE_STREAMS: &str = "sse_streams_total";
 /// Client operations posted to streams and carried out.
 pub const SSE_POSTS: &str = "sse_posts_total";
+/// Publishes not delivered again (a session repeating a publish id within the dedup window).
+pub const DUPLICATE_PUBLISHES: &str = "duplicate_publishes_total";

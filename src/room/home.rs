@@ -88,6 +88,50 @@ pub(crate) struct HomeRoom {
     /// Raw connections refused by `max_subscribers` whose `Leave` is still to come (they joined
     /// on their shard before the refusal reached it; their leave must not be counted).
     refused: Vec<u64>,
+    /// Publish ids of sessions seen lately (publish dedup).
+    pub(crate) recent: Recent,
+}
+
+/// The publish ids a room remembers (`[envelope] publish_dedup_window` and `_max`): key (user,
+/// session, id) → the seq it got. Bounded in time and count, oldest forgotten first.
+#[derive(Debug, Default)]
+pub(crate) struct Recent {
+    order: VecDeque<(Tick, Arc<[u8]>)>,
+    seqs: HashMap<Arc<[u8]>, u64>,
+}
+
+impl Recent {
+    /// The seq `key` got, if it was published within `window` of `now`.
+    pub(crate) fn seen(&mut self, key: &[u8], now: Tick, window: Duration) -> Option<u64> {
+        self.expire(now, window);
+        self.seqs.get(key).copied()
+    }
+
+    /// Remember that `key` got `seq`, forgetting the oldest beyond `max`.
+    pub(crate) fn remember(&mut self, key: &[u8], seq: u64, now: Tick, max: usize) {
+        while self.order.len() >= max.max(1) {
+            if let Some((_, k)) = self.order.pop_front() {
+                self.seqs.remove(&k);
+            }
+        }
+        let key: Arc<[u8]> = Arc::from(key);
+        self.seqs.insert(key.clone(), seq);
+        self.order.push_back((now, key));
+    }
+
+    fn expire(&mut self, now: Tick, window: Duration) {
+        while let Some((at, k)) = self.order.front() {
+            if now.since(*at) < window {
+                break;
+            }
+            self.seqs.remove(k);
+            self.order.pop_front();
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
 
 impl HomeRoom {
@@ -102,6 +146,7 @@ impl HomeRoom {
             total: [0; WIRES],
             envelope_seen: None,
             refused: Vec::new(),
+            recent: Recent::default(),
         }
     }
 
@@ -234,7 +279,10 @@ impl HomeRoom {
     }
 
     pub(crate) fn idle(&self) -> bool {
-        self.history.is_empty() && self.presence.is_empty() && self.members() == 0
+        self.history.is_empty()
+            && self.presence.is_empty()
+            && self.members() == 0
+            && self.recent.is_empty()
     }
 }
 
@@ -262,6 +310,7 @@ impl HomeRooms {
         &mut self,
         now: Instant,
         ttl_of: impl Fn(&str) -> Duration,
+        dedup_window: Duration,
     ) -> Option<HomeTotals> {
         if self
             .last_sweep
@@ -274,6 +323,7 @@ impl HomeRooms {
         let mut t = HomeTotals::default();
         self.rooms.retain(|name, r| {
             t.expired += r.expire(tick, ttl_of(name));
+            r.recent.expire(tick, dedup_window);
             t.messages += r.history.len() as u64;
             t.bytes += r.history_bytes as u64;
             t.presence += r.presence.len() as u64;
@@ -322,6 +372,23 @@ mod tests {
             },
             None,
         ))
+    }
+
+    #[test]
+    fn recent_publish_ids_are_bounded_in_time_and_count() {
+        let t0 = Tick::at(Instant::now());
+        let later = Tick::at(Instant::now() + Duration::from_secs(61));
+        let w = Duration::from_secs(60);
+        let mut r = Recent::default();
+        assert_eq!(r.seen(b"a", t0, w), None);
+        r.remember(b"a", 7, t0, 2);
+        assert_eq!(r.seen(b"a", t0, w), Some(7));
+        r.remember(b"b", 8, t0, 2);
+        r.remember(b"c", 9, t0, 2); // over the count: "a" is forgotten
+        assert_eq!(r.seen(b"a", t0, w), None);
+        assert_eq!(r.seen(b"c", t0, w), Some(9));
+        assert_eq!(r.seen(b"b", later, w), None, "past the window");
+        assert!(r.is_empty());
     }
 
     fn room_with(n: u64, size: usize) -> HomeRoom {

@@ -58,6 +58,8 @@ pub(crate) enum HomeMsg {
         data: Data,
         from: ConnRef,
         ack: Option<(Format, Data)>,
+        /// (user, session, id) of a publish to deduplicate (`?session=` connections).
+        dedup: Option<Box<[u8]>>,
     },
     /// `presence` or `history` for one connection.
     Query {

@@ -32,6 +32,8 @@ pub(crate) struct EnvelopeSession {
     pub(super) rate_tat: u64,
     /// The current refresh window: when it began, and the refreshes handled in it.
     last_refresh: Option<(Instant, u8)>,
+    /// `?session=`: publishes with an `id` are deduplicated per (user, session, id).
+    pub(crate) session: Option<Arc<str>>,
 }
 
 impl EnvelopeSession {
@@ -39,6 +41,7 @@ impl EnvelopeSession {
         format: Format,
         info: Arc<Data>,
         identity: Option<Arc<Identity>>,
+        session: Option<Arc<str>>,
     ) -> EnvelopeSession {
         EnvelopeSession {
             format,
@@ -47,6 +50,7 @@ impl EnvelopeSession {
             bad: 0,
             rate_tat: 0,
             last_refresh: None,
+            session,
         }
     }
 
@@ -176,6 +180,7 @@ impl EnvelopeSession {
                 room: Arc::from(room),
                 data,
                 from: me,
+                dedup: self.dedup_key(req.as_ref()),
                 ack: req.map(|r| (format, r)),
             },
             ClientOp::Presence { room, by_user } => HomeMsg::Query {
@@ -195,6 +200,21 @@ impl EnvelopeSession {
         };
         s.send_home(msg, now);
         Ok(())
+    }
+
+    /// The dedup key of a publish with `id` on a connection with a session: user, session and
+    /// the id's JSON, NUL-separated (cold: only such publishes pay for it).
+    fn dedup_key(&self, id: Option<&Data>) -> Option<Box<[u8]>> {
+        let (session, id) = (self.session.as_deref()?, id?);
+        let user = self.identity.as_deref().map_or("", |i| &i.sub);
+        let id = envelope::data_to_json(id).to_string();
+        let mut k = Vec::with_capacity(user.len() + session.len() + id.len() + 2);
+        k.extend_from_slice(user.as_bytes());
+        k.push(0);
+        k.extend_from_slice(session.as_bytes());
+        k.push(0);
+        k.extend_from_slice(id.as_bytes());
+        Some(k.into_boxed_slice())
     }
 
     /// `refresh`: a new token for the same user extends the connection's life and replaces its

@@ -47,13 +47,17 @@ pub(crate) enum Verdict {
 }
 
 impl Session {
-    /// An envelope session in `format` whose presence entries carry `info`.
+    /// An envelope session in `format` whose presence entries carry `info`; `session` (the
+    /// client's `?session=`) deduplicates its publishes.
     pub(crate) fn envelope(
         format: Format,
         info: Arc<Data>,
         identity: Option<Arc<Identity>>,
+        session: Option<Arc<str>>,
     ) -> Session {
-        Session::Envelope(envelope::EnvelopeSession::new(format, info, identity))
+        Session::Envelope(envelope::EnvelopeSession::new(
+            format, info, identity, session,
+        ))
     }
 
     /// A raw session in `room`.

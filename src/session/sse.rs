@@ -69,7 +69,7 @@ impl ShardCore {
         id: ConnId,
         info: Arc<Data>,
         identity: Option<Arc<Identity>>,
-        subs: Vec<Sub>,
+        (session, subs): (Option<Arc<str>>, Vec<Sub>),
         now: Instant,
     ) -> Option<Session> {
         let c = self.conns.get_mut(id.0)?;
@@ -93,7 +93,7 @@ impl ShardCore {
         ));
         ShardStats::add(&self.my_stats().sse_streams, 1);
         let user = identity.as_ref().map(|i| i.sub.clone());
-        let session = Session::envelope(Format::Json, info, identity);
+        let session = Session::envelope(Format::Json, info, identity, session);
         self.sse.by_uid.insert(
             uid,
             Stream {

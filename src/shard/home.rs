@@ -155,10 +155,36 @@ impl ShardCore {
                 data,
                 from,
                 ack,
+                dedup,
             } => {
-                let seq = self.home_publish(room, data, Some(from), now);
+                let (tick, window) = (Tick::at(now), self.cfg.publish_dedup_window);
+                let shards = self.shards();
+                let first = dedup.as_deref().and_then(|k| {
+                    let r = self.home.get_or_create(&room, shards);
+                    r.recent.seen(k, tick, window)
+                });
+                let (seq, duplicate) = match first {
+                    Some(seq) => {
+                        ShardStats::add(&self.my_stats().duplicate_publishes, 1);
+                        (seq, true)
+                    }
+                    None => {
+                        let seq = self.home_publish(room.clone(), data, Some(from), now);
+                        if let Some(k) = dedup.as_deref() {
+                            let max = self.cfg.publish_dedup_max;
+                            let r = self.home.get_or_create(&room, shards);
+                            r.recent.remember(k, seq, tick, max);
+                        }
+                        (seq, false)
+                    }
+                };
                 if let Some((format, id)) = ack {
-                    let frame = envelope_frame(&ServerOp::Ack { id: &id, seq }, format);
+                    let op = ServerOp::Ack {
+                        id: &id,
+                        seq,
+                        duplicate,
+                    };
+                    let frame = envelope_frame(&op, format);
                     self.reply(from.shard, Reply::Frame { conn: from, frame }, now);
                 }
             }

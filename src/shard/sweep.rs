@@ -186,7 +186,8 @@ impl ShardCore {
         self.drain_due(now);
         self.life.expired = expired;
         let cfg = self.cfg.clone();
-        if let Some(t) = self.home.sweep(now, |room| cfg.history_in(room).1) {
+        let dedup = cfg.publish_dedup_window;
+        if let Some(t) = self.home.sweep(now, |room| cfg.history_in(room).1, dedup) {
             let st = self.stats.shard(self.id.0);
             ShardStats::add(&st.history_evictions, t.expired);
             ShardStats::set(&st.history_messages, t.messages);

@@ -255,7 +255,44 @@ def test_sse_heartbeat_drain_and_encoded_once():
         p.stop()
 
 
-TESTS = [(f, None) for f in (test_sse_stream_and_posts, test_sse_resume, test_sse_tokens,
+def test_publish_dedup():
+    d = T.daemon("auth-none")
+    r = T.room("dedup")
+    sub = Client(d)
+    sub.request({"op": "subscribe", "room": r})
+    a = Client(d, query="session=sess-A")
+    f1 = a.request({"op": "publish", "room": r, "data": "one", "id": "p-1"})
+    check("dedup: first publish acked", f1 == {"op": "ack", "id": "p-1", "seq": 1}, f1)
+    # The same session after a reconnect sends it again (it never saw the ack, say).
+    a.ws.close()
+    a = Client(d, query="session=sess-A")
+    f2 = a.request({"op": "publish", "room": r, "data": "one", "id": "p-1"})
+    check("dedup: the repeat on a new connection of the session -> the first seq, duplicate: true",
+          f2 == {"op": "ack", "id": "p-1", "seq": 1, "duplicate": True}, f2)
+    f3 = a.request({"op": "publish", "room": r, "data": "two", "id": "p-2"})
+    check("dedup: a new id is published", f3 == {"op": "ack", "id": "p-2", "seq": 2}, f3)
+    b = Client(d, query="session=sess-B")
+    f4 = b.request({"op": "publish", "room": r, "data": "b", "id": "p-1"})
+    check("dedup: another session's same id is its own publish", f4 == {"op": "ack", "id": "p-1", "seq": 3}, f4)
+    n = Client(d)
+    f5 = [n.request({"op": "publish", "room": r, "data": "n", "id": 1}) for _ in range(2)]
+    check("dedup: without a session ids are only correlation ids (both published)",
+          [f.get("seq") for f in f5] == [4, 5] and not any(f.get("duplicate") for f in f5), f5)
+    got = [sub.recv().get("data") for _ in range(5)]
+    check("dedup: the subscriber got each publish once", got == ["one", "two", "b", "n", "n"], got)
+    rest = sub.drain(0.3)
+    check("dedup: and nothing more", rest == [], rest)
+    s = Sse(d, f"rooms={r}&session=sess-A")
+    s.next()
+    s.post({"op": "publish", "room": r, "data": "two", "id": "p-2"})
+    f = s.next()
+    check("dedup: an SSE stream of the session repeats p-2 -> duplicate", f == {"op": "ack", "id": "p-2", "seq": 2,
+                                                                               "duplicate": True}, f)
+    bad = T.upgrade(d, "/ws?session=bad%20one")
+    check("dedup: a bad session -> 400", bad[0] == 400 and "session" in bad[2], bad)
+
+
+TESTS = [(f, None) for f in (test_sse_stream_and_posts, test_publish_dedup, test_sse_resume, test_sse_tokens,
                              test_sse_heartbeat_drain_and_encoded_once)]
 
 if __name__ == "__main__":

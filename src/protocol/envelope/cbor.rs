@@ -74,11 +74,15 @@ pub(super) fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             cbor_history(out, (name, pairs(&id)), room, epoch, messages, complete)?;
             cbor_opt_entry_data(out, "id", id)?;
         }
-        ServerOp::Ack { id, seq } => {
-            cbor_open(out, name, 3);
+        ServerOp::Ack { id, seq, duplicate } => {
+            cbor_open(out, name, 3 + u64::from(duplicate));
             cbor_text(out, "id");
             cbor_data(out, id)?;
             cbor_entry_u64(out, "seq", seq);
+            if duplicate {
+                cbor_text(out, "duplicate");
+                cbor_bool(out, true);
+            }
         }
         ServerOp::Refreshed { exp, id } => {
             cbor_open(out, name, 2 + pairs(&id));
@@ -540,7 +544,7 @@ mod tests {
                 ]),
             ),
             (
-                ServerOp::Ack { id: &id, seq: 21 },
+                ServerOp::Ack { id: &id, seq: 21, duplicate: false },
                 map(&[("op", text("ack")), ("id", id.clone()), ("seq", int(21))]),
             ),
             (

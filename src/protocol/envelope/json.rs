@@ -62,7 +62,13 @@ pub(super) fn json_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             json_history(out, room, epoch, messages, complete)?;
             json_opt_id(out, id)?;
         }
-        ServerOp::Ack { id, seq } => json_ack(out, id, seq)?,
+        ServerOp::Ack { id, seq, duplicate } => {
+            json_ack(out, id, seq)?;
+            if duplicate {
+                json_key(out, "duplicate");
+                json_bool(out, true);
+            }
+        }
         ServerOp::Refreshed { exp, id } => {
             json_key(out, "exp");
             json_u64(out, exp);
@@ -627,7 +633,7 @@ mod tests {
                 r#"{"op":"history","room":"r","epoch":0,"messages":[],"complete":false}"#,
             ),
             (
-                ServerOp::Ack { id: &id, seq: 21 },
+                ServerOp::Ack { id: &id, seq: 21, duplicate: false },
                 r#"{"op":"ack","id":7,"seq":21}"#,
             ),
             (
@@ -710,7 +716,7 @@ mod tests {
             r#"{"op":"presence","room":"r","members":[{"conn":1,"info":"3q2+7wA=","enc":"base64"},{"conn":2,"info":"x"}]}"#
         );
         assert_eq!(
-            json_text(&ServerOp::Ack { id: &bytes, seq: 9 }),
+            json_text(&ServerOp::Ack { id: &bytes, seq: 9, duplicate: false }),
             r#"{"op":"ack","id":"3q2+7wA=","seq":9,"enc":"base64"}"#
         );
         assert_eq!(

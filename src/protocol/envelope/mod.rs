@@ -393,6 +393,9 @@ pub enum ServerOp<'a> {
         id: &'a Data,
         /// The seq the message got.
         seq: u64,
+        /// The publish repeated one already carried out (same session and `id` within
+        /// `[envelope] publish_dedup_window`): not delivered again; `seq` is the first one's.
+        duplicate: bool,
     },
     /// `{"op":"refreshed","exp":EXP,"id":ID?}`: the answer to a `refresh` that was accepted.
     Refreshed {
@@ -665,7 +668,7 @@ mod tests {
         assert_eq!(get("seq"), Some(&ciborium::Value::Integer(21.into())));
         assert_eq!(mark_gap(&json, Format::Json), GapMark::AlreadyMarked);
         assert_eq!(mark_gap(&cbor, Format::Cbor), GapMark::AlreadyMarked);
-        let ack = ServerOp::Ack { id: &data, seq: 1 };
+        let ack = ServerOp::Ack { id: &data, seq: 1, duplicate: false };
         for f in [Format::Json, Format::Cbor] {
             assert_eq!(mark_gap(&encode_server(&ack, f), f), GapMark::NotAMessage);
             assert_eq!(mark_gap(b"", f), GapMark::NotAMessage);
@@ -716,7 +719,7 @@ mod tests {
             (ServerOp::Presence { room: "chat:42", members: &members_auth, id: None  }, r#"{"op":"presence","room":"chat:42","members":[{"conn":12,"user":"ada","info":{"name":"ada"}},{"conn":15,"info":null}]}"#, "a3626f706870726573656e636564726f6f6d67636861743a3432676d656d6265727382a364636f6e6e0c64757365726361646164696e666fa1646e616d6563616461a264636f6e6e0f64696e666ff6"),
             (ServerOp::PresenceByUser { room: "chat:42", users: &users, id: None  }, r#"{"op":"presence","room":"chat:42","by":"user","members":[{"user":"ada","connections":2,"info":{"name":"ada"}},{"user":null,"connections":1,"info":null}]}"#, "a4626f706870726573656e636564726f6f6d67636861743a34326262796475736572676d656d6265727382a36475736572636164616b636f6e6e656374696f6e730264696e666fa1646e616d6563616461a36475736572f66b636f6e6e656374696f6e730164696e666ff6"),
             (ServerOp::History { room: "chat:42", epoch: 3, messages: &messages, complete: true, id: None  }, r#"{"op":"history","room":"chat:42","epoch":3,"messages":[{"seq":21,"from":12,"data":{"text":"hi"}},{"seq":22,"from":null,"data":"AAEC","enc":"base64"}],"complete":true}"#, "a5626f7067686973746f727964726f6f6d67636861743a34326565706f636803686d6573736167657382a363736571156466726f6d0c6464617461a16474657874626869a363736571166466726f6df664646174614300010268636f6d706c657465f5"),
-            (ServerOp::Ack { id: &id, seq: 21 }, r#"{"op":"ack","id":7,"seq":21}"#, "a3626f706361636b626964076373657115"),
+            (ServerOp::Ack { id: &id, seq: 21, duplicate: false }, r#"{"op":"ack","id":7,"seq":21}"#, "a3626f706361636b626964076373657115"),
             (ServerOp::Refreshed { exp: 1767229200, id: Some(&refresh_id) }, r#"{"op":"refreshed","exp":1767229200,"id":8}"#, "a3626f7069726566726573686564636578701a6955c71062696408"),
             (ServerOp::Error { code: EnvelopeError::BadRoom.code(), reason: &bad_room, id: Some(&id) }, r#"{"op":"error","code":"bad_room","reason":"room name must be 1-128 bytes of A-Z a-z 0-9 _ . : -","id":7}"#, "a4626f70656572726f7264636f6465686261645f726f6f6d66726561736f6e7834726f6f6d206e616d65206d75737420626520312d313238206279746573206f6620412d5a20612d7a20302d39205f202e203a202d62696407"),
             (ServerOp::Error { code: "forbidden", reason: "not allowed to publish in this room", id: Some(&id) }, r#"{"op":"error","code":"forbidden","reason":"not allowed to publish in this room","id":7}"#, "a4626f70656572726f7264636f646569666f7262696464656e66726561736f6e78236e6f7420616c6c6f77656420746f207075626c69736820696e207468697320726f6f6d62696407"),

@@ -239,11 +239,15 @@ fn open(
             let room = s.join_raw(id, &name)?;
             Some(Session::raw(room, may_publish))
         }
-        Target::Sse { info, subs, .. } => s.open_sse(id, info, identity, subs, Instant::now()),
+        Target::Sse {
+            info,
+            session,
+            subs,
+        } => s.open_sse(id, info, identity, (session, subs), Instant::now()),
         Target::Envelope {
             format,
             info,
-            session: _,
+            session,
         } => {
             c.wire = Wire::of(Some(format), compressed);
             let welcome = ServerOp::Welcome {
@@ -253,7 +257,7 @@ fn open(
             };
             // Written as soon as the write half is in place (see `serve`).
             c.push_control(envelope_frame(&welcome, format));
-            Some(Session::envelope(format, info, identity))
+            Some(Session::envelope(format, info, identity, session))
         }
     }
 }
