@@ -6,7 +6,7 @@
 # SHARDCAST_URL (and SHARDCAST_BIN, for the tests that start, kill and replace their own
 # daemons), runs the tests, stops the daemon.
 #
-# clients/js/test/pending-server.test.mjs tests the server features the client builds on
+# clients/js/test/server-features.test.mjs tests the server features the client builds on
 # (reply ids, session dedup, SSE) as they landed for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,5 @@
-// Tests of server features of issue #13 not on main yet (helpers/spec-13.md, "Server
-// additions"): reply ids on every answer, publish dedup per (user, session, id), and the SSE
-// transport. scripts/test-js.sh runs this file only with SHARDCAST_JS_PENDING=1; run alone
-// (node --test) it skips itself unless that is set.
+// The client on the server features of issue #13 it builds on: reply ids on every answer,
+// publish dedup per (user, session, id), and the SSE transport.
 
 import test from "node:test";
 import assert from "node:assert/strict";
@@ -10,9 +8,7 @@ import { NodeWebSocket, trackedWebSocket } from "./ws-node.mjs";
 import { sharedDaemonUrl, startDaemon, baseConfig } from "./daemon.mjs";
 import { room, once, state, collect, states, jwt, withTimeout } from "./util.mjs";
 
-const pending = process.env.SHARDCAST_JS_PENDING === "1";
-const skip = pending ? false : "server features not landed yet (SHARDCAST_JS_PENDING=1 runs them)";
-const url = pending ? await sharedDaemonUrl() : null;
+const url = await sharedDaemonUrl();
 const clients = [];
 function client(opts = {}) {
   const sc = connect(url, { WebSocket: NodeWebSocket, transports: ["websocket"], ...opts });
@@ -76,7 +72,7 @@ function sse(opts = {}) {
 
 // -- reply ids ---------------------------------------------------------------------------------
 
-test("every reply echoes the request's id", { skip }, async () => {
+test("every reply echoes the request's id", async () => {
   const tw = trackedWebSocket({ record: true });
   const sc = client({ WebSocket: tw.WebSocket });
   const r = room();
@@ -98,7 +94,7 @@ test("every reply echoes the request's id", { skip }, async () => {
 
 // -- sessions and publish dedup ----------------------------------------------------------------
 
-test("publishes sent again after a cut with lost acks are not delivered twice (session dedup)", { skip }, async () => {
+test("publishes sent again after a cut with lost acks are not delivered twice (session dedup)", async () => {
   const r = room("dedup");
   const tw = trackedWebSocket({ record: true });
   const pub = client({ WebSocket: tw.WebSocket });
@@ -130,7 +126,7 @@ test("publishes sent again after a cut with lost acks are not delivered twice (s
   assert.equal(messages.length, 300, "history holds each once");
 });
 
-test("resume across a cut on both ends: 500 messages exactly once, in order", { skip }, async () => {
+test("resume across a cut on both ends: 500 messages exactly once, in order", async () => {
   const r = room("both");
   const twSub = trackedWebSocket();
   const twPub = trackedWebSocket();
@@ -155,7 +151,7 @@ test("resume across a cut on both ends: 500 messages exactly once, in order", { 
 
 // -- SSE ---------------------------------------------------------------------------------------
 
-test("SSE forced: connect, subscribe, publish/ack, presence, history, unsubscribe", { skip }, async () => {
+test("SSE forced: connect, subscribe, publish/ack, presence, history, unsubscribe", async () => {
   const { sc, tf } = sse({ info: { name: "eve" } });
   const r = room("sse");
   const sub = sc.subscribe(r, { presence: true });
@@ -176,7 +172,7 @@ test("SSE forced: connect, subscribe, publish/ack, presence, history, unsubscrib
   assert.equal(new URL(tf.gets[0].url).searchParams.get("session"), sc.session);
 });
 
-test("SSE: a WebSocket client's and an SSE client's messages meet in one room", { skip }, async () => {
+test("SSE: a WebSocket client's and an SSE client's messages meet in one room", async () => {
   const r = room("mix");
   const ws = client();
   const { sc } = sse();
@@ -193,7 +189,7 @@ test("SSE: a WebSocket client's and an SSE client's messages meet in one room", 
   assert.deepEqual(gb.got.map((m) => m.data), ["from ws", "from sse"]);
 });
 
-test("WebSocket blocked: falls back to SSE and keeps it for reconnects", { skip }, async () => {
+test("WebSocket blocked: falls back to SSE and keeps it for reconnects", async () => {
   const tf = trackedFetch();
   let wsTries = 0;
   class Counting extends BlockedWebSocket {
@@ -224,7 +220,7 @@ test("WebSocket blocked: falls back to SSE and keeps it for reconnects", { skip 
   assert.deepEqual(got.got.map((m) => m.seq), [1, 2]);
 });
 
-test("SSE resume across a cut stream: 500 numbered messages exactly once, in order", { skip }, async () => {
+test("SSE resume across a cut stream: 500 numbered messages exactly once, in order", async () => {
   const r = room("sse-resume");
   const { sc: subC, tf } = sse();
   const pubC = client();
@@ -254,7 +250,7 @@ test("SSE resume across a cut stream: 500 numbered messages exactly once, in ord
   assert.equal(q.get("epoch"), `${r}:${subscribed[0].epoch}`);
 });
 
-test("SSE: daemon restart gives a discontinuity; a drain sends close 1012 on the stream", { skip }, async (t) => {
+test("SSE: daemon restart gives a discontinuity; a drain sends close 1012 on the stream", async (t) => {
   const config = baseConfig('[shutdown]\ndrain_timeout = "2s"\n');
   let d = await startDaemon({ config });
   t.after(() => d.kill("SIGKILL"));
@@ -285,7 +281,7 @@ test("SSE: daemon restart gives a discontinuity; a drain sends close 1012 on the
   assert.equal(sc.transport, "sse");
 });
 
-test("SSE with a token: Authorization header, user in welcome", { skip }, async (t) => {
+test("SSE with a token: Authorization header, user in welcome", async (t) => {
   const secret = "js-client-test-secret-0123456789abcdef";
   const d = await startDaemon({ config: baseConfig(`[auth]\nmode = "jwt"\nhs256_secret = "${secret}"\n`) });
   t.after(() => d.kill("SIGKILL"));
@@ -303,7 +299,7 @@ test("SSE with a token: Authorization header, user in welcome", { skip }, async 
   assert.equal(detail.status, 401);
 });
 
-test("SSE: Retry-After of a 429 is honoured", { skip }, async (t) => {
+test("SSE: Retry-After of a 429 is honoured", async (t) => {
   // Assumes [admission] applies to GET /sse as to the WebSocket upgrade.
   const d = await startDaemon({
     config: baseConfig("[admission]\nhandshakes_per_ip_per_second = 1\nhandshake_ip_burst = 1\n"),
