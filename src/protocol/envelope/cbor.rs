@@ -544,7 +544,11 @@ mod tests {
                 ]),
             ),
             (
-                ServerOp::Ack { id: &id, seq: 21, duplicate: false },
+                ServerOp::Ack {
+                    id: &id,
+                    seq: 21,
+                    duplicate: false,
+                },
                 map(&[("op", text("ack")), ("id", id.clone()), ("seq", int(21))]),
             ),
             (

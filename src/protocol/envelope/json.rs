@@ -633,7 +633,11 @@ mod tests {
                 r#"{"op":"history","room":"r","epoch":0,"messages":[],"complete":false}"#,
             ),
             (
-                ServerOp::Ack { id: &id, seq: 21, duplicate: false },
+                ServerOp::Ack {
+                    id: &id,
+                    seq: 21,
+                    duplicate: false,
+                },
                 r#"{"op":"ack","id":7,"seq":21}"#,
             ),
             (
@@ -716,7 +720,11 @@ mod tests {
             r#"{"op":"presence","room":"r","members":[{"conn":1,"info":"3q2+7wA=","enc":"base64"},{"conn":2,"info":"x"}]}"#
         );
         assert_eq!(
-            json_text(&ServerOp::Ack { id: &bytes, seq: 9, duplicate: false }),
+            json_text(&ServerOp::Ack {
+                id: &bytes,
+                seq: 9,
+                duplicate: false
+            }),
             r#"{"op":"ack","id":"3q2+7wA=","seq":9,"enc":"base64"}"#
         );
         assert_eq!(

@@ -668,7 +668,11 @@ mod tests {
         assert_eq!(get("seq"), Some(&ciborium::Value::Integer(21.into())));
         assert_eq!(mark_gap(&json, Format::Json), GapMark::AlreadyMarked);
         assert_eq!(mark_gap(&cbor, Format::Cbor), GapMark::AlreadyMarked);
-        let ack = ServerOp::Ack { id: &data, seq: 1, duplicate: false };
+        let ack = ServerOp::Ack {
+            id: &data,
+            seq: 1,
+            duplicate: false,
+        };
         for f in [Format::Json, Format::Cbor] {
             assert_eq!(mark_gap(&encode_server(&ack, f), f), GapMark::NotAMessage);
             assert_eq!(mark_gap(b"", f), GapMark::NotAMessage);
