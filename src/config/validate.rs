@@ -374,8 +374,7 @@ fn envelope(c: &mut Config, e: EnvelopeSection) -> Result<(), ConfigError> {
         c.publish_dedup_window = duration("envelope.publish_dedup_window", v)?;
     }
     if let Some(n) = e.publish_dedup_max {
-        c.publish_dedup_max = usize::try_from(positive("envelope.publish_dedup_max", n)?)
-            .map_err(|_| invalid("envelope.publish_dedup_max", "too large"))?;
+        c.publish_dedup_max = positive("envelope.publish_dedup_max", n)?;
     }
     Ok(())
 }
