@@ -41,6 +41,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod assets;
 pub mod auth;
 pub mod config;
 pub(crate) mod conn;

@@ -77,6 +77,11 @@ pub fn may(identity: Option<&Identity>, class: &ClassRights, action: Action, roo
     list.iter().any(|p| p.matches(room))
 }
 
+/// Compare secrets without an early exit on the first differing byte.
+pub fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

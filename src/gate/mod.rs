@@ -63,8 +63,8 @@ pub enum Plan {
     Health,
     /// `GET /status` (and `GET /` without the demo pages): the status page.
     Status,
-    /// An embedded file: the JavaScript client or a demo page (`http::assets`).
-    Asset(&'static crate::http::assets::Asset),
+    /// An embedded file: the JavaScript client or a demo page (`assets`).
+    Asset(&'static crate::assets::Asset),
     /// `POST /sse/{stream}`: a client operation for an open event stream (`http::sse`).
     SsePost,
 }
@@ -426,7 +426,7 @@ fn route(req: &Request, policy: &Policy) -> Result<Routed, Rejection> {
     match req.path.as_str() {
         "/healthz" => Ok(Routed::Plan(Plan::Health)),
         "/status" => Ok(Routed::Plan(Plan::Status)),
-        path => match crate::http::assets::find(path, policy.cfg.demo_pages) {
+        path => match crate::assets::find(path, policy.cfg.demo_pages) {
             Some(asset) => Ok(Routed::Plan(Plan::Asset(asset))),
             None if path == "/" => Ok(Routed::Plan(Plan::Status)),
             None => Err(Rejection::NotFound),

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use super::io::HttpIo;
 use super::response::{api_error, json};
-use crate::auth::Verifier;
+use crate::auth::{same_key, Verifier};
 use crate::ids::ShardId;
 use crate::protocol::envelope::{self, ClientOp, Data, Format};
 use crate::protocol::handshake::{http_response, Request};
@@ -18,11 +18,6 @@ use crate::room::home::home_index;
 use crate::room::requests::{ApiAnswer, ApiReq};
 use crate::shard::bus::ShardMsg;
 use crate::shard::ShardRef;
-
-/// Compare without an early exit on the first differing byte.
-pub(crate) fn same_key(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 /// Why an API request was refused.
 #[derive(Debug, PartialEq, Eq)]

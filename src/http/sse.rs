@@ -10,8 +10,7 @@ use super::response::api_error;
 use crate::ids::ShardId;
 use crate::protocol::handshake::{http_response, Request};
 use crate::protocol::sse::parse_stream_id;
-use crate::room::requests::{ApiAnswer, ApiReq};
-use crate::session::sse::Posted;
+use crate::room::requests::{ApiAnswer, ApiReq, Posted};
 use crate::shard::ShardRef;
 
 /// The answer to one post on `stream`; `early` holds the body bytes read with the head.
@@ -63,6 +62,12 @@ pub(crate) async fn respond<S: HttpIo>(
             Posted::Accepted => http_response(202, "text/plain; charset=utf-8", "", ""),
             Posted::NotFound => api_error(404, "not_found", "no such stream"),
             Posted::Forbidden => api_error(403, "forbidden", "the token is for another user"),
+            Posted::Busy => http_response(
+                429,
+                "application/json",
+                "Retry-After: 1\r\n",
+                "{\"error\":\"busy\",\"reason\":\"too many posts in flight on this stream\"}\n",
+            ),
         },
         _ => api_error(503, "unavailable", "shutting down"),
     }

@@ -251,9 +251,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::close::CloseCode;
+    use super::super::frame::{encode_close, encode_server_frame};
     use super::*;
-    use crate::protocol::close::CloseCode;
-    use crate::protocol::frame::{encode_close, encode_server_frame};
 
     fn sub(room: &str, since: Option<u64>, epoch: Option<u64>, presence: bool) -> Sub {
         Sub {

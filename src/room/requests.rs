@@ -160,5 +160,18 @@ pub(crate) enum ApiAnswer {
     /// (room, members, seq).
     RoomStats(Vec<(Arc<str>, u64, u64)>),
     /// What became of an [`ApiReq::SsePost`].
-    Posted(crate::session::sse::Posted),
+    Posted(Posted),
+}
+
+/// What became of a `POST /sse/{stream}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Posted {
+    /// Handed to the stream (its answer comes on the stream): 202.
+    Accepted,
+    /// No such stream (ended, or never opened): 404.
+    NotFound,
+    /// The token is not for the stream's user: 403.
+    Forbidden,
+    /// The stream has [`crate::shard::streams::POSTS_IN_FLIGHT`] posts waiting already: 429.
+    Busy,
 }

@@ -31,9 +31,6 @@ pub(crate) enum Session {
     Raw(raw::RawSession),
     /// The envelope protocol.
     Envelope(envelope::EnvelopeSession),
-    /// The socket of a Server-Sent Events stream: its requests come as posts ([`sse`]); what
-    /// the client sends on the stream itself is ignored.
-    Sse,
 }
 
 /// What a session asks of the reader after a message.
@@ -77,14 +74,10 @@ impl Session {
         m: Message,
         now: Instant,
     ) -> Verdict {
-        if let Session::Sse = self {
-            return Verdict::Continue;
-        }
         if let Some(rate) = s.cfg.message_rate {
             let tat = match self {
                 Session::Raw(r) => &mut r.rate_tat,
                 Session::Envelope(e) => &mut e.rate_tat,
-                Session::Sse => return Verdict::Continue,
             };
             match gcra(*tat, mono_ns(now), &rate) {
                 Ok(next) => *tat = next,
@@ -94,7 +87,6 @@ impl Session {
         match self {
             Session::Raw(r) => r.on_message(s, id, m, now),
             Session::Envelope(e) => e.on_message(s, id, &m, now),
-            Session::Sse => Verdict::Continue,
         }
     }
 
@@ -117,7 +109,6 @@ impl Session {
                 return Verdict::Discard;
             }
             Session::Envelope(e) => e,
-            Session::Sse => return Verdict::Continue,
         };
         e.bad += 1;
         if e.bad >= s.cfg.max_bad_frames {

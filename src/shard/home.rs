@@ -385,7 +385,7 @@ impl ShardCore {
                     .collect(),
             ),
             ApiReq::SsePost { stream, user, body } => {
-                ApiAnswer::Posted(self.post_sse(stream, user.as_deref(), &body, now))
+                ApiAnswer::Posted(self.post_sse(stream, user.as_deref(), body))
             }
             ApiReq::RoomStats => ApiAnswer::RoomStats(
                 self.home

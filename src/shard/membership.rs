@@ -52,7 +52,7 @@ impl ShardCore {
             .filter(|c| c.wire == crate::wire::Wire::Sse)
             .map(|c| c.uid)
         {
-            self.close_sse(uid);
+            self.close_stream(uid);
         }
         if self.conns.try_remove(id.0).is_some() && was_admitted {
             self.life.open_connections.fetch_sub(1, Ordering::AcqRel);

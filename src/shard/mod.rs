@@ -22,6 +22,7 @@ pub(crate) mod bus;
 pub(crate) mod home;
 pub(crate) mod membership;
 pub(crate) mod replies;
+pub(crate) mod streams;
 pub(crate) mod sweep;
 
 #[doc(hidden)]
@@ -60,8 +61,8 @@ pub(crate) struct ShardCore {
     pub(crate) home: HomeRooms,
     pub(crate) bus: bus::Bus,
     pub(crate) subs: HashMap<(u64, Arc<str>), replies::PendingSub>,
-    /// Open Server-Sent Events streams and their sessions.
-    pub(crate) sse: crate::session::sse::Streams,
+    /// Open Server-Sent Events streams (who may post to each, and where posts go).
+    pub(crate) sse: streams::Streams,
     pub(crate) life: sweep::Lifecycle,
     pub(crate) enc: Encoder,
     pub(crate) stats: Stats,

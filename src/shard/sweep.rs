@@ -185,6 +185,28 @@ impl ShardCore {
         }
         self.drain_due(now);
         self.life.expired = expired;
+        self.sweep_homes(now);
+        self.sweep_shared();
+        let st = self.my_stats();
+        ShardStats::add(&st.heartbeat_timeouts, hb);
+        ShardStats::add(&st.handshake_timeouts, hs);
+        backlog
+    }
+
+    /// Once per sweep: admission entries (shard 0 for the node), the queue-depth sample, the
+    /// health pulse.
+    fn sweep_shared(&self) {
+        if self.id.0 == 0 {
+            self.life.admission.purge();
+        }
+        let depths = self.conns.iter().map(|(_, c)| c.buffered);
+        self.stats.shard(self.id.0).record_queue_depths(depths);
+        self.life.health.beat(self.id.0);
+    }
+
+    /// Expire the home rooms' history and dedup memory (once a second) and set the gauges of
+    /// what they keep.
+    fn sweep_homes(&mut self, now: Instant) {
         let cfg = self.cfg.clone();
         let dedup = cfg.publish_dedup_window;
         if let Some(t) = self.home.sweep(now, |room| cfg.history_in(room).1, dedup) {
@@ -194,16 +216,6 @@ impl ShardCore {
             ShardStats::set(&st.history_bytes, t.bytes);
             ShardStats::set(&st.presence_members, t.presence);
         }
-        if self.id.0 == 0 {
-            self.life.admission.purge();
-        }
-        let depths = self.conns.iter().map(|(_, c)| c.buffered);
-        self.stats.shard(self.id.0).record_queue_depths(depths);
-        self.life.health.beat(self.id.0);
-        let st = self.my_stats();
-        ShardStats::add(&st.heartbeat_timeouts, hb);
-        ShardStats::add(&st.handshake_timeouts, hs);
-        backlog
     }
 
     /// Start shutting down: stop accepting; handshakes in progress are dropped; open clients

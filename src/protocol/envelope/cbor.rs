@@ -14,14 +14,7 @@ const CBOR_NULL: u8 = 0xf6;
 pub(super) fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let name = op.name();
     match *op {
-        ServerOp::Welcome { conn, user, exp } => {
-            cbor_open(out, name, 2 + pairs(&user) + pairs(&exp));
-            cbor_entry_u64(out, "conn", conn);
-            cbor_opt_entry_text(out, "user", user);
-            if let Some(exp) = exp {
-                cbor_entry_u64(out, "exp", exp);
-            }
-        }
+        ServerOp::Welcome { conn, user, exp } => cbor_welcome(out, name, conn, user, exp),
         ServerOp::Subscribed {
             room,
             seq,
@@ -74,16 +67,7 @@ pub(super) fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             cbor_history(out, (name, pairs(&id)), room, epoch, messages, complete)?;
             cbor_opt_entry_data(out, "id", id)?;
         }
-        ServerOp::Ack { id, seq, duplicate } => {
-            cbor_open(out, name, 3 + u64::from(duplicate));
-            cbor_text(out, "id");
-            cbor_data(out, id)?;
-            cbor_entry_u64(out, "seq", seq);
-            if duplicate {
-                cbor_text(out, "duplicate");
-                cbor_bool(out, true);
-            }
-        }
+        ServerOp::Ack { id, seq, duplicate } => cbor_ack(out, name, id, seq, duplicate)?,
         ServerOp::Refreshed { exp, id } => {
             cbor_open(out, name, 2 + pairs(&id));
             cbor_entry_u64(out, "exp", exp);
@@ -101,6 +85,35 @@ pub(super) fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             cbor_entry_u64(out, "retry_after_ms", retry_after_ms);
             cbor_opt_entry_data(out, "id", id)?;
         }
+    }
+    Ok(())
+}
+
+/// A `welcome` map; `name` is its op.
+fn cbor_welcome(out: &mut Vec<u8>, name: &str, conn: u64, user: Option<&str>, exp: Option<u64>) {
+    cbor_open(out, name, 2 + pairs(&user) + pairs(&exp));
+    cbor_entry_u64(out, "conn", conn);
+    cbor_opt_entry_text(out, "user", user);
+    if let Some(exp) = exp {
+        cbor_entry_u64(out, "exp", exp);
+    }
+}
+
+/// An `ack` map; `name` is its op.
+fn cbor_ack(
+    out: &mut Vec<u8>,
+    name: &str,
+    id: &Data,
+    seq: u64,
+    duplicate: bool,
+) -> Result<(), EncodeError> {
+    cbor_open(out, name, 3 + u64::from(duplicate));
+    cbor_text(out, "id");
+    cbor_data(out, id)?;
+    cbor_entry_u64(out, "seq", seq);
+    if duplicate {
+        cbor_text(out, "duplicate");
+        cbor_bool(out, true);
     }
     Ok(())
 }

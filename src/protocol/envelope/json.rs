@@ -79,18 +79,25 @@ pub(super) fn json_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             json_key(out, "after_ms");
             json_u64(out, after_ms);
         }
-        ServerOp::RateLimited { retry_after_ms, id } => {
-            json_key(out, "code");
-            json_str(out, "rate_limited");
-            json_key(out, "reason");
-            json_str(out, RATE_LIMITED_REASON);
-            json_key(out, "retry_after_ms");
-            json_u64(out, retry_after_ms);
-            json_opt_id(out, id)?;
-        }
+        ServerOp::RateLimited { retry_after_ms, id } => json_rate_limited(out, retry_after_ms, id)?,
     }
     out.push(b'}');
     Ok(())
+}
+
+/// The fields of a `rate_limited` error after `op`.
+fn json_rate_limited(
+    out: &mut Vec<u8>,
+    retry_after_ms: u64,
+    id: Option<&Data>,
+) -> Result<(), EncodeError> {
+    json_key(out, "code");
+    json_str(out, "rate_limited");
+    json_key(out, "reason");
+    json_str(out, RATE_LIMITED_REASON);
+    json_key(out, "retry_after_ms");
+    json_u64(out, retry_after_ms);
+    json_opt_id(out, id)
 }
 
 /// The fields of `welcome` after `op`.

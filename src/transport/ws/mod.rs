@@ -5,6 +5,7 @@
 //! the handshake's state.
 
 pub(crate) mod reader;
+pub(crate) mod sse;
 pub(crate) mod upgrade;
 
 use bytes::BytesMut;
@@ -31,6 +32,8 @@ pub(crate) struct Upgraded {
     pub(crate) deflate: Option<DeflateParams>,
     /// Its places in the admission counts, released when the connection ends.
     pub(crate) tickets: Tickets,
+    /// A Server-Sent Events stream: the posts for its session (`None`: a WebSocket).
+    pub(crate) posts: Option<flume::Receiver<Vec<u8>>>,
 }
 
 /// Bound what the kernel holds of this socket's unsent data to about `bytes`
@@ -94,7 +97,7 @@ async fn serve_io<S: HttpIo>(
 ) {
     let mut admitted = false;
     match upgrade::handshake(&shard, id, peer, &mut io, &mut admitted).await {
-        Some(up) => {
+        Some(mut up) => {
             let (stream, tls) = parts(io);
             let (rh, wh) = stream.into_split();
             // No writer task yet: one is spawned when something is queued (ShardCore::kick).
@@ -109,7 +112,10 @@ async fn serve_io<S: HttpIo>(
                 // Anything queued during the upgrade (the envelope `welcome`) goes out now.
                 s.kick(id);
             }
-            monoio::spawn(reader::reader_task(shard, id, rh, up));
+            match up.posts.take() {
+                Some(posts) => monoio::spawn(sse::stream_task(shard, id, rh, up, posts)),
+                None => monoio::spawn(reader::reader_task(shard, id, rh, up)),
+            };
         }
         None => {
             // The stream (and its fd) goes, and the connection is forgotten in the same

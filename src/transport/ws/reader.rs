@@ -36,6 +36,12 @@ pub(crate) async fn reader_task(
     up: Upgraded,
 ) {
     read_loop(&shard, id, &mut rh, up).await;
+    finish(&shard, id, rh).await;
+}
+
+/// The reading side of connection `id` ended: leave its rooms, let the writer flush what is
+/// queued (a close reply, say), then drop the socket and the connection.
+pub(crate) async fn finish(shard: &ShardRef, id: ConnId, rh: OwnedReadHalf<TcpStream>) {
     {
         let mut s = shard.borrow_mut();
         s.leave_all(id);
@@ -178,6 +184,7 @@ async fn read_loop(shard: &ShardRef, id: ConnId, rh: &mut OwnedReadHalf<TcpStrea
         mut rbuf,
         deflate,
         tickets: _tickets,
+        posts: _,
     } = up;
     let dec = {
         let s = shard.borrow();

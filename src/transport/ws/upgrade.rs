@@ -17,7 +17,9 @@ use crate::http;
 use crate::http::io::HttpIo;
 use crate::ids::{ConnId, Tick};
 use crate::metrics::ShardStats;
-use crate::protocol::envelope::ServerOp;
+use crate::protocol::decoder::Message;
+use crate::protocol::envelope::{Format, ServerOp};
+use crate::protocol::frame::OpCode;
 use crate::protocol::handshake::Request;
 use crate::session::envelope::expiry;
 use crate::session::Session;
@@ -133,25 +135,8 @@ pub(crate) async fn handshake<S: HttpIo>(
             count_refusal(&shard.borrow(), &r);
             return reject(shard, stream, &r).await;
         }
-        Ok(Plan::Health) => return respond(stream, http::response::text(200, "ok\n")).await,
-        Ok(Plan::Status) => {
-            let page = http::pages::status(&shard.borrow().stats);
-            return respond(stream, page).await;
-        }
-        Ok(Plan::Asset(asset)) => {
-            let head = req.method == "HEAD";
-            return respond(stream, http::assets::response(asset, head)).await;
-        }
-        Ok(Plan::Api) => {
-            http::api::serve(shard, stream, &req, &buf[used..]).await;
-            return None;
-        }
-        Ok(Plan::SsePost) => {
-            let resp = http::sse::respond(shard, stream, &req, &buf[used..]).await;
-            http::api::answer(stream, resp).await;
-            return None;
-        }
         Ok(Plan::Upgrade(up)) => up,
+        Ok(other) => return serve_http(shard, stream, other, &req, &buf[used..]).await,
     };
     // The gate saw room; counting is atomic across shards and may still lose a race.
     if !shard.borrow().admit() {
@@ -168,7 +153,7 @@ pub(crate) async fn handshake<S: HttpIo>(
         evict,
     } = up;
     stream.send(response).await.ok()?;
-    let session = open(
+    let (session, posts) = open(
         &mut shard.borrow_mut(),
         id,
         target,
@@ -188,7 +173,43 @@ pub(crate) async fn handshake<S: HttpIo>(
         rbuf,
         deflate,
         tickets,
+        posts,
     })
+}
+
+/// Answer a plain HTTP request (no upgrade): a page, an embedded file, the API, a post to an
+/// event stream.
+async fn serve_http<T, S: HttpIo>(
+    shard: &ShardRef,
+    stream: &mut S,
+    plan: Plan,
+    req: &Request,
+    body: &[u8],
+) -> Option<T> {
+    match plan {
+        Plan::Health => respond(stream, http::response::text(200, "ok\n")).await,
+        Plan::Status => {
+            let page = http::pages::status(&shard.borrow().stats);
+            respond(stream, page).await
+        }
+        Plan::Asset(asset) => {
+            let head = req.method == "HEAD";
+            respond(stream, http::response::asset(asset, head)).await
+        }
+        Plan::Api => {
+            http::api::serve(shard, stream, req, body).await;
+            None
+        }
+        Plan::SsePost => {
+            let resp = http::sse::respond(shard, stream, req, body).await;
+            if !resp.starts_with(b"HTTP/1.1 202") {
+                // Every refused post is counted with the gate's refusals.
+                ShardStats::add(&shard.borrow().my_stats().http_rejected, 1);
+            }
+            respond(stream, resp).await
+        }
+        Plan::Upgrade(_) => None,
+    }
 }
 
 /// Read until the request head is complete. `None`: the client went away or was refused.
@@ -223,7 +244,7 @@ fn open(
     target: Target,
     compressed: bool,
     identity: Option<Arc<Identity>>,
-) -> Option<Session> {
+) -> Option<(Session, Option<flume::Receiver<Vec<u8>>>)> {
     let now = Tick::at(Instant::now());
     let leeway = s.cfg.auth.verifier.as_ref().map(|v| v.leeway());
     let c = s.conns.get_mut(id.0)?;
@@ -237,13 +258,28 @@ fn open(
         Target::Room { name, may_publish } => {
             c.wire = Wire::of(None, compressed);
             let room = s.join_raw(id, &name)?;
-            Some(Session::raw(room, may_publish))
+            Some((Session::raw(room, may_publish), None))
         }
         Target::Sse {
             info,
             session,
             subs,
-        } => s.open_sse(id, info, identity, (session, subs), Instant::now()),
+        } => {
+            c.wire = Wire::Sse;
+            let uid = c.uid;
+            let (secret, posts) =
+                s.open_stream((id, uid), identity.as_ref().map(|i| i.sub.clone()));
+            let welcome = crate::session::sse::welcome(uid, identity.as_deref(), secret);
+            if let Some(c) = s.conns.get_mut(id.0) {
+                c.push_control(welcome);
+            }
+            let mut session = Session::envelope(Format::Json, info, identity, session);
+            for payload in crate::session::sse::subscribes(subs) {
+                let m = Message::from_payload(OpCode::Text, &payload);
+                session.on_message(s, id, m, Instant::now());
+            }
+            Some((session, Some(posts)))
+        }
         Target::Envelope {
             format,
             info,
@@ -257,7 +293,7 @@ fn open(
             };
             // Written as soon as the write half is in place (see `serve`).
             c.push_control(envelope_frame(&welcome, format));
-            Some(Session::envelope(format, info, identity, session))
+            Some((Session::envelope(format, info, identity, session), None))
         }
     }
 }
