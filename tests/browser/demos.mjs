@@ -422,6 +422,11 @@ async function chatScenario(ctx, d, { sse }) {
   await until(A, `${tag}: A shows "carol joined"`, (r) =>
     [...document.querySelectorAll(`.pane[data-room="${r}"] .sys[data-kind="join"]`)].some((e) => e.dataset.name === "carol"), rg);
 
+  await C.fill("#text", "hey both, carol here");
+  await C.press("#text", "Enter");
+  await until(A, `${tag}: the later visitor's line reaches A`, (r) =>
+    window.__paneMsgs(r).some((m) => m.text === "hey both, carol here" && m.name === "carol"), rg);
+
   await B.close();
   pages.splice(pages.indexOf(B), 1);
   for (const p of [A, C]) {
@@ -502,6 +507,10 @@ async function restartScenario(ctx, d) {
     const bound = Math.min(BACKOFF.cap, BACKOFF.first * 2 ** Math.max(0, tries - 1)) + SLACK;
     console.log(`     ${p.label}: back ${up - ready} ms after the daemon (${tries} attempt(s); bound ${bound} ms)`);
     check(`${p.label}: reconnected within the backoff bound`, up - ready <= bound, { after: up - ready, tries, bound, states });
+    // Each retry delay the client announces (detail.delay) stays under its full-jitter ceiling.
+    const delays = states.filter((s) => s.state === "disconnected").map((s) => s.detail?.delay);
+    const over = delays.filter((v, k) => Number.isFinite(v) && v > Math.min(BACKOFF.cap, BACKOFF.first * 2 ** k));
+    check(`${p.label}: announced retry delays within full-jitter ceilings`, over.length === 0, { delays });
   }
   for (const [i, p] of pages.entries()) {
     const dis = await until(p, `${p.label}: discontinuity (not recovered)`, () =>
