@@ -65,6 +65,17 @@ async function until(page, name, fn, arg, timeout = WAIT) {
 const quietly = (page, fn, arg, timeout = WAIT) =>
   page.waitForFunction(fn, arg, { timeout, polling: 20 }).then((h) => h.jsonValue());
 
+// Polls fn (Node side, e.g. the HTTP API) until it gives a truthy value; null after timeout.
+async function eventually(fn, timeout = WAIT) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) return null;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
 
 // ---------------------------------------------------------------- daemon
@@ -402,6 +413,11 @@ async function chatScenario(ctx, d, { sse }) {
   await until(A, `${tag}: the add-room box joins chat:${extra}`, (r) =>
     document.querySelector(`#rooms li[data-room="${r}"]`)?.dataset.subscribed === "true", `chat:${extra}`);
   check(`${tag}: A's connection is in chat:${extra}`, (await d.presence(`chat:${extra}`)).includes(connA));
+  await A.hover(`#rooms li[data-room="chat:${extra}"]`);
+  await A.click(`#rooms li[data-room="chat:${extra}"] .leave`);
+  await until(A, `${tag}: its × leaves chat:${extra} again`, (r) => !document.querySelector(`#rooms li[data-room="${r}"]`), `chat:${extra}`);
+  const left = await eventually(async () => { const m = await d.presence(`chat:${extra}`); return m.includes(connA) ? null : m; });
+  check(`${tag}: A's connection is no longer in chat:${extra} (HTTP API presence)`, left !== null);
 
   // A later visitor gets the history, above its own join line.
   const C = await open(ctx, d.url, `/chat?name=carol&${q}`, { label: `${tag}: C` });
