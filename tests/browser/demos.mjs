@@ -6,10 +6,9 @@
 //   chat     two chat pages: a line typed in A shows in B with the name and time; join/leave lines;
 //            several rooms on one connection; history for a third page; screenshot docs/demo-chat.png
 //   sse      cursor and chat again with page B's WebSocket made to fail (B falls back to SSE);
-//            ?transport=sse forces SSE without trying a WebSocket
-//   cut      connections cut (TCP reset by a proxy in front of the daemon) while 500 numbered
-//            messages are published over the HTTP API: each page (one WebSocket, one SSE)
-//            received exactly 1..500
+//            the cut below with pages on SSE; ?transport=sse forces SSE without trying a WebSocket
+//   cut      connections cut twice (TCP reset by a proxy in front of the daemon) while 500
+//            numbered messages are published over the HTTP API: each page received exactly 1..500
 //   restart  the daemon SIGKILLed and restarted: cursor and chat pages show the disconnect,
 //            reconnect within the backoff bound, show a discontinuity (epoch changed), work again
 //
@@ -456,6 +455,7 @@ async function chatScenario(ctx, d, { sse }) {
       const names = [...document.querySelectorAll("#members li")].map((li) => li.textContent).sort();
       return JSON.stringify(names) === JSON.stringify(["alice", "carol"]);
     });
+    await A.mouse.move(700, 420);
     await A.screenshot({ path: path.join(REPO, "docs/demo-chat.png") });
     console.log("     screenshot docs/demo-chat.png");
   } else {
@@ -469,6 +469,7 @@ async function chatScenario(ctx, d, { sse }) {
 async function sseScenario(ctx, d) {
   await cursorScenario(ctx, d, { sse: true });
   await chatScenario(ctx, d, { sse: true });
+  await cutScenario(ctx, d, { sse: true });
   // ?transport=sse forces SSE: no WebSocket is even tried.
   const P = await open(ctx, d.url, "/chat?name=dora&transport=sse&rooms=chat:forced", { label: "chat ?transport=sse", count: true });
   const [t, tries] = [await transportOf(P), await P.evaluate(() => window.__wsAttempts)];
@@ -555,17 +556,21 @@ async function restartScenario(ctx, d) {
 }
 
 // ---------------------------------------------------------------- 4b. cut with history intact
-async function cutScenario(ctx, d) {
-  const tag = "cut";
-  const ROOM = "chat:count";
+async function cutScenario(ctx, d, { sse }) {
+  const tag = sse ? "cut, SSE" : "cut";
+  const ROOM = sse ? "chat:count-sse" : "chat:count";
   const proxy = await startProxy(d.port);
   try {
     const base = `http://127.0.0.1:${proxy.port}`;
-    const W = await open(ctx, base, `/chat?name=counter-ws&rooms=${ROOM}`, { label: `${tag}: WebSocket page` });
-    const S = await open(ctx, base, `/chat?name=counter-sse&rooms=${ROOM}`, { label: `${tag}: SSE page`, block: true });
-    const pages = [W, S];
-    must(`${tag}: the SSE page uses SSE`, (await transportOf(S)) === "sse", await transportOf(S));
-    for (const p of pages) await quietly(p, (r) => window.demo.rooms.get(r)?.subscribed, ROOM);
+    // Two pages, so that a cut of all connections at once is not one client's luck.
+    const pages = [];
+    for (const who of ["one", "two"]) {
+      const p = await open(ctx, base, `/chat?name=counter-${who}&rooms=${ROOM}`, { label: `${tag}: page ${who}`, block: sse });
+      pages.push(p);
+      const t = await transportOf(p);
+      must(`${p.label}: uses ${sse ? "SSE (its WebSocket fails)" : "a WebSocket"}`, t === (sse ? "sse" : "websocket"), t);
+      await quietly(p, (r) => window.demo.rooms.get(r)?.subscribed, ROOM);
+    }
     let n = 0;
     const publishTo = async (last) => { while (n < last) await d.publish(ROOM, ++n); };
     const cut = async (label) => {
@@ -622,7 +627,7 @@ const SCENARIOS = {
   cursor: (ctx, d) => cursorScenario(ctx, d, { sse: false }),
   chat: (ctx, d) => chatScenario(ctx, d, { sse: false }),
   sse: sseScenario,
-  cut: cutScenario,
+  cut: (ctx, d) => cutScenario(ctx, d, { sse: false }),
   restart: restartScenario,
 };
 const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS);
