@@ -18,6 +18,7 @@ use crate::metrics::ShardStats;
 use crate::protocol::deflate::{Compressor, DeflateMode, Inflater};
 use crate::protocol::envelope::{self, Data, Format, GapMark, ServerOp};
 use crate::protocol::frame::{encode_server_frame, OpCode};
+use crate::protocol::sse;
 
 /// The wire formats a room message can be sent in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,10 +36,12 @@ pub enum Wire {
     Cbor = 4,
     /// Envelope CBOR, compressed.
     CborZ = 5,
+    /// Envelope JSON as Server-Sent Events (`GET /sse`).
+    Sse = 6,
 }
 
 /// Number of wire formats.
-pub const WIRES: usize = 6;
+pub const WIRES: usize = 7;
 
 impl Wire {
     /// All formats, by index.
@@ -49,6 +52,7 @@ impl Wire {
         Wire::JsonZ,
         Wire::Cbor,
         Wire::CborZ,
+        Wire::Sse,
     ];
 
     /// The wire of a connection: raw or an envelope format, compressed or not.
@@ -77,7 +81,7 @@ impl Wire {
     pub fn format(self) -> Option<Format> {
         match self {
             Wire::Raw | Wire::RawZ => None,
-            Wire::Json | Wire::JsonZ => Some(Format::Json),
+            Wire::Json | Wire::JsonZ | Wire::Sse => Some(Format::Json),
             Wire::Cbor | Wire::CborZ => Some(Format::Cbor),
         }
     }
@@ -102,7 +106,7 @@ impl Frames {
     /// A raw message: plain frame, and the shared compressed frame when there is one.
     pub fn raw(plain: Bytes, deflate: Option<Bytes>) -> Frames {
         let z = deflate.unwrap_or_else(|| plain.clone());
-        Frames([Some(plain), Some(z), None, None, None, None])
+        Frames([Some(plain), Some(z), None, None, None, None, None])
     }
 
     /// Plain frames only (raw and raw-deflate members get the same bytes).
@@ -353,6 +357,15 @@ fn frame_bounds(buf: &[u8]) -> Option<(usize, usize, u8)> {
 #[cold]
 pub(crate) fn gap_frame(batch: &Bytes, wire: Wire) -> Option<Bytes> {
     let format = wire.format()?;
+    if wire == Wire::Sse {
+        let marked =
+            sse::replace_first_data(batch, |json| match envelope::mark_gap(json, format) {
+                GapMark::Marked(m) => Some(m),
+                GapMark::AlreadyMarked => Some(json.to_vec()),
+                GapMark::NotAMessage => None,
+            });
+        return marked.map(Bytes::from);
+    }
     let mut at = 0;
     while at < batch.len() {
         let (hl, len, b0) = frame_bounds(&batch[at..])?;
@@ -425,7 +438,10 @@ impl Encoder {
             .compressor
             .get_or_insert_with(|| Box::new(Compressor::new(level, 15)));
         ShardStats::add(&stats.compressions, 1);
-        Some(c.compress_frame(op, payload, true))
+        let frame = c.compress_frame(op, payload, true);
+        ShardStats::add(&stats.deflate_in_bytes, payload.len() as u64);
+        ShardStats::add(&stats.deflate_out_bytes, frame.len() as u64);
+        Some(frame)
     }
 
     /// The encoding of `b` for `wire` (made now if nobody made it yet); `None` when it does not
@@ -441,7 +457,14 @@ impl Encoder {
         if let Some(f) = cell.get() {
             return Some(f.clone());
         }
-        let frame = if wire.is_compressed() {
+        let frame = if wire == Wire::Sse {
+            // The JSON frame (made once, shared with the WebSocket clients) as an event.
+            let json = self.frame(z, stats, b, Wire::Json)?;
+            let (_, payload) = split_frame(&json);
+            ShardStats::add(&stats.sse_encodings, 1);
+            let id = (!b.is_event()).then_some((&*b.room, b.seq));
+            Bytes::from(sse::event(id, payload))
+        } else if wire.is_compressed() {
             let base = self.frame(z, stats, b, wire.plain())?;
             let (op, payload) = split_frame(&base);
             self.compress_shared(z, stats, op, payload).unwrap_or(base)

@@ -286,7 +286,7 @@ fn requests_while_a_subscribe_is_in_flight(driver: &str) {
         (e["code"].clone(), e["id"].clone()),
         (json!("already_subscribed"), json!("dup"))
     );
-    assert_eq!(c.recv(), json!({"op":"unsubscribed","room":room}));
+    assert_eq!(c.recv(), json!({"op":"unsubscribed","room":room,"id":"u"}));
     // The cancelled subscription never becomes live: no `subscribed`, no messages.
     let mut p = Env::connect(addr, true);
     p.send(json!({"op":"publish","room":room,"data":"x","id":1}));

@@ -189,6 +189,14 @@ impl Conn {
         if self.sealed {
             return;
         }
+        let frame = if self.wire == Wire::Sse {
+            sse_frames(&frame)
+        } else {
+            frame
+        };
+        if frame.is_empty() {
+            return;
+        }
         self.buffered += frame.len();
         self.queue.push_back((frame, NO_ROOM));
         self.wake_writer();
@@ -351,6 +359,19 @@ impl Conn {
         if self.sealed {
             return Push::Sealed;
         }
+        if self.wire == Wire::Sse {
+            let sse: Vec<Bytes> = frames.into_iter().map(|f| sse_frames(&f)).collect();
+            return self.push_reply_frames(sse, limit, policy);
+        }
+        self.push_reply_frames(frames, limit, policy)
+    }
+
+    fn push_reply_frames(
+        &mut self,
+        frames: impl IntoIterator<Item = Bytes> + Clone,
+        limit: usize,
+        policy: SlowConsumer,
+    ) -> Push {
         let total: usize = frames.clone().into_iter().map(|f| f.len()).sum();
         if !self.fits(total, limit) {
             return match policy {
@@ -437,6 +458,10 @@ impl Conn {
         }
         self.push_control(encode_close(code, reason));
         self.sealed = true;
+        if self.wire == Wire::Sse {
+            // An event stream has no close handshake: the close event, then FIN.
+            self.fin_after_flush = true;
+        }
         if !matches!(self.phase, Phase::Closing { .. }) {
             self.phase = Phase::Closing { deadline };
         }
@@ -538,6 +563,17 @@ impl Conns {
             self.inflaters.push(inf);
         }
     }
+}
+
+/// Our WebSocket frame(s) for a Server-Sent Events stream (cold: replies and control frames).
+/// Frames made in the stream's own encoding already (broadcasts, a resume's replay: they start
+/// with `id:` or `data:`, while our WebSocket frames start with FIN set) pass as they are.
+#[cold]
+fn sse_frames(frame: &Bytes) -> Bytes {
+    if frame.first().is_some_and(|b| b & 0x80 == 0) {
+        return frame.clone();
+    }
+    Bytes::from(crate::protocol::sse::from_ws_frames(frame))
 }
 
 #[cfg(test)]

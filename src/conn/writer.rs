@@ -136,8 +136,9 @@ pub(crate) fn dedicated_compressor(
 
 impl Dedicated {
     /// Replace the batch's frames by their compressed form (data frames over the threshold),
-    /// as one contiguous buffer. Returns (bytes before, bytes after).
-    fn transform(&mut self, batch: &mut WriteBatch) -> (usize, usize) {
+    /// as one contiguous buffer. Returns (bytes before, bytes after) and what was compressed:
+    /// (frames, payload bytes in, frame bytes out).
+    fn transform(&mut self, batch: &mut WriteBatch) -> ((usize, usize), (u64, u64, u64)) {
         let rules = HeaderRules {
             allow_rsv1: true,
             require_mask: false,
@@ -145,6 +146,7 @@ impl Dedicated {
         };
         let before: usize = batch.bufs.iter().map(Bytes::len).sum();
         let mut out = BytesMut::with_capacity(before);
+        let mut done = (0u64, 0u64, 0u64);
         for chunk in batch.bufs.drain(..) {
             let mut rest = &chunk[..];
             while !rest.is_empty() {
@@ -167,7 +169,13 @@ impl Dedicated {
                     let comp = self
                         .comp
                         .get_or_insert_with(|| Compressor::new(level, bits));
-                    out.extend_from_slice(&comp.compress_frame(h.opcode, payload, self.reset));
+                    let z = comp.compress_frame(h.opcode, payload, self.reset);
+                    done = (
+                        done.0 + 1,
+                        done.1 + payload.len() as u64,
+                        done.2 + z.len() as u64,
+                    );
+                    out.extend_from_slice(&z);
                 } else {
                     out.extend_from_slice(frame);
                 }
@@ -176,7 +184,7 @@ impl Dedicated {
         }
         let after = out.len();
         batch.bufs.push(out.freeze());
-        (before, after)
+        ((before, after), done)
     }
 }
 
@@ -214,8 +222,15 @@ pub(crate) async fn write_loop<H: Host>(
             }
         }
         if let Some(d) = dedicated.as_mut() {
-            let (before, after) = d.transform(&mut batch);
-            if let Some(c) = shard.borrow_mut().conns_mut().get_mut(id.0) {
+            let ((before, after), (frames, zin, zout)) = d.transform(&mut batch);
+            let mut s = shard.borrow_mut();
+            if frames > 0 {
+                let st = s.stats();
+                ShardStats::add(&st.dedicated_compressions, frames);
+                ShardStats::add(&st.deflate_in_bytes, zin);
+                ShardStats::add(&st.deflate_out_bytes, zout);
+            }
+            if let Some(c) = s.conns_mut().get_mut(id.0) {
                 c.buffered = c.buffered.saturating_sub(before) + after;
             }
         }

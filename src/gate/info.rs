@@ -18,29 +18,27 @@ pub(super) fn parse(query: Option<&str>, max: usize) -> Result<Data, String> {
         serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
     Ok(envelope::data_from_json(value))
 }
-pub(super) fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
+/// `?session=`: 1-64 bytes of `A-Za-z0-9_-` (`Err` otherwise), `None` when absent.
+pub(super) fn session(query: Option<&str>) -> Result<Option<std::sync::Arc<str>>, ()> {
+    let Some(raw) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("session="))
+    else {
+        return Ok(None);
+    };
+    let ok = (1..=64).contains(&raw.len())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(Some(std::sync::Arc::from(raw)))
+    } else {
+        Err(())
     }
-    Some(out)
 }
+
+pub(super) use crate::protocol::handshake::percent_decode;
 
 #[cfg(test)]
 mod tests {

@@ -65,6 +65,8 @@ pub enum Plan {
     Status,
     /// An embedded file: the JavaScript client or a demo page (`http::assets`).
     Asset(&'static crate::http::assets::Asset),
+    /// `POST /sse/{stream}`: a client operation for an open event stream (`http::sse`).
+    SsePost,
 }
 
 /// An admitted WebSocket upgrade.
@@ -103,6 +105,18 @@ pub enum Target {
         format: Format,
         /// `?info=` (JSON), `null` when absent.
         info: Arc<Data>,
+        /// `?session=`: the client's own id across its reconnects (publish dedup).
+        session: Option<Arc<str>>,
+    },
+    /// A Server-Sent Events stream (`GET /sse`): the envelope protocol's JSON frames as events,
+    /// opening with a subscription to each of `subs`.
+    Sse {
+        /// `?info=`, as for `/ws`.
+        info: Arc<Data>,
+        /// `?session=`, as for `/ws`.
+        session: Option<Arc<str>>,
+        /// The rooms to subscribe to at once.
+        subs: Vec<crate::protocol::sse::Sub>,
     },
 }
 
@@ -125,6 +139,12 @@ pub enum Rejection {
     /// `?info=` is not percent-encoded JSON within `max_info_bytes` (400).
     #[error("info: {0}")]
     BadInfo(String),
+    /// `?session=` is not 1-64 bytes of `A-Za-z0-9_-` (400).
+    #[error("session: 1-64 bytes of A-Za-z0-9_-")]
+    BadSession,
+    /// `GET /sse` with a query that does not name rooms and positions well (400).
+    #[error("sse: {0}")]
+    BadSse(crate::protocol::sse::SseError),
     /// A method other than GET/HEAD outside the API (405).
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -164,7 +184,11 @@ impl Rejection {
     pub fn status(&self) -> u16 {
         match self {
             Rejection::Handshake(e) => e.status(),
-            Rejection::NoSubprotocol | Rejection::BadRoom | Rejection::BadInfo(_) => 400,
+            Rejection::NoSubprotocol
+            | Rejection::BadRoom
+            | Rejection::BadInfo(_)
+            | Rejection::BadSession
+            | Rejection::BadSse(_) => 400,
             Rejection::MethodNotAllowed => 405,
             Rejection::NotFound => 404,
             Rejection::AtCapacity | Rejection::Draining => 503,
@@ -194,6 +218,8 @@ impl Rejection {
             Rejection::NoSubprotocol => "no_subprotocol",
             Rejection::BadRoom => "bad_room",
             Rejection::BadInfo(_) => "bad_info",
+            Rejection::BadSession => "bad_session",
+            Rejection::BadSse(_) => "bad_sse",
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::NotFound => "not_found",
             Rejection::AtCapacity => "at_capacity",
@@ -238,7 +264,11 @@ pub fn plan_upgrade(req: &Request, policy: &Policy) -> Result<Plan, Rejection> {
         Routed::Plan(plan) => return Ok(plan),
         Routed::Upgrade(target) => target,
     };
-    let accept = req.validate_upgrade().map_err(Rejection::Handshake)?;
+    let accept = match target {
+        // An event stream is a plain GET: no upgrade headers.
+        Target::Sse { .. } => String::new(),
+        _ => req.validate_upgrade().map_err(Rejection::Handshake)?,
+    };
     let cfg = policy.cfg;
     cfg.origins
         .check(req.origin.as_deref())
@@ -322,9 +352,23 @@ fn authorize(t: Target, id: Option<&Identity>, cfg: &Config) -> Result<Target, R
             let may_publish = auth::may(id, &class, Action::Publish, &name);
             Ok(Target::Room { name, may_publish })
         }
-        Target::Envelope { format, info } => Ok(Target::Envelope {
+        Target::Envelope {
+            format,
+            info,
+            session,
+        } => Ok(Target::Envelope {
             format,
             info: id.map_or(info, |i| i.info.clone()),
+            session,
+        }),
+        Target::Sse {
+            info,
+            session,
+            subs,
+        } => Ok(Target::Sse {
+            info: id.map_or(info, |i| i.info.clone()),
+            session,
+            subs,
         }),
     }
 }
@@ -341,7 +385,28 @@ fn route(req: &Request, policy: &Policy) -> Result<Routed, Rejection> {
         let info = info::parse(req.query.as_deref(), policy.cfg.max_info_bytes)
             .map_err(Rejection::BadInfo)?;
         let info = Arc::new(info);
-        return Ok(Routed::Upgrade(Target::Envelope { format, info }));
+        let session = info::session(req.query.as_deref()).map_err(|()| Rejection::BadSession)?;
+        return Ok(Routed::Upgrade(Target::Envelope {
+            format,
+            info,
+            session,
+        }));
+    }
+    if req.path == "/sse" && req.method == "GET" {
+        let info = info::parse(req.query.as_deref(), policy.cfg.max_info_bytes)
+            .map_err(Rejection::BadInfo)?;
+        let session = info::session(req.query.as_deref()).map_err(|()| Rejection::BadSession)?;
+        let subs =
+            crate::protocol::sse::parse_open(req.query.as_deref(), req.last_event_id.as_deref())
+                .map_err(Rejection::BadSse)?;
+        return Ok(Routed::Upgrade(Target::Sse {
+            info: Arc::new(info),
+            session,
+            subs,
+        }));
+    }
+    if req.path.starts_with("/sse/") && req.method == "POST" {
+        return Ok(Routed::Plan(Plan::SsePost));
     }
     if req.path.starts_with("/api/") {
         return Ok(Routed::Plan(Plan::Api));
@@ -382,6 +447,17 @@ fn admit(policy: &Policy) -> Result<(), Rejection> {
 
 /// The 101 response with the negotiated extension and subprotocol.
 fn upgrade(req: &Request, target: Target, accept: &str, z: &Compression) -> Upgrade {
+    if let Target::Sse { .. } = target {
+        return Upgrade {
+            target,
+            response: crate::protocol::sse::RESPONSE_HEAD.to_vec(),
+            deflate: None,
+            shared_deflate: false,
+            identity: None,
+            tickets: Tickets::default(),
+            evict: None,
+        };
+    }
     let deflate = if z.enabled {
         negotiate(&req.extensions, z.mode)
     } else {

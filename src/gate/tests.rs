@@ -115,11 +115,65 @@ fn envelope_needs_a_subprotocol() {
 }
 
 #[test]
+fn sessions_are_short_safe_names() {
+    let proto = "Sec-WebSocket-Protocol: shardcast.v1.json\r\n";
+    let u = upgrade(&upgrade_head("/ws?session=ab_C-9", proto));
+    assert!(
+        matches!(&u.target, Target::Envelope { session: Some(s), .. } if &**s == "ab_C-9"),
+        "{:?}",
+        u.target
+    );
+    let long = format!("/ws?session={}", "a".repeat(65));
+    for bad in [
+        "/ws?session=",
+        "/ws?session=a%20b",
+        "/ws?session=a.b",
+        long.as_str(),
+    ] {
+        let e = plan(&upgrade_head(bad, proto), &policy()).unwrap_err();
+        assert_eq!(
+            (e.clone(), e.status()),
+            (Rejection::BadSession, 400),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn event_streams_open_with_a_plain_get() {
+    let u = upgrade(&head("GET", "/sse?rooms=a,b&since=a:3&session=s1", ""));
+    match &u.target {
+        Target::Sse { subs, session, .. } => {
+            assert_eq!(session.as_deref(), Some("s1"));
+            assert_eq!(subs.len(), 2);
+            assert_eq!((subs[0].room.as_str(), subs[0].since), ("a", Some(3)));
+        }
+        t => panic!("{t:?}"),
+    }
+    let r = response(&u);
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    assert!(r.contains("Content-Type: text/event-stream\r\n") && !r.contains("Content-Length"));
+    // Last-Event-ID resumes its room.
+    let u = upgrade(&head("GET", "/sse?rooms=a", "Last-Event-ID: a:41\r\n"));
+    assert!(matches!(&u.target, Target::Sse { subs, .. } if subs[0].since == Some(41)));
+    let e = plan(&head("GET", "/sse?rooms=bad!", ""), &policy()).unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert!(e.to_string().starts_with("sse: bad room name"), "{e}");
+    assert_eq!(
+        plan(
+            &head("POST", "/sse/1-0000000000000001", "Content-Length: 2\r\n"),
+            &policy()
+        ),
+        Ok(Plan::SsePost)
+    );
+}
+
+#[test]
 fn envelope_upgrades_with_its_subprotocol_and_info() {
     let proto = "Sec-WebSocket-Protocol: chat, shardcast.v1.cbor\r\n";
     let u = upgrade(&upgrade_head("/ws?info=%7B%22n%22%3A1%7D", proto));
     match &u.target {
-        Target::Envelope { format, info } => {
+        Target::Envelope { format, info, .. } => {
             assert_eq!(*format, Format::Cbor);
             assert_ne!(**info, Data::Null);
         }

@@ -20,7 +20,7 @@ use crate::shard::bus::ShardMsg;
 use crate::shard::ShardRef;
 
 /// Compare without an early exit on the first differing byte.
-fn same_key(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_key(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -56,6 +56,11 @@ pub(crate) async fn serve<S: HttpIo>(
     early: &[u8],
 ) {
     let resp = respond(shard, stream, req, early).await;
+    answer(stream, resp).await;
+}
+
+/// Send `resp` and end the connection.
+pub(crate) async fn answer<S: HttpIo>(stream: &mut S, resp: Vec<u8>) {
     let _ = stream.send(resp).await;
     stream.finish().await;
 }
@@ -137,18 +142,9 @@ async fn publish<S: HttpIo>(
         let s = shard.borrow();
         (s.cfg.max_message_bytes, s.shards())
     };
-    let Some(len) = req.content_length else {
-        return api_error(411, "length_required", "Content-Length required");
-    };
-    if len > max_body {
-        return api_error(
-            413,
-            "too_large",
-            "body larger than limits.max_message_bytes",
-        );
-    }
-    let Some(body) = read_body(stream, early, len).await else {
-        return api_error(400, "bad_request", "incomplete body");
+    let body = match body(stream, req, early, max_body).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let (room, data) = match parse_publish(&body) {
         Ok(x) => x,
@@ -227,6 +223,28 @@ fn parse_publish(body: &[u8]) -> Result<(String, Data), (&'static str, String)> 
     }
 }
 
+/// The request's body (`Content-Length` bytes, at most `max`), or the response refusing it.
+pub(crate) async fn body<S: HttpIo>(
+    stream: &mut S,
+    req: &Request,
+    early: &[u8],
+    max: usize,
+) -> Result<Vec<u8>, Vec<u8>> {
+    let Some(len) = req.content_length else {
+        return Err(api_error(411, "length_required", "Content-Length required"));
+    };
+    if len > max {
+        return Err(api_error(
+            413,
+            "too_large",
+            "body larger than limits.max_message_bytes",
+        ));
+    }
+    read_body(stream, early, len)
+        .await
+        .ok_or_else(|| api_error(400, "bad_request", "incomplete body"))
+}
+
 /// Read a request body of `len` bytes, starting with what came with the head.
 async fn read_body<S: HttpIo>(stream: &mut S, early: &[u8], len: usize) -> Option<Vec<u8>> {
     let mut body = Vec::with_capacity(len);
@@ -243,7 +261,7 @@ async fn read_body<S: HttpIo>(stream: &mut S, early: &[u8], len: usize) -> Optio
 }
 
 /// Ask shard `to` (possibly this one, through its own inbox) and wait for the answer.
-async fn ask(shard: &ShardRef, to: ShardId, req: ApiReq) -> Option<ApiAnswer> {
+pub(crate) async fn ask(shard: &ShardRef, to: ShardId, req: ApiReq) -> Option<ApiAnswer> {
     let peer = shard.borrow().bus.peers.get(to.0)?.clone();
     let (tx, rx) = flume::bounded(1);
     peer.send_async(ShardMsg::Api(req, tx)).await.ok()?;

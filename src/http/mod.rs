@@ -7,3 +7,4 @@ pub(crate) mod assets;
 pub(crate) mod io;
 pub(crate) mod pages;
 pub(crate) mod response;
+pub(crate) mod sse;

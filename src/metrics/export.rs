@@ -11,7 +11,9 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use super::{names, ShardStats, Stats, AUTH_REASONS, CLOSE_CODES, QUEUE_BUCKETS};
+use super::{
+    names, ShardStats, Stats, AUTH_REASONS, CLOSE_CODES, QUEUE_BUCKETS, SLOW_CONSUMER_POLICIES,
+};
 
 /// A per-shard counter or gauge: exported name (without the `shardcast_` prefix; counters
 /// without their `_total`, which the encoder adds), help, and where it lives.
@@ -128,6 +130,41 @@ const COUNTERS: &[Field] = &[
         "Cross-shard messages that waited for room in a full inbox",
         |s| &s.cross_shard_overflow,
     ),
+    (
+        names::DEFLATE_INPUT_BYTES,
+        "Payload bytes given to permessage-deflate",
+        |s| &s.deflate_in_bytes,
+    ),
+    (
+        names::DEFLATE_OUTPUT_BYTES,
+        "Bytes permessage-deflate made of them",
+        |s| &s.deflate_out_bytes,
+    ),
+    (
+        names::DEDICATED_COMPRESSIONS,
+        "Frames compressed once per recipient (dedicated deflate contexts)",
+        |s| &s.dedicated_compressions,
+    ),
+    (
+        names::SSE_ENCODINGS,
+        "Broadcasts made into Server-Sent Events (once per message)",
+        |s| &s.sse_encodings,
+    ),
+    (
+        names::SSE_STREAMS,
+        "Server-Sent Events streams opened",
+        |s| &s.sse_streams,
+    ),
+    (
+        names::SSE_POSTS,
+        "Client operations posted to Server-Sent Events streams",
+        |s| &s.sse_posts,
+    ),
+    (
+        names::HISTORY_EVICTIONS,
+        "Kept messages dropped by a room's size, byte cap or ttl",
+        |s| &s.history_evictions,
+    ),
 ];
 
 /// Gauges, one series per shard.
@@ -138,6 +175,21 @@ const GAUGES: &[Field] = &[
     (names::ROOMS, "Rooms with members on the shard", |s| {
         &s.rooms
     }),
+    (
+        names::HISTORY_MESSAGES,
+        "Messages kept for resume and history (rooms this shard is home for)",
+        |s| &s.history_messages,
+    ),
+    (
+        names::HISTORY_BYTES,
+        "Payload bytes of the kept messages (rooms this shard is home for)",
+        |s| &s.history_bytes,
+    ),
+    (
+        names::PRESENCE_MEMBERS,
+        "Presence entries of the rooms this shard is home for",
+        |s| &s.presence_members,
+    ),
 ];
 
 /// What the process adds to the shards' counters.
@@ -194,6 +246,17 @@ impl Scrape {
         reasons: &[&'static str],
         get: fn(&ShardStats, usize) -> u64,
     ) -> std::fmt::Result {
+        self.by_label(e, (name, help), ("reason", reasons), get)
+    }
+
+    /// A counter with one label (`key`, one series per value), summed over shards.
+    fn by_label(
+        &self,
+        e: &mut DescriptorEncoder,
+        (name, help): (&str, &str),
+        (key, reasons): (&'static str, &[&'static str]),
+        get: fn(&ShardStats, usize) -> u64,
+    ) -> std::fmt::Result {
         let mut m = e.encode_descriptor(
             strip_total(name),
             help,
@@ -204,7 +267,7 @@ impl Scrape {
             let v: u64 = (0..self.stats.shard_count())
                 .map(|i| get(self.stats.shard(i), r))
                 .sum();
-            ConstCounter::new(v).encode(m.encode_family(&[("reason", *reason)])?)?;
+            ConstCounter::new(v).encode(m.encode_family(&[(key, *reason)])?)?;
         }
         Ok(())
     }
@@ -326,6 +389,15 @@ impl Collector for Scrape {
             ),
             &crate::admission::REFUSAL_REASONS,
             |s, r| s.admission_refusals_by_reason[r].load(Ordering::Relaxed),
+        )?;
+        self.by_label(
+            &mut e,
+            (
+                names::SLOW_CONSUMER_ACTIONS,
+                "Slow-consumer policies acting: connections closed or frames dropped",
+            ),
+            ("policy", &SLOW_CONSUMER_POLICIES),
+            |s, r| s.slow_consumer_actions[r].load(Ordering::Relaxed),
         )?;
         self.resumes_and_closes(&mut e)?;
         self.queue_histogram(&mut e)?;

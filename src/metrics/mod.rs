@@ -81,7 +81,37 @@ pub struct ShardStats {
     /// Envelope frames (JSON or CBOR) serialized for room messages and presence events: once
     /// per message per format, however many subscribers.
     pub envelope_encodings: AtomicU64,
+    /// Slow-consumer policies acting (index: [`SLOW_CONSUMER_POLICIES`]): a connection closed
+    /// (`close`) or a frame dropped (`drop`, `drop_oldest`, `conflate`).
+    pub slow_consumer_actions: [AtomicU64; SLOW_CONSUMER_POLICIES.len()],
+    /// Payload bytes given to the compressor (shared and per-connection permessage-deflate).
+    pub deflate_in_bytes: AtomicU64,
+    /// Bytes the compressor made of them.
+    pub deflate_out_bytes: AtomicU64,
+    /// Frames compressed per connection (dedicated contexts: the CPU-costly kind, once per
+    /// recipient).
+    pub dedicated_compressions: AtomicU64,
+    /// Messages kept for resume and history in the rooms this shard is home for (gauge, set
+    /// by the sweep once a second).
+    pub history_messages: AtomicU64,
+    /// Payload bytes of those messages (gauge, set by the sweep).
+    pub history_bytes: AtomicU64,
+    /// Kept messages dropped before their time: over a room's `size` or `max_room_bytes`, or
+    /// expired by `ttl`.
+    pub history_evictions: AtomicU64,
+    /// Presence entries (envelope subscriptions) in the rooms this shard is home for (gauge,
+    /// set by the sweep).
+    pub presence_members: AtomicU64,
+    /// Broadcasts made into Server-Sent Events (once per message, however many SSE streams).
+    pub sse_encodings: AtomicU64,
+    /// SSE streams opened (`GET /sse`).
+    pub sse_streams: AtomicU64,
+    /// Client operations posted to streams (`POST /sse/{stream}`) and carried out.
+    pub sse_posts: AtomicU64,
 }
+
+/// The labels of [`ShardStats::slow_consumer_actions`], in index order.
+pub const SLOW_CONSUMER_POLICIES: [&str; 4] = ["close", "drop", "drop_oldest", "conflate"];
 
 /// The close codes counted one by one in [`ShardStats::closes_sent`].
 pub const CLOSE_CODES: [u16; 11] = [
@@ -155,6 +185,24 @@ impl ShardStats {
     #[inline]
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Set a gauge.
+    #[inline]
+    pub fn set(gauge: &AtomicU64, v: u64) {
+        gauge.store(v, Ordering::Relaxed);
+    }
+
+    /// Count `n` actions of the slow-consumer policy `policy`.
+    pub fn count_slow_consumer(&self, policy: crate::config::SlowConsumer, n: u64) {
+        use crate::config::SlowConsumer as P;
+        let i = match policy {
+            P::Close => 0,
+            P::Drop => 1,
+            P::DropOldest => 2,
+            P::Conflate => 3,
+        };
+        Self::add(&self.slow_consumer_actions[i], n);
     }
 }
 

@@ -73,3 +73,26 @@ pub const RESUMES: &str = "resumes_total";
 pub const CLOSES_SENT: &str = "closes_sent_total";
 /// Per-connection queued bytes, sampled by the sweep (histogram).
 pub const QUEUED_BYTES: &str = "connection_queued_bytes";
+/// Slow-consumer policies acting, label `policy`: connections closed (`close`) or frames
+/// dropped (`drop`, `drop_oldest`, `conflate`).
+pub const SLOW_CONSUMER_ACTIONS: &str = "slow_consumer_actions_total";
+/// Payload bytes given to permessage-deflate (the ratio is `deflate_output / deflate_input`).
+pub const DEFLATE_INPUT_BYTES: &str = "deflate_input_bytes_total";
+/// Bytes permessage-deflate made of them.
+pub const DEFLATE_OUTPUT_BYTES: &str = "deflate_output_bytes_total";
+/// Frames compressed once per recipient (dedicated contexts: the CPU-costly kind).
+pub const DEDICATED_COMPRESSIONS: &str = "dedicated_compressions_total";
+/// Messages kept for resume and history (gauge, per home shard).
+pub const HISTORY_MESSAGES: &str = "history_messages";
+/// Payload bytes of the kept messages (gauge, per home shard).
+pub const HISTORY_BYTES: &str = "history_bytes";
+/// Kept messages dropped by a room's size, byte cap or ttl.
+pub const HISTORY_EVICTIONS: &str = "history_evictions_total";
+/// Presence entries (envelope subscriptions) of the rooms (gauge, per home shard).
+pub const PRESENCE_MEMBERS: &str = "presence_members";
+/// Broadcasts made into Server-Sent Events (once per message, however many streams).
+pub const SSE_ENCODINGS: &str = "sse_encodings_total";
+/// Server-Sent Events streams opened.
+pub const SSE_STREAMS: &str = "sse_streams_total";
+/// Client operations posted to streams and carried out.
+pub const SSE_POSTS: &str = "sse_posts_total";

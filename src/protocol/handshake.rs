@@ -69,6 +69,8 @@ pub struct Request {
     pub x_forwarded_for: Option<String>,
     /// `Accept` header values, joined with `, `.
     pub accept: Option<String>,
+    /// `Last-Event-ID` (an `EventSource` reconnecting to `/sse`).
+    pub last_event_id: Option<String>,
 }
 
 /// Parse a request head from the front of `buf`.
@@ -120,6 +122,7 @@ pub fn parse_request(
         forwarded,
         x_forwarded_for,
         accept,
+        last_event_id,
     } = fields;
     Ok(Some((
         Request {
@@ -139,6 +142,7 @@ pub fn parse_request(
             forwarded,
             x_forwarded_for,
             accept,
+            last_event_id,
         },
         n,
     )))
@@ -160,6 +164,7 @@ struct HeaderFields {
     forwarded: Option<String>,
     x_forwarded_for: Option<String>,
     accept: Option<String>,
+    last_event_id: Option<String>,
 }
 
 /// Append one header's `value` to a list kept as one string.
@@ -213,6 +218,8 @@ impl HeaderFields {
             append(&mut self.x_forwarded_for, ", ", value);
         } else if name.eq_ignore_ascii_case("accept") {
             append(&mut self.accept, ", ", value);
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            self.last_event_id = Some(value.trim().to_string());
         } else if name.eq_ignore_ascii_case("content-length") {
             let n = value
                 .trim()
@@ -321,10 +328,36 @@ pub fn http_response_bytes(
     out
 }
 
+/// A query parameter's value with `%XX` and `+` decoded; `None` for a bad escape.
+pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Standard reason phrase.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",

@@ -17,6 +17,7 @@ pub mod frame;
 pub mod handshake;
 pub mod room_name;
 pub mod session;
+pub mod sse;
 
 use close::CloseCode;
 

@@ -156,15 +156,18 @@ impl HomeRoom {
         self.total.iter().map(|&n| u64::from(n)).sum()
     }
 
-    /// Drop kept messages older than `ttl`.
-    pub(crate) fn expire(&mut self, now: Tick, ttl: Duration) {
+    /// Drop kept messages older than `ttl`; returns how many.
+    pub(crate) fn expire(&mut self, now: Tick, ttl: Duration) -> u64 {
+        let mut n = 0;
         while let Some(b) = self.history.front() {
             if now.since(b.at) >= ttl {
                 self.drop_oldest();
+                n += 1;
             } else {
                 break;
             }
         }
+        n
     }
 
     fn drop_oldest(&mut self) {
@@ -173,17 +176,23 @@ impl HomeRoom {
         }
     }
 
-    /// Keep `b`, dropping the oldest messages beyond `size` messages or `max_bytes` of payload.
-    pub(crate) fn keep(&mut self, b: Arc<Bcast>, size: usize, max_bytes: usize) {
+    /// Keep `b`, dropping the oldest messages beyond `size` messages or `max_bytes` of payload;
+    /// returns how many were dropped.
+    pub(crate) fn keep(&mut self, b: Arc<Bcast>, size: usize, max_bytes: usize) -> u64 {
         let w = b.weight();
         if size == 0 || w > max_bytes {
-            return;
+            return 0;
         }
-        while self.history.len() >= size || self.history_bytes + w > max_bytes {
+        let mut n = 0;
+        while !self.history.is_empty()
+            && (self.history.len() >= size || self.history_bytes + w > max_bytes)
+        {
             self.drop_oldest();
+            n += 1;
         }
         self.history_bytes += w;
         self.history.push_back(b);
+        n
     }
 
     /// Can every message after `since` still be given (none expired or evicted)?
@@ -247,21 +256,44 @@ impl HomeRooms {
             .unwrap_or_else(|| unreachable!("room inserted above"))
     }
 
-    /// Expire history and forget idle rooms (at most once a second).
-    pub(crate) fn sweep(&mut self, now: Instant, ttl_of: impl Fn(&str) -> Duration) {
+    /// Expire history and forget idle rooms (at most once a second: `None` otherwise); what is
+    /// kept after.
+    pub(crate) fn sweep(
+        &mut self,
+        now: Instant,
+        ttl_of: impl Fn(&str) -> Duration,
+    ) -> Option<HomeTotals> {
         if self
             .last_sweep
             .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
         {
-            return;
+            return None;
         }
         self.last_sweep = Some(now);
         let tick = Tick::at(now);
+        let mut t = HomeTotals::default();
         self.rooms.retain(|name, r| {
-            r.expire(tick, ttl_of(name));
+            t.expired += r.expire(tick, ttl_of(name));
+            t.messages += r.history.len() as u64;
+            t.bytes += r.history_bytes as u64;
+            t.presence += r.presence.len() as u64;
             !r.idle()
         });
+        Some(t)
     }
+}
+
+/// What a shard's home rooms keep, summed by [`HomeRooms::sweep`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HomeTotals {
+    /// Kept messages.
+    pub(crate) messages: u64,
+    /// Their payload bytes.
+    pub(crate) bytes: u64,
+    /// Presence entries.
+    pub(crate) presence: u64,
+    /// Messages expired by this sweep.
+    pub(crate) expired: u64,
 }
 
 /// The home shard of `room` among `shards` (FNV-1a of the name).

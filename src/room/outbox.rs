@@ -25,6 +25,9 @@ pub(crate) struct How {
 }
 
 /// Frames waiting to be handed to a room's members at the end of the loop turn.
+// `One` is the common case (a room's only broadcast of the turn) and must not allocate; the
+// rooms hold one `Outbox` each, so its size (one `Frames`) is not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Default)]
 pub(crate) enum Outbox {
     /// Nothing pending.

@@ -29,6 +29,8 @@ pub(crate) struct SubReq {
     pub(crate) info: Arc<Data>,
     /// The token's `sub`, for presence.
     pub(crate) user: Option<Arc<str>>,
+    /// The request's `id`, echoed by its answer.
+    pub(crate) id: Option<Data>,
 }
 
 /// A request to a room's home shard.
@@ -63,6 +65,8 @@ pub(crate) enum HomeMsg {
         conn: ConnRef,
         format: Format,
         query: Query,
+        /// The request's `id`, echoed by its answer.
+        id: Option<Data>,
     },
 }
 
@@ -102,6 +106,8 @@ pub(crate) struct SubAnswer {
     pub(crate) epoch: u64,
     pub(crate) recovered: bool,
     pub(crate) replay: Vec<Arc<Bcast>>,
+    /// The `subscribe`'s `id`, echoed by `subscribed` (or by the error that refuses it).
+    pub(crate) id: Option<Data>,
 }
 
 /// A home shard's answer to one connection.
@@ -113,7 +119,12 @@ pub(crate) enum Reply {
     Frame { conn: ConnRef, frame: Bytes },
     /// The room is at its class's `max_subscribers`: the join was not counted (a raw member
     /// that joined locally leaves and is closed; an envelope subscribe gets `room_full`).
-    Full { conn: ConnRef, room: Arc<str> },
+    Full {
+        conn: ConnRef,
+        room: Arc<str>,
+        /// The `subscribe`'s `id`, echoed by the `room_full` error.
+        id: Option<Data>,
+    },
 }
 
 /// An HTTP API request, answered by the room's home (or, for `Rooms`, by every shard).
@@ -129,6 +140,13 @@ pub(crate) enum ApiReq {
     Rooms,
     /// Every room this shard is home to: members and seq (the admin page's top rooms).
     RoomStats,
+    /// A client operation for the Server-Sent Events stream `(uid, secret)` on this shard,
+    /// from a post with `user`'s token.
+    SsePost {
+        stream: (u64, u64),
+        user: Option<String>,
+        body: Vec<u8>,
+    },
 }
 
 /// The answer to an [`ApiReq`].
@@ -139,4 +157,6 @@ pub(crate) enum ApiAnswer {
     Rooms(Vec<(Arc<str>, u64)>),
     /// (room, members, seq).
     RoomStats(Vec<(Arc<str>, u64, u64)>),
+    /// What became of an [`ApiReq::SsePost`].
+    Posted(crate::session::sse::Posted),
 }

@@ -160,10 +160,13 @@ impl EnvelopeSession {
                     presence,
                     info: self.info.clone(),
                     user: self.identity.as_ref().map(|i| i.sub.clone()),
+                    id: req_id.cloned(),
                 };
                 return subscribe(s, me, Arc::from(room), sub, now);
             }
-            ClientOp::Unsubscribe { room } => return unsubscribe(s, me, &room, format, now),
+            ClientOp::Unsubscribe { room } => {
+                return unsubscribe(s, me, &room, (format, req_id), now)
+            }
             ClientOp::Refresh { token } => return self.refresh(s, me, &token, req_id, now),
             ClientOp::Publish {
                 room,
@@ -180,12 +183,14 @@ impl EnvelopeSession {
                 conn: me,
                 format,
                 query: Query::Presence { by_user },
+                id: req_id.cloned(),
             },
             ClientOp::History { room, since, limit } => HomeMsg::Query {
                 room: Arc::from(room),
                 conn: me,
                 format,
                 query: Query::History { since, limit },
+                id: req_id.cloned(),
             },
         };
         s.send_home(msg, now);
@@ -248,6 +253,7 @@ impl EnvelopeSession {
                 let op = ServerOp::Unsubscribed {
                     room: &name,
                     reason: Some("forbidden"),
+                    id: None,
                 };
                 s.queue_reply(me.id, [envelope_frame(&op, self.format)], now);
             }
@@ -279,6 +285,7 @@ impl EnvelopeSession {
             let op = ServerOp::Unsubscribed {
                 room: &room,
                 reason: Some("forbidden"),
+                id: None,
             };
             s.queue_reply(me.id, [envelope_frame(&op, self.format)], now);
         }
@@ -336,12 +343,12 @@ fn unsubscribe(
     s: &mut ShardCore,
     me: ConnRef,
     room: &str,
-    format: Format,
+    (format, req_id): (Format, Option<&Data>),
     now: Instant,
 ) -> Result<(), SessionError> {
     if let Some(rid) = s.member_room(me.id, room) {
         s.leave_room(me.id, rid);
-        s.send_unsubscribed(me.id, room, format, now);
+        s.send_unsubscribed(me.id, room, (format, req_id), now);
         return Ok(());
     }
     let cancelled = s.subs.get_mut(&(me.uid, Arc::from(room))).is_some_and(|p| {
@@ -352,6 +359,6 @@ fn unsubscribe(
     if !cancelled {
         return Err(SessionError::NotSubscribed);
     }
-    s.send_unsubscribed(me.id, room, format, now);
+    s.send_unsubscribed(me.id, room, (format, req_id), now);
     Ok(())
 }

@@ -9,6 +9,7 @@
 
 pub(crate) mod envelope;
 pub(crate) mod raw;
+pub(crate) mod sse;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +31,9 @@ pub(crate) enum Session {
     Raw(raw::RawSession),
     /// The envelope protocol.
     Envelope(envelope::EnvelopeSession),
+    /// The socket of a Server-Sent Events stream: its requests come as posts ([`sse`]); what
+    /// the client sends on the stream itself is ignored.
+    Sse,
 }
 
 /// What a session asks of the reader after a message.
@@ -69,10 +73,14 @@ impl Session {
         m: Message,
         now: Instant,
     ) -> Verdict {
+        if let Session::Sse = self {
+            return Verdict::Continue;
+        }
         if let Some(rate) = s.cfg.message_rate {
             let tat = match self {
                 Session::Raw(r) => &mut r.rate_tat,
                 Session::Envelope(e) => &mut e.rate_tat,
+                Session::Sse => return Verdict::Continue,
             };
             match gcra(*tat, mono_ns(now), &rate) {
                 Ok(next) => *tat = next,
@@ -82,6 +90,7 @@ impl Session {
         match self {
             Session::Raw(r) => r.on_message(s, id, m, now),
             Session::Envelope(e) => e.on_message(s, id, &m, now),
+            Session::Sse => Verdict::Continue,
         }
     }
 
@@ -104,6 +113,7 @@ impl Session {
                 return Verdict::Discard;
             }
             Session::Envelope(e) => e,
+            Session::Sse => return Verdict::Continue,
         };
         e.bad += 1;
         if e.bad >= s.cfg.max_bad_frames {

@@ -67,6 +67,7 @@ impl ShardCore {
         }
         if t.dropped > 0 {
             ShardStats::add(&st.dropped_frames, t.dropped * messages);
+            st.count_slow_consumer(policy, t.dropped * messages);
         }
         if t.writes > 0 {
             ShardStats::add(&st.write_calls, t.writes);

@@ -94,7 +94,10 @@ impl ShardCore {
             return;
         }
         let b = Arc::new(Bcast::raw_sequenced(room, r.seq, tick, frames));
-        r.keep(b.clone(), size, max_bytes);
+        let evicted = r.keep(b.clone(), size, max_bytes);
+        if evicted > 0 {
+            ShardStats::add(&self.stats.shard(self.id.0).history_evictions, evicted);
+        }
         if envelope_members {
             self.home_fanout(b, now);
         }
@@ -124,7 +127,10 @@ impl ShardCore {
             },
             from.map(|c| (c.shard, c.id)),
         ));
-        r.keep(b.clone(), size, max_bytes);
+        let evicted = r.keep(b.clone(), size, max_bytes);
+        if evicted > 0 {
+            ShardStats::add(&self.stats.shard(self.id.0).history_evictions, evicted);
+        }
         self.home_fanout(b, now);
         seq
     }
@@ -161,8 +167,9 @@ impl ShardCore {
                 conn,
                 format,
                 query,
+                id,
             } => {
-                let frame = self.home_query(&room, format, query, now);
+                let frame = self.home_query(&room, (format, id.as_ref()), query, now);
                 self.reply(conn.shard, Reply::Frame { conn, frame }, now);
             }
         }
@@ -183,7 +190,8 @@ impl ShardCore {
         let r = self.home.get_or_create(&room, shards);
         if !r.admit(max, conn.uid, wire) {
             ShardStats::add(&self.my_stats().room_full, 1);
-            self.reply(conn.shard, Reply::Full { conn, room }, now);
+            let id = sub.and_then(|s| s.id);
+            self.reply(conn.shard, Reply::Full { conn, room, id }, now);
             return;
         }
         r.count(conn.shard, wire, true);
@@ -206,6 +214,7 @@ impl ShardCore {
             epoch,
             recovered,
             replay,
+            id: sub.id.clone(),
         });
         self.reply(conn.shard, answer, now);
         if asked {
@@ -258,7 +267,13 @@ impl ShardCore {
     }
 
     /// Answer `presence` or `history` in `format`.
-    fn home_query(&mut self, room: &Arc<str>, format: Format, q: Query, now: Instant) -> Bytes {
+    fn home_query(
+        &mut self,
+        room: &Arc<str>,
+        (format, id): (Format, Option<&Data>),
+        q: Query,
+        now: Instant,
+    ) -> Bytes {
         let shards = self.shards();
         let ttl = self.cfg.history_in(room).1;
         let max_page = self.cfg.history_max_page;
@@ -274,6 +289,7 @@ impl ShardCore {
                     &ServerOp::Presence {
                         room,
                         members: &members,
+                        id,
                     },
                     format,
                 )
@@ -288,6 +304,7 @@ impl ShardCore {
                     &ServerOp::PresenceByUser {
                         room,
                         users: &users,
+                        id,
                     },
                     format,
                 )
@@ -307,6 +324,7 @@ impl ShardCore {
                         epoch,
                         messages: &messages,
                         complete,
+                        id,
                     },
                     format,
                 )
@@ -340,6 +358,9 @@ impl ShardCore {
                     .map(|(n, r)| (n.clone(), r.members()))
                     .collect(),
             ),
+            ApiReq::SsePost { stream, user, body } => {
+                ApiAnswer::Posted(self.post_sse(stream, user.as_deref(), &body, now))
+            }
             ApiReq::RoomStats => ApiAnswer::RoomStats(
                 self.home
                     .rooms

@@ -46,6 +46,14 @@ impl ShardCore {
     /// Forget a connection entirely (both its tasks are done).
     pub(crate) fn remove_conn(&mut self, id: ConnId, was_admitted: bool) {
         self.leave_all(id);
+        if let Some(uid) = self
+            .conns
+            .get(id.0)
+            .filter(|c| c.wire == crate::wire::Wire::Sse)
+            .map(|c| c.uid)
+        {
+            self.close_sse(uid);
+        }
         if self.conns.try_remove(id.0).is_some() && was_admitted {
             self.life.open_connections.fetch_sub(1, Ordering::AcqRel);
             self.my_stats().connections.fetch_sub(1, Ordering::Relaxed);
@@ -240,6 +248,9 @@ impl ShardCore {
             c.start_close(CloseCode::POLICY, "slow consumer", deadline, true);
             self.stats.shard(self.id.0).count_close(CloseCode::POLICY.0);
             ShardStats::add(&self.stats.shard(self.id.0).slow_consumer_closes, 1);
+            self.stats
+                .shard(self.id.0)
+                .count_slow_consumer(crate::config::SlowConsumer::Close, 1);
         }
         self.kick(id);
     }

@@ -60,6 +60,8 @@ pub(crate) struct ShardCore {
     pub(crate) home: HomeRooms,
     pub(crate) bus: bus::Bus,
     pub(crate) subs: HashMap<(u64, Arc<str>), replies::PendingSub>,
+    /// Open Server-Sent Events streams and their sessions.
+    pub(crate) sse: crate::session::sse::Streams,
     pub(crate) life: sweep::Lifecycle,
     pub(crate) enc: Encoder,
     pub(crate) stats: Stats,
@@ -91,6 +93,7 @@ impl ShardCore {
             home: HomeRooms::default(),
             bus: bus::Bus::new(peers),
             subs: HashMap::new(),
+            sse: Default::default(),
             life: sweep::Lifecycle::new(
                 open_connections,
                 admission,

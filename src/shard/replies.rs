@@ -38,14 +38,14 @@ impl ShardCore {
                 }
             }
             Reply::Subscribed(a) => self.subscribed(a, now),
-            Reply::Full { conn, room } => self.room_full(conn, room, now),
+            Reply::Full { conn, room, id } => self.room_full(conn, room, id, now),
         }
     }
 
     /// The room's home refused a join (`max_subscribers`): an envelope subscribe gets
     /// `room_full`; a raw client, which joined here at its upgrade, leaves and is closed with
     /// 1013 (what it was sent from the room meanwhile and not yet written is discarded).
-    fn room_full(&mut self, conn: ConnRef, room: Arc<str>, now: Instant) {
+    fn room_full(&mut self, conn: ConnRef, room: Arc<str>, id: Option<Data>, now: Instant) {
         let Some(c) = self.conns.get(conn.id.0).filter(|c| c.uid == conn.uid) else {
             return;
         };
@@ -63,7 +63,7 @@ impl ShardCore {
         }
         let (cancelled, _) = self.settle_pending(&(conn.uid, room));
         if !cancelled {
-            self.send_error(conn.id, &SessionError::RoomFull, None, now);
+            self.send_error(conn.id, &SessionError::RoomFull, id.as_ref(), now);
         }
     }
 
@@ -122,7 +122,7 @@ impl ShardCore {
             };
             self.send_home(leave, now);
             if alive {
-                self.send_error(conn.id, &SessionError::TooManyRooms, None, now);
+                self.send_error(conn.id, &SessionError::TooManyRooms, a.id.as_ref(), now);
             }
             return;
         }
@@ -135,6 +135,7 @@ impl ShardCore {
             seq: a.seq,
             epoch: a.epoch,
             recovered: a.recovered,
+            id: a.id.as_ref(),
         };
         frames.push(envelope_frame(&head, format));
         for b in &a.replay {
@@ -156,10 +157,17 @@ impl ShardCore {
         &mut self,
         id: ConnId,
         room: &str,
-        format: Format,
+        (format, req_id): (Format, Option<&Data>),
         now: Instant,
     ) {
-        let frame = envelope_frame(&ServerOp::Unsubscribed { room, reason: None }, format);
+        let frame = envelope_frame(
+            &ServerOp::Unsubscribed {
+                room,
+                reason: None,
+                id: req_id,
+            },
+            format,
+        );
         self.queue_reply(id, [frame], now);
     }
 

@@ -24,6 +24,15 @@ use crate::wire::envelope_frame;
 /// A writer task idle for this long exits (and is spawned again when needed).
 const WRITER_RETIRE: Duration = Duration::from_secs(2);
 
+/// Connections one sweep pass tears down for a handshake or heartbeat timeout. The rest wait
+/// for the next pass, which then comes after [`BACKLOG_PAUSE`] instead of a full period: a
+/// flood of thousands of silent connections expiring together is torn down in slices, so the
+/// shard's rooms are served between them (and the flood's re-opens come spread out too).
+pub(crate) const KILLS_PER_PASS: u64 = 256;
+
+/// Pause before the next pass while timed-out connections wait to be torn down.
+pub(crate) const BACKLOG_PAUSE: Duration = Duration::from_millis(2);
+
 /// An empty ping frame (server frames are unmasked), shared by every connection.
 static PING: &[u8] = &[0x89, 0x00];
 
@@ -104,14 +113,16 @@ impl Lifecycle {
 }
 
 impl ShardCore {
-    /// Run one sweep at `now`.
-    pub(crate) fn sweep(&mut self, now: Instant) {
+    /// Run one sweep at `now`. Returns `true` when timed-out connections are left for the next
+    /// pass ([`KILLS_PER_PASS`]).
+    pub(crate) fn sweep(&mut self, now: Instant) -> bool {
         let interval = self.cfg.heartbeat_interval;
         let timeout = self.cfg.heartbeat_timeout;
         let drain_over = matches!(self.life.shutdown, Some((_, d)) if now >= d);
         let ping = Bytes::from_static(PING);
         let tick = Tick::at(now);
         let (mut hb, mut hs) = (0u64, 0u64);
+        let mut backlog = false;
         let mut kick = std::mem::take(&mut self.life.kick);
         let mut expired = std::mem::take(&mut self.life.expired);
         let unix = unix_now();
@@ -141,8 +152,18 @@ impl ShardCore {
                 Verdict::Keep => {}
                 Verdict::Ping => {
                     c.last_ping = tick;
+                    if c.wire == crate::wire::Wire::Sse {
+                        // An event stream never answers: its comment line keeps proxies from
+                        // timing it out, and a dead client shows as a failed write.
+                        c.last_seen = tick;
+                    }
                     c.push_control(ping.clone());
                     kick.push(ConnId(i));
+                }
+                Verdict::HeartbeatTimeout | Verdict::HandshakeTimeout
+                    if hb + hs >= KILLS_PER_PASS =>
+                {
+                    backlog = true;
                 }
                 Verdict::HeartbeatTimeout => {
                     hb += 1;
@@ -165,7 +186,13 @@ impl ShardCore {
         self.drain_due(now);
         self.life.expired = expired;
         let cfg = self.cfg.clone();
-        self.home.sweep(now, |room| cfg.history_in(room).1);
+        if let Some(t) = self.home.sweep(now, |room| cfg.history_in(room).1) {
+            let st = self.stats.shard(self.id.0);
+            ShardStats::add(&st.history_evictions, t.expired);
+            ShardStats::set(&st.history_messages, t.messages);
+            ShardStats::set(&st.history_bytes, t.bytes);
+            ShardStats::set(&st.presence_members, t.presence);
+        }
         if self.id.0 == 0 {
             self.life.admission.purge();
         }
@@ -175,6 +202,7 @@ impl ShardCore {
         let st = self.my_stats();
         ShardStats::add(&st.heartbeat_timeouts, hb);
         ShardStats::add(&st.handshake_timeouts, hs);
+        backlog
     }
 
     /// Start shutting down: stop accepting; handshakes in progress are dropped; open clients
@@ -333,16 +361,53 @@ impl ShardCore {
 
 /// The sweep task.
 pub(crate) async fn run_sweeper(shard: ShardRef) {
-    let period = shard.borrow().cfg.sweep_period();
+    let mut pause = shard.borrow().cfg.sweep_period();
     loop {
-        monoio::time::sleep(period).await;
-        shard.borrow_mut().sweep(Instant::now());
+        monoio::time::sleep(pause).await;
+        let backlog = shard.borrow_mut().sweep(Instant::now());
+        let period = shard.borrow().cfg.sweep_period();
+        pause = if backlog { BACKLOG_PAUSE } else { period };
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::metrics::Stats;
+    use crate::shard::bus::ShardMsg;
+    use std::rc::Rc;
+
+    #[test]
+    fn timed_out_handshakes_are_torn_down_in_slices() {
+        let cfg = Rc::new(Config {
+            handshake_timeout: Duration::from_millis(100),
+            ..Config::default()
+        });
+        let (tx, _rx) = flume::bounded::<ShardMsg>(1);
+        let stats = Stats::new(1);
+        let mut core = ShardCore::new(
+            crate::ids::ShardId(0),
+            cfg,
+            Arc::from(vec![tx]),
+            stats.clone(),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::default(),
+            Arc::new(Health::new(1)),
+        );
+        let t0 = Instant::now();
+        let n = KILLS_PER_PASS as usize * 2 + 10;
+        let ids: Vec<ConnId> = (0..n).map(|_| core.add_conn(-1, t0)).collect();
+        let killed = |core: &ShardCore| ids.iter().filter(|i| core.conns[i.0].killed).count();
+        let later = t0 + Duration::from_secs(1);
+        assert!(core.sweep(later), "a backlog is left");
+        assert_eq!(killed(&core), KILLS_PER_PASS as usize);
+        assert!(core.sweep(later));
+        assert_eq!(killed(&core), 2 * KILLS_PER_PASS as usize);
+        assert!(!core.sweep(later), "the last slice leaves nothing");
+        assert_eq!(killed(&core), n);
+        assert_eq!(stats.snapshot().handshake_timeouts, n as u64);
+    }
 
     #[test]
     fn a_rolling_drain_spreads_closes_evenly() {

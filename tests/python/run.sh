@@ -46,6 +46,8 @@ run_auth() {
   SHARDCAST_BIN="${SHARDCAST_BIN:-$REPO/target/release/shardcast}" "$VENV/bin/python" tests/python/test_abuse.py
   # Operations (issue #12): metrics, readyz, sd_notify and watchdog, SIGHUP reload.
   SHARDCAST_BIN="${SHARDCAST_BIN:-$REPO/target/release/shardcast}" "$VENV/bin/python" tests/python/test_ops.py
+  # The Server-Sent Events transport (issue #13): streams, posts, resume, tokens, encode-once.
+  SHARDCAST_BIN="${SHARDCAST_BIN:-$REPO/target/release/shardcast}" "$VENV/bin/python" tests/python/test_sse.py
 }
 if [[ $SUITE == auth ]]; then
   run_auth

@@ -832,6 +832,9 @@ def test_class_max_subscribers():
     f = c.request({"op": "subscribe", "room": full})
     check("max_subscribers 2: third subscribe -> error room_full, connection stays open",
           f == {"op": "error", "code": "room_full", "reason": "room is full"}, f)
+    f = c.request({"op": "subscribe", "room": full, "id": 41})
+    check("max_subscribers 2: room_full (found by the room's home) echoes the subscribe's id",
+          f == {"op": "error", "code": "room_full", "reason": "room is full", "id": 41}, f)
     # A bare socket: the close can come in the same segment as the 101, which the `websockets`
     # sync client does not read.
     with socket.create_connection(("127.0.0.1", d.port), timeout=TIMEOUT) as sk:
@@ -996,8 +999,7 @@ def test_presence_users():
     check("presence by user: ada's two connections are one entry with connections 2",
           isinstance(f, dict) and f.get("op") == "presence" and f.get("room") == r and f.get("by") == "user"
           and got_u == want_u, f)
-    # Presence and history answers carry no request id yet (docs/protocol.md; issue 13 adds ids to
-    # every reply), so no check of f["id"] here.
+    check("presence by user: the answer echoes the request's id", isinstance(f, dict) and f.get("id") == "pu", f)
 
     b.request({"op": "unsubscribe", "room": r})
     f = a1.recv()

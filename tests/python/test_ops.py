@@ -182,6 +182,94 @@ def test_metrics():
         p.stop()
 
 
+def test_metrics_policies_history_presence_deflate():
+    """The metrics of slow-consumer policies, history, presence and compression move with a
+    known load."""
+    p = Proc("metrics2", "[admin]\nlisten = \"@ADMIN@\"\n[limits]\nmax_buffered_bytes = \"64KiB\"\n"
+             "[[rooms.class]]\nmatch = \"drop:*\"\nslow_consumer = \"drop\"\necho_to_sender = false\n"
+             "[[rooms.class]]\nmatch = \"hist:*\"\nhistory_size = 5\n")
+    try:
+        st, fams = metrics(p)
+        for name in ("shardcast_slow_consumer_actions", "shardcast_deflate_input_bytes",
+                     "shardcast_deflate_output_bytes", "shardcast_dedicated_compressions",
+                     "shardcast_history_messages", "shardcast_history_bytes", "shardcast_history_evictions",
+                     "shardcast_presence_members"):
+            check(f"metrics: {name} exported", name in fams, sorted(fams)[:5])
+        pols = {s.labels.get("policy") for s in fams["shardcast_slow_consumer_actions"].samples
+                if not s.name.endswith("_created")} if "shardcast_slow_consumer_actions" in fams else set()
+        check("metrics: slow-consumer actions by policy", pols == {"close", "drop", "drop_oldest", "conflate"}, pols)
+
+        # History: 8 messages into a room that keeps 5 -> 5 kept, 3 evicted; 3 presence entries.
+        subs = [T.Client(p) for _ in range(3)]
+        for c in subs:
+            f = c.request({"op": "subscribe", "room": "hist:a", "id": 1})
+            check("metrics: subscribed", isinstance(f, dict) and f.get("op") == "subscribed", f)
+        for i in range(8):
+            f = subs[0].request({"op": "publish", "room": "hist:a", "data": {"i": i, "pad": "p" * 200}, "id": i})
+        want = {"history_messages": 5, "history_evictions": 3, "presence_members": 3}
+        end, got = time.monotonic() + TIMEOUT, {}
+        while time.monotonic() < end:  # gauges are set by the sweep, once a second
+            fams = metrics(p)[1]
+            got = {k: total(fams, f"shardcast_{k}") for k in want}
+            if got == want:
+                break
+            time.sleep(0.2)
+        check("metrics: history kept 5 of 8, evicted 3; 3 presence entries", got == want, got)
+        hb = total(fams, "shardcast_history_bytes")
+        check("metrics: history bytes count the kept payloads", hb is not None and hb >= 5 * 200, hb)
+
+        # Compression: a deflate client of a raw room gets a 4 KiB broadcast compressed once.
+        before = total(metrics(p)[1], "shardcast_deflate_input_bytes")
+        z = T.ws_connect(f"ws://{p.addr}/ws/z", compression="deflate")
+        pub = T.ws_connect(f"ws://{p.addr}/ws/z", compression=None)
+        pub.send("a" * 4096)
+        got_z = z.recv(TIMEOUT)
+        fams = metrics(p)[1]
+        zin, zout = total(fams, "shardcast_deflate_input_bytes"), total(fams, "shardcast_deflate_output_bytes")
+        check("metrics: deflate input and output bytes (ratio well under 1 for a repetitive message)",
+              got_z == "a" * 4096 and zin is not None and zin - before >= 4096 and zout is not None
+              and 0 < zout < zin / 4, (zin, zout, before))
+        z.close()
+        pub.close()
+
+        # Slow consumers: a stalled client in a drop room loses frames, counted under "drop".
+        slow = T.StalledClient(p, "drop:s")
+        pub = T.Client(p)
+        for i in range(400):
+            pub.send({"op": "publish", "room": "drop:s", "data": {"i": i, "pad": "x" * 2000}})
+        pub.request({"op": "publish", "room": "drop:s", "data": "last", "id": "last"})
+        end, drops = time.monotonic() + TIMEOUT, 0
+        while time.monotonic() < end:
+            fams = metrics(p)[1]
+            drops = total(fams, "shardcast_slow_consumer_actions", policy="drop")
+            if drops:
+                break
+            time.sleep(0.1)
+        check("metrics: a stalled client in a drop room counts drop actions", drops and drops > 0
+              and total(fams, "shardcast_dropped_frames") >= drops, (drops, total(fams, "shardcast_dropped_frames")))
+        slow.s.close()
+        # ... and one in a close room is closed, counted under "close".
+        slow = T.StalledClient(p, "close-room")
+        for i in range(400):
+            pub.send({"op": "publish", "room": "close-room", "data": {"i": i, "pad": "x" * 2000}})
+        pub.request({"op": "publish", "room": "close-room", "data": "last", "id": "last2"})
+        end, closes = time.monotonic() + TIMEOUT, 0
+        while time.monotonic() < end:
+            fams = metrics(p)[1]
+            closes = total(fams, "shardcast_slow_consumer_actions", policy="close")
+            if closes:
+                break
+            time.sleep(0.1)
+        check("metrics: a stalled client in a close room counts one close action",
+              closes == 1 and total(fams, "shardcast_slow_consumer_closes") == 1, closes)
+        slow.s.close()
+        for c in subs:
+            c.ws.close()
+        pub.ws.close()
+    finally:
+        p.stop()
+
+
 def test_admin_key():
     p = Proc("key", "[admin]\nlisten = \"@ADMIN@\"\nkey = \"adm-secret\"\n")
     try:
@@ -560,7 +648,7 @@ def test_second_instance_and_takeover():
         a.stop()
 
 
-TESTS = [(f, None) for f in (test_metrics, test_admin_key, test_readyz, test_sd_notify, test_sighup_reload,
+TESTS = [(f, None) for f in (test_metrics, test_metrics_policies_history_presence_deflate, test_admin_key, test_readyz, test_sd_notify, test_sighup_reload,
                              test_rolling_drain, test_second_instance_and_takeover)]
 
 if __name__ == "__main__":

@@ -27,11 +27,16 @@ pub(super) fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             seq,
             epoch,
             recovered,
-        } => cbor_subscribed(out, name, room, seq, epoch, recovered),
-        ServerOp::Unsubscribed { room, reason } => {
-            cbor_open(out, name, 2 + pairs(&reason));
+            id,
+        } => {
+            cbor_subscribed(out, name, (room, seq, epoch, recovered), pairs(&id));
+            cbor_opt_entry_data(out, "id", id)?;
+        }
+        ServerOp::Unsubscribed { room, reason, id } => {
+            cbor_open(out, name, 2 + pairs(&reason) + pairs(&id));
             cbor_entry_text(out, "room", room);
             cbor_opt_entry_text(out, "reason", reason);
+            cbor_opt_entry_data(out, "id", id)?;
         }
         ServerOp::Message {
             room,
@@ -51,14 +56,24 @@ pub(super) fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             user,
             info,
         } => cbor_join_leave(out, name, room, conn, user, info)?,
-        ServerOp::Presence { room, members } => cbor_presence(out, name, room, members)?,
-        ServerOp::PresenceByUser { room, users } => cbor_presence_by_user(out, name, room, users)?,
+        ServerOp::Presence { room, members, id } => {
+            cbor_presence(out, (name, pairs(&id)), room, members)?;
+            cbor_opt_entry_data(out, "id", id)?;
+        }
+        ServerOp::PresenceByUser { room, users, id } => {
+            cbor_presence_by_user(out, (name, pairs(&id)), room, users)?;
+            cbor_opt_entry_data(out, "id", id)?;
+        }
         ServerOp::History {
             room,
             epoch,
             messages,
             complete,
-        } => cbor_history(out, name, room, epoch, messages, complete)?,
+            id,
+        } => {
+            cbor_history(out, (name, pairs(&id)), room, epoch, messages, complete)?;
+            cbor_opt_entry_data(out, "id", id)?;
+        }
         ServerOp::Ack { id, seq } => {
             cbor_open(out, name, 3);
             cbor_text(out, "id");
@@ -90,12 +105,10 @@ pub(super) fn cbor_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
 fn cbor_subscribed(
     out: &mut Vec<u8>,
     name: &str,
-    room: &str,
-    seq: u64,
-    epoch: u64,
-    recovered: bool,
+    (room, seq, epoch, recovered): (&str, u64, u64, bool),
+    extra: u64,
 ) {
-    cbor_open(out, name, 5);
+    cbor_open(out, name, 5 + extra);
     cbor_entry_text(out, "room", room);
     cbor_entry_u64(out, "seq", seq);
     cbor_entry_u64(out, "epoch", epoch);
@@ -141,11 +154,11 @@ fn cbor_join_leave(
 /// A `presence` map; `name` is its op.
 fn cbor_presence(
     out: &mut Vec<u8>,
-    name: &str,
+    (name, extra): (&str, u64),
     room: &str,
     members: &[(u64, Option<&str>, Data)],
 ) -> Result<(), EncodeError> {
-    cbor_open(out, name, 3);
+    cbor_open(out, name, 3 + extra);
     cbor_entry_text(out, "room", room);
     cbor_text(out, "members");
     cbor_head(out, CBOR_ARRAY, members.len() as u64);
@@ -162,11 +175,11 @@ fn cbor_presence(
 /// A `presence` map with `"by":"user"`; `name` is its op.
 fn cbor_presence_by_user(
     out: &mut Vec<u8>,
-    name: &str,
+    (name, extra): (&str, u64),
     room: &str,
     users: &[(Option<&str>, u32, Data)],
 ) -> Result<(), EncodeError> {
-    cbor_open(out, name, 4);
+    cbor_open(out, name, 4 + extra);
     cbor_entry_text(out, "room", room);
     cbor_entry_text(out, "by", "user");
     cbor_text(out, "members");
@@ -188,13 +201,13 @@ fn cbor_presence_by_user(
 /// A `history` map; `name` is its op.
 fn cbor_history(
     out: &mut Vec<u8>,
-    name: &str,
+    (name, extra): (&str, u64),
     room: &str,
     epoch: u64,
     messages: &[(u64, Option<u64>, Data)],
     complete: bool,
 ) -> Result<(), EncodeError> {
-    cbor_open(out, name, 5);
+    cbor_open(out, name, 5 + extra);
     cbor_entry_text(out, "room", room);
     cbor_entry_u64(out, "epoch", epoch);
     cbor_text(out, "messages");
@@ -414,6 +427,7 @@ mod tests {
                     seq: 20,
                     epoch: u64::MAX,
                     recovered: false,
+                    id: None,
                 },
                 map(&[
                     ("op", text("subscribed")),
@@ -485,6 +499,7 @@ mod tests {
                 ServerOp::Presence {
                     room: "r",
                     members: &members,
+                    id: None,
                 },
                 map(&[
                     ("op", text("presence")),
@@ -504,6 +519,7 @@ mod tests {
                     epoch: 3,
                     messages: &messages,
                     complete: true,
+                    id: None,
                 },
                 map(&[
                     ("op", text("history")),
@@ -624,6 +640,7 @@ mod tests {
                 ServerOp::Unsubscribed {
                     room: "r",
                     reason: None,
+                    id: None,
                 },
                 map(&[("op", text("unsubscribed")), ("room", text("r"))]),
             ),
@@ -631,6 +648,7 @@ mod tests {
                 ServerOp::Unsubscribed {
                     room: "r",
                     reason: Some("forbidden"),
+                    id: None,
                 },
                 map(&[
                     ("op", text("unsubscribed")),
@@ -672,6 +690,7 @@ mod tests {
                 ServerOp::Presence {
                     room: "r",
                     members: &members,
+                    id: None,
                 },
                 map(&[
                     ("op", text("presence")),
@@ -698,6 +717,7 @@ mod tests {
                 ServerOp::PresenceByUser {
                     room: "r",
                     users: &users,
+                    id: None,
                 },
                 map(&[
                     ("op", text("presence")),
@@ -729,6 +749,7 @@ mod tests {
                 ServerOp::PresenceByUser {
                     room: "r",
                     users: &[],
+                    id: None,
                 },
                 map(&[
                     ("op", text("presence")),

@@ -108,8 +108,10 @@ fn client_size_hint(op: &ClientOp) -> usize {
 fn server_size_hint(op: &ServerOp<'_>) -> usize {
     64 + match op {
         ServerOp::Welcome { user, exp, .. } => opt_str_hint(*user) + exp.map_or(0, |_| 28),
-        ServerOp::Subscribed { room, .. } => room.len(),
-        ServerOp::Unsubscribed { room, reason } => room.len() + opt_str_hint(*reason),
+        ServerOp::Subscribed { room, id, .. } => room.len() + id.map_or(0, data_hint),
+        ServerOp::Unsubscribed { room, reason, id } => {
+            room.len() + opt_str_hint(*reason) + id.map_or(0, data_hint)
+        }
         ServerOp::Message { room, data, .. } => room.len() + data_hint(data),
         ServerOp::Join {
             room, user, info, ..
@@ -117,22 +119,27 @@ fn server_size_hint(op: &ServerOp<'_>) -> usize {
         | ServerOp::Leave {
             room, user, info, ..
         } => room.len() + opt_str_hint(*user) + data_hint(info),
-        ServerOp::Presence { room, members } => {
+        ServerOp::Presence { room, members, id } => {
             room.len()
+                + id.map_or(0, data_hint)
                 + members
                     .iter()
                     .map(|(_, user, info)| 32 + opt_str_hint(*user) + data_hint(info))
                     .sum::<usize>()
         }
-        ServerOp::PresenceByUser { room, users } => {
+        ServerOp::PresenceByUser { room, users, id } => {
             16 + room.len()
+                + id.map_or(0, data_hint)
                 + users
                     .iter()
                     .map(|(user, _, info)| 48 + opt_str_hint(*user) + data_hint(info))
                     .sum::<usize>()
         }
-        ServerOp::History { room, messages, .. } => {
+        ServerOp::History {
+            room, messages, id, ..
+        } => {
             room.len()
+                + id.map_or(0, data_hint)
                 + messages
                     .iter()
                     .map(|(_, _, d)| 48 + data_hint(d))
@@ -195,6 +202,7 @@ mod tests {
             ServerOp::Unsubscribed {
                 room: "r",
                 reason: Some(&long),
+                id: None,
             },
             ServerOp::Join {
                 room: "r",
@@ -205,10 +213,12 @@ mod tests {
             ServerOp::Presence {
                 room: "r",
                 members: &members,
+                id: None,
             },
             ServerOp::PresenceByUser {
                 room: "r",
                 users: &users,
+                id: None,
             },
             ServerOp::Refreshed {
                 exp: u64::MAX,

@@ -16,10 +16,15 @@ pub(super) fn json_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             seq,
             epoch,
             recovered,
-        } => json_subscribed(out, room, seq, epoch, recovered),
-        ServerOp::Unsubscribed { room, reason } => {
+            id,
+        } => {
+            json_subscribed(out, room, seq, epoch, recovered);
+            json_opt_id(out, id)?;
+        }
+        ServerOp::Unsubscribed { room, reason, id } => {
             json_room(out, room);
             json_opt_entry_str(out, "reason", reason);
+            json_opt_id(out, id)?;
         }
         ServerOp::Message {
             room,
@@ -39,14 +44,24 @@ pub(super) fn json_server(op: &ServerOp<'_>, out: &mut Vec<u8>) -> Result<(), En
             user,
             info,
         } => json_join_leave(out, room, conn, user, info)?,
-        ServerOp::Presence { room, members } => json_presence(out, room, members)?,
-        ServerOp::PresenceByUser { room, users } => json_presence_by_user(out, room, users)?,
+        ServerOp::Presence { room, members, id } => {
+            json_presence(out, room, members)?;
+            json_opt_id(out, id)?;
+        }
+        ServerOp::PresenceByUser { room, users, id } => {
+            json_presence_by_user(out, room, users)?;
+            json_opt_id(out, id)?;
+        }
         ServerOp::History {
             room,
             epoch,
             messages,
             complete,
-        } => json_history(out, room, epoch, messages, complete)?,
+            id,
+        } => {
+            json_history(out, room, epoch, messages, complete)?;
+            json_opt_id(out, id)?;
+        }
         ServerOp::Ack { id, seq } => json_ack(out, id, seq)?,
         ServerOp::Refreshed { exp, id } => {
             json_key(out, "exp");
@@ -525,6 +540,7 @@ mod tests {
                     seq: 20,
                     epoch: 3,
                     recovered: true,
+                    id: None,
                 },
                 r#"{"op":"subscribed","room":"chat:42","seq":20,"epoch":3,"recovered":true}"#,
             ),
@@ -534,6 +550,7 @@ mod tests {
                     seq: 0,
                     epoch: u64::MAX,
                     recovered: false,
+                    id: None,
                 },
                 r#"{"op":"subscribed","room":"r","seq":0,"epoch":18446744073709551615,"recovered":false}"#,
             ),
@@ -577,6 +594,7 @@ mod tests {
                 ServerOp::Presence {
                     room: "chat:42",
                     members: &members,
+                    id: None,
                 },
                 r#"{"op":"presence","room":"chat:42","members":[{"conn":12,"info":{"name":"ada"}},{"conn":15,"info":null}]}"#,
             ),
@@ -584,6 +602,7 @@ mod tests {
                 ServerOp::Presence {
                     room: "r",
                     members: &[],
+                    id: None,
                 },
                 r#"{"op":"presence","room":"r","members":[]}"#,
             ),
@@ -593,6 +612,7 @@ mod tests {
                     epoch: 3,
                     messages: &messages,
                     complete: true,
+                    id: None,
                 },
                 r#"{"op":"history","room":"chat:42","epoch":3,"messages":[{"seq":21,"from":12,"data":{"text":"hi"}},{"seq":22,"from":null,"data":"AAEC","enc":"base64"}],"complete":true}"#,
             ),
@@ -602,6 +622,7 @@ mod tests {
                     epoch: 0,
                     messages: &[],
                     complete: false,
+                    id: None,
                 },
                 r#"{"op":"history","room":"r","epoch":0,"messages":[],"complete":false}"#,
             ),
@@ -683,7 +704,8 @@ mod tests {
         assert_eq!(
             json_text(&ServerOp::Presence {
                 room: "r",
-                members: &members
+                members: &members,
+                id: None
             }),
             r#"{"op":"presence","room":"r","members":[{"conn":1,"info":"3q2+7wA=","enc":"base64"},{"conn":2,"info":"x"}]}"#
         );
@@ -851,6 +873,7 @@ mod tests {
                 ServerOp::Unsubscribed {
                     room: "chat:42",
                     reason: None,
+                    id: None,
                 },
                 r#"{"op":"unsubscribed","room":"chat:42"}"#,
             ),
@@ -858,6 +881,7 @@ mod tests {
                 ServerOp::Unsubscribed {
                     room: "chat:42",
                     reason: Some("forbidden"),
+                    id: None,
                 },
                 r#"{"op":"unsubscribed","room":"chat:42","reason":"forbidden"}"#,
             ),
@@ -883,6 +907,7 @@ mod tests {
                 ServerOp::Presence {
                     room: "r",
                     members: &members,
+                    id: None,
                 },
                 r#"{"op":"presence","room":"r","members":[{"conn":12,"user":"ada","info":{"name":"ada"}},{"conn":15,"info":null},{"conn":16,"user":"a\"b","info":"3q2+7wA=","enc":"base64"}]}"#,
             ),
@@ -890,6 +915,7 @@ mod tests {
                 ServerOp::PresenceByUser {
                     room: "r",
                     users: &users,
+                    id: None,
                 },
                 r#"{"op":"presence","room":"r","by":"user","members":[{"user":"ada","connections":2,"info":{"name":"ada"}},{"user":null,"connections":1,"info":null},{"user":"bob","connections":4294967295,"info":"3q2+7wA=","enc":"base64"}]}"#,
             ),
@@ -897,6 +923,7 @@ mod tests {
                 ServerOp::PresenceByUser {
                     room: "r",
                     users: &[],
+                    id: None,
                 },
                 r#"{"op":"presence","room":"r","by":"user","members":[]}"#,
             ),

@@ -308,6 +308,8 @@ pub enum ServerOp<'a> {
         epoch: u64,
         /// Whether every message after the requested `since` was (or will be) replayed.
         recovered: bool,
+        /// The `id` of the `subscribe`, if it had one.
+        id: Option<&'a Data>,
     },
     /// `{"op":"unsubscribed","room":R,"reason":TEXT?}`: the answer to `unsubscribe`, or (with a
     /// `reason`) the server ending the subscription; nothing of the room follows.
@@ -316,6 +318,8 @@ pub enum ServerOp<'a> {
         room: &'a str,
         /// Why the server ended it (`"forbidden"`); `None` (key absent) answers an `unsubscribe`.
         reason: Option<&'a str>,
+        /// The `id` of the `unsubscribe`, if it had one.
+        id: Option<&'a Data>,
     },
     /// `{"op":"message","room":R,"seq":N,"from":CONN|null,"data":ANY}`
     Message {
@@ -356,6 +360,8 @@ pub enum ServerOp<'a> {
         room: &'a str,
         /// `(conn, user, info)` of each member (`user` key absent when `None`).
         members: &'a [(u64, Option<&'a str>, Data)],
+        /// The `id` of the `presence` request, if it had one.
+        id: Option<&'a Data>,
     },
     /// `{"op":"presence","room":R,"by":"user","members":[{"user":USER|null,"connections":N,
     /// "info":ANY},...]}`: the answer to `presence` with `"by":"user"`.
@@ -364,6 +370,8 @@ pub enum ServerOp<'a> {
         room: &'a str,
         /// `(user, connections, info)` of each entry; a `None` user is written as `null`.
         users: &'a [(Option<&'a str>, u32, Data)],
+        /// The `id` of the `presence` request, if it had one.
+        id: Option<&'a Data>,
     },
     /// `{"op":"history","room":R,"epoch":E,"messages":[{"seq":N,"from":..,"data":..},...],
     /// "complete":bool}`
@@ -376,6 +384,8 @@ pub enum ServerOp<'a> {
         messages: &'a [(u64, Option<u64>, Data)],
         /// Whether no message after the requested `since` is missing (none expired).
         complete: bool,
+        /// The `id` of the `history` request, if it had one.
+        id: Option<&'a Data>,
     },
     /// `{"op":"ack","id":ID,"seq":N}`
     Ack {
@@ -554,6 +564,56 @@ mod tests {
     }
 
     #[test]
+    fn answers_echo_the_request_id_last() {
+        let id = Data::Integer(7.into());
+        let members = vec![(1u64, None, Data::Null)];
+        let users = vec![(None, 1u32, Data::Null)];
+        let messages = vec![(1u64, None, Data::Null)];
+        let ops = [
+            ServerOp::Subscribed {
+                room: "r",
+                seq: 1,
+                epoch: 2,
+                recovered: false,
+                id: Some(&id),
+            },
+            ServerOp::Unsubscribed {
+                room: "r",
+                reason: None,
+                id: Some(&id),
+            },
+            ServerOp::Presence {
+                room: "r",
+                members: &members,
+                id: Some(&id),
+            },
+            ServerOp::PresenceByUser {
+                room: "r",
+                users: &users,
+                id: Some(&id),
+            },
+            ServerOp::History {
+                room: "r",
+                epoch: 2,
+                messages: &messages,
+                complete: true,
+                id: Some(&id),
+            },
+        ];
+        for op in &ops {
+            let json = String::from_utf8(encode_server(op, Format::Json)).unwrap();
+            assert!(json.ends_with(",\"id\":7}"), "{json}");
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            // CBOR: the same map, the pair counted in its header.
+            let cbor = encode_server(op, Format::Cbor);
+            let c: ciborium::Value = ciborium::from_reader(&cbor[..]).unwrap();
+            let m = c.as_map().unwrap();
+            assert_eq!(m.len(), v.as_object().unwrap().len(), "{json}");
+            assert_eq!(m.last().unwrap().0.as_text(), Some("id"));
+        }
+    }
+
+    #[test]
     fn formats() {
         assert_eq!(SUBPROTOCOLS, ["shardcast.v1.json", "shardcast.v1.cbor"]);
         for f in [Format::Json, Format::Cbor] {
@@ -643,19 +703,19 @@ mod tests {
         let server: Vec<(ServerOp<'_>, &str, &str)> = vec![
             (ServerOp::Welcome { conn: 12, user: None, exp: None }, r#"{"op":"welcome","conn":12}"#, "a2626f706777656c636f6d6564636f6e6e0c"),
             (ServerOp::Welcome { conn: 12, user: Some("ada"), exp: Some(1767225600) }, r#"{"op":"welcome","conn":12,"user":"ada","exp":1767225600}"#, "a4626f706777656c636f6d6564636f6e6e0c647573657263616461636578701a6955b900"),
-            (ServerOp::Subscribed { room: "chat:42", seq: 20, epoch: 3, recovered: true }, r#"{"op":"subscribed","room":"chat:42","seq":20,"epoch":3,"recovered":true}"#, "a5626f706a7375627363726962656464726f6f6d67636861743a343263736571146565706f636803697265636f7665726564f5"),
-            (ServerOp::Unsubscribed { room: "chat:42", reason: None }, r#"{"op":"unsubscribed","room":"chat:42"}"#, "a2626f706c756e7375627363726962656464726f6f6d67636861743a3432"),
-            (ServerOp::Unsubscribed { room: "chat:42", reason: Some("forbidden") }, r#"{"op":"unsubscribed","room":"chat:42","reason":"forbidden"}"#, "a3626f706c756e7375627363726962656464726f6f6d67636861743a343266726561736f6e69666f7262696464656e"),
+            (ServerOp::Subscribed { room: "chat:42", seq: 20, epoch: 3, recovered: true, id: None  }, r#"{"op":"subscribed","room":"chat:42","seq":20,"epoch":3,"recovered":true}"#, "a5626f706a7375627363726962656464726f6f6d67636861743a343263736571146565706f636803697265636f7665726564f5"),
+            (ServerOp::Unsubscribed { room: "chat:42", reason: None, id: None  }, r#"{"op":"unsubscribed","room":"chat:42"}"#, "a2626f706c756e7375627363726962656464726f6f6d67636861743a3432"),
+            (ServerOp::Unsubscribed { room: "chat:42", reason: Some("forbidden"), id: None  }, r#"{"op":"unsubscribed","room":"chat:42","reason":"forbidden"}"#, "a3626f706c756e7375627363726962656464726f6f6d67636861743a343266726561736f6e69666f7262696464656e"),
             (ServerOp::Message { room: "chat:42", seq: 21, from: Some(12), data: &data }, r#"{"op":"message","room":"chat:42","seq":21,"from":12,"data":{"text":"hi"}}"#, "a5626f70676d65737361676564726f6f6d67636861743a343263736571156466726f6d0c6464617461a16474657874626869"),
             (ServerOp::Message { room: "chat:42", seq: 22, from: None, data: &bytes }, r#"{"op":"message","room":"chat:42","seq":22,"from":null,"data":"AAEC","enc":"base64"}"#, "a5626f70676d65737361676564726f6f6d67636861743a343263736571166466726f6df6646461746143000102"),
             (ServerOp::Join { room: "chat:42", conn: 15, user: None, info: &info }, r#"{"op":"join","room":"chat:42","conn":15,"info":{"name":"ada"}}"#, "a4626f70646a6f696e64726f6f6d67636861743a343264636f6e6e0f64696e666fa1646e616d6563616461"),
             (ServerOp::Join { room: "chat:42", conn: 15, user: Some("ada"), info: &info }, r#"{"op":"join","room":"chat:42","conn":15,"user":"ada","info":{"name":"ada"}}"#, "a5626f70646a6f696e64726f6f6d67636861743a343264636f6e6e0f64757365726361646164696e666fa1646e616d6563616461"),
             (ServerOp::Leave { room: "chat:42", conn: 15, user: None, info: &info }, r#"{"op":"leave","room":"chat:42","conn":15,"info":{"name":"ada"}}"#, "a4626f70656c6561766564726f6f6d67636861743a343264636f6e6e0f64696e666fa1646e616d6563616461"),
             (ServerOp::Leave { room: "chat:42", conn: 15, user: Some("ada"), info: &info }, r#"{"op":"leave","room":"chat:42","conn":15,"user":"ada","info":{"name":"ada"}}"#, "a5626f70656c6561766564726f6f6d67636861743a343264636f6e6e0f64757365726361646164696e666fa1646e616d6563616461"),
-            (ServerOp::Presence { room: "chat:42", members: &members }, r#"{"op":"presence","room":"chat:42","members":[{"conn":12,"info":{"name":"ada"}},{"conn":15,"info":null}]}"#, "a3626f706870726573656e636564726f6f6d67636861743a3432676d656d6265727382a264636f6e6e0c64696e666fa1646e616d6563616461a264636f6e6e0f64696e666ff6"),
-            (ServerOp::Presence { room: "chat:42", members: &members_auth }, r#"{"op":"presence","room":"chat:42","members":[{"conn":12,"user":"ada","info":{"name":"ada"}},{"conn":15,"info":null}]}"#, "a3626f706870726573656e636564726f6f6d67636861743a3432676d656d6265727382a364636f6e6e0c64757365726361646164696e666fa1646e616d6563616461a264636f6e6e0f64696e666ff6"),
-            (ServerOp::PresenceByUser { room: "chat:42", users: &users }, r#"{"op":"presence","room":"chat:42","by":"user","members":[{"user":"ada","connections":2,"info":{"name":"ada"}},{"user":null,"connections":1,"info":null}]}"#, "a4626f706870726573656e636564726f6f6d67636861743a34326262796475736572676d656d6265727382a36475736572636164616b636f6e6e656374696f6e730264696e666fa1646e616d6563616461a36475736572f66b636f6e6e656374696f6e730164696e666ff6"),
-            (ServerOp::History { room: "chat:42", epoch: 3, messages: &messages, complete: true }, r#"{"op":"history","room":"chat:42","epoch":3,"messages":[{"seq":21,"from":12,"data":{"text":"hi"}},{"seq":22,"from":null,"data":"AAEC","enc":"base64"}],"complete":true}"#, "a5626f7067686973746f727964726f6f6d67636861743a34326565706f636803686d6573736167657382a363736571156466726f6d0c6464617461a16474657874626869a363736571166466726f6df664646174614300010268636f6d706c657465f5"),
+            (ServerOp::Presence { room: "chat:42", members: &members, id: None  }, r#"{"op":"presence","room":"chat:42","members":[{"conn":12,"info":{"name":"ada"}},{"conn":15,"info":null}]}"#, "a3626f706870726573656e636564726f6f6d67636861743a3432676d656d6265727382a264636f6e6e0c64696e666fa1646e616d6563616461a264636f6e6e0f64696e666ff6"),
+            (ServerOp::Presence { room: "chat:42", members: &members_auth, id: None  }, r#"{"op":"presence","room":"chat:42","members":[{"conn":12,"user":"ada","info":{"name":"ada"}},{"conn":15,"info":null}]}"#, "a3626f706870726573656e636564726f6f6d67636861743a3432676d656d6265727382a364636f6e6e0c64757365726361646164696e666fa1646e616d6563616461a264636f6e6e0f64696e666ff6"),
+            (ServerOp::PresenceByUser { room: "chat:42", users: &users, id: None  }, r#"{"op":"presence","room":"chat:42","by":"user","members":[{"user":"ada","connections":2,"info":{"name":"ada"}},{"user":null,"connections":1,"info":null}]}"#, "a4626f706870726573656e636564726f6f6d67636861743a34326262796475736572676d656d6265727382a36475736572636164616b636f6e6e656374696f6e730264696e666fa1646e616d6563616461a36475736572f66b636f6e6e656374696f6e730164696e666ff6"),
+            (ServerOp::History { room: "chat:42", epoch: 3, messages: &messages, complete: true, id: None  }, r#"{"op":"history","room":"chat:42","epoch":3,"messages":[{"seq":21,"from":12,"data":{"text":"hi"}},{"seq":22,"from":null,"data":"AAEC","enc":"base64"}],"complete":true}"#, "a5626f7067686973746f727964726f6f6d67636861743a34326565706f636803686d6573736167657382a363736571156466726f6d0c6464617461a16474657874626869a363736571166466726f6df664646174614300010268636f6d706c657465f5"),
             (ServerOp::Ack { id: &id, seq: 21 }, r#"{"op":"ack","id":7,"seq":21}"#, "a3626f706361636b626964076373657115"),
             (ServerOp::Refreshed { exp: 1767229200, id: Some(&refresh_id) }, r#"{"op":"refreshed","exp":1767229200,"id":8}"#, "a3626f7069726566726573686564636578701a6955c71062696408"),
             (ServerOp::Error { code: EnvelopeError::BadRoom.code(), reason: &bad_room, id: Some(&id) }, r#"{"op":"error","code":"bad_room","reason":"room name must be 1-128 bytes of A-Z a-z 0-9 _ . : -","id":7}"#, "a4626f70656572726f7264636f6465686261645f726f6f6d66726561736f6e7834726f6f6d206e616d65206d75737420626520312d313238206279746573206f6620412d5a20612d7a20302d39205f202e203a202d62696407"),

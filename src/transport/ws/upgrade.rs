@@ -69,6 +69,7 @@ fn access_line(
             let proto = match &u.target {
                 Target::Envelope { format, .. } => format.name(),
                 Target::Room { .. } => "raw",
+                Target::Sse { .. } => "sse",
             };
             let user = u.identity.as_ref().map(|i| i.sub.to_string());
             (101, "upgrade", proto, user)
@@ -143,6 +144,11 @@ pub(crate) async fn handshake<S: HttpIo>(
         }
         Ok(Plan::Api) => {
             http::api::serve(shard, stream, &req, &buf[used..]).await;
+            return None;
+        }
+        Ok(Plan::SsePost) => {
+            let resp = http::sse::respond(shard, stream, &req, &buf[used..]).await;
+            http::api::answer(stream, resp).await;
             return None;
         }
         Ok(Plan::Upgrade(up)) => up,
@@ -233,7 +239,12 @@ fn open(
             let room = s.join_raw(id, &name)?;
             Some(Session::raw(room, may_publish))
         }
-        Target::Envelope { format, info } => {
+        Target::Sse { info, subs, .. } => s.open_sse(id, info, identity, subs, Instant::now()),
+        Target::Envelope {
+            format,
+            info,
+            session: _,
+        } => {
             c.wire = Wire::of(Some(format), compressed);
             let welcome = ServerOp::Welcome {
                 conn: c.uid,
