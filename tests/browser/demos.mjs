@@ -538,6 +538,8 @@ async function restartScenario(ctx, d) {
   await until(cB, `${tag}: cursor page shows the discontinuity`, () => !!document.querySelector('#log li[data-kind="discontinuity"]'));
   await until(hB, `${tag}: chat page shows the discontinuity`, () =>
     !!document.querySelector('.pane[data-room="chat:restart"] .sys[data-kind="discontinuity"]'));
+  await until(hB, `${tag}: chat page shows the outage and the reconnect`, () =>
+    ["disconnected", "connected"].every((s) => document.querySelector(`.pane[data-room="chat:restart"] .sys[data-kind="state"][data-state="${s}"]`)));
 
   // Working again.
   const after = await connOf(cA);
@@ -578,7 +580,7 @@ async function cutScenario(ctx, d, { sse }) {
       const conns = await Promise.all(pages.map(connOf));
       const had = await Promise.all(pages.map((p) => p.evaluate((r) => window.demo.received(r).length, ROOM)));
       const socks = proxy.cut();
-      console.log(`     ${label}: cut ${socks} connection(s) after message ${n}; pages had ${had.join(", ")}`);
+      console.log(`     ${tag}, ${label}: cut ${socks} connection(s) after message ${n}; pages had ${had.join(", ")}`);
       return { marks, conns };
     };
     const reconnected = async (label, { marks, conns }) => {
