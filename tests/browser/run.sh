@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Pages in headless Chromium (Debian's chromium, driven by playwright-core from npm; no browser
-# download). Today: the admin page under load, with a screenshot in docs/admin-page.png.
+# download). Here: the admin page under load, with a screenshot in docs/admin-page.png; the demo
+# pages (/cursor, /chat) are tests/browser/run-demos.sh.
 #
 #   bash tests/browser/run.sh      # after cargo build --release and perf/loadgen built
 set -euo pipefail
