@@ -77,6 +77,9 @@ bash tests/storm/run.sh
 step "pages in headless Chromium (playwright-core): the admin page under load"
 bash tests/browser/run.sh
 
+step "the demos in headless Chromium: shared cursors and chat, over WebSocket and SSE, a cut and a restart"
+bash tests/browser/run-demos.sh
+
 # Each fuzz target ~20 s under libFuzzer when a nightly toolchain is there (cargo-fuzz installed
 # if missing), else the stable replay of the corpus plus mutations; it prints which mode ran.
 step "fuzz targets (scripts/fuzz.sh --quick)"
