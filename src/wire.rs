@@ -524,3 +524,24 @@ fn plain_frame(stats: &ShardStats, b: &Bcast, format: Option<Format>) -> Option<
     };
     Some(envelope_frame(&op, format))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_wire_has_its_metric_labels() {
+        assert_eq!(crate::metrics::WIRE_LABELS.len(), WIRES);
+        for w in Wire::ALL {
+            assert_eq!(Wire::ALL[w as usize], w);
+        }
+        assert_eq!(
+            crate::metrics::WIRE_LABELS[Wire::Sse as usize],
+            ("sse", "json")
+        );
+        assert_eq!(
+            crate::metrics::WIRE_LABELS[Wire::CborZ as usize],
+            ("websocket", "cbor_deflate")
+        );
+    }
+}

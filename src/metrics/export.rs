@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use super::{
     names, ShardStats, Stats, AUTH_REASONS, CLOSE_CODES, QUEUE_BUCKETS, SLOW_CONSUMER_POLICIES,
+    WIRE_LABELS,
 };
 
 /// A per-shard counter or gauge: exported name (without the `shardcast_` prefix; counters
@@ -313,6 +314,21 @@ impl Scrape {
         Ok(())
     }
 
+    fn by_wire(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut m = e.encode_descriptor(
+            names::CONNECTIONS_BY_WIRE,
+            "Open connections by transport and wire format, sampled by the sweep",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (i, (transport, wire)) in WIRE_LABELS.iter().enumerate() {
+            let v = self.sum(|s| s.connections_by_wire[i].load(Ordering::Relaxed));
+            ConstGauge::new(v as i64)
+                .encode(m.encode_family(&[("transport", *transport), ("wire", *wire)])?)?;
+        }
+        Ok(())
+    }
+
     fn queue_histogram(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let counts: Vec<u64> = (0..=QUEUE_BUCKETS.len())
@@ -405,6 +421,7 @@ impl Collector for Scrape {
             |s, r| s.slow_consumer_actions[r].load(Ordering::Relaxed),
         )?;
         self.resumes_and_closes(&mut e)?;
+        self.by_wire(&mut e)?;
         self.queue_histogram(&mut e)?;
         self.process(&mut e)
     }

@@ -110,7 +110,21 @@ pub struct ShardStats {
     pub sse_posts: AtomicU64,
     /// Publishes not delivered again: a session's repeat of a publish id (dedup).
     pub duplicate_publishes: AtomicU64,
+    /// Open connections by wire format at the last sweep (index: `wire::Wire` as usize, labels
+    /// [`WIRE_LABELS`]).
+    pub connections_by_wire: [AtomicU64; WIRE_LABELS.len()],
 }
+
+/// `(transport, wire)` labels of [`ShardStats::connections_by_wire`], in `wire::Wire` order.
+pub const WIRE_LABELS: [(&str, &str); 7] = [
+    ("websocket", "raw"),
+    ("websocket", "raw_deflate"),
+    ("websocket", "json"),
+    ("websocket", "json_deflate"),
+    ("websocket", "cbor"),
+    ("websocket", "cbor_deflate"),
+    ("sse", "json"),
+];
 
 /// The labels of [`ShardStats::slow_consumer_actions`], in index order.
 pub const SLOW_CONSUMER_POLICIES: [&str; 4] = ["close", "drop", "drop_oldest", "conflate"];
@@ -154,6 +168,19 @@ impl ShardStats {
             .position(|&c| c == code)
             .unwrap_or(CLOSE_CODES.len());
         Self::add(&self.closes_sent[i], 1);
+    }
+
+    /// Record one sweep's count of open connections per wire format (`wire::Wire` index).
+    pub fn record_wires(&self, wires: impl Iterator<Item = usize>) {
+        let mut counts = [0u64; WIRE_LABELS.len()];
+        for w in wires {
+            if let Some(c) = counts.get_mut(w) {
+                *c += 1;
+            }
+        }
+        for (slot, n) in self.connections_by_wire.iter().zip(counts) {
+            slot.store(n, Ordering::Relaxed);
+        }
     }
 
     /// Record one sweep's sample of per-connection queued bytes.

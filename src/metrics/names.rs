@@ -96,5 +96,7 @@ pub const SSE_ENCODINGS: &str = "sse_encodings_total";
 pub const SSE_STREAMS: &str = "sse_streams_total";
 /// Client operations posted to streams and carried out.
 pub const SSE_POSTS: &str = "sse_posts_total";
+/// Open connections by `transport` (websocket, sse) and `wire` format, sampled by the sweep.
+pub const CONNECTIONS_BY_WIRE: &str = "connections_by_wire";
 /// Publishes not delivered again (a session repeating a publish id within the dedup window).
 pub const DUPLICATE_PUBLISHES: &str = "duplicate_publishes_total";

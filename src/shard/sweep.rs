@@ -201,6 +201,10 @@ impl ShardCore {
         }
         let depths = self.conns.iter().map(|(_, c)| c.buffered);
         self.stats.shard(self.id.0).record_queue_depths(depths);
+        let open = self.conns.iter().filter(|(_, c)| c.phase == Phase::Open);
+        self.stats
+            .shard(self.id.0)
+            .record_wires(open.map(|(_, c)| c.wire as usize));
         self.life.health.beat(self.id.0);
     }
 

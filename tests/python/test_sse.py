@@ -238,6 +238,15 @@ def test_sse_heartbeat_drain_and_encoded_once():
         after = O.total(O.metrics(p)[1], "shardcast_sse_encodings")
         check(f"sse: encoded once for 10 streams on shards {sorted(shards)} (sse_encodings +1)",
               before is not None and after - before == 1, (before, after))
+        end, by = time.monotonic() + TIMEOUT, None
+        while time.monotonic() < end:  # sampled by the sweep
+            fams = O.metrics(p)[1]
+            by = (O.total(fams, "shardcast_connections_by_wire", transport="sse"),
+                  O.total(fams, "shardcast_connections_by_wire", transport="websocket", wire="json"))
+            if by == (10, 1):
+                break
+            time.sleep(0.1)
+        check("metrics: connections_by_wire{transport, wire}: 10 sse, 1 websocket json", by == (10, 1), by)
         # Heartbeat: a comment line every interval, and the stream is not dropped for silence.
         comments, end = 0, time.monotonic() + 3
         while time.monotonic() < end and comments < 3:
