@@ -242,11 +242,11 @@ def test_sse_heartbeat_drain_and_encoded_once():
         while time.monotonic() < end:  # sampled by the sweep
             fams = O.metrics(p)[1]
             by = (O.total(fams, "shardcast_connections_by_wire", transport="sse"),
-                  O.total(fams, "shardcast_connections_by_wire", transport="websocket", wire="json"))
+                  O.total(fams, "shardcast_connections_by_wire", transport="websocket", wire="json_deflate"))
             if by == (10, 1):
                 break
             time.sleep(0.1)
-        check("metrics: connections_by_wire{transport, wire}: 10 sse, 1 websocket json", by == (10, 1), by)
+        check("metrics: connections_by_wire{transport, wire}: 10 sse, 1 websocket json (deflate, as websockets offers it)", by == (10, 1), by)
         # Heartbeat: a comment line every interval, and the stream is not dropped for silence.
         comments, end = 0, time.monotonic() + 3
         while time.monotonic() < end and comments < 3:
