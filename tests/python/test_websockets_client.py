@@ -29,7 +29,7 @@ def check(name, cond, detail=""):
 
 
 def counter(name):
-    page = urllib.request.urlopen(f"http://{ADDR}/").read().decode()
+    page = urllib.request.urlopen(f"http://{ADDR}/status").read().decode()
     m = re.search(rf"<td>{name}</td><td>(\d+)</td>", page)
     return int(m.group(1)) if m else -1
 
