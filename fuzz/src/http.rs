@@ -177,6 +177,7 @@ pub fn gate(data: &[u8]) {
             0
         },
         draining: select & 0x80 != 0,
+        client: None,
     };
     let head = match rest.iter().position(|&b| b == 0) {
         Some(at) if at + 1 < rest.len() => with_token(&rest[..at], &rest[at + 1..]),
@@ -248,6 +249,11 @@ fn check_plan(req: &Request, policy: &Policy, plan: Result<Plan, Rejection>) {
         }
         Ok(Plan::Api | Plan::Health | Plan::Status) => {
             assert!(!req.path.starts_with("/ws/") && req.path != "/ws");
+        }
+        Ok(Plan::Asset(asset)) => {
+            assert_eq!(asset.path, req.path);
+            assert!(req.method == "GET" || req.method == "HEAD", "{}", req.method);
+            assert!(policy.cfg.demo_pages || !asset.demo, "demo page {}", asset.path);
         }
         Err(rejection) => check_rejection(&rejection),
     }
