@@ -264,6 +264,23 @@ def gates():
     with_claims(4, "p4-hs256-not-allowed", upgrade("/ws/chat:1", "Authorization: Bearer @T\r\n"),
                 {"sub": "a", "exp": FAR})
     write(t, "p3-api", b"\x03GET /api/rooms HTTP/1.1\r\nAuthorization: Bearer k\r\n\r\n")
+    # Admission (policy byte 0x20): the peer is a trusted proxy, the client IP comes from the
+    # forwarding headers; max_connections_per_ip = 1, max_connections_per_user = 1.
+    xff = "X-Forwarded-For: 203.0.113.9, 10.0.0.2\r\n"
+    write(t, "a0-xff", b"\x20" + upgrade("/ws/chat:42", xff).encode())
+    write(t, "a0-forwarded", b"\x20" + upgrade(
+        "/ws/chat:42", 'Forwarded: for="[2001:db8::1]:80";proto=https, For=192.0.2.7\r\n').encode())
+    write(t, "a0-other-ip", b"\x20" + upgrade("/ws/r", "X-Forwarded-For: 192.0.2.7\r\n").encode())
+    write(t, "a0-hops", b"\x20" + upgrade(
+        "/ws/r", "X-Forwarded-For: unknown, _hidden, 127.0.0.5, ::ffff:10.0.0.1\r\n"
+                 "X-Forwarded-For: 2001:db8::5\r\n").encode())
+    write(t, "a1-envelope", b"\x21" + upgrade(
+        "/ws?info=%7B%7D", "Sec-WebSocket-Protocol: shardcast.v1.cbor\r\n"
+                           "Origin: https://a.example.com\r\n" + xff).encode())
+    with_claims(0x22, "a2-user", upgrade("/ws/chat:42", "Authorization: Bearer @T\r\n"
+                                         "Origin: https://app.shardcast.test\r\n" + xff), grants)
+    with_claims(0x23, "a3-close-oldest", upgrade("/ws/chat:1?access_token=@T",
+                                                 "Forwarded: for=198.51.100.2\r\n"), aud)
 
 
 # ---- permessage-deflate --------------------------------------------------------------------------

@@ -93,6 +93,7 @@ fn usable(cfg: &Config) {
         cfg,
         open_connections: 0,
         draining: false,
+        client: None,
     };
     for head in [RAW_UPGRADE, ENVELOPE_UPGRADE] {
         if let Ok(Some((req, _))) = gate::parse_head(head.as_bytes(), &policy) {

@@ -9,23 +9,33 @@
 //! line that negotiates again as an offer; `Sec-WebSocket-Accept` is 28 base64 characters.
 //!
 //! `gate` input: `[policy byte][head][0x00 claims...]`. The policy byte picks one of
-//! [`POLICIES`] (auth mode none or jwt, origins, room classes, compression modes) and whether
-//! the daemon is draining or at capacity. When claims follow a NUL byte they are signed with
+//! [`POLICIES`] (auth mode none or jwt, origins, room classes, compression modes; low 5 bits),
+//! whether admission runs (0x20: a client on a trusted proxy's address, fresh admission state,
+//! the policy plus [`ADMISSION`]) and whether the daemon is at capacity (0x40) or draining (0x80). When claims follow a NUL byte they are signed with
 //! the jwt policies' HS256 secret and the token replaces every `@T` in the head, so the fuzzer
 //! reaches the verifier's claim checks and the room grants, not only signature failures.
 //! Properties: no panic; every response is well-formed HTTP (status line, `Name: value` header
 //! lines without stray CR/LF, `Content-Length` equal to the body); a rejection's status line
 //! matches `Rejection::status`; an upgrade in jwt mode always carries a verified identity, in
 //! mode none never; an upgraded raw room has a valid name; the 101 names the subprotocol of an
-//! envelope connection and the extension exactly when deflate was negotiated.
+//! envelope connection and the extension exactly when deflate was negotiated. `client_ip` (the
+//! `Forwarded` / `X-Forwarded-For` reading) returns an untrusted peer itself, and for a trusted
+//! one the peer or an address that is not a trusted proxy. With admission: an upgrade holds an
+//! IP ticket; while it is open the same request is refused 429 `ip_connections`
+//! (`max_connections_per_ip = 1`), and the same request from another, untrusted address is
+//! refused for the same IP key, else in jwt mode is over `max_connections_per_user = 1`
+//! (429 `user_connections`, or admitted evicting the first with `close_oldest`), else admitted.
 
-use std::sync::OnceLock;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey};
+use shardcast::admission::{client_ip, Admission, Holder, IpKey, Refusal};
 use shardcast::config::Config;
-use shardcast::gate::{self, Plan, Policy, Rejection, Target};
+use shardcast::gate::{self, Client, Plan, Policy, Rejection, Target};
+use shardcast::ids::{ConnId, ShardId};
 use shardcast::protocol::deflate::{negotiate, DeflateMode, MAX_WINDOW_BITS, MIN_WINDOW_BITS};
 use shardcast::protocol::envelope::Format;
 use shardcast::protocol::handshake::{parse_request, Request};
@@ -110,6 +120,49 @@ fn policies() -> &'static [Config] {
     })
 }
 
+/// Appended to each of [`POLICIES`] when the policy byte has 0x20 (`{LIMIT}`: `close_oldest` for
+/// policy 3, else `refuse_new`). No rates: they depend on the clock, the target must not.
+pub const ADMISSION: &str = r#"
+[admission]
+max_connections_per_ip = 1
+trusted_proxies = ["127.0.0.0/8", "::1", "10.0.0.0/8"]
+max_connections_per_user = 1
+on_user_limit = "{LIMIT}"
+"#;
+
+/// The peer of an admission run: a trusted proxy.
+const PROXY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+/// Another client, not a proxy.
+const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
+fn admission_policies() -> &'static [Config] {
+    static CONFIGS: OnceLock<Vec<Config>> = OnceLock::new();
+    CONFIGS.get_or_init(|| {
+        POLICIES
+            .iter()
+            .enumerate()
+            .map(|(i, toml)| {
+                let limit = if i == 3 { "close_oldest" } else { "refuse_new" };
+                let toml = format!("{toml}{}", ADMISSION.replace("{LIMIT}", limit));
+                Config::from_toml(&toml).expect("fuzz admission policy is valid")
+            })
+            .collect()
+    })
+}
+
+fn client(admission: &Arc<Admission>, peer: IpAddr, uid: u64, jitter: f64) -> Client<'_> {
+    Client {
+        admission,
+        peer,
+        conn: Holder {
+            shard: ShardId(0),
+            id: ConnId(uid as usize),
+            uid,
+        },
+        jitter,
+    }
+}
+
 /// The `handshake` target.
 pub fn handshake(data: &[u8]) {
     let full = parse_request(data, MAX_HEAD);
@@ -167,8 +220,15 @@ pub fn gate(data: &[u8]) {
     let Some((&select, rest)) = data.split_first() else {
         return;
     };
-    let configs = policies();
-    let cfg = &configs[usize::from(select & 0x3f) % configs.len()];
+    let admit = select & 0x20 != 0;
+    let configs = if admit {
+        admission_policies()
+    } else {
+        policies()
+    };
+    let cfg = &configs[usize::from(select & 0x1f) % configs.len()];
+    let admission = Arc::new(Admission::default());
+    let jitter = (fnv(data) % 1024) as f64 / 1024.0;
     let policy = Policy {
         cfg,
         open_connections: if select & 0x40 != 0 {
@@ -177,6 +237,7 @@ pub fn gate(data: &[u8]) {
             0
         },
         draining: select & 0x80 != 0,
+        client: admit.then(|| client(&admission, PROXY, 1, jitter)),
     };
     let head = match rest.iter().position(|&b| b == 0) {
         Some(at) if at + 1 < rest.len() => with_token(&rest[..at], &rest[at + 1..]),
@@ -186,7 +247,12 @@ pub fn gate(data: &[u8]) {
     match gate::parse_head(&head, &policy) {
         Ok(Some((req, n))) => {
             assert!(n <= head.len());
-            check_plan(&req, &policy, gate::plan_upgrade(&req, &policy));
+            check_client_ip(&req);
+            let plan = gate::plan_upgrade(&req, &policy);
+            check_plan(&req, &policy, &plan);
+            if let (true, Ok(Plan::Upgrade(first))) = (admit, &plan) {
+                check_admission(&req, &policy, first, &admission, jitter);
+            }
         }
         Ok(None) => {}
         Err(rejection) => check_rejection(&rejection),
@@ -221,7 +287,86 @@ fn with_token(head: &[u8], claims: &[u8]) -> Vec<u8> {
     out
 }
 
-fn check_plan(req: &Request, policy: &Policy, plan: Result<Plan, Rejection>) {
+/// `client_ip` over the request's forwarding headers, from a trusted and an untrusted peer.
+fn check_client_ip(req: &Request) {
+    let trusted = &admission_policies()[0].admission.trusted_proxies;
+    let is_trusted = |ip: IpAddr| {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        trusted.iter().any(|n| n.contains(&ip))
+    };
+    let (fwd, xff) = (req.forwarded.as_deref(), req.x_forwarded_for.as_deref());
+    let mapped = IpAddr::V6(std::net::Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped());
+    for peer in [PROXY, OTHER, mapped, "::1".parse().unwrap()] {
+        let ip = client_ip(peer, fwd, xff, trusted);
+        if is_trusted(peer) {
+            assert!(ip == peer || !is_trusted(ip), "{ip} from proxy {peer}");
+        } else {
+            assert_eq!(ip, peer, "the headers of an untrusted peer counted");
+        }
+    }
+}
+
+/// While `first` (admitted from [`PROXY`]) is open: the same request again, and from [`OTHER`].
+fn check_admission(
+    req: &Request,
+    policy: &Policy,
+    first: &gate::Upgrade,
+    admission: &Arc<Admission>,
+    jitter: f64,
+) {
+    assert!(first.tickets.ip.is_some(), "admitted without an IP ticket");
+    assert_eq!(first.tickets.user.is_some(), first.identity.is_some());
+    let again = gate::plan_upgrade(req, policy);
+    assert!(
+        matches!(
+            again,
+            Err(Rejection::Refused {
+                refusal: Refusal::IpConnections,
+                ..
+            })
+        ),
+        "second connection from one IP: {again:?}"
+    );
+    check_rejection(again.as_ref().unwrap_err());
+    let cfg = policy.cfg;
+    let trusted = &cfg.admission.trusted_proxies;
+    let (fwd, xff) = (req.forwarded.as_deref(), req.x_forwarded_for.as_deref());
+    let first_ip = IpKey::of(client_ip(PROXY, fwd, xff, trusted));
+    let other = Policy {
+        client: Some(client(admission, OTHER, 2, jitter)),
+        ..*policy
+    };
+    let plan = gate::plan_upgrade(req, &other);
+    let close_oldest = cfg.admission.user_limit == shardcast::admission::UserLimit::CloseOldest;
+    match &plan {
+        Err(Rejection::Refused {
+            refusal: Refusal::IpConnections,
+            ..
+        }) => assert_eq!(first_ip, IpKey::of(OTHER), "refused for another IP's count"),
+        Err(Rejection::Refused {
+            refusal: Refusal::UserConnections,
+            ..
+        }) => {
+            assert_ne!(first_ip, IpKey::of(OTHER));
+            assert!(first.identity.is_some() && !close_oldest);
+        }
+        Ok(Plan::Upgrade(up)) => {
+            assert_ne!(first_ip, IpKey::of(OTHER));
+            let evicts = first.identity.is_some() && close_oldest;
+            let evicted = policy.client.map(|c| c.conn);
+            assert_eq!(up.evict, evicted.filter(|_| evicts), "evict");
+        }
+        other => panic!("the same request from another address: {other:?}"),
+    }
+    if let Err(rejection) = &plan {
+        check_rejection(rejection);
+    }
+}
+
+fn check_plan(req: &Request, policy: &Policy, plan: &Result<Plan, Rejection>) {
     let jwt = policy.cfg.auth.verifier.is_some();
     match plan {
         Ok(Plan::Upgrade(up)) => {
@@ -249,7 +394,20 @@ fn check_plan(req: &Request, policy: &Policy, plan: Result<Plan, Rejection>) {
         Ok(Plan::Api | Plan::Health | Plan::Status) => {
             assert!(!req.path.starts_with("/ws/") && req.path != "/ws");
         }
-        Err(rejection) => check_rejection(&rejection),
+        Ok(Plan::Asset(asset)) => {
+            assert_eq!(asset.path, req.path);
+            assert!(
+                req.method == "GET" || req.method == "HEAD",
+                "{}",
+                req.method
+            );
+            assert!(
+                policy.cfg.demo_pages || !asset.demo,
+                "demo page {}",
+                asset.path
+            );
+        }
+        Err(rejection) => check_rejection(rejection),
     }
 }
 
