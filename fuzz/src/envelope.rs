@@ -44,7 +44,11 @@ fn envelope(payload: &[u8], format: Format) {
             }
             if let Some(id) = &id {
                 // The ack goes back to the publisher, in its own format.
-                let ack = ServerOp::Ack { id, seq: 1 };
+                let ack = ServerOp::Ack {
+                    id,
+                    seq: 1,
+                    duplicate: false,
+                };
                 check_server(&encode_server(&ack, format), format, "ack");
             }
         }

@@ -373,6 +373,14 @@ fn check_plan(req: &Request, policy: &Policy, plan: &Result<Plan, Rejection>) {
             assert!(!policy.draining, "upgrade while draining");
             assert!(policy.open_connections < policy.cfg.max_connections);
             assert_eq!(up.identity.is_some(), jwt, "identity in jwt mode only");
+            if let Target::Sse { subs, .. } = &up.target {
+                // An event stream: a plain 200 with no length, no WebSocket headers.
+                let head = check_response(&up.response, 200);
+                assert!(head.contains("Content-Type: text/event-stream\r\n"));
+                assert!(up.deflate.is_none() && !head.contains("Sec-WebSocket"));
+                assert!(subs.iter().all(|s| valid_room_name(&s.room)));
+                return;
+            }
             let head = check_response(&up.response, 101);
             assert_eq!(
                 head.contains("\r\nSec-WebSocket-Extensions: "),
@@ -389,7 +397,11 @@ fn check_plan(req: &Request, policy: &Policy, plan: &Result<Plan, Rejection>) {
                     let line = format!("\r\nSec-WebSocket-Protocol: {}\r\n", format.name());
                     assert!(head.contains(&line));
                 }
+                Target::Sse { .. } => unreachable!("answered above"),
             }
+        }
+        Ok(Plan::SsePost) => {
+            assert!(req.method == "POST" && req.path.starts_with("/sse/"));
         }
         Ok(Plan::Api | Plan::Health | Plan::Status) => {
             assert!(!req.path.starts_with("/ws/") && req.path != "/ws");
