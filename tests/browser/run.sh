@@ -7,14 +7,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
-if ! command -v chromium >/dev/null; then
-  if [[ $(id -u) -eq 0 ]]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
-  else
-    echo "browser tests: chromium missing (apt-get install chromium)" >&2; exit 1
-  fi
-fi
-[[ -d tests/browser/node_modules/playwright-core ]] || (cd tests/browser && npm install --silent --no-audit --no-fund)
+source tests/browser/setup.sh
 [[ -x perf/loadgen/target/release/loadgen ]] || (cd perf/loadgen && cargo build --release --quiet)
 PORT=9061 ADMIN=9062
 CFG=$(mktemp --suffix=.toml)
