@@ -122,7 +122,23 @@ def message_table(bench, by_server):
         if ref:
             line += [fmt(ratio(d, ref_d), "ratio"), fmt(ratio(c, ref_c), "ratio"), fmt(ratio(p99, ref_p), "ratio")]
         lines.append(line)
-    return table(head, lines) + contended_note(by_server)
+    return table(head, lines) + metrics_note(by_server) + contended_note(by_server)
+
+
+def metrics_note(by_server):
+    """The daemon's /metrics counters compare.sh read after the run (fanout-1k-env-max,
+    fanout-1k-sse-max): SSE encodings per publish (1.0: encoded once per broadcast)."""
+    lines = []
+    for s in order(by_server):
+        ms = [r["server_metrics"] for r in by_server[s] if isinstance(r.get("server_metrics"), dict)]
+        if not ms:
+            continue
+        enc = statistics.median(m.get("sse_encodings_total", 0) for m in ms)
+        pub = statistics.median(m.get("messages_in_total", 0) for m in ms)
+        per = f"{enc / pub:.3f}" if pub else "n/a"
+        lines.append(f"{s}: sse_encodings_total {enc:,.0f}, messages_in_total {pub:,.0f} "
+                     f"(SSE encodings per publish {per}; medians over runs, whole run)")
+    return ("\n\nServer /metrics after the run: " + "; ".join(lines)) if lines else ""
 
 
 def contended_note(by_server):
