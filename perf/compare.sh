@@ -44,7 +44,8 @@
 #                       Both add the daemon's /metrics counters after the run to the results
 #                       ("server_metrics": messages_in_total, sse_encodings_total,
 #                       deliveries_total, send_ops_total): SSE encodes once per broadcast, so
-#                       sse_encodings_total should be about messages_in_total, not 1000x.
+#                       sse_encodings_total should be about messages_in_total (+ ~2 per stream:
+#                       each join and leave event is encoded once too), not 1000x.
 #   rooms-2000x10-envelope
 #                       only shardcast, raw vs JSON vs CBOR: rooms --clients 2000 --room-size 10
 #                       --rate 5
