@@ -100,9 +100,29 @@ fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+/// The first `\n` of `b`, eight bytes at a time (an event's data line is the whole JSON frame:
+/// a byte-by-byte search over it was most of the parser's time).
 #[inline]
 fn memchr_nl(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const NL: u64 = LO * b'\n' as u64;
+    let mut chunks = b.chunks_exact(8);
+    let mut j = 0;
+    for c in &mut chunks {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) ^ NL;
+        // A zero byte of w is a match; the lowest flagged byte is always a true match.
+        let m = w.wrapping_sub(LO) & !w & HI;
+        if m != 0 {
+            return Some(j + (m.trailing_zeros() / 8) as usize);
+        }
+        j += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == b'\n')
+        .map(|k| j + k)
 }
 
 /// `GET {prefix}/sse?rooms=ROOM` with `Accept: text/event-stream` (and the bearer header, if
@@ -207,6 +227,26 @@ id: chat:42:21\ndata: {\"op\":\"message\",\"room\":\"chat:42\",\"seq\":21,\"from
         // Odd bytes are data, never a panic.
         let (evs, _) = feed(b":\n\n:\n\0\xff\n\n\n\n", 1);
         assert_eq!(evs.len(), 4);
+    }
+
+    #[test]
+    fn newline_search_at_every_position() {
+        for n in 0..40 {
+            assert_eq!(memchr_nl(&vec![b'a'; n]), None);
+            assert_eq!(memchr_nl(&vec![b'\n' ^ 0x80; n]), None);
+            assert_eq!(memchr_nl(&vec![b'\n' + 1; n]), None);
+            for at in 0..n {
+                let mut v = vec![b'x'; n];
+                v[at] = b'\n';
+                if at + 1 < n {
+                    v[at + 1] = b'\n'; // a later match must not win
+                }
+                if at > 0 {
+                    v[at - 1] = b'\n' + 1; // nor a near miss before it
+                }
+                assert_eq!(memchr_nl(&v), Some(at), "n={n} at={at}");
+            }
+        }
     }
 
     #[test]
