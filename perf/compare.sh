@@ -35,6 +35,17 @@
 #                       messages; loadgen offers the extension and inflates what it receives)
 #   fanout-1k-envelope  only shardcast, raw vs envelope JSON vs envelope CBOR clients
 #                       (loadgen --envelope): fanout --subscribers 1000 --max
+#   fanout-1k-env-max   only shardcast: fanout --subscribers 1000 --max --envelope json
+#                       --transport ws (1000 JSON-envelope WebSocket subscribers on /ws)
+#   fanout-1k-sse-max   only shardcast: the same with --transport sse (the 1000 subscribers
+#                       open Server-Sent Events streams GET /sse?rooms=fanout; the publisher
+#                       stays a WebSocket). Run the two side by side:
+#                         --scenarios fanout-1k-env-max,fanout-1k-sse-max
+#                       Both add the daemon's /metrics counters after the run to the results
+#                       ("server_metrics": messages_in_total, sse_encodings_total,
+#                       deliveries_total, send_ops_total): SSE encodes once per broadcast, so
+#                       sse_encodings_total should be about messages_in_total (+ ~2 per stream:
+#                       each join and leave event is encoded once too), not 1000x.
 #   rooms-2000x10-envelope
 #                       only shardcast, raw vs JSON vs CBOR: rooms --clients 2000 --room-size 10
 #                       --rate 5
@@ -208,10 +219,29 @@ needs_tokens() {
   case "$1" in handshake-none|handshake-hs256|handshake-es256|fanout-1k-max-auth) return 0 ;; esac
   return 1
 }
-# Only shardcast can be started with an [auth] config; handshake-none runs everywhere.
+# Only shardcast can be started with an [auth] config; handshake-none runs everywhere. The
+# envelope / SSE fan-out pair speaks shardcast's own protocol: only shardcast(-base) too.
 auth_only() {
-  case "$1" in handshake-hs256|handshake-es256|fanout-1k-max-auth) return 0 ;; esac
+  case "$1" in
+    handshake-hs256|handshake-es256|fanout-1k-max-auth|fanout-1k-env-max|fanout-1k-sse-max) return 0 ;;
+  esac
   return 1
+}
+# Benchmarks whose results get the daemon's /metrics counters (scraped before it stops).
+wants_metrics() {
+  case "$1:$2" in fanout-1k-env-max:shardcast*|fanout-1k-sse-max:shardcast*) return 0 ;; esac
+  return 1
+}
+# /metrics is on the admin listener, not the public port: those benchmarks start shardcast with
+# a config (written per run next to its log) whose [admin] listen is METRICS_PORT_OFFSET above
+# the run's port, so no other daemon's admin port (the default 9090) is read by mistake.
+METRICS_PORT_OFFSET=10000
+# server_metrics PORT: {"name":total,...} of a few shardcast counters (summed over shards).
+server_metrics() {
+  curl -s --max-time 2 "http://127.0.0.1:$1/metrics" | awk '
+    BEGIN { n = split("messages_in_total sse_encodings_total deliveries_total send_ops_total", k, " ") }
+    /^shardcast_/ { name = $1; sub(/^shardcast_/, "", name); sub(/\{.*/, "", name); v[name] += $NF }
+    END { printf "{"; for (i = 1; i <= n; i++) printf "%s\"%s\":%.0f", (i > 1 ? "," : ""), k[i], v[k[i]]; printf "}" }'
 }
 HS256_SECRET="$(sed -n 's/^hs256_secret *= *"\(.*\)".*/\1/p' "$PERF/configs/auth-hs256.toml" 2>/dev/null | head -1)"
 GEN_PY=""
@@ -389,6 +419,8 @@ bench_args() {
     fanout-1k-json-deflate) echo "fanout --subscribers 1000 --max --payload json --size 1024 --deflate" ;;
     idle-deflate-5000) echo "idle --connections 5000 --deflate --broadcast-once" ;;
     fanout-1k-envelope) echo "fanout --subscribers 1000 --max" ;;
+    fanout-1k-env-max) echo "fanout --subscribers 1000 --max --envelope json --transport ws" ;;
+    fanout-1k-sse-max) echo "fanout --subscribers 1000 --max --envelope json --transport sse" ;;
     rooms-2000x10-envelope) echo "rooms --clients 2000 --room-size 10 --rate 5" ;;
     handshake-none|handshake-hs256|handshake-es256)
       echo "churn --connections $HS_CONNS --cycles $HS_CYCLES" ;;
@@ -444,6 +476,12 @@ run_one() {  # bench server rep server_cpus loadgen_cpus
   PORT=$((PORT + 1))
   port=$PORT
   logf="$OUT/logs/$bench.$server.$rep.log"
+  if [ -z "$cfg" ] && wants_metrics "$bench" "$server"; then
+    cfg="$OUT/logs/$bench.$server.$rep.admin.toml"
+    printf '# compare.sh: defaults, admin listener (/metrics) on its own port\n[admin]\nlisten = "127.0.0.1:%s"\n' \
+      "$((port + METRICS_PORT_OFFSET))" >"$cfg"
+    cfg_note="\"$(basename "$cfg")\""
+  fi
   tok="$(bench_tokens "$bench")"
   if [ -n "$tok" ]; then
     # Fresh tokens per run (exp = now + 1 h), made before the quiet check so it does not count.
@@ -486,12 +524,16 @@ run_one() {  # bench server rep server_cpus loadgen_cpus
   if ! kill -0 "$SRV_PID" 2>/dev/null; then
     warn "$server died during $bench (see $logf)"
   fi
-  local drv
+  local drv metrics="null"
   drv="$(grep -o 'io_driver="[a-z_]*"' "$logf" 2>/dev/null | head -1 | cut -d'"' -f2)"
+  if wants_metrics "$bench" "$server" && kill -0 "$SRV_PID" 2>/dev/null; then
+    metrics="$(server_metrics "$((port + METRICS_PORT_OFFSET))")"
+    log "  server metrics after the run: $metrics"
+  fi
   stop_server
   [ -n "$tokfile" ] && rm -f "$tokfile"
   if [ -n "$line" ]; then
-    echo "{\"bench\":\"$bench\",\"server\":\"$server\",\"rep\":$rep,\"io_driver\":\"${drv:-}\",\"busy_before_run\":$BUSY_BEFORE,\"server_config\":$cfg_note,${line#\{}" >>"$RESULTS"
+    echo "{\"bench\":\"$bench\",\"server\":\"$server\",\"rep\":$rep,\"io_driver\":\"${drv:-}\",\"busy_before_run\":$BUSY_BEFORE,\"server_config\":$cfg_note,\"server_metrics\":$metrics,${line#\{}" >>"$RESULTS"
     grep -E '^  (deliveries_per_s|deliveries_per_server_cpu_s|lat_p99_us|server_cpu |wire_bytes_per_delivery|deflate_negotiated|rss_per_conn_kib|rss_per_conn_after_broadcast_kib|cycles_per_s|handshakes_per_s |handshakes_per_server_cpu_s|server_cpu_us_per_handshake|handshake_failures |errors_total)' "$out" | sed 's/^/    /' >&2
   else
     warn "no JSON from loadgen for $bench/$server (see $out)"

@@ -122,7 +122,27 @@ def message_table(bench, by_server):
         if ref:
             line += [fmt(ratio(d, ref_d), "ratio"), fmt(ratio(c, ref_c), "ratio"), fmt(ratio(p99, ref_p), "ratio")]
         lines.append(line)
-    return table(head, lines) + contended_note(by_server)
+    return table(head, lines) + metrics_note(by_server) + contended_note(by_server)
+
+
+def metrics_note(by_server):
+    """The daemon's /metrics counters compare.sh read after the run (fanout-1k-env-max,
+    fanout-1k-sse-max). SSE frames are encoded once per broadcast: sse_encodings_total is about
+    messages_in_total (the publishes, + the publisher's subscribe) plus one per join and one per
+    leave event (about 2 per stream over a run), never about deliveries_total."""
+    lines = []
+    for s in order(by_server):
+        runs = [r for r in by_server[s] if isinstance(r.get("server_metrics"), dict)]
+        if not runs:
+            continue
+        enc = statistics.median(r["server_metrics"].get("sse_encodings_total", 0) for r in runs)
+        pub = statistics.median(r["server_metrics"].get("messages_in_total", 0) for r in runs)
+        dl = statistics.median(r["server_metrics"].get("deliveries_total", 0) for r in runs)
+        conns = statistics.median(r.get("connections") or 0 for r in runs)
+        extra = f", {(enc - pub) / conns:.2f} per connection beyond the publishes" if enc and conns else ""
+        lines.append(f"{s}: sse_encodings_total {enc:,.0f}, messages_in_total {pub:,.0f}, "
+                     f"deliveries_total {dl:,.0f}{extra} (medians, whole run)")
+    return ("\n\nServer /metrics after the run: " + "; ".join(lines)) if lines else ""
 
 
 def contended_note(by_server):

@@ -16,6 +16,7 @@ use crate::deflate::{self, Mode};
 use crate::envelope::{self, Envelope, PubTemplate, Wire};
 use crate::hist::Hist;
 use crate::payload::{self, Kind};
+use crate::sse;
 
 /// Nanoseconds since a process-local monotonic epoch (the timestamps carried in payloads).
 pub fn now_ns() -> u64 {
@@ -84,6 +85,8 @@ struct Conn {
     env_next: u64,
     /// `wss://`: this connection's TLS session (created when the TCP connect completes).
     tls: Option<Box<rustls::ClientConnection>>,
+    /// A Server-Sent Events subscriber (`GET /sse?rooms=R`) rather than a WebSocket.
+    sse: bool,
 }
 
 pub enum Traffic {
@@ -152,6 +155,13 @@ pub struct Engine {
     /// life, churn cycles included) sends `tokens[k % len]`. Empty: no Authorization header.
     pub tokens: Vec<String>,
     next_token: usize,
+    /// `--transport sse`: counting (non-ignored) connections open `GET /sse?rooms=R` event
+    /// streams instead of WebSockets (JSON envelope only); ignored ones (publishers) stay WS.
+    pub sse_subscribers: bool,
+    /// Scratch for the joined data of a multi-line SSE event.
+    sse_scratch: Vec<u8>,
+    /// SSE: comment lines received (`: ping`, the heartbeat).
+    pub sse_comments: u64,
     /// Inflater shared by every Mode::Reset connection (reset after each message, memo of
     /// identical frames unless `set_inflate_memo(false)`). None only while in use.
     shared_inflater: Option<Box<deflate::SharedInflater>>,
@@ -265,6 +275,9 @@ impl Engine {
             plain: Vec::with_capacity(READ_BUF),
             tokens: Vec::new(),
             next_token: 0,
+            sse_subscribers: false,
+            sse_scratch: Vec::new(),
+            sse_comments: 0,
             shared_inflater: Some(Box::new(deflate::SharedInflater::new(true))),
             zbuf: Vec::with_capacity(64 * 1024),
             deflate_negotiated: 0,
@@ -347,6 +360,7 @@ impl Engine {
                 env_phase: 0,
                 env_next: 0,
                 tls: None,
+                sse: self.sse_subscribers && !s.ignore,
             });
             self.next_seq.push(0);
         }
@@ -521,32 +535,7 @@ impl Engine {
                 return;
             }
         }
-        let ext = if self.offer_deflate {
-            format!("Sec-WebSocket-Extensions: {}\r\n", deflate::OFFER)
-        } else {
-            String::new()
-        };
-        // Raw: one room per connection, in the path. Envelope: /ws and the subprotocol.
-        let (path, proto) = match self.env.subprotocol() {
-            None => (format!("/ws/{}", self.conns[i].room), String::new()),
-            Some(p) => (
-                "/ws".to_string(),
-                format!("Sec-WebSocket-Protocol: {p}\r\n"),
-            ),
-        };
-        let authz = match self.tokens.len() {
-            0 => String::new(),
-            n => {
-                let h = crate::auth::header(&self.tokens[self.next_token % n]);
-                self.next_token = (self.next_token + 1) % n;
-                h
-            }
-        };
-        let req = format!(
-            "GET {}{path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n{proto}{ext}{authz}\r\n",
-            self.path_prefix, self.host_header
-        );
+        let req = self.open_request(i);
         if let Some(cfg) = &self.tls {
             let host = self
                 .host_header
@@ -566,6 +555,41 @@ impl Engine {
         c.state = State::Handshake;
         c.out.extend_from_slice(req.as_bytes());
         self.flush(i);
+    }
+
+    /// The request that opens connection `i`: a WebSocket upgrade, or `GET /sse` for an SSE
+    /// subscriber.
+    fn open_request(&mut self, i: usize) -> String {
+        let authz = match self.tokens.len() {
+            0 => String::new(),
+            n => {
+                let h = crate::auth::header(&self.tokens[self.next_token % n]);
+                self.next_token = (self.next_token + 1) % n;
+                h
+            }
+        };
+        if self.conns[i].sse {
+            let c = &self.conns[i];
+            return sse::open_request(&self.path_prefix, &c.room, &self.host_header, &authz);
+        }
+        let ext = if self.offer_deflate {
+            format!("Sec-WebSocket-Extensions: {}\r\n", deflate::OFFER)
+        } else {
+            String::new()
+        };
+        // Raw: one room per connection, in the path. Envelope: /ws and the subprotocol.
+        let (path, proto) = match self.env.subprotocol() {
+            None => (format!("/ws/{}", self.conns[i].room), String::new()),
+            Some(p) => (
+                "/ws".to_string(),
+                format!("Sec-WebSocket-Protocol: {p}\r\n"),
+            ),
+        };
+        format!(
+            "GET {}{path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n{proto}{ext}{authz}\r\n",
+            self.path_prefix, self.host_header
+        )
     }
 
     /// Read until the socket is drained. A short read normally means it is (new data raises a
@@ -683,6 +707,9 @@ impl Engine {
     }
 
     fn ingest(&mut self, i: usize, data: &[u8], now: u64) {
+        if self.conns[i].sse {
+            return self.ingest_sse(i, data, now);
+        }
         if self.conns[i].state == State::Handshake {
             let c = &mut self.conns[i];
             c.inbuf.extend_from_slice(data);
@@ -785,6 +812,75 @@ impl Engine {
                 self.conns[i].inbuf = ib;
             }
         }
+    }
+
+    /// `ingest` for an SSE subscriber: the response head, then events. A partial event stays in
+    /// `inbuf` until the bytes that complete it arrive.
+    fn ingest_sse(&mut self, i: usize, data: &[u8], now: u64) {
+        let c = &mut self.conns[i];
+        if c.state == State::Handshake {
+            c.inbuf.extend_from_slice(data);
+            let Some(end) = c.inbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                if c.inbuf.len() > 16384 {
+                    self.setup_failed(i, "oversized response");
+                }
+                return;
+            };
+            let head = String::from_utf8_lossy(&c.inbuf[..end]).into_owned();
+            if let Err(kind) = sse::check_head(&head) {
+                return self.setup_failed(i, &kind);
+            }
+            c.inbuf.drain(..end + 4);
+            // Open once the welcome and the room's `subscribed` arrived (see on_setup).
+            c.state = State::Subscribing;
+            c.env_phase = 0;
+            let ib = std::mem::take(&mut c.inbuf);
+            return self.sse_keep(i, ib, now);
+        }
+        if c.inbuf.is_empty() {
+            let used = self.parse_sse(i, data, now);
+            if used < data.len() && self.conns[i].state != State::Closed {
+                self.conns[i].inbuf.extend_from_slice(&data[used..]);
+            }
+        } else {
+            let mut ib = std::mem::take(&mut c.inbuf);
+            ib.extend_from_slice(data);
+            self.sse_keep(i, ib, now);
+        }
+    }
+
+    /// Parse the events of `ib` and keep what is left of it as `inbuf`.
+    fn sse_keep(&mut self, i: usize, mut ib: Vec<u8>, now: u64) {
+        let used = self.parse_sse(i, &ib, now);
+        if self.conns[i].state != State::Closed {
+            ib.drain(..used);
+            self.conns[i].inbuf = ib;
+        }
+    }
+
+    /// Handle the whole events of `data`; returns the bytes consumed. An event's data is the
+    /// JSON frame a `shardcast.v1.json` WebSocket client gets as a text message.
+    fn parse_sse(&mut self, i: usize, data: &[u8], now: u64) -> usize {
+        let mut scratch = std::mem::take(&mut self.sse_scratch);
+        let mut p = 0;
+        while let sse::Next::Event(ev, used) = sse::next_event(&data[p..], &mut scratch) {
+            p += used;
+            self.sse_comments += u64::from(ev.comments);
+            if let Some(d) = ev.data {
+                let c = &self.conns[i];
+                if c.state != State::Subscribing && !c.ignore {
+                    self.c.wire_bytes += used as u64;
+                    self.c.data_frames += 1;
+                    self.c.inflated_bytes += d.len() as u64;
+                }
+                self.on_envelope(i, 0x1, d, now);
+            }
+            if self.conns[i].state == State::Closed {
+                break;
+            }
+        }
+        self.sse_scratch = scratch;
+        p
     }
 
     /// Parse whole frames from `data`; returns the bytes consumed.
@@ -1008,6 +1104,11 @@ impl Engine {
                     None => self.short_msgs += 1,
                 }
             }
+            b"close" if self.conns[i].sse => {
+                // The daemon ends the stream (the close code a WebSocket would get).
+                *self.server_closes.entry(sse::close_code(p)).or_default() += 1;
+                self.close(i);
+            }
             b"error" => {
                 self.env_errors += 1;
                 if self.env_errors <= 5 {
@@ -1025,6 +1126,7 @@ impl Engine {
     fn on_setup(&mut self, i: usize, f: &envelope::Frame) {
         let c = &mut self.conns[i];
         match (c.env_phase, f.op) {
+            (0, b"welcome") if c.sse => c.env_phase = 1, // rooms= subscribes: no frame to send
             (0, b"welcome") => {
                 let sub = envelope::subscribe_frame(self.env, &c.room);
                 c.out.extend_from_slice(&sub);
@@ -1422,7 +1524,10 @@ impl Engine {
     pub fn close_all(&mut self, max: Duration) {
         self.sending = false;
         for i in 0..self.conns.len() {
-            if self.conns[i].state == State::Open {
+            if self.conns[i].state == State::Open && self.conns[i].sse {
+                // An event stream has no close handshake: the client just hangs up.
+                self.close(i);
+            } else if self.conns[i].state == State::Open {
                 let c = &mut self.conns[i];
                 c.out
                     .extend_from_slice(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);

@@ -12,6 +12,7 @@ mod hist;
 mod payload;
 mod probe;
 mod procstat;
+mod sse;
 mod stalled;
 mod storm;
 mod tls;
@@ -33,9 +34,13 @@ or per envelope subscription on /ws with --envelope)
 USAGE: loadgen SCENARIO [FLAGS]
 
 SCENARIOS
-  fanout  --subscribers N (1000) [--rate R | --max [--window W (16)]]
+  fanout  --subscribers N (1000) [--rate R | --max [--window W (16)]] [--transport ws|sse (ws)]
           N subscribers + 1 publisher in one room. --rate: R publishes/s on a fixed schedule;
           --max: keep at most W publishes not yet received by every subscriber.
+          --transport sse (needs --envelope json, no --deflate): the subscribers open
+          Server-Sent Events streams GET /sse?rooms=fanout instead of WebSockets (welcome and
+          subscribed awaited as on /ws, the same seq and latency accounting); the publisher
+          stays a WebSocket. Reports sse_comments (heartbeat pings) too.
   rooms   --clients N (2000) --room-size K (10) --rate r (5)
           N clients in N/K rooms of K; every client publishes r msgs/s (evenly spread offsets);
           every client receives all messages of its room (its own echo included).
@@ -493,6 +498,7 @@ fn errors(r: &mut Report, e: &Engine) -> u64 {
     r.i("inflate_memo_hits", e.inflate_memo_hits());
     r.i("close_timeouts", e.close_timeouts);
     r.i("pings_answered", e.pings);
+    r.i("sse_comments", e.sse_comments);
     let total = closes_total
         + e.connect_errors
         + hs_total
@@ -642,9 +648,20 @@ fn run() -> Result<u8, String> {
         "stalled" => return stalled::main(&a),
         "fanout" => {
             let mut known = COMMON.to_vec();
-            known.extend(["subscribers", "rate", "window", "envelope"]);
+            known.extend(["subscribers", "rate", "window", "envelope", "transport"]);
             a.take_known(&known)?;
             c = common(&a, Kind::Binary)?;
+            let sse = match a.flags.get("transport").map(String::as_str) {
+                None | Some("ws") => false,
+                Some("sse") if c.envelope != Envelope::Json => {
+                    return Err("--transport sse needs --envelope json".into())
+                }
+                Some("sse") if c.deflate => {
+                    return Err("--transport sse: event streams are never compressed".into())
+                }
+                Some("sse") => true,
+                Some(v) => return Err(format!("--transport: {v:?} is neither ws nor sse")),
+            };
             let n: usize = a.get("subscribers", 1000)?;
             let max = a.has("max");
             let rate: f64 = a.get("rate", 0.0)?;
@@ -658,7 +675,9 @@ fn run() -> Result<u8, String> {
             r.of("rate", (!max).then_some(rate));
             r.oi("window", max.then_some(window));
             r.i("size", c.size);
+            r.s("transport", if sse { "sse" } else { "ws" });
             e = engine(&c);
+            e.sse_subscribers = sse;
             let mut specs = vec![Spec {
                 room: "fanout".into(),
                 pub_base: 0,
