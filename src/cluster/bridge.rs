@@ -80,6 +80,7 @@ pub fn start(
     let (outs, events): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(capacity)).unzip();
     let node: Arc<str> = Arc::from(cfg.node_id.as_str());
     health.set_cluster_ready(false);
+    stats.deaf.store(1, Ordering::Relaxed);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -179,45 +180,51 @@ impl Bridge {
     }
 
     async fn run(mut self, rx: flume::Receiver<Command>) {
-        let mut backoff = Duration::from_millis(100);
+        // None: connect at once (after a lost connection); Some: wait after a failed connect.
+        let mut backoff: Option<Duration> = None;
         loop {
-            match self.connect().await {
-                Ok(conns) => {
-                    backoff = Duration::from_millis(100);
-                    let lost = self.serve(conns, &rx).await;
-                    self.health.set_cluster_ready(false);
-                    match lost {
-                        Lost::Stop => return,
-                        Lost::Deaf => {
-                            self.stats.deaf.store(1, Ordering::Relaxed);
-                            ClusterStats::add(&self.stats.deaf_episodes, 1);
-                            tracing::warn!(
-                                timeout = ?self.cfg.canary_timeout,
-                                "cluster: deaf (canary not heard back); reconnecting"
-                            );
-                        }
-                        Lost::Error(e) => {
-                            tracing::warn!(error = %e, "cluster: redis error; reconnecting")
-                        }
-                        Lost::Closed => {
-                            tracing::warn!("cluster: subscriber connection closed; reconnecting")
-                        }
-                    }
+            if let Some(wait) = backoff {
+                // Refuse what comes meanwhile (publishes get `unavailable`), then try again.
+                let until = tokio::time::Instant::now() + wait;
+                while let Ok(Ok(cmd)) = tokio::time::timeout_at(until, rx.recv_async()).await {
+                    self.refuse(cmd, Unavailable::Down);
                 }
+                if rx.is_disconnected() {
+                    return;
+                }
+            }
+            let conns = match self.connect().await {
+                Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cluster: cannot connect to redis");
+                    let next = backoff.map_or(Duration::from_millis(100), |b| {
+                        (b * 2).min(Duration::from_secs(5))
+                    });
+                    tracing::warn!(error = %e, retry_in = ?next, "cluster: cannot connect to redis");
+                    backoff = Some(next);
+                    continue;
+                }
+            };
+            backoff = None;
+            let lost = self.serve(conns, &rx).await;
+            self.health.set_cluster_ready(false);
+            self.stats.deaf.store(1, Ordering::Relaxed);
+            ClusterStats::add(&self.stats.reconnects, 1);
+            match lost {
+                Lost::Stop => return,
+                Lost::Deaf => {
+                    ClusterStats::add(&self.stats.deaf_episodes, 1);
+                    tracing::warn!(
+                        timeout = ?self.cfg.canary_timeout,
+                        "cluster: deaf (canary not heard back); reconnecting"
+                    );
+                }
+                Lost::Error(e) => {
+                    tracing::warn!(error = %e, "cluster: redis error; reconnecting")
+                }
+                Lost::Closed => {
+                    tracing::warn!("cluster: subscriber connection closed; reconnecting")
                 }
             }
-            ClusterStats::add(&self.stats.reconnects, 1);
-            // Refuse what comes meanwhile (publishes get `unavailable`), then try again.
-            let until = tokio::time::Instant::now() + backoff;
-            while let Ok(Ok(cmd)) = tokio::time::timeout_at(until, rx.recv_async()).await {
-                self.refuse(cmd, Unavailable::Down);
-            }
-            if rx.is_disconnected() {
-                return;
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 

@@ -10,7 +10,9 @@ processes with `[cluster]` (2 shards each, free ports), then checks:
   (c) Redis stopped: publish -> `unavailable` (envelope) and 503 (HTTP API), daemons stay up,
       /readyz 503; Redis started again: ready again, publishing works, and every subscriber got
       every acknowledged message or an explicit gap (silent losses counted, must be 0);
-  (d) deafness: `CLIENT PAUSE` stalls Redis -> /readyz 503 within canary_timeout + 1 s, then 200.
+  (d) deafness: `CLIENT PAUSE` stalls Redis -> /readyz 503 within canary_timeout + 1 s, then 200;
+  (e) `CLIENT KILL TYPE pubsub` mid-stream of 600 messages: every node resubscribes and catches up
+      from the history stream; every subscriber gets every seq once, in order, or an explicit gap.
 Every wait is on an event (readyz polling, frames), bounded.
 
     SHARDCAST_BIN=target/release/shardcast python tests/python/test_cluster.py
@@ -284,6 +286,8 @@ async def test_fanout(nodes, redis):
     eval_ = after.get("eval", 0) - before.get("eval", 0)
     check("fanout: Redis ran one evalsha per broadcast (INFO commandstats)", evalsha == total and eval_ == 0,
           (evalsha, eval_, total))
+    delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    print(f"     Redis commands for {total} broadcasts (incl. canaries): {delta}", flush=True)
     xadd = after.get("xadd", 0) - before.get("xadd", 0)
     check("fanout: and one XADD per broadcast (history stream)", xadd == total, xadd)
     for c in subs + pubs:
@@ -319,6 +323,8 @@ async def test_resume(nodes):
 
 async def test_redis_down(nodes, redis):
     room = "outage"
+    for n in nodes:
+        n.wait_ready(200, 20)
     subs = [await Client.open(n) for n in nodes]
     for s in subs:
         f = await s.subscribe(room)
@@ -375,6 +381,37 @@ def test_deafness(nodes, redis):
     check("deaf: cluster_deaf_episodes_total counted", episodes and float(episodes[0].split()[-1]) >= 1, episodes)
 
 
+async def test_subscriber_killed(nodes, redis):
+    room, n = "killed", 600
+    subs = [await Client.open(nd) for nd in nodes]
+    for c in subs:
+        f = await c.subscribe(room)
+        assert f.get("op") == "subscribed", f
+    pub = await Client.open(nodes[1])
+    task = asyncio.create_task(publish_all(pub, room, [{"i": i} for i in range(n)], "k"))
+    await messages(subs[0], room, 1, timeout=TIMEOUT)  # the stream is flowing
+    killed = redis.cli("CLIENT", "KILL", "TYPE", "pubsub").strip()
+    answers = await task
+    acked = sorted(a["seq"] for a in answers.values() if a.get("op") == "ack")
+    check(f"kill: {killed} subscriber connections killed mid-stream, every publish acked",
+          len(acked) == n, len(acked))
+    silent, gaps = 0, 0
+    for k, c in enumerate(subs):
+        first = 1 if k == 0 else 0
+        msgs = await messages(c, room, n - first, timeout=TIMEOUT * 2)
+        seqs = list(range(1, first + 1)) + [m["seq"] for m in msgs]
+        ordered = all(b > a for a, b in zip(seqs, seqs[1:]))
+        gaps += sum(1 for m in msgs if m.get("gap"))
+        missing = sorted(set(acked) - set(seqs))
+        if missing and not any(m.get("gap") for m in msgs):
+            silent += len(missing)
+        check(f"kill: node n{k}: every seq once, in order (caught up from the stream)",
+              ordered and (not missing or gaps), (len(seqs), missing[:5]))
+    check("kill: no silent loss", silent == 0, silent)
+    for c in subs + [pub]:
+        await c.close()
+
+
 async def main():
     if not shutil.which("redis-server"):
         print("FAIL redis-server not installed (scripts/test.sh installs it)")
@@ -388,6 +425,7 @@ async def main():
                   n.readyz())
         await test_fanout(nodes, redis)
         await test_resume(nodes)
+        await test_subscriber_killed(nodes, redis)
         await test_redis_down(nodes, redis)
         test_deafness(nodes, redis)
     finally:
