@@ -8,7 +8,8 @@
 //! run per publish, one round trip per batch), so a node's publishes keep their order.
 //! After any Redis error, or when the canary is late (deaf), both connections are dropped and
 //! made again with backoff, every room is subscribed again and every shard is told to catch up
-//! ([`Event::Resync`]); `/readyz` says 503 until the canary is heard on the new connection.
+//! ([`Event::Resync`]); `/readyz` says 503 until the canary is heard on the new connection and
+//! every shard has reported its catch-ups done ([`Command::Synced`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -95,6 +96,10 @@ pub fn start(
         publish: redis::Script::new(PUBLISH_LUA),
         fetch: redis::Script::new(FETCH_LUA),
         canary: Canary::default(),
+        generation: 0,
+        synced: vec![false; shards],
+        heard: false,
+        ready: false,
     };
     std::thread::Builder::new()
         .name("cluster".into())
@@ -117,6 +122,14 @@ struct Bridge {
     publish: redis::Script,
     fetch: redis::Script,
     canary: Canary,
+    /// Connections made so far ([`Event::Resync`] and [`Command::Synced`] carry it).
+    generation: u64,
+    /// Per shard: caught up since the last connect.
+    synced: Vec<bool>,
+    /// The canary came back on the current subscriber connection.
+    heard: bool,
+    /// `/readyz` was told ready for the current connection.
+    ready: bool,
 }
 
 struct Conns {
@@ -170,12 +183,25 @@ impl Bridge {
         ]
     }
 
-    fn emit(&self, shard: usize, ev: Event) {
+    fn emit(&self, shard: usize, ev: Event) -> bool {
         let Some(tx) = self.out.get(shard) else {
-            return;
+            return false;
         };
         if tx.try_send(ev).is_err() {
             ClusterStats::add(&self.stats.refused, 1);
+            return false;
+        }
+        true
+    }
+
+    /// Turn ready when the canary was heard on this connection and every shard caught up.
+    fn update_ready(&mut self) {
+        let synced = self.synced.iter().all(|&s| s);
+        if !self.ready && super::canary::ready(true, !self.heard, synced) {
+            self.ready = true;
+            self.stats.deaf.store(0, Ordering::Relaxed);
+            self.health.set_cluster_ready(true);
+            tracing::info!("cluster: canary heard and rooms caught up; ready");
         }
     }
 
@@ -234,20 +260,21 @@ impl Bridge {
             Command::Publish { shard, token, .. } => self.refuse_publish(shard, token, why),
             Command::Fetch {
                 room, shard, token, ..
-            } => self.emit(
-                shard,
-                Event::Fetched {
+            } => {
+                let ev = Event::Fetched {
                     room,
                     token,
                     result: Err(why),
-                },
-            ),
+                };
+                self.emit(shard, ev);
+            }
             Command::Subscribe { room, shard } => {
                 self.rooms.insert(room, shard);
             }
             Command::Unsubscribe { room } => {
                 self.rooms.remove(&room);
             }
+            Command::Synced { .. } => {}
         }
     }
 
@@ -278,8 +305,12 @@ impl Bridge {
         self.canary.reset();
         // Every room may have missed messages while the old connection was away.
         for shard in 0..self.out.len() {
-            self.emit(shard, Event::Resync);
+            let generation = self.generation + 1;
+            // A shard that cannot be told has nothing to wait for.
+            self.synced[shard] = !self.emit(shard, Event::Resync { generation });
         }
+        self.generation += 1;
+        (self.heard, self.ready) = (false, false);
         tracing::info!(rooms = self.rooms.len(), node = %self.cfg.node_id, "cluster: connected to redis");
         Ok(Conns { cmd, sink, stream })
     }
@@ -287,7 +318,6 @@ impl Bridge {
     async fn serve(&mut self, mut c: Conns, rx: &flume::Receiver<Command>) -> Lost {
         let mut tick = tokio::time::interval(self.cfg.canary_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut heard_once = false;
         let node_channel = self.node_channel();
         loop {
             tokio::select! {
@@ -303,12 +333,8 @@ impl Bridge {
                     if name == node_channel {
                         if let Some(n) = std::str::from_utf8(msg.get_payload_bytes()).ok().and_then(|s| s.parse().ok()) {
                             self.canary.heard(n);
-                            if !heard_once {
-                                heard_once = true;
-                                self.stats.deaf.store(0, Ordering::Relaxed);
-                                self.health.set_cluster_ready(true);
-                                tracing::info!("cluster: canary heard; ready");
-                            }
+                            self.heard = true;
+                            self.update_ready();
                         }
                     } else {
                         self.route(name, msg.get_payload_bytes());
@@ -387,6 +413,14 @@ impl Bridge {
             Command::Unsubscribe { room } => {
                 if self.rooms.remove(&room).is_some() {
                     c.sink.unsubscribe(self.room_channel(&room)).await?;
+                }
+            }
+            Command::Synced { shard, generation } => {
+                if generation == self.generation {
+                    if let Some(s) = self.synced.get_mut(shard) {
+                        *s = true;
+                    }
+                    self.update_ready();
                 }
             }
             Command::Fetch {
@@ -540,4 +574,36 @@ fn parse_fetched(room: &Arc<str>, v: &Value) -> Option<Fetched> {
         epoch: as_u64(epoch)?,
         entries: out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_answers_parse() {
+        let room: Arc<str> = Arc::from("r");
+        let mut msg = b"5:1700000000000000:".to_vec();
+        msg.extend_from_slice(&super::super::encode_tail("n1", None, b"\xf6"));
+        let entry = Value::Array(vec![
+            Value::BulkString(b"5-0".to_vec()),
+            Value::Array(vec![
+                Value::BulkString(b"m".to_vec()),
+                Value::BulkString(msg),
+            ]),
+        ]);
+        let v = Value::Array(vec![
+            Value::BulkString(b"9".to_vec()),
+            Value::BulkString(b"1700000000000000".to_vec()),
+            Value::Array(vec![entry]),
+        ]);
+        let f = parse_fetched(&room, &v).unwrap();
+        assert_eq!((f.seq, f.epoch), (9, 1_700_000_000_000_000));
+        assert_eq!(f.entries.len(), 1);
+        assert_eq!(f.entries[0].seq, 5);
+        assert_eq!(&*f.entries[0].node, "n1");
+        assert!(parse_fetched(&room, &Value::Nil).is_none());
+        let short = Value::Array(vec![Value::Int(1)]);
+        assert!(parse_fetched(&room, &short).is_none());
+    }
 }

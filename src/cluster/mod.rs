@@ -198,6 +198,13 @@ pub enum Command {
         /// Room name.
         room: Arc<str>,
     },
+    /// Shard `shard` has caught up every room after [`Event::Resync`] `generation`.
+    Synced {
+        /// The shard.
+        shard: usize,
+        /// The resync it answers.
+        generation: u64,
+    },
     /// Read the room's seq and epoch (creating the epoch if the room is new) and the stream
     /// entries after `after`; answer [`Event::Fetched`] with `token`.
     Fetch {
@@ -245,9 +252,12 @@ pub enum Event {
         /// What Redis holds, or why it could not be read.
         result: Result<Fetched, Unavailable>,
     },
-    /// The subscriber connection was re-established (after an error or deafness): every room
-    /// may have missed messages; catch up from the streams.
-    Resync,
+    /// The subscriber connection was (re-)established: every room may have missed messages;
+    /// catch up from the streams, then answer [`Command::Synced`] with `generation`.
+    Resync {
+        /// Which connection this is.
+        generation: u64,
+    },
 }
 
 /// A shard's end of the bridge.

@@ -42,8 +42,8 @@ struct WaitingSub {
 /// What a fetch was for.
 #[derive(Debug)]
 enum PendingFetch {
-    /// A catch-up after a seq jump or a reconnect.
-    CatchUp,
+    /// A catch-up after a seq jump, or after reconnect `generation`.
+    CatchUp(Option<u64>),
     /// A subscription to answer.
     Sub(WaitingSub),
 }
@@ -56,6 +56,8 @@ pub(crate) struct ClusterHome {
     next_token: u64,
     publishes: HashMap<u64, PendingPublish>,
     fetches: HashMap<u64, PendingFetch>,
+    /// The resync in progress: its generation and the catch-ups not answered yet.
+    resync: Option<(u64, usize)>,
     /// Subscriptions from clients ahead of this node (`since` > last): answered once the room
     /// has been delivered up to their `since`.
     ahead: HashMap<Arc<str>, Vec<WaitingSub>>,
@@ -69,6 +71,7 @@ impl ClusterHome {
             next_token: 0,
             publishes: HashMap::new(),
             fetches: HashMap::new(),
+            resync: None,
             ahead: HashMap::new(),
         }
     }
@@ -356,10 +359,11 @@ impl ShardCore {
                 token,
                 result,
             } => self.fetched(room, token, result, now),
-            Event::Resync => {
+            Event::Resync { generation } => {
                 let Some(c) = self.cluster.as_mut() else {
                     return;
                 };
+                c.resync = Some((generation, 0));
                 let mut asks = Vec::new();
                 for (room, t) in c.tracks.iter_mut() {
                     if let Some(after) = t.resync() {
@@ -367,19 +371,20 @@ impl ShardCore {
                     }
                 }
                 for (room, after) in asks {
-                    if !self.ask_catch_up(&room, after) {
+                    if !self.ask_catch_up(&room, after, Some(generation)) {
                         if let Some(t) = self.track_mut(&room) {
                             t.fetching = false;
                             t.gap = true;
                         }
                     }
                 }
+                self.resync_step(None);
             }
         }
     }
 
     /// Ask the bridge for `room`'s stream after `after` (a catch-up); false if refused.
-    fn ask_catch_up(&mut self, room: &Arc<str>, after: u64) -> bool {
+    fn ask_catch_up(&mut self, room: &Arc<str>, after: u64, generation: Option<u64>) -> bool {
         let shard = self.id.0;
         let Some(c) = self.cluster.as_mut() else {
             return false;
@@ -394,9 +399,34 @@ impl ShardCore {
         if c.link.send(cmd).is_err() {
             return false;
         }
-        c.fetches.insert(token, PendingFetch::CatchUp);
+        c.fetches.insert(token, PendingFetch::CatchUp(generation));
+        if let Some((g, n)) = c.resync.as_mut().filter(|_| generation.is_some()) {
+            if Some(*g) == generation {
+                *n += 1;
+            }
+        }
         ClusterStats::add(&self.stats.cluster.catch_ups, 1);
         true
+    }
+
+    /// One catch-up of resync `done` was answered (`None`: none was asked); report the shard
+    /// synced to the bridge once all are.
+    fn resync_step(&mut self, done: Option<u64>) {
+        let shard = self.id.0;
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some((g, n)) = c.resync.as_mut() else {
+            return;
+        };
+        if done == Some(*g) {
+            *n = n.saturating_sub(1);
+        }
+        if *n == 0 {
+            let generation = *g;
+            c.resync = None;
+            let _ = c.link.send(Command::Synced { shard, generation });
+        }
     }
 
     fn track_mut(&mut self, room: &Arc<str>) -> Option<&mut Track> {
@@ -413,7 +443,10 @@ impl ShardCore {
         let Some(p) = self.cluster.as_mut().and_then(|c| c.fetches.remove(&token)) else {
             return;
         };
-        let catch_up = matches!(p, PendingFetch::CatchUp);
+        let catch_up = matches!(p, PendingFetch::CatchUp(_));
+        if let PendingFetch::CatchUp(Some(g)) = p {
+            self.resync_step(Some(g));
+        }
         let steps = self
             .track_mut(&room)
             .map(|t| t.on_fetched(result.as_ref().map_err(|_| ()), catch_up));
@@ -459,7 +492,7 @@ impl ShardCore {
             self.home_fanout(b, now);
         }
         if let Some(after) = steps.fetch_after {
-            if !self.ask_catch_up(room, after) {
+            if !self.ask_catch_up(room, after, None) {
                 // Cannot ask: give up on the catch-up, what was held goes out with a gap.
                 let s = self.track_mut(room).map(|t| t.on_fetched(Err(()), true));
                 if let Some(s) = s {
