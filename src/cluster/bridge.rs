@@ -100,6 +100,7 @@ pub fn start(
         synced: vec![false; shards],
         heard: false,
         ready: false,
+        lagging: vec![false; shards],
     };
     std::thread::Builder::new()
         .name("cluster".into())
@@ -130,6 +131,8 @@ struct Bridge {
     heard: bool,
     /// `/readyz` was told ready for the current connection.
     ready: bool,
+    /// Per shard: a room message was refused by its full channel (catch up at the next tick).
+    lagging: Vec<bool>,
 }
 
 struct Conns {
@@ -183,11 +186,33 @@ impl Bridge {
         ]
     }
 
-    fn emit(&self, shard: usize, ev: Event) -> bool {
+    /// Hand a shard a room message without waiting: one a full channel refuses is counted and
+    /// recovered by the home's catch-up when the next one shows the jump.
+    fn emit(&mut self, shard: usize, ev: Event) {
+        let Some(tx) = self.out.get(shard) else {
+            return;
+        };
+        if tx.try_send(ev).is_err() {
+            ClusterStats::add(&self.stats.refused, 1);
+            // Even the room's last message must not be lost silently: the shard catches up
+            // every room at the next canary tick.
+            self.lagging[shard] = true;
+        }
+    }
+
+    /// Hand a shard an answer (publish, fetch, resync): not lost to a momentarily full channel
+    /// (the bridge waits up to a second; a shard never waits for the bridge).
+    async fn answer(&self, shard: usize, ev: Event) -> bool {
         let Some(tx) = self.out.get(shard) else {
             return false;
         };
-        if tx.try_send(ev).is_err() {
+        let ev = match tx.try_send(ev) {
+            Ok(()) => return true,
+            Err(flume::TrySendError::Full(ev)) => ev,
+            Err(flume::TrySendError::Disconnected(_)) => return false,
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(1), tx.send_async(ev)).await;
+        if !matches!(sent, Ok(Ok(()))) {
             ClusterStats::add(&self.stats.refused, 1);
             return false;
         }
@@ -213,7 +238,7 @@ impl Bridge {
                 // Refuse what comes meanwhile (publishes get `unavailable`), then try again.
                 let until = tokio::time::Instant::now() + wait;
                 while let Ok(Ok(cmd)) = tokio::time::timeout_at(until, rx.recv_async()).await {
-                    self.refuse(cmd, Unavailable::Down);
+                    self.refuse(cmd, Unavailable::Down).await;
                 }
                 if rx.is_disconnected() {
                     return;
@@ -255,9 +280,9 @@ impl Bridge {
     }
 
     /// Answer a command that cannot be carried out now (subscriptions are remembered).
-    fn refuse(&mut self, cmd: Command, why: Unavailable) {
+    async fn refuse(&mut self, cmd: Command, why: Unavailable) {
         match cmd {
-            Command::Publish { shard, token, .. } => self.refuse_publish(shard, token, why),
+            Command::Publish { shard, token, .. } => self.refuse_publish(shard, token, why).await,
             Command::Fetch {
                 room, shard, token, ..
             } => {
@@ -266,7 +291,7 @@ impl Bridge {
                     token,
                     result: Err(why),
                 };
-                self.emit(shard, ev);
+                self.answer(shard, ev).await;
             }
             Command::Subscribe { room, shard } => {
                 self.rooms.insert(room, shard);
@@ -307,7 +332,7 @@ impl Bridge {
         for shard in 0..self.out.len() {
             let generation = self.generation + 1;
             // A shard that cannot be told has nothing to wait for.
-            self.synced[shard] = !self.emit(shard, Event::Resync { generation });
+            self.synced[shard] = !self.answer(shard, Event::Resync { generation }).await;
         }
         self.generation += 1;
         (self.heard, self.ready) = (false, false);
@@ -345,6 +370,7 @@ impl Bridge {
                     if self.canary.deaf(now, self.cfg.canary_timeout) {
                         return Lost::Deaf;
                     }
+                    self.catch_up_lagging().await;
                     let n = self.canary.send(now);
                     let mut cmd = c.cmd.clone();
                     let ch = node_channel.clone();
@@ -354,6 +380,18 @@ impl Bridge {
                             redis::cmd("PUBLISH").arg(ch).arg(n).query_async(&mut cmd).await;
                     });
                 }
+            }
+        }
+    }
+
+    /// Shards that had a room message refused catch up every room from the streams.
+    async fn catch_up_lagging(&mut self) {
+        for shard in 0..self.lagging.len() {
+            if self.lagging[shard] {
+                let ev = Event::Resync {
+                    generation: self.generation,
+                };
+                self.lagging[shard] = !self.answer(shard, ev).await;
             }
         }
     }
@@ -434,14 +472,12 @@ impl Bridge {
                     .as_ref()
                     .map_err(unavailable)
                     .and_then(|v| parse_fetched(&room, v).ok_or(Unavailable::Protocol));
-                self.emit(
-                    shard,
-                    Event::Fetched {
-                        room,
-                        token,
-                        result,
-                    },
-                );
+                let ev = Event::Fetched {
+                    room,
+                    token,
+                    result,
+                };
+                self.answer(shard, ev).await;
                 r?;
             }
         }
@@ -502,40 +538,37 @@ impl Bridge {
             Ok(seqs) if seqs.len() == answers.len() => {
                 ClusterStats::add(&self.stats.publishes, seqs.len() as u64);
                 for ((shard, token), seq) in answers.into_iter().zip(seqs) {
-                    self.emit(
-                        shard,
-                        Event::Published {
-                            token,
-                            result: Ok(seq),
-                        },
-                    );
+                    let ev = Event::Published {
+                        token,
+                        result: Ok(seq),
+                    };
+                    self.answer(shard, ev).await;
                 }
                 Ok(())
             }
             Ok(_) => {
                 for (shard, token) in answers {
-                    self.refuse_publish(shard, token, Unavailable::Protocol);
+                    self.refuse_publish(shard, token, Unavailable::Protocol)
+                        .await;
                 }
                 Ok(())
             }
             Err(e) => {
                 for (shard, token) in answers {
-                    self.refuse_publish(shard, token, unavailable(&e));
+                    self.refuse_publish(shard, token, unavailable(&e)).await;
                 }
                 Err(e)
             }
         }
     }
 
-    fn refuse_publish(&mut self, shard: usize, token: u64, why: Unavailable) {
+    async fn refuse_publish(&mut self, shard: usize, token: u64, why: Unavailable) {
         ClusterStats::add(&self.stats.unavailable, 1);
-        self.emit(
-            shard,
-            Event::Published {
-                token,
-                result: Err(why),
-            },
-        );
+        let ev = Event::Published {
+            token,
+            result: Err(why),
+        };
+        self.answer(shard, ev).await;
     }
 }
 
