@@ -46,6 +46,18 @@ enum PendingFetch {
     CatchUp(Option<u64>),
     /// A subscription to answer.
     Sub(WaitingSub),
+    /// A `history` request to answer from the stream.
+    History(HistoryReq),
+}
+
+/// A `history` request waiting for the room's stream.
+#[derive(Debug)]
+struct HistoryReq {
+    conn: ConnRef,
+    format: Format,
+    id: Option<Data>,
+    since: Option<u64>,
+    limit: Option<u32>,
 }
 
 /// The cluster side of one shard.
@@ -237,6 +249,90 @@ impl ShardCore {
             }
             Err(_) => self.cluster_answer(&room, w, None, now),
         }
+    }
+
+    /// `history` in cluster mode: read from the room's stream (this node's ring holds only
+    /// what it delivered while subscribed).
+    pub(crate) fn cluster_history(
+        &mut self,
+        room: Arc<str>,
+        conn: ConnRef,
+        (format, id): (Format, Option<Data>),
+        (since, limit): (Option<u64>, Option<u32>),
+        now: Instant,
+    ) {
+        let shard = self.id.0;
+        let h = HistoryReq {
+            conn,
+            format,
+            id,
+            since,
+            limit,
+        };
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let token = c.token();
+        let cmd = Command::Fetch {
+            room: room.clone(),
+            after: Some(since.unwrap_or(0)),
+            shard,
+            token,
+        };
+        match c.link.send(cmd) {
+            Ok(()) => {
+                c.fetches.insert(token, PendingFetch::History(h));
+            }
+            Err(why) => self.history_answer(&room, h, Err(why), now),
+        }
+    }
+
+    /// Answer `history` from what the stream holds (or `unavailable`).
+    fn history_answer(
+        &mut self,
+        room: &Arc<str>,
+        h: HistoryReq,
+        result: Result<&Fetched, Unavailable>,
+        now: Instant,
+    ) {
+        let frame = match result {
+            Ok(f) => {
+                let since = h.since.unwrap_or(0);
+                let max = self.cfg.history_max_page;
+                let limit = h.limit.map_or(max, |l| (l as usize).min(max));
+                // Complete: nothing after `since` was trimmed away.
+                let complete =
+                    since >= f.seq || f.entries.first().is_some_and(|e| e.seq <= since + 1);
+                let messages: Vec<(u64, Option<u64>, Data)> = f
+                    .entries
+                    .iter()
+                    .filter(|e| e.seq > since)
+                    .take(limit)
+                    .filter_map(|e| {
+                        let data: Data = ciborium::from_reader(&e.payload[..]).ok()?;
+                        Some((e.seq, e.from.map(|x| x.2), data))
+                    })
+                    .collect();
+                let op = ServerOp::History {
+                    room,
+                    epoch: f.epoch,
+                    messages: &messages,
+                    complete,
+                    id: h.id.as_ref(),
+                };
+                envelope_frame(&op, h.format)
+            }
+            Err(why) => envelope_frame(
+                &ServerOp::Error {
+                    code: "unavailable",
+                    reason: &format!("cluster: {why}"),
+                    id: h.id.as_ref(),
+                },
+                h.format,
+            ),
+        };
+        let conn = h.conn;
+        self.reply(conn.shard, Reply::Frame { conn, frame }, now);
     }
 
     /// The room has no member left on this node: stop listening to its channel.
@@ -443,6 +539,10 @@ impl ShardCore {
         let Some(p) = self.cluster.as_mut().and_then(|c| c.fetches.remove(&token)) else {
             return;
         };
+        if let PendingFetch::History(h) = p {
+            self.history_answer(&room, h, result.as_ref().map_err(|e| *e), now);
+            return;
+        }
         let catch_up = matches!(p, PendingFetch::CatchUp(_));
         if let PendingFetch::CatchUp(Some(g)) = p {
             self.resync_step(Some(g));

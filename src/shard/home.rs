@@ -200,6 +200,15 @@ impl ShardCore {
                 room,
                 conn,
                 format,
+                query: Query::History { since, limit },
+                id,
+            } if self.cluster.is_some() => {
+                self.cluster_history(room, conn, (format, id), (since, limit), now);
+            }
+            HomeMsg::Query {
+                room,
+                conn,
+                format,
                 query,
                 id,
             } => {

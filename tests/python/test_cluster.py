@@ -319,6 +319,18 @@ async def test_resume(nodes):
     check("resume: no gap reported", not gaps, gaps[:2])
     for c in (b, keep_b, pub):
         await c.close()
+    # `history` on a node with no member in the room: read from the stream, not the local ring.
+    h = await Client.open(nodes[0])
+    await h.send({"op": "history", "room": room, "since": n - 10, "id": "h1"})
+    f = await h.until(lambda f: f.get("id") == "h1")
+    check("history: from the Redis stream on a node without members",
+          f.get("op") == "history" and [m["seq"] for m in f.get("messages", [])] == list(range(n - 9, n + 1))
+          and f.get("complete") is True and f.get("epoch") == epoch, f)
+    await h.send({"op": "history", "room": room, "limit": 3, "id": "h2"})
+    f = await h.until(lambda f: f.get("id") == "h2")
+    check("history: a page from the start", [m["seq"] for m in f.get("messages", [])] == [1, 2, 3]
+          and f["messages"][0]["data"] == {"i": 0}, f)
+    await h.close()
 
 
 async def test_redis_down(nodes, redis):
