@@ -70,6 +70,9 @@ pub(crate) struct ClusterHome {
     fetches: HashMap<u64, PendingFetch>,
     /// The resync in progress: its generation and the catch-ups not answered yet.
     resync: Option<(u64, usize)>,
+    /// Fresh subscriptions waiting for the room's first read (one read numbers the room for
+    /// all of them).
+    wait_live: HashMap<Arc<str>, Vec<WaitingSub>>,
     /// Subscriptions from clients ahead of this node (`since` > last): answered once the room
     /// has been delivered up to their `since`.
     ahead: HashMap<Arc<str>, Vec<WaitingSub>>,
@@ -84,6 +87,7 @@ impl ClusterHome {
             publishes: HashMap::new(),
             fetches: HashMap::new(),
             resync: None,
+            wait_live: HashMap::new(),
             ahead: HashMap::new(),
         }
     }
@@ -236,6 +240,14 @@ impl ShardCore {
             self.cluster_answer(&room, w, None, now);
             return;
         }
+        if !live && !resume {
+            if let Some(list) = c.wait_live.get_mut(&room) {
+                // The room's first read is on its way already.
+                list.push(w);
+                return;
+            }
+            c.wait_live.insert(room.clone(), Vec::new());
+        }
         let token = c.token();
         let cmd = Command::Fetch {
             room: room.clone(),
@@ -247,7 +259,10 @@ impl ShardCore {
             Ok(()) => {
                 c.fetches.insert(token, PendingFetch::Sub(w));
             }
-            Err(_) => self.cluster_answer(&room, w, None, now),
+            Err(_) => {
+                c.wait_live.remove(&room);
+                self.cluster_answer(&room, w, None, now);
+            }
         }
     }
 
@@ -344,6 +359,7 @@ impl ShardCore {
             let _ = c.link.send(Command::Unsubscribe { room: room.clone() });
         }
         c.ahead.remove(room);
+        c.wait_live.remove(room);
     }
 
     /// Answer a subscription at the room's last delivered seq, replaying from the history
@@ -555,6 +571,13 @@ impl ShardCore {
         }
         if let PendingFetch::Sub(w) = p {
             self.cluster_answer(&room, w, result.as_ref().ok(), now);
+            let waiting = self
+                .cluster
+                .as_mut()
+                .and_then(|c| c.wait_live.remove(&room));
+            for w in waiting.into_iter().flatten() {
+                self.cluster_answer(&room, w, None, now);
+            }
         }
     }
 
