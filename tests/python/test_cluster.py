@@ -330,6 +330,17 @@ async def test_resume(nodes):
     f = await h.until(lambda f: f.get("id") == "h2")
     check("history: a page from the start", [m["seq"] for m in f.get("messages", [])] == [1, 2, 3]
           and f["messages"][0]["data"] == {"i": 0}, f)
+    # Resume onto a node with no member in the room: the replay comes from the stream.
+    sub = await h.subscribe(room, since=n - 25, epoch=epoch)
+    replay = await messages(h, room, 25)
+    check("resume: onto a node without members, replayed from the stream, recovered: true",
+          sub.get("recovered") is True and sub.get("seq") == n
+          and [m["seq"] for m in replay] == list(range(n - 24, n + 1)), (sub, [m["seq"] for m in replay][:5]))
+    other = await Client.open(nodes[2])
+    sub = await other.subscribe(room, since=10, epoch=epoch + 1)
+    check("resume: another epoch answers recovered: false", sub.get("recovered") is False
+          and sub.get("epoch") == epoch, sub)
+    await other.close()
     await h.close()
 
 
