@@ -12,7 +12,10 @@ processes with `[cluster]` (2 shards each, free ports), then checks:
       every acknowledged message or an explicit gap (silent losses counted, must be 0);
   (d) deafness: `CLIENT PAUSE` stalls Redis -> /readyz 503 within canary_timeout + 1 s, then 200;
   (e) `CLIENT KILL TYPE pubsub` mid-stream of 600 messages: every node resubscribes and catches up
-      from the history stream; every subscriber gets every seq once, in order, or an explicit gap.
+      from the history stream; every subscriber gets every seq once, in order, or an explicit gap;
+  (f) `DEBUG SLEEP 2` stalls Redis mid-stream (publishes paced over 3 s): publishes are acked or
+      answered `unavailable`, every node turns ready again, every acked message reaches every
+      subscriber (or an explicit gap): zero silent losses.
 Every wait is on an event (readyz polling, frames), bounded.
 
     SHARDCAST_BIN=target/release/shardcast python tests/python/test_cluster.py
@@ -80,7 +83,7 @@ class Redis:
     def start(self):
         self.log = open(os.path.join(TMP, "redis.log"), "ab")
         self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no",
-                                      "--bind", "127.0.0.1"], stdout=self.log, stderr=subprocess.STDOUT)
+                                      "--bind", "127.0.0.1", "--enable-debug-command", "local"], stdout=self.log, stderr=subprocess.STDOUT)
         assert wait_port(self.port), "redis-server did not start"
 
     def stop(self):
@@ -435,6 +438,60 @@ async def test_subscriber_killed(nodes, redis):
         await c.close()
 
 
+async def test_stall(nodes, redis):
+    room, n = "stall", 300
+    for nd in nodes:
+        nd.wait_ready(200, 20)
+    subs = [await Client.open(nd) for nd in nodes]
+    for c in subs:
+        f = await c.subscribe(room)
+        assert f.get("op") == "subscribed", f
+    pub = await Client.open(nodes[2])
+
+    async def paced():
+        for i in range(n):
+            await pub.send({"op": "publish", "room": room, "data": {"i": i}, "id": f"s{i}"})
+            await asyncio.sleep(0.01)  # pacing the traffic over the stall, not waiting for it
+
+    sender = asyncio.create_task(paced())
+    await asyncio.sleep(0.5)
+    stall = subprocess.Popen(["redis-cli", "-p", str(redis.port), "DEBUG", "SLEEP", "2"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await sender
+    answers = {}
+    end = time.monotonic() + TIMEOUT * 2
+    while len(answers) < n and time.monotonic() < end:
+        f = await pub.recv(end - time.monotonic())
+        if f.get("op") in ("ack", "error") and str(f.get("id", "")).startswith("s"):
+            answers[f["id"]] = f
+    stall.wait(10)
+    acked = sorted(a["seq"] for a in answers.values() if a.get("op") == "ack")
+    refused = [a for a in answers.values() if a.get("op") == "error"]
+    check(f"stall: every publish answered ({len(acked)} acked, {len(refused)} unavailable)",
+          len(answers) == n and all(a.get("code") == "unavailable" for a in refused), len(answers))
+    for nd in nodes:
+        check(f"stall: {nd.name} ready again after the stall", nd.wait_ready(200, 20) is not None, nd.readyz())
+    silent = 0
+    for k, c in enumerate(subs):
+        # Publishes answered `unavailable` may still have been numbered (a pipeline Redis ran
+        # after the timeout): read up to the last acked seq, not a count.
+        msgs = []
+        while acked and (not msgs or msgs[-1]["seq"] < acked[-1]):
+            more = await messages(c, room, 1, timeout=TIMEOUT)
+            if not more:
+                break
+            msgs += more
+        seqs = [m["seq"] for m in msgs]
+        missing = sorted(set(acked) - set(seqs))
+        if missing and not any(m.get("gap") for m in msgs):
+            silent += len(missing)
+        check(f"stall: node n{k}: every acked seq once, in order ({len(seqs)} delivered)",
+              all(b > a for a, b in zip(seqs, seqs[1:])) and not missing, (len(seqs), missing[:5]))
+    check("stall: no silent loss", silent == 0, silent)
+    for c in subs + [pub]:
+        await c.close()
+
+
 async def main():
     if not shutil.which("redis-server"):
         print("FAIL redis-server not installed (scripts/test.sh installs it)")
@@ -449,6 +506,7 @@ async def main():
         await test_fanout(nodes, redis)
         await test_resume(nodes)
         await test_subscriber_killed(nodes, redis)
+        await test_stall(nodes, redis)
         await test_redis_down(nodes, redis)
         test_deafness(nodes, redis)
     finally:
