@@ -16,6 +16,8 @@ struct Pulse {
 pub struct Health {
     shards: Box<[Pulse]>,
     draining: AtomicBool,
+    /// Cluster mode: the Redis bridge hears its canary (always true on a single node).
+    cluster_ready: AtomicBool,
 }
 
 /// What `/readyz` says.
@@ -27,6 +29,8 @@ pub enum Readiness {
     Starting(usize),
     /// Shutting down (or handing over): no new connections.
     Draining,
+    /// Cluster mode: Redis is unreachable or this node does not hear its canary back (deaf).
+    Deaf,
 }
 
 impl Health {
@@ -35,7 +39,13 @@ impl Health {
         Health {
             shards: (0..n).map(|_| Pulse::default()).collect(),
             draining: AtomicBool::new(false),
+            cluster_ready: AtomicBool::new(true),
         }
+    }
+
+    /// Cluster mode: the bridge hears its canary (`true`) or is deaf or disconnected.
+    pub fn set_cluster_ready(&self, on: bool) {
+        self.cluster_ready.store(on, Ordering::Release);
     }
 
     /// Shard `i`'s loop turned (called by its sweep).
@@ -72,7 +82,10 @@ impl Health {
             .iter()
             .map(|p| p.accepting.load(Ordering::Acquire))
             .collect();
-        readiness(self.draining.load(Ordering::Acquire), &accepting)
+        match readiness(self.draining.load(Ordering::Acquire), &accepting) {
+            Readiness::Ready if !self.cluster_ready.load(Ordering::Acquire) => Readiness::Deaf,
+            r => r,
+        }
     }
 }
 
@@ -109,6 +122,10 @@ mod tests {
         assert_eq!(h.readiness(), Readiness::Starting(0));
         h.set_accepting(0, true);
         h.set_accepting(1, true);
+        assert_eq!(h.readiness(), Readiness::Ready);
+        h.set_cluster_ready(false);
+        assert_eq!(h.readiness(), Readiness::Deaf);
+        h.set_cluster_ready(true);
         assert_eq!(h.readiness(), Readiness::Ready);
         h.set_draining();
         assert_eq!(h.readiness(), Readiness::Draining);

@@ -13,6 +13,8 @@
 //!   caps, handshakes in progress); shared by the shards, decided by pure functions.
 //! - [`config`]: TOML file schema → validated typed [`config::Config`], swappable per shard.
 //! - [`metrics`]: per-shard counters, summed on read; their names in [`metrics::names`].
+//! - [`cluster`]: cluster mode over Redis: the bridge thread, its channels, and the pure seq,
+//!   resume and canary decisions the rooms' home shards apply.
 //! - `wire`: wire formats, a message's encodings, the sequenced broadcast and its once-cells.
 //! - `conn`: a connection as its shard owns it (queue, high-water mark, direct send, close) and
 //!   its writer task.
@@ -43,6 +45,7 @@ pub mod admin;
 pub mod admission;
 pub mod assets;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub(crate) mod conn;
 pub mod gate;

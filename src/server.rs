@@ -65,6 +65,9 @@ pub enum ServerError {
     /// A shard thread could not be spawned or died.
     #[error("shard {0} thread failed")]
     Thread(usize),
+    /// Cluster mode: the Redis bridge could not start (bad URL, no thread).
+    #[error("cannot start the cluster bridge: {0}")]
+    Cluster(std::io::Error),
 }
 
 /// A running server.
@@ -231,6 +234,24 @@ impl Bound {
         let admission = Arc::new(Admission::default());
         let peers: Arc<[flume::Sender<ShardMsg>]> = senders.clone().into();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<&'static str, ServerError>>();
+        let mut bridge: Vec<Option<_>> = match cfg.cluster.clone() {
+            Some(c) => {
+                let started = crate::cluster::bridge::start(
+                    c,
+                    n,
+                    cfg.inbox_capacity,
+                    health.clone(),
+                    stats.cluster.clone(),
+                )
+                .map_err(ServerError::Cluster)?;
+                started
+                    .events
+                    .into_iter()
+                    .map(|rx| Some((started.link.clone(), rx)))
+                    .collect()
+            }
+            None => (0..n).map(|_| None).collect(),
+        };
         let mut threads = Vec::with_capacity(n);
         for (i, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
             let shard = ShardStart {
@@ -244,6 +265,7 @@ impl Bound {
                 admission: admission.clone(),
                 health: health.clone(),
                 ready: ready_tx.clone(),
+                cluster: bridge[i].take(),
             };
             let t = std::thread::Builder::new()
                 .name(format!("shard-{i}"))
@@ -341,6 +363,8 @@ struct ShardStart {
     admission: Arc<Admission>,
     health: Arc<Health>,
     ready: mpsc::Sender<Result<&'static str, ServerError>>,
+    /// Cluster mode: this shard's end of the Redis bridge.
+    cluster: Option<(crate::cluster::Link, flume::Receiver<crate::cluster::Event>)>,
 }
 
 /// A shard thread: pin it if asked, build its runtime, run the shard until it has drained.
@@ -425,6 +449,7 @@ async fn shard_main(shard: ShardStart) {
         admission,
         health,
         ready,
+        cluster,
     } = shard;
     let driver = if monoio::utils::is_legacy() {
         "epoll"
@@ -452,6 +477,10 @@ async fn shard_main(shard: ShardStart) {
         health.clone(),
     )));
     core.borrow_mut().me = Rc::downgrade(&core);
+    if let Some((link, events)) = cluster {
+        core.borrow_mut().cluster = Some(crate::shard::cluster::ClusterHome::new(link));
+        monoio::spawn(crate::shard::bus::run_cluster_inbox(core.clone(), events));
+    }
     monoio::spawn(run_inbox(core.clone(), inbox));
     monoio::spawn(run_sweeper(core.clone()));
     monoio::spawn(run_flusher(core.clone()));

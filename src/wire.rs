@@ -219,6 +219,9 @@ pub struct Bcast {
     pub origin: Option<(ShardId, ConnId)>,
     /// Raw members already got it on the direct path: only envelope formats go out.
     pub raw_done: bool,
+    /// Cluster mode: messages before this one were lost and could not be recovered; every
+    /// envelope member gets it marked `"gap": true`.
+    pub(crate) gap: bool,
     cells: [RaceCell; WIRES],
 }
 
@@ -237,6 +240,7 @@ impl Bcast {
             kind,
             origin,
             raw_done: false,
+            gap: false,
             cells: Default::default(),
         }
     }
@@ -256,6 +260,7 @@ impl Bcast {
             },
             origin: None,
             raw_done: true,
+            gap: false,
             cells: Default::default(),
         }
     }

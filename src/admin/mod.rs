@@ -240,6 +240,7 @@ fn answer(admin: &Admin, r: Route) -> Vec<u8> {
                 text(503, &format!("starting: shard {i} is not accepting yet"))
             }
             Readiness::Draining => text(503, "draining"),
+            Readiness::Deaf => text(503, "cluster: redis unreachable or deaf"),
         },
         Route::Metrics { openmetrics } => {
             let text = render(

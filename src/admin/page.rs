@@ -33,6 +33,7 @@ pub fn snapshot(stats: &Stats, health: &Health, rooms: &[(Arc<str>, u64, u64)]) 
         Readiness::Ready => "ready",
         Readiness::Starting(_) => "starting",
         Readiness::Draining => "draining",
+        Readiness::Deaf => "deaf",
     };
     let mut top: Vec<&(Arc<str>, u64, u64)> = rooms.iter().collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));

@@ -49,6 +49,26 @@ pub struct FileConfig {
     pub admin: AdminSection,
     /// `[tls]` (absent: plain `ws://` and HTTP)
     pub tls: Option<TlsSection>,
+    /// `[cluster]` (absent: a single node, no Redis)
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]` section: rooms shared with other nodes through Redis.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `redis://[user:password@]host:port/db` (required).
+    pub redis: Option<String>,
+    /// This node's id in channel names and presence (default: random).
+    pub node_id: Option<String>,
+    /// Prefix of every Redis key and channel (default "shardcast").
+    pub channel_prefix: Option<String>,
+    /// How often the deafness canary is published (default "1s").
+    pub canary_interval: Option<String>,
+    /// How long the canary may take to come back before the node is deaf (default "3s").
+    pub canary_timeout: Option<String>,
+    /// TTL of this node's presence entries (default "10s").
+    pub presence_ttl: Option<String>,
 }
 
 /// `[tls]` section: serve `wss://` and HTTPS on the listener.

@@ -183,6 +183,25 @@ pub struct Config {
     pub room_classes: Arc<[RoomClass]>,
     /// `[tls]`: the listener serves `wss://` and HTTPS (`None`: plain).
     pub tls: Option<crate::tls::TlsConfig>,
+    /// `[cluster]`: rooms shared with other nodes through Redis (`None`: a single node).
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// The Redis URL (`redis://`, with a password if any).
+    pub redis: String,
+    /// This node's id.
+    pub node_id: String,
+    /// Prefix of every key and channel.
+    pub channel_prefix: String,
+    /// Canary period.
+    pub canary_interval: Duration,
+    /// How long the canary may take to come back.
+    pub canary_timeout: Duration,
+    /// TTL of this node's presence entries.
+    pub presence_ttl: Duration,
 }
 
 /// How connections authenticate.
@@ -308,6 +327,15 @@ impl Config {
         keep!(inbox_capacity, "server.inbox_capacity");
         keep!(admin.listen, "admin.listen");
         self.admin.explicit = running.admin.explicit;
+        // The Redis bridge is started once; a random node id must not look like a change.
+        let differs = |a: &Option<Cluster>, b: &Option<Cluster>| match (a, b) {
+            (Some(a), Some(b)) => a.redis != b.redis || a.channel_prefix != b.channel_prefix,
+            (a, b) => a.is_some() != b.is_some(),
+        };
+        if differs(&self.cluster, &running.cluster) {
+            changed.push("cluster");
+        }
+        self.cluster = running.cluster.clone();
         changed
     }
 
@@ -392,6 +420,7 @@ impl Default for Config {
             origins: Origins::default(),
             room_classes: Arc::from(Vec::new()),
             tls: None,
+            cluster: None,
         }
     }
 }
@@ -486,6 +515,49 @@ mod tests {
         let e = Config::from_toml("[api]\nkey = \"a\"\nkey_file = \"b\"").unwrap_err();
         assert!(e.to_string().contains("not both"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cluster_section_defaults_and_errors() {
+        assert!(Config::from_toml("").unwrap().cluster.is_none());
+        let c = Config::from_toml("[cluster]\nredis = \"redis://:pw@127.0.0.1:6379/0\"")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.channel_prefix, "shardcast");
+        assert_eq!(c.canary_interval, Duration::from_secs(1));
+        assert_eq!(c.canary_timeout, Duration::from_secs(3));
+        assert_eq!(c.presence_ttl, Duration::from_secs(10));
+        assert_eq!(c.node_id.len(), 16);
+        let key = |toml: &str| match Config::from_toml(toml).unwrap_err() {
+            ConfigError::Invalid { key, .. } => key,
+            e => panic!("{e}"),
+        };
+        assert_eq!(key("[cluster]\nnode_id = \"a\""), "cluster.redis");
+        assert_eq!(key("[cluster]\nredis = \"http://x\""), "cluster.redis");
+        assert_eq!(key("[cluster]\nredis = \"rediss://x:1\""), "cluster.redis");
+        let r = "[cluster]\nredis = \"redis://h:1\"\n";
+        assert_eq!(key(&format!("{r}node_id = \"a b\"")), "cluster.node_id");
+        assert_eq!(
+            key(&format!("{r}channel_prefix = \"\"")),
+            "cluster.channel_prefix"
+        );
+        assert_eq!(
+            key(&format!("{r}canary_interval = \"0s\"")),
+            "cluster.canary_interval"
+        );
+        assert_eq!(
+            key(&format!(
+                "{r}canary_interval = \"5s\"\ncanary_timeout = \"2s\""
+            )),
+            "cluster.canary_timeout"
+        );
+        assert_eq!(
+            key(&format!("{r}presence_ttl = \"x\"")),
+            "cluster.presence_ttl"
+        );
+        let n = Config::from_toml(&format!("{r}node_id = \"gw-1\"")).unwrap();
+        assert_eq!(n.cluster.unwrap().node_id, "gw-1");
     }
 
     #[test]

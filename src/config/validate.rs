@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::file::*;
 use super::{available_cores, invalid, parse_listen, Config, ConfigError, IoDriver, SlowConsumer};
-use super::{Auth, RawReadonly, RoomClass};
+use super::{Auth, Cluster, RawReadonly, RoomClass};
 use crate::admission::{Rate, UserLimit};
 use crate::auth::origin::OriginPattern;
 use crate::auth::pattern::Pattern;
@@ -45,6 +45,9 @@ impl FileConfig {
         admin(&mut c, self.admin)?;
         if let Some(t) = self.tls.take() {
             c.tls = Some(tls(t)?);
+        }
+        if let Some(k) = self.cluster.take() {
+            c.cluster = Some(cluster(k)?);
         }
         if let Some(classes) = self.rooms.class.take() {
             c.room_classes = classes
@@ -359,6 +362,83 @@ fn history(c: &mut Config, h: HistorySection) -> Result<(), ConfigError> {
         c.history_max_room_bytes = byte_size("history.max_room_bytes", v)?;
     }
     Ok(())
+}
+
+/// `[cluster]`: a Redis URL is required; ids and prefixes are what Redis channel names can
+/// hold without quoting; the canary must be able to come back before it is judged late.
+fn cluster(k: ClusterSection) -> Result<Cluster, ConfigError> {
+    let redis = k
+        .redis
+        .ok_or_else(|| invalid("cluster.redis", "required in [cluster]"))?;
+    match redis.split_once("://") {
+        Some(("redis", rest)) if !rest.is_empty() => {}
+        Some(("rediss", _)) => {
+            return Err(invalid(
+                "cluster.redis",
+                "rediss:// (TLS to Redis) is not supported yet",
+            ))
+        }
+        _ => return Err(invalid("cluster.redis", "expected redis://host:port[/db]")),
+    }
+    let word = |key: &'static str, v: String| {
+        let ok = !v.is_empty()
+            && v.len() <= 64
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if ok {
+            Ok(v)
+        } else {
+            Err(invalid(key, "1 to 64 characters among A-Z a-z 0-9 - _ ."))
+        }
+    };
+    let node_id = match k.node_id {
+        Some(v) => word("cluster.node_id", v)?,
+        None => random_node_id(),
+    };
+    let channel_prefix = word(
+        "cluster.channel_prefix",
+        k.channel_prefix.unwrap_or_else(|| "shardcast".into()),
+    )?;
+    let dur = |key, v: Option<String>, default| match v {
+        Some(t) => duration(key, &t),
+        None => Ok(Duration::from_secs(default)),
+    };
+    let canary_interval = dur("cluster.canary_interval", k.canary_interval, 1)?;
+    let canary_timeout = dur("cluster.canary_timeout", k.canary_timeout, 3)?;
+    let presence_ttl = dur("cluster.presence_ttl", k.presence_ttl, 10)?;
+    if canary_interval.is_zero() {
+        return Err(invalid("cluster.canary_interval", "must be positive"));
+    }
+    if canary_timeout <= canary_interval {
+        return Err(invalid(
+            "cluster.canary_timeout",
+            "must be longer than cluster.canary_interval",
+        ));
+    }
+    if presence_ttl.is_zero() {
+        return Err(invalid("cluster.presence_ttl", "must be positive"));
+    }
+    Ok(Cluster {
+        redis,
+        node_id,
+        channel_prefix,
+        canary_interval,
+        canary_timeout,
+        presence_ttl,
+    })
+}
+
+/// A random node id: 16 hex digits from the clock, the pid and the std hasher's random keys.
+fn random_node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
 }
 
 /// `[envelope]`.

@@ -329,6 +329,13 @@ impl Conn {
         }
     }
 
+    /// Messages of `room` were lost before what comes next (cluster mode: not recoverable from
+    /// the room's history stream): the next one this connection gets says `"gap": true`.
+    #[cold]
+    pub(crate) fn mark_gap(&mut self, room: u32) {
+        self.lost(room, false);
+    }
+
     /// `frame`, marked `"gap": true` if the room has a loss to report (which is then reported).
     fn take_gap_mark(&mut self, frame: &Bytes, room: u32) -> Bytes {
         let Some(m) = self

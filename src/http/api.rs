@@ -153,6 +153,7 @@ async fn publish<S: HttpIo>(
     };
     match ask(shard, home, req).await {
         Some(ApiAnswer::Seq(seq)) => json(200, &serde_json::json!({ "room": &*room, "seq": seq })),
+        Some(ApiAnswer::Unavailable) => api_error(503, "unavailable", "cluster: redis unavailable"),
         _ => api_error(503, "unavailable", "shutting down"),
     }
 }

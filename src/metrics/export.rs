@@ -352,6 +352,70 @@ impl Scrape {
         m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
     }
 
+    fn cluster(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let c = &self.stats.cluster;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let g = ConstGauge::new(l(&c.deaf) as i64);
+        g.encode(e.encode_descriptor(
+            names::CLUSTER_DEAF,
+            "1 while this node is deaf or disconnected from Redis (cluster mode)",
+            None,
+            g.metric_type(),
+        )?)?;
+        let counters: [(&str, &str, &AtomicU64); 9] = [
+            (
+                names::CLUSTER_DEAF_EPISODES,
+                "Times the deafness canary was late",
+                &c.deaf_episodes,
+            ),
+            (
+                names::CLUSTER_RECONNECTS,
+                "Reconnections to Redis",
+                &c.reconnects,
+            ),
+            (
+                names::CLUSTER_PUBLISHES,
+                "Publishes numbered by Redis",
+                &c.publishes,
+            ),
+            (
+                names::CLUSTER_UNAVAILABLE,
+                "Publishes refused as unavailable",
+                &c.unavailable,
+            ),
+            (
+                names::CLUSTER_MESSAGES_IN,
+                "Room messages received from Redis",
+                &c.messages_in,
+            ),
+            (
+                names::CLUSTER_BAD_MESSAGES,
+                "Room messages that could not be decoded",
+                &c.bad_messages,
+            ),
+            (
+                names::CLUSTER_REFUSED,
+                "Bridge events refused by a full shard channel",
+                &c.refused,
+            ),
+            (
+                names::CLUSTER_CATCH_UPS,
+                "Catch-ups from a room's history stream",
+                &c.catch_ups,
+            ),
+            (
+                names::CLUSTER_GAPS,
+                "Messages delivered marked gap",
+                &c.gaps,
+            ),
+        ];
+        for (name, help, a) in counters {
+            let v = ConstCounter::new(l(a));
+            v.encode(e.encode_descriptor(strip_total(name), help, None, v.metric_type())?)?;
+        }
+        Ok(())
+    }
+
     fn process(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
         let (rss, fds) = process_figures();
         let g = |v: u64| ConstGauge::new(v as i64);
@@ -423,6 +487,7 @@ impl Collector for Scrape {
         self.resumes_and_closes(&mut e)?;
         self.by_wire(&mut e)?;
         self.queue_histogram(&mut e)?;
+        self.cluster(&mut e)?;
         self.process(&mut e)
     }
 }

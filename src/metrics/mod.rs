@@ -239,6 +239,40 @@ impl ShardStats {
 #[derive(Debug, Clone)]
 pub struct Stats {
     shards: Arc<[ShardStats]>,
+    /// The Redis bridge's (cluster mode; zeros on a single node).
+    pub cluster: Arc<ClusterStats>,
+}
+
+/// Counters of the Redis bridge (written by its thread, and by shards for their refusals).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// 1 while the node is deaf or disconnected from Redis (a gauge).
+    pub deaf: AtomicU64,
+    /// Times the canary was late.
+    pub deaf_episodes: AtomicU64,
+    /// Reconnections to Redis (after errors or deafness).
+    pub reconnects: AtomicU64,
+    /// Publishes numbered by Redis.
+    pub publishes: AtomicU64,
+    /// Publishes refused as `unavailable` (Redis down, timeout, bridge busy).
+    pub unavailable: AtomicU64,
+    /// Room messages received from Redis.
+    pub messages_in: AtomicU64,
+    /// Room messages that could not be decoded.
+    pub bad_messages: AtomicU64,
+    /// Events the bridge could not hand to a full shard channel (refused, counted).
+    pub refused: AtomicU64,
+    /// Catch-ups from a history stream after a seq jump or a reconnect.
+    pub catch_ups: AtomicU64,
+    /// Messages delivered marked `"gap": true` (what was missed could not be recovered).
+    pub gaps: AtomicU64,
+}
+
+impl ClusterStats {
+    /// Relaxed add.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// A summed view.
@@ -295,6 +329,7 @@ impl Stats {
     pub fn new(n: usize) -> Stats {
         Stats {
             shards: (0..n).map(|_| ShardStats::default()).collect(),
+            cluster: Arc::default(),
         }
     }
 

@@ -100,3 +100,24 @@ pub const SSE_POSTS: &str = "sse_posts_total";
 pub const CONNECTIONS_BY_WIRE: &str = "connections_by_wire";
 /// Publishes not delivered again (a session repeating a publish id within the dedup window).
 pub const DUPLICATE_PUBLISHES: &str = "duplicate_publishes_total";
+
+/// Cluster mode: 1 while the node is deaf or disconnected from Redis.
+pub const CLUSTER_DEAF: &str = "cluster_deaf";
+/// Cluster mode: times the deafness canary was late.
+pub const CLUSTER_DEAF_EPISODES: &str = "cluster_deaf_episodes_total";
+/// Cluster mode: reconnections to Redis.
+pub const CLUSTER_RECONNECTS: &str = "cluster_reconnects_total";
+/// Cluster mode: publishes numbered by Redis.
+pub const CLUSTER_PUBLISHES: &str = "cluster_publishes_total";
+/// Cluster mode: publishes refused as `unavailable`.
+pub const CLUSTER_UNAVAILABLE: &str = "cluster_unavailable_total";
+/// Cluster mode: room messages received from Redis.
+pub const CLUSTER_MESSAGES_IN: &str = "cluster_messages_in_total";
+/// Cluster mode: room messages that could not be decoded.
+pub const CLUSTER_BAD_MESSAGES: &str = "cluster_bad_messages_total";
+/// Cluster mode: bridge events refused by a full shard channel.
+pub const CLUSTER_REFUSED: &str = "cluster_refused_total";
+/// Cluster mode: catch-ups from a room's history stream.
+pub const CLUSTER_CATCH_UPS: &str = "cluster_catch_ups_total";
+/// Cluster mode: messages delivered marked `"gap": true`.
+pub const CLUSTER_GAPS: &str = "cluster_gaps_total";

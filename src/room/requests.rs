@@ -155,6 +155,8 @@ pub(crate) enum ApiReq {
 #[derive(Debug)]
 pub(crate) enum ApiAnswer {
     Seq(u64),
+    /// Cluster mode: Redis could not number the publish (503 `unavailable`).
+    Unavailable,
     Members(Vec<(u64, Option<Arc<str>>, Arc<Data>)>),
     Rooms(Vec<(Arc<str>, u64)>),
     /// (room, members, seq).

@@ -197,6 +197,9 @@ impl ShardCore {
         let Some(id) = self.rooms.find(&b.room) else {
             return;
         };
+        if b.gap {
+            self.mark_room_gap(id);
+        }
         let frames = self.frames_for(id, b);
         // Only a sender on this shard can be skipped: the room's class is looked up only then.
         let skip = b
@@ -205,6 +208,19 @@ impl ShardCore {
             .map(|o| o.1)
             .filter(|_| !self.cfg.echo_in(&b.room));
         self.enqueue_room(id, frames, skip, b.is_event(), now);
+    }
+
+    /// Cluster mode: every member of `room` is told of a loss on its next message of the room.
+    #[cold]
+    fn mark_room_gap(&mut self, room: RoomId) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        for &m in &r.members {
+            if let Some(c) = self.conns.get_mut(m.0) {
+                c.mark_gap(room.0 as u32);
+            }
+        }
     }
 
     /// The encodings of a raw client's message: plain, and compressed once when deflate clients

@@ -124,6 +124,9 @@ impl ShardCore {
             ShardMsg::Event(b) => self.deliver_bcast(&b, now),
             ShardMsg::Home(m) => self.home_handle(m, now),
             ShardMsg::Reply(r) => self.handle_reply(r, now),
+            ShardMsg::Api(ApiReq::Publish { room, data }, tx) if self.cluster.is_some() => {
+                self.cluster_publish(room, data, None, None, None, Some(tx), now);
+            }
             ShardMsg::Api(req, tx) => {
                 let answer = self.home_api(req, now);
                 let _ = tx.try_send(answer);
@@ -156,6 +159,23 @@ async fn drain_overflow(shard: ShardRef, peer: usize) {
             s.bus.draining[peer] = false;
             return;
         }
+    }
+}
+
+/// Cluster mode: drain what the Redis bridge reports, in batches, until it is gone.
+pub(crate) async fn run_cluster_inbox(shard: ShardRef, rx: flume::Receiver<crate::cluster::Event>) {
+    while let Ok(first) = rx.recv_async().await {
+        let now = Instant::now();
+        let mut s = shard.borrow_mut();
+        s.bus.in_inbox = true;
+        s.cluster_event(first, now);
+        for _ in 0..1024 {
+            match rx.try_recv() {
+                Ok(ev) => s.cluster_event(ev, now),
+                Err(_) => break,
+            }
+        }
+        s.bus.in_inbox = false;
     }
 }
 

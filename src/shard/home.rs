@@ -34,7 +34,7 @@ impl ShardCore {
     }
 
     /// Send a reply to a connection's shard (handled at once when that is this shard).
-    fn reply(&mut self, shard: ShardId, r: Reply, now: Instant) {
+    pub(crate) fn reply(&mut self, shard: ShardId, r: Reply, now: Instant) {
         if shard == self.id {
             self.handle_reply(r, now);
         } else {
@@ -43,7 +43,7 @@ impl ShardCore {
     }
 
     /// Send a sequenced message or event to every shard with members that take it.
-    fn home_fanout(&mut self, b: Arc<Bcast>, now: Instant) {
+    pub(crate) fn home_fanout(&mut self, b: Arc<Bcast>, now: Instant) {
         let Some(r) = self.home.rooms.get(&b.room) else {
             return;
         };
@@ -76,6 +76,10 @@ impl ShardCore {
 
     /// Number a raw message (already delivered to raw members) and send it to envelope members.
     pub(crate) fn home_sequence_raw(&mut self, room: Arc<str>, frames: &Frames, now: Instant) {
+        // Cluster mode: raw messages stay on this node, unnumbered (docs/cluster.md).
+        if self.cluster.is_some() {
+            return;
+        }
         let shards = self.shards();
         let ((size, ttl), max_bytes) =
             (self.cfg.history_in(&room), self.cfg.history_max_room_bytes);
@@ -168,6 +172,10 @@ impl ShardCore {
                         ShardStats::add(&self.my_stats().duplicate_publishes, 1);
                         (seq, true)
                     }
+                    None if self.cluster.is_some() => {
+                        self.cluster_publish(room, data, Some(from), ack, dedup, None, now);
+                        return;
+                    }
                     None => {
                         let seq = self.home_publish(room.clone(), data, Some(from), now);
                         if let Some(k) = dedup.as_deref() {
@@ -187,6 +195,15 @@ impl ShardCore {
                     let frame = envelope_frame(&op, format);
                     self.reply(from.shard, Reply::Frame { conn: from, frame }, now);
                 }
+            }
+            HomeMsg::Query {
+                room,
+                conn,
+                format,
+                query: Query::History { since, limit },
+                id,
+            } if self.cluster.is_some() => {
+                self.cluster_history(room, conn, (format, id), (since, limit), now);
             }
             HomeMsg::Query {
                 room,
@@ -221,19 +238,18 @@ impl ShardCore {
             return;
         }
         r.count(conn.shard, wire, true);
+        if self.cluster.is_some() {
+            self.cluster_join(room, conn, wire, sub, now);
+            return;
+        }
         let Some(sub) = sub else { return };
+        let r = self.home.get_or_create(&room, shards);
         r.expire(tick, ttl);
         let (recovered, replay) = r.resume(sub.since, sub.epoch);
-        let asked = sub.since.is_some() || sub.epoch.is_some();
         let (seq, epoch) = (r.seq, r.epoch);
-        let member = Member {
-            user: sub.user.clone(),
-            info: sub.info.clone(),
-        };
-        let fresh = r.presence.insert(conn.uid, member).is_none();
-        let answer = Reply::Subscribed(SubAnswer {
+        let answer = SubAnswer {
             conn,
-            room: room.clone(),
+            room,
             wire,
             presence: sub.presence,
             seq,
@@ -241,8 +257,23 @@ impl ShardCore {
             recovered,
             replay,
             id: sub.id.clone(),
-        });
-        self.reply(conn.shard, answer, now);
+        };
+        self.home_subscribed(answer, sub, now);
+    }
+
+    /// Register an answered subscription's presence, send the answer, count the resume and
+    /// announce the join.
+    pub(crate) fn home_subscribed(&mut self, answer: SubAnswer, sub: SubReq, now: Instant) {
+        let (shards, tick) = (self.shards(), Tick::at(now));
+        let (room, conn, recovered) = (answer.room.clone(), answer.conn, answer.recovered);
+        let asked = sub.since.is_some() || sub.epoch.is_some();
+        let member = Member {
+            user: sub.user.clone(),
+            info: sub.info.clone(),
+        };
+        let r = self.home.get_or_create(&room, shards);
+        let fresh = r.presence.insert(conn.uid, member).is_none();
+        self.reply(conn.shard, Reply::Subscribed(answer), now);
         if asked {
             let st = self.my_stats();
             ShardStats::add(
@@ -281,6 +312,12 @@ impl ShardCore {
         if !wire.is_raw() {
             r.envelope_seen = Some(tick);
         }
+        if r.members() == 0 && self.cluster.is_some() {
+            self.cluster_unsubscribe(&room);
+        }
+        let Some(r) = self.home.rooms.get_mut(&room) else {
+            return;
+        };
         let left = uid.and_then(|u| r.presence.remove(&u).map(|m| (u, m)));
         if let Some((conn, m)) = left.filter(|_| self.cfg.class_rights(&room).presence) {
             let ev = Kind::Leave {

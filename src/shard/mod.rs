@@ -19,6 +19,7 @@
 
 pub(crate) mod broadcast;
 pub(crate) mod bus;
+pub(crate) mod cluster;
 pub(crate) mod home;
 pub(crate) mod membership;
 pub(crate) mod replies;
@@ -71,6 +72,8 @@ pub(crate) struct ShardCore {
     pub(crate) direct_send: bool,
     /// This shard's own handle, to spawn tasks from inside its methods.
     pub(crate) me: Weak<RefCell<ShardCore>>,
+    /// Cluster mode (`[cluster]`): the Redis bridge and the rooms' channel state.
+    pub(crate) cluster: Option<cluster::ClusterHome>,
 }
 
 impl ShardCore {
@@ -104,6 +107,7 @@ impl ShardCore {
             enc: Encoder::default(),
             stats,
             me: Weak::new(),
+            cluster: None,
         }
     }
 

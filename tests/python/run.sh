@@ -5,11 +5,13 @@
 #   bash tests/python/run.sh          # every suite
 #   bash tests/python/run.sh auth     # only the auth suite (test_auth.py starts its own daemons)
 #   bash tests/python/run.sh tls      # only the TLS suite (test_tls.py: its own CA and daemons)
+#   bash tests/python/run.sh cluster  # only cluster mode (test_cluster.py: its own redis-server
+#                                     # and three daemons; needs redis-server, see scripts/test.sh)
 set -euo pipefail
 SUITE="${1:-all}"
 case "$SUITE" in
-  all | auth | tls) ;;
-  *) echo "usage: $0 [auth|tls]" >&2; exit 2 ;;
+  all | auth | tls | cluster) ;;
+  *) echo "usage: $0 [auth|tls|cluster]" >&2; exit 2 ;;
 esac
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
@@ -64,6 +66,16 @@ if [[ $SUITE == tls ]]; then
   exit 0
 fi
 
+# Cluster mode over Redis (issue 14): test_cluster.py starts its own redis-server on a free port
+# and three daemons with [cluster] (3,000 subscribers, resume across nodes, Redis outage, deafness).
+run_cluster() {
+  SHARDCAST_BIN="${SHARDCAST_BIN:-$REPO/target/release/shardcast}" "$VENV/bin/python" tests/python/test_cluster.py
+}
+if [[ $SUITE == cluster ]]; then
+  run_cluster
+  exit 0
+fi
+
 # Raw rooms and permessage-deflate with the `websockets` client.
 PORT=9011
 target/release/shardcast --listen "127.0.0.1:$PORT" --shards 2 >target/python-daemon.log 2>&1 &
@@ -81,3 +93,4 @@ cleanup  # the auth suite runs its own daemons
 PIDS=()
 run_auth
 run_tls
+run_cluster

@@ -1,0 +1,642 @@
+//! The Redis bridge: one OS thread running a tokio current_thread runtime with the `redis`
+//! crate (no maintained monoio-native client exists; docs/../STACK notes). It owns two
+//! connections: a multiplexed command connection (the publish and fetch scripts, the canary)
+//! and a subscriber connection (room channels and this node's canary channel). It only moves
+//! bytes: what a received seq means is decided by the room's home ([`super::track`]).
+//!
+//! Publishes waiting in the command channel go out as one pipeline of `EVALSHA`s (one script
+//! run per publish, one round trip per batch), so a node's publishes keep their order.
+//! After any Redis error, or when the canary is late (deaf), both connections are dropped and
+//! made again with backoff, every room is subscribed again and every shard is told to catch up
+//! ([`Event::Resync`]); `/readyz` says 503 until the canary is heard on the new connection and
+//! every shard has reported its catch-ups done ([`Command::Synced`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::{AsyncConnectionConfig, Value};
+
+use super::canary::Canary;
+use super::{decode, Command, Event, Fetched, Incoming, Link, Unavailable};
+use crate::config::Cluster;
+use crate::health::Health;
+use crate::metrics::ClusterStats;
+
+/// Publishes sent in one pipeline at most.
+const MAX_BATCH: usize = 256;
+/// Stream entries read by one fetch at most.
+const MAX_FETCH: usize = 10_000;
+
+/// Numbers, keeps and publishes one message (module doc). KEYS: seq, epoch, stream; ARGV: a new
+/// epoch (µs), stream length (0: no stream), the message tail, the room channel.
+const PUBLISH_LUA: &str = r"
+redis.call('SETNX', KEYS[2], ARGV[1])
+local epoch = redis.call('GET', KEYS[2])
+local seq = redis.call('INCR', KEYS[1])
+local msg = seq .. ':' .. epoch .. ':' .. ARGV[3]
+if tonumber(ARGV[2]) > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'm', msg)
+end
+redis.call('PUBLISH', ARGV[4], msg)
+return seq
+";
+
+/// Reads a room's seq and epoch (creating the epoch) and the stream after a seq, atomically.
+/// KEYS: seq, epoch, stream; ARGV: a new epoch (µs), after ('' for none), count.
+const FETCH_LUA: &str = r"
+redis.call('SETNX', KEYS[2], ARGV[1])
+local epoch = redis.call('GET', KEYS[2])
+local seq = redis.call('GET', KEYS[1])
+if not seq then seq = '0' end
+local entries = {}
+if ARGV[2] ~= '' then
+  entries = redis.call('XRANGE', KEYS[3], (tonumber(ARGV[2]) + 1) .. '-0', '+', 'COUNT', ARGV[3])
+end
+return {seq, epoch, entries}
+";
+
+/// What the shards get from [`start`].
+pub struct Started {
+    /// The shards' end of the command channel.
+    pub link: Link,
+    /// One event channel per shard.
+    pub events: Vec<flume::Receiver<Event>>,
+}
+
+/// Start the bridge thread for `shards` shards; channels hold `capacity` messages.
+pub fn start(
+    cfg: Cluster,
+    shards: usize,
+    capacity: usize,
+    health: Arc<Health>,
+    stats: Arc<ClusterStats>,
+) -> std::io::Result<Started> {
+    let client = redis::Client::open(cfg.redis.as_str())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let (tx, rx) = flume::bounded(capacity);
+    let (outs, events): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(capacity)).unzip();
+    let node: Arc<str> = Arc::from(cfg.node_id.as_str());
+    health.set_cluster_ready(false);
+    stats.deaf.store(1, Ordering::Relaxed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let b = Bridge {
+        prefix: cfg.channel_prefix.clone(),
+        cfg,
+        client,
+        out: outs,
+        rooms: HashMap::new(),
+        health,
+        stats,
+        publish: redis::Script::new(PUBLISH_LUA),
+        fetch: redis::Script::new(FETCH_LUA),
+        canary: Canary::default(),
+        generation: 0,
+        synced: vec![false; shards],
+        heard: false,
+        ready: false,
+        lagging: vec![false; shards],
+    };
+    std::thread::Builder::new()
+        .name("cluster".into())
+        .spawn(move || rt.block_on(b.run(rx)))?;
+    Ok(Started {
+        link: Link { tx, node },
+        events,
+    })
+}
+
+struct Bridge {
+    cfg: Cluster,
+    prefix: String,
+    client: redis::Client,
+    out: Vec<flume::Sender<Event>>,
+    /// Subscribed rooms and their home shards.
+    rooms: HashMap<Arc<str>, usize>,
+    health: Arc<Health>,
+    stats: Arc<ClusterStats>,
+    publish: redis::Script,
+    fetch: redis::Script,
+    canary: Canary,
+    /// Connections made so far ([`Event::Resync`] and [`Command::Synced`] carry it).
+    generation: u64,
+    /// Per shard: caught up since the last connect.
+    synced: Vec<bool>,
+    /// The canary came back on the current subscriber connection.
+    heard: bool,
+    /// `/readyz` was told ready for the current connection.
+    ready: bool,
+    /// Per shard: a room message was refused by its full channel (catch up at the next tick).
+    lagging: Vec<bool>,
+}
+
+struct Conns {
+    cmd: MultiplexedConnection,
+    sink: PubSubSink,
+    stream: PubSubStream,
+}
+
+/// Why a connection was given up.
+#[derive(Debug)]
+enum Lost {
+    /// A command failed.
+    Error(redis::RedisError),
+    /// The canary did not come back in time.
+    Deaf,
+    /// The subscriber connection ended.
+    Closed,
+    /// Every shard is gone: stop.
+    Stop,
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}
+
+fn unavailable(e: &redis::RedisError) -> Unavailable {
+    if e.is_timeout() {
+        Unavailable::Timeout
+    } else {
+        Unavailable::Down
+    }
+}
+
+impl Bridge {
+    fn room_channel(&self, room: &str) -> String {
+        format!("{}:room:{}", self.prefix, room)
+    }
+
+    fn node_channel(&self) -> String {
+        format!("{}:node:{}", self.prefix, self.cfg.node_id)
+    }
+
+    fn keys(&self, room: &str) -> [String; 3] {
+        let p = &self.prefix;
+        [
+            format!("{p}:seq:{room}"),
+            format!("{p}:epoch:{room}"),
+            format!("{p}:hist:{room}"),
+        ]
+    }
+
+    /// Hand a shard a room message without waiting: one a full channel refuses is counted and
+    /// recovered by the home's catch-up when the next one shows the jump.
+    fn emit(&mut self, shard: usize, ev: Event) {
+        let Some(tx) = self.out.get(shard) else {
+            return;
+        };
+        if tx.try_send(ev).is_err() {
+            ClusterStats::add(&self.stats.refused, 1);
+            // Even the room's last message must not be lost silently: the shard catches up
+            // every room at the next canary tick.
+            self.lagging[shard] = true;
+        }
+    }
+
+    /// Hand a shard an answer (publish, fetch, resync): not lost to a momentarily full channel
+    /// (the bridge waits up to a second; a shard never waits for the bridge).
+    async fn answer(&self, shard: usize, ev: Event) -> bool {
+        let Some(tx) = self.out.get(shard) else {
+            return false;
+        };
+        let ev = match tx.try_send(ev) {
+            Ok(()) => return true,
+            Err(flume::TrySendError::Full(ev)) => ev,
+            Err(flume::TrySendError::Disconnected(_)) => return false,
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(1), tx.send_async(ev)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            ClusterStats::add(&self.stats.refused, 1);
+            return false;
+        }
+        true
+    }
+
+    /// Turn ready when the canary was heard on this connection and every shard caught up.
+    fn update_ready(&mut self) {
+        let synced = self.synced.iter().all(|&s| s);
+        if !self.ready && super::canary::ready(true, !self.heard, synced) {
+            self.ready = true;
+            self.stats.deaf.store(0, Ordering::Relaxed);
+            self.health.set_cluster_ready(true);
+            tracing::info!("cluster: canary heard and rooms caught up; ready");
+        }
+    }
+
+    async fn run(mut self, rx: flume::Receiver<Command>) {
+        // None: connect at once (after a lost connection); Some: wait after a failed connect.
+        let mut backoff: Option<Duration> = None;
+        loop {
+            if let Some(wait) = backoff {
+                // Refuse what comes meanwhile (publishes get `unavailable`), then try again.
+                let until = tokio::time::Instant::now() + wait;
+                while let Ok(Ok(cmd)) = tokio::time::timeout_at(until, rx.recv_async()).await {
+                    self.refuse(cmd, Unavailable::Down).await;
+                }
+                if rx.is_disconnected() {
+                    return;
+                }
+            }
+            let conns = match self.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let next = backoff.map_or(Duration::from_millis(100), |b| {
+                        (b * 2).min(Duration::from_secs(5))
+                    });
+                    tracing::warn!(error = %e, retry_in = ?next, "cluster: cannot connect to redis");
+                    backoff = Some(next);
+                    continue;
+                }
+            };
+            backoff = None;
+            let lost = self.serve(conns, &rx).await;
+            self.health.set_cluster_ready(false);
+            self.stats.deaf.store(1, Ordering::Relaxed);
+            ClusterStats::add(&self.stats.reconnects, 1);
+            match lost {
+                Lost::Stop => return,
+                Lost::Deaf => {
+                    ClusterStats::add(&self.stats.deaf_episodes, 1);
+                    tracing::warn!(
+                        timeout = ?self.cfg.canary_timeout,
+                        "cluster: deaf (canary not heard back); reconnecting"
+                    );
+                }
+                Lost::Error(e) => {
+                    tracing::warn!(error = %e, "cluster: redis error; reconnecting")
+                }
+                Lost::Closed => {
+                    tracing::warn!("cluster: subscriber connection closed; reconnecting")
+                }
+            }
+        }
+    }
+
+    /// Answer a command that cannot be carried out now (subscriptions are remembered).
+    async fn refuse(&mut self, cmd: Command, why: Unavailable) {
+        match cmd {
+            Command::Publish { shard, token, .. } => self.refuse_publish(shard, token, why).await,
+            Command::Fetch {
+                room, shard, token, ..
+            } => {
+                let ev = Event::Fetched {
+                    room,
+                    token,
+                    result: Err(why),
+                };
+                self.answer(shard, ev).await;
+            }
+            Command::Subscribe { room, shard } => {
+                self.rooms.insert(room, shard);
+            }
+            Command::Unsubscribe { room } => {
+                self.rooms.remove(&room);
+            }
+            Command::Synced { .. } => {}
+        }
+    }
+
+    async fn connect(&mut self) -> redis::RedisResult<Conns> {
+        let t = self.cfg.canary_timeout;
+        let acfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(t))
+            .set_response_timeout(Some(t));
+        let mut cmd = self
+            .client
+            .get_multiplexed_async_connection_with_config(&acfg)
+            .await?;
+        let timeout =
+            |_| redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        let pubsub = tokio::time::timeout(t, self.client.get_async_pubsub())
+            .await
+            .map_err(timeout)??;
+        self.publish.load_async(&mut cmd).await?;
+        self.fetch.load_async(&mut cmd).await?;
+        let (mut sink, stream) = pubsub.split();
+        let mut channels = vec![self.node_channel()];
+        channels.extend(self.rooms.keys().map(|r| self.room_channel(r)));
+        for chunk in channels.chunks(512) {
+            tokio::time::timeout(t, sink.subscribe(chunk))
+                .await
+                .map_err(timeout)??;
+        }
+        self.canary.reset();
+        // Every room may have missed messages while the old connection was away.
+        for shard in 0..self.out.len() {
+            let generation = self.generation + 1;
+            // A shard that cannot be told has nothing to wait for.
+            self.synced[shard] = !self.answer(shard, Event::Resync { generation }).await;
+        }
+        self.generation += 1;
+        (self.heard, self.ready) = (false, false);
+        tracing::info!(rooms = self.rooms.len(), node = %self.cfg.node_id, "cluster: connected to redis");
+        Ok(Conns { cmd, sink, stream })
+    }
+
+    async fn serve(&mut self, mut c: Conns, rx: &flume::Receiver<Command>) -> Lost {
+        let mut tick = tokio::time::interval(self.cfg.canary_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let node_channel = self.node_channel();
+        loop {
+            tokio::select! {
+                cmd = rx.recv_async() => {
+                    let Ok(cmd) = cmd else { return Lost::Stop };
+                    if let Err(e) = self.handle(&mut c, cmd, rx).await {
+                        return Lost::Error(e);
+                    }
+                }
+                msg = c.stream.next() => {
+                    let Some(msg) = msg else { return Lost::Closed };
+                    let name = msg.get_channel_name();
+                    if name == node_channel {
+                        if let Some(n) = std::str::from_utf8(msg.get_payload_bytes()).ok().and_then(|s| s.parse().ok()) {
+                            self.canary.heard(n);
+                            self.heard = true;
+                            self.update_ready();
+                        }
+                    } else {
+                        self.route(name, msg.get_payload_bytes());
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if self.canary.deaf(now, self.cfg.canary_timeout) {
+                        return Lost::Deaf;
+                    }
+                    self.catch_up_lagging().await;
+                    let n = self.canary.send(now);
+                    let mut cmd = c.cmd.clone();
+                    let ch = node_channel.clone();
+                    // Not awaited here: a stalled Redis must not stall the verdict.
+                    tokio::spawn(async move {
+                        let _: redis::RedisResult<i64> =
+                            redis::cmd("PUBLISH").arg(ch).arg(n).query_async(&mut cmd).await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// Shards that had a room message refused catch up every room from the streams.
+    async fn catch_up_lagging(&mut self) {
+        for shard in 0..self.lagging.len() {
+            if self.lagging[shard] {
+                let ev = Event::Resync {
+                    generation: self.generation,
+                };
+                self.lagging[shard] = !self.answer(shard, ev).await;
+            }
+        }
+    }
+
+    /// A room channel message: to the room's home shard.
+    fn route(&mut self, channel: &str, payload: &[u8]) {
+        let Some(room) = channel
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(":room:"))
+        else {
+            return;
+        };
+        let Some((room, &shard)) = self.rooms.get_key_value(room) else {
+            return;
+        };
+        match decode(room.clone(), payload) {
+            Ok(m) => {
+                ClusterStats::add(&self.stats.messages_in, 1);
+                self.emit(shard, Event::Message(m));
+            }
+            Err(e) => {
+                ClusterStats::add(&self.stats.bad_messages, 1);
+                tracing::warn!(error = %e, channel, "cluster: unreadable room message");
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        c: &mut Conns,
+        cmd: Command,
+        rx: &flume::Receiver<Command>,
+    ) -> redis::RedisResult<()> {
+        match cmd {
+            Command::Publish { .. } => {
+                let mut batch = vec![cmd];
+                let mut rest = None;
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(p @ Command::Publish { .. }) => batch.push(p),
+                        Ok(other) => {
+                            rest = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.publish_batch(c, batch).await?;
+                if let Some(other) = rest {
+                    Box::pin(self.handle(c, other, rx)).await?;
+                }
+            }
+            Command::Subscribe { room, shard } => {
+                c.sink.subscribe(self.room_channel(&room)).await?;
+                self.rooms.insert(room, shard);
+            }
+            Command::Unsubscribe { room } => {
+                if self.rooms.remove(&room).is_some() {
+                    c.sink.unsubscribe(self.room_channel(&room)).await?;
+                }
+            }
+            Command::Synced { shard, generation } => {
+                if generation == self.generation {
+                    if let Some(s) = self.synced.get_mut(shard) {
+                        *s = true;
+                    }
+                    self.update_ready();
+                }
+            }
+            Command::Fetch {
+                room,
+                after,
+                shard,
+                token,
+            } => {
+                let r = self.fetch_room(c, &room, after).await;
+                let result = r
+                    .as_ref()
+                    .map_err(unavailable)
+                    .and_then(|v| parse_fetched(&room, v).ok_or(Unavailable::Protocol));
+                let ev = Event::Fetched {
+                    room,
+                    token,
+                    result,
+                };
+                self.answer(shard, ev).await;
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch_room(
+        &mut self,
+        c: &mut Conns,
+        room: &str,
+        after: Option<u64>,
+    ) -> redis::RedisResult<Value> {
+        let [seq, epoch, hist] = self.keys(room);
+        let mut inv = self.fetch.prepare_invoke();
+        inv.key(seq)
+            .key(epoch)
+            .key(hist)
+            .arg(now_us())
+            .arg(after.map_or(String::new(), |a| a.to_string()))
+            .arg(MAX_FETCH);
+        inv.invoke_async(&mut c.cmd).await
+    }
+
+    async fn publish_batch(
+        &mut self,
+        c: &mut Conns,
+        batch: Vec<Command>,
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        let mut answers = Vec::with_capacity(batch.len());
+        let epoch = now_us();
+        for cmd in batch {
+            let Command::Publish {
+                room,
+                tail,
+                history,
+                shard,
+                token,
+            } = cmd
+            else {
+                continue;
+            };
+            let [seq, ep, hist] = self.keys(&room);
+            pipe.cmd("EVALSHA")
+                .arg(self.publish.get_hash())
+                .arg(3)
+                .arg(seq)
+                .arg(ep)
+                .arg(hist)
+                .arg(epoch)
+                .arg(history)
+                .arg(tail)
+                .arg(self.room_channel(&room));
+            answers.push((shard, token));
+        }
+        let r: redis::RedisResult<Vec<u64>> = pipe.query_async(&mut c.cmd).await;
+        match r {
+            Ok(seqs) if seqs.len() == answers.len() => {
+                ClusterStats::add(&self.stats.publishes, seqs.len() as u64);
+                for ((shard, token), seq) in answers.into_iter().zip(seqs) {
+                    let ev = Event::Published {
+                        token,
+                        result: Ok(seq),
+                    };
+                    self.answer(shard, ev).await;
+                }
+                Ok(())
+            }
+            Ok(_) => {
+                for (shard, token) in answers {
+                    self.refuse_publish(shard, token, Unavailable::Protocol)
+                        .await;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for (shard, token) in answers {
+                    self.refuse_publish(shard, token, unavailable(&e)).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn refuse_publish(&mut self, shard: usize, token: u64, why: Unavailable) {
+        ClusterStats::add(&self.stats.unavailable, 1);
+        let ev = Event::Published {
+            token,
+            result: Err(why),
+        };
+        self.answer(shard, ev).await;
+    }
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The fetch script's answer: `{seq, epoch, {{id, {"m", msg}}, ...}}`.
+fn parse_fetched(room: &Arc<str>, v: &Value) -> Option<Fetched> {
+    let Value::Array(parts) = v else { return None };
+    let [seq, epoch, entries] = parts.as_slice() else {
+        return None;
+    };
+    let Value::Array(entries) = entries else {
+        return None;
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let Value::Array(e) = e else { return None };
+        let Some(Value::Array(fields)) = e.get(1) else {
+            return None;
+        };
+        let Some(Value::BulkString(msg)) = fields.get(1) else {
+            return None;
+        };
+        let m: Incoming = decode(room.clone(), msg).ok()?;
+        out.push(m);
+    }
+    Some(Fetched {
+        seq: as_u64(seq)?,
+        epoch: as_u64(epoch)?,
+        entries: out,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_answers_parse() {
+        let room: Arc<str> = Arc::from("r");
+        let mut msg = b"5:1700000000000000:".to_vec();
+        msg.extend_from_slice(&super::super::encode_tail("n1", None, b"\xf6"));
+        let entry = Value::Array(vec![
+            Value::BulkString(b"5-0".to_vec()),
+            Value::Array(vec![
+                Value::BulkString(b"m".to_vec()),
+                Value::BulkString(msg),
+            ]),
+        ]);
+        let v = Value::Array(vec![
+            Value::BulkString(b"9".to_vec()),
+            Value::BulkString(b"1700000000000000".to_vec()),
+            Value::Array(vec![entry]),
+        ]);
+        let f = parse_fetched(&room, &v).unwrap();
+        assert_eq!((f.seq, f.epoch), (9, 1_700_000_000_000_000));
+        assert_eq!(f.entries.len(), 1);
+        assert_eq!(f.entries[0].seq, 5);
+        assert_eq!(&*f.entries[0].node, "n1");
+        assert!(parse_fetched(&room, &Value::Nil).is_none());
+        let short = Value::Array(vec![Value::Int(1)]);
+        assert!(parse_fetched(&room, &short).is_none());
+    }
+}
