@@ -6,7 +6,8 @@ use base64::Engine as _;
 
 use super::super::room_name::valid_room_name;
 use super::{
-    untag, ClientOp, Data, EnvelopeError, Format, Rejected, ENC_BASE64, MAX_DEPTH, MAX_TOKEN_BYTES,
+    untag, untag_ref, ClientOp, Data, EnvelopeError, Format, Rejected, ENC_BASE64, MAX_DEPTH,
+    MAX_TOKEN_BYTES,
 };
 
 /// An op name (as sent by a client) longer than this is cut in [`EnvelopeError::UnknownOp`].
@@ -81,6 +82,19 @@ fn parse(payload: &[u8], format: Format) -> Result<Data, EnvelopeError> {
     }
 }
 
+/// Whether every map inside `value` has scalar keys. A CBOR map key may be an array or a map;
+/// in JSON it becomes its compact JSON text, escaped as a string, so keys nested in keys would
+/// double in size at each level (a 4 KiB frame could expand past any memory): refused instead.
+fn scalar_keys(value: &Data) -> bool {
+    match untag_ref(value) {
+        Data::Array(items) => items.iter().all(scalar_keys),
+        Data::Map(entries) => entries
+            .iter()
+            .all(|(k, v)| !matches!(untag_ref(k), Data::Array(_) | Data::Map(_)) && scalar_keys(v)),
+        _ => true,
+    }
+}
+
 /// The known keys of a client frame, collected in one pass.
 #[derive(Default)]
 struct Fields {
@@ -115,6 +129,12 @@ impl Fields {
         };
         if slot.is_some() {
             return Err(EnvelopeError::DuplicateField(name));
+        }
+        if !scalar_keys(&value) {
+            return Err(EnvelopeError::BadField {
+                field: name,
+                expected: "a value whose map keys are not arrays or maps",
+            });
         }
         *slot = Some(value);
         Ok(())
@@ -912,6 +932,35 @@ mod tests {
             let relayed: f64 = data_to_json(&data).to_string().parse().unwrap();
             assert_eq!(relayed, expected, "{text}");
         }
+    }
+
+    #[test]
+    fn map_keys_that_are_arrays_or_maps_are_refused() {
+        // {"op":"publish","room":"r","data": K} with K = a map whose key is a map whose key
+        // is ... (60 levels): JSON would escape each level's key text again (2^60 bytes).
+        let head = cbor_bytes(&map(&[("op", text("publish")), ("room", text("r"))]));
+        let mut frame = vec![head[0] + 1];
+        frame.extend_from_slice(&head[1..]);
+        frame.extend_from_slice(&[0x64, b'd', b'a', b't', b'a']);
+        frame.extend(std::iter::repeat_n(0xa1, 60));
+        frame.push(0x00); // the innermost key
+        frame.extend(std::iter::repeat_n(0x00, 60)); // each level's value
+        let refused = EnvelopeError::BadField {
+            field: "data",
+            expected: "a value whose map keys are not arrays or maps",
+        };
+        assert_eq!(decode_client(&frame, Format::Cbor), Err(refused.clone()));
+        // One level (an array key), deep inside an array, is refused too; scalar keys are fine.
+        let mut frame = vec![head[0] + 1];
+        frame.extend_from_slice(&head[1..]);
+        frame.extend_from_slice(&[0x64, b'd', b'a', b't', b'a', 0x81, 0x81, 0xa1, 0x80, 0x00]);
+        assert_eq!(decode_client(&frame, Format::Cbor), Err(refused));
+        let mut frame = vec![head[0] + 1];
+        frame.extend_from_slice(&head[1..]);
+        frame.extend_from_slice(&[
+            0x64, b'd', b'a', b't', b'a', 0xa2, 0x01, 0x00, 0x41, 0xff, 0xf6,
+        ]);
+        assert!(decode_client(&frame, Format::Cbor).is_ok());
     }
 
     #[test]
