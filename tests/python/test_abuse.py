@@ -9,6 +9,7 @@ several loopback addresses (127.0.0.2, 127.0.0.3, ...), all of which reach the d
 """
 
 import json
+import select
 import socket
 import time
 
@@ -109,6 +110,13 @@ def test_pending_handshakes():
     # The 3 idle sockets are counted once the daemon has accepted them: wait for the refusal.
     end, data = time.monotonic() + TIMEOUT, b""
     while time.monotonic() < end:
+        # The daemon accepts in any order: a probe accepted before the last idle socket takes its
+        # slot, and that idle socket is the one refused. Replace any idle socket the daemon has
+        # answered (or closed) so that the 3 slots end up held by idle sockets.
+        for i, s in enumerate(idle):
+            if select.select([s], [], [], 0)[0]:
+                s.close()
+                idle[i] = socket.create_connection(("127.0.0.1", d.port), timeout=TIMEOUT)
         with socket.create_connection(("127.0.0.1", d.port), timeout=TIMEOUT) as s:
             # Refused at once, without sending anything. Before the daemon has accepted the 3
             # idle sockets this one is admitted as a pending handshake instead and nothing comes:
