@@ -272,7 +272,10 @@ impl ShardCore {
             info: sub.info.clone(),
         };
         let r = self.home.get_or_create(&room, shards);
-        let fresh = r.presence.insert(conn.uid, member).is_none();
+        let fresh = r.presence.insert(conn.uid, member.clone()).is_none();
+        if fresh {
+            self.presence_out(&room, conn.uid, Some(&member));
+        }
         self.reply(conn.shard, Reply::Subscribed(answer), now);
         if asked {
             let st = self.my_stats();
@@ -319,6 +322,9 @@ impl ShardCore {
             return;
         };
         let left = uid.and_then(|u| r.presence.remove(&u).map(|m| (u, m)));
+        if let Some((u, _)) = &left {
+            self.presence_out(&room, *u, None);
+        }
         if let Some((conn, m)) = left.filter(|_| self.cfg.class_rights(&room).presence) {
             let ev = Kind::Leave {
                 conn,
@@ -340,11 +346,14 @@ impl ShardCore {
         let shards = self.shards();
         let ttl = self.cfg.history_in(room).1;
         let max_page = self.cfg.history_max_page;
+        let presence = match q {
+            Query::Presence { .. } => self.all_presence(room),
+            Query::History { .. } => Default::default(),
+        };
         let r = self.home.get_or_create(room, shards);
         match q {
             Query::Presence { by_user: false } => {
-                let members: Vec<(u64, Option<&str>, Data)> = r
-                    .presence
+                let members: Vec<(u64, Option<&str>, Data)> = presence
                     .iter()
                     .map(|(c, m)| (*c, m.user.as_deref(), Data::clone(&m.info)))
                     .collect();
@@ -358,7 +367,7 @@ impl ShardCore {
                 )
             }
             Query::Presence { by_user: true } => {
-                let grouped = by_user(&r.presence);
+                let grouped = by_user(&presence);
                 let users: Vec<(Option<&str>, u32, Data)> = grouped
                     .iter()
                     .map(|(u, n, info)| (u.as_deref(), *n, Data::clone(info)))
@@ -402,16 +411,10 @@ impl ShardCore {
                 ApiAnswer::Seq(self.home_publish(room, data, None, now))
             }
             ApiReq::Presence { room } => ApiAnswer::Members(
-                self.home
-                    .rooms
-                    .get(&room)
-                    .map(|r| {
-                        r.presence
-                            .iter()
-                            .map(|(c, m)| (*c, m.user.clone(), m.info.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                self.all_presence(&room)
+                    .into_iter()
+                    .map(|(c, m)| (c, m.user, m.info))
+                    .collect(),
             ),
             ApiReq::Rooms => ApiAnswer::Rooms(
                 self.home
