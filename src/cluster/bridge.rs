@@ -303,9 +303,10 @@ impl Bridge {
             Command::Unsubscribe { room } => {
                 self.rooms.remove(&room);
             }
-            Command::PresenceLoad { room, shard } => {
+            Command::PresenceLoad { room, shard, token } => {
                 let ev = Event::PresenceLoaded {
                     room,
+                    token,
                     entries: Vec::new(),
                 };
                 self.answer(shard, ev).await;
@@ -536,7 +537,7 @@ impl Bridge {
                 }
                 cmd.query_async::<()>(&mut c.cmd).await?;
             }
-            Command::PresenceLoad { room, shard } => {
+            Command::PresenceLoad { room, shard, token } => {
                 let r: redis::RedisResult<Vec<(String, Vec<u8>)>> = redis::cmd("HGETALL")
                     .arg(self.presence_key(&room))
                     .query_async(&mut c.cmd)
@@ -552,8 +553,12 @@ impl Bridge {
                             .collect()
                     })
                     .unwrap_or_default();
-                self.answer(shard, Event::PresenceLoaded { room, entries })
-                    .await;
+                let ev = Event::PresenceLoaded {
+                    room,
+                    token,
+                    entries,
+                };
+                self.answer(shard, ev).await;
                 r?;
             }
             _ => {}

@@ -222,6 +222,8 @@ pub enum Command {
         room: Arc<str>,
         /// Shard to answer.
         shard: usize,
+        /// Opaque to the bridge (0: the room's cache, else a `presence` request).
+        token: u64,
     },
     /// Delete node `node`'s entries (it is gone) from the room's presence hash.
     PresenceForget {
@@ -285,6 +287,8 @@ pub enum Event {
     PresenceLoaded {
         /// Room name.
         room: Arc<str>,
+        /// The request's token.
+        token: u64,
         /// The entries (empty when Redis could not be read).
         entries: Vec<(Arc<str>, u64, Bytes)>,
     },

@@ -79,6 +79,8 @@ pub(crate) struct ClusterHome {
     ahead: HashMap<Arc<str>, Vec<WaitingSub>>,
     /// Subscribed rooms: the other nodes' members ([`super::presence`]).
     pub(crate) remote: HashMap<Arc<str>, Remote>,
+    /// `presence` requests for rooms not subscribed here, waiting for the room's hash.
+    pub(crate) queries: HashMap<u64, super::presence::PresenceQuery>,
 }
 
 impl ClusterHome {
@@ -93,10 +95,11 @@ impl ClusterHome {
             wait_live: HashMap::new(),
             ahead: HashMap::new(),
             remote: HashMap::new(),
+            queries: HashMap::new(),
         }
     }
 
-    fn token(&mut self) -> u64 {
+    pub(crate) fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
     }
@@ -482,7 +485,11 @@ impl ShardCore {
                 result,
             } => self.fetched(room, token, result, now),
             Event::Presence(a) => self.presence_in(a, now),
-            Event::PresenceLoaded { room, entries } => self.presence_loaded(&room, entries),
+            Event::PresenceLoaded {
+                room,
+                token,
+                entries,
+            } => self.presence_loaded(&room, token, entries, now),
             Event::NodeGone { node } => self.node_gone(&node, now),
             Event::Resync { generation } => {
                 self.presence_reannounce();

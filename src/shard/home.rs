@@ -9,11 +9,12 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::bus::ShardMsg;
+use super::presence::{presence_frame, PresenceQuery};
 use super::ShardCore;
 use crate::ids::{ShardId, Tick};
 use crate::metrics::ShardStats;
 use crate::protocol::envelope::{Data, Format, ServerOp};
-use crate::room::home::{by_user, home_index, Member};
+use crate::room::home::{home_index, Member};
 use crate::room::requests::{ApiAnswer, ApiReq, ConnRef, HomeMsg, Query, Reply, SubAnswer, SubReq};
 use crate::wire::{envelope_frame, Bcast, Body, Frames, Kind, Wire};
 
@@ -200,18 +201,35 @@ impl ShardCore {
                 room,
                 conn,
                 format,
-                query: Query::History { since, limit },
-                id,
-            } if self.cluster.is_some() => {
-                self.cluster_history(room, conn, (format, id), (since, limit), now);
-            }
-            HomeMsg::Query {
-                room,
-                conn,
-                format,
                 query,
                 id,
-            } => {
+            } => self.home_request(room, conn, (format, id), query, now),
+        }
+    }
+
+    /// A `presence` or `history` request: answered here, or from Redis in cluster mode.
+    fn home_request(
+        &mut self,
+        room: Arc<str>,
+        conn: ConnRef,
+        (format, id): (Format, Option<Data>),
+        query: Query,
+        now: Instant,
+    ) {
+        match query {
+            Query::History { since, limit } if self.cluster.is_some() => {
+                self.cluster_history(room, conn, (format, id), (since, limit), now);
+            }
+            Query::Presence { by_user } if !self.presence_cached(&room) => {
+                let q = PresenceQuery::Conn {
+                    conn,
+                    format,
+                    id,
+                    by_user,
+                };
+                self.presence_query(room, q, now);
+            }
+            query => {
                 let frame = self.home_query(&room, (format, id.as_ref()), query, now);
                 self.reply(conn.shard, Reply::Frame { conn, frame }, now);
             }
@@ -352,35 +370,7 @@ impl ShardCore {
         };
         let r = self.home.get_or_create(room, shards);
         match q {
-            Query::Presence { by_user: false } => {
-                let members: Vec<(u64, Option<&str>, Data)> = presence
-                    .iter()
-                    .map(|(c, m)| (*c, m.user.as_deref(), Data::clone(&m.info)))
-                    .collect();
-                envelope_frame(
-                    &ServerOp::Presence {
-                        room,
-                        members: &members,
-                        id,
-                    },
-                    format,
-                )
-            }
-            Query::Presence { by_user: true } => {
-                let grouped = by_user(&presence);
-                let users: Vec<(Option<&str>, u32, Data)> = grouped
-                    .iter()
-                    .map(|(u, n, info)| (u.as_deref(), *n, Data::clone(info)))
-                    .collect();
-                envelope_frame(
-                    &ServerOp::PresenceByUser {
-                        room,
-                        users: &users,
-                        id,
-                    },
-                    format,
-                )
-            }
+            Query::Presence { by_user } => presence_frame(room, &presence, by_user, format, id),
             Query::History { since, limit } => {
                 r.expire(Tick::at(now), ttl);
                 let limit = limit.map_or(max_page, |l| (l as usize).min(max_page));

@@ -14,9 +14,25 @@ use super::ShardCore;
 use crate::cluster::presence::{remote_conn, Announce, Change, Remote};
 use crate::cluster::Command;
 use crate::ids::Tick;
-use crate::protocol::envelope::Data;
-use crate::room::home::Member;
-use crate::wire::{Bcast, Kind};
+use crate::protocol::envelope::ServerOp;
+use crate::protocol::envelope::{Data, Format};
+use crate::room::home::{by_user as by_user_of, Member};
+use crate::room::requests::{ApiAnswer, ConnRef, Reply};
+use crate::wire::{envelope_frame, Bcast, Kind};
+
+/// A `presence` request waiting for the room's hash (the room is not subscribed here).
+#[derive(Debug)]
+pub(crate) enum PresenceQuery {
+    /// An envelope `presence`.
+    Conn {
+        conn: ConnRef,
+        format: Format,
+        id: Option<Data>,
+        by_user: bool,
+    },
+    /// The HTTP API's presence.
+    Api(flume::Sender<ApiAnswer>),
+}
 
 /// A member as it is stored in Redis: CBOR `[user or null, info]`.
 fn member_cbor(m: &Member) -> Vec<u8> {
@@ -51,6 +67,39 @@ fn member_of(b: &Bytes) -> Option<Member> {
     })
 }
 
+/// The answer to `presence` (per connection or `by_user`) for these members.
+pub(crate) fn presence_frame(
+    room: &Arc<str>,
+    presence: &BTreeMap<u64, Member>,
+    by_user: bool,
+    format: Format,
+    id: Option<&Data>,
+) -> Bytes {
+    if !by_user {
+        let members: Vec<(u64, Option<&str>, Data)> = presence
+            .iter()
+            .map(|(c, m)| (*c, m.user.as_deref(), Data::clone(&m.info)))
+            .collect();
+        let op = ServerOp::Presence {
+            room,
+            members: &members,
+            id,
+        };
+        return envelope_frame(&op, format);
+    }
+    let grouped = by_user_of(presence);
+    let users: Vec<(Option<&str>, u32, Data)> = grouped
+        .iter()
+        .map(|(u, n, info)| (u.as_deref(), *n, Data::clone(info)))
+        .collect();
+    let op = ServerOp::PresenceByUser {
+        room,
+        users: &users,
+        id,
+    };
+    envelope_frame(&op, format)
+}
+
 impl ShardCore {
     /// A local member joined (`Some`) or left (`None`): write it to Redis and announce it.
     pub(crate) fn presence_out(&mut self, room: &Arc<str>, uid: u64, member: Option<&Member>) {
@@ -76,6 +125,7 @@ impl ShardCore {
         let _ = c.link.send(Command::PresenceLoad {
             room: room.clone(),
             shard,
+            token: 0,
         });
     }
 
@@ -136,18 +186,90 @@ impl ShardCore {
         }
     }
 
-    /// What the room's hash held when it was subscribed.
+    /// What the room's hash held: for its cache (`token` 0) or a waiting `presence` request.
     pub(crate) fn presence_loaded(
         &mut self,
         room: &Arc<str>,
+        token: u64,
         entries: Vec<(Arc<str>, u64, Bytes)>,
+        now: Instant,
     ) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
         let me = c.link.node.clone();
-        if let Some(r) = c.remote.get_mut(room) {
-            r.load(&me, entries);
+        if token == 0 {
+            if let Some(r) = c.remote.get_mut(room) {
+                r.load(&me, entries);
+            }
+            return;
+        }
+        let Some(q) = c.queries.remove(&token) else {
+            return;
+        };
+        let mut r = Remote::default();
+        r.load(&me, entries);
+        let mut all = self.all_presence(room);
+        for (node, uid, m) in r.iter() {
+            if let Some(m) = member_of(m) {
+                all.insert(remote_conn(node, uid), m);
+            }
+        }
+        self.presence_answer(room, q, &all, now);
+    }
+
+    /// Does this node keep `room`'s remote members (or need none: not in cluster mode)?
+    pub(crate) fn presence_cached(&self, room: &Arc<str>) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|c| c.remote.contains_key(room))
+    }
+
+    /// `presence` for a room this node does not keep: read the room's hash first.
+    pub(crate) fn presence_query(&mut self, room: Arc<str>, q: PresenceQuery, now: Instant) {
+        let shard = self.id.0;
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let token = c.token();
+        let cmd = Command::PresenceLoad {
+            room: room.clone(),
+            shard,
+            token,
+        };
+        if c.link.send(cmd).is_ok() {
+            c.queries.insert(token, q);
+            return;
+        }
+        // Refused: answer with what this node has.
+        let all = self.all_presence(&room);
+        self.presence_answer(&room, q, &all, now);
+    }
+
+    fn presence_answer(
+        &mut self,
+        room: &Arc<str>,
+        q: PresenceQuery,
+        all: &BTreeMap<u64, Member>,
+        now: Instant,
+    ) {
+        match q {
+            PresenceQuery::Api(tx) => {
+                let members = all
+                    .iter()
+                    .map(|(c, m)| (*c, m.user.clone(), m.info.clone()))
+                    .collect();
+                let _ = tx.try_send(ApiAnswer::Members(members));
+            }
+            PresenceQuery::Conn {
+                conn,
+                format,
+                id,
+                by_user,
+            } => {
+                let frame = presence_frame(room, all, by_user, format, id.as_ref());
+                self.reply(conn.shard, Reply::Frame { conn, frame }, now);
+            }
         }
     }
 

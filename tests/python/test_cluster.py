@@ -165,6 +165,15 @@ presence_ttl = "{PRESENCE_TTL}s"
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
+    def api_get(self, path):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
+                                     headers={"Authorization": "Bearer k"})
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -549,6 +558,19 @@ async def test_presence(nodes, redis):
     conns = [m["conn"] for m in f.get("members", [])]
     check("presence: member ids distinct cluster-wide and below 2^53",
           len(set(conns)) == len(conns) and all(0 < c < 2 ** 53 for c in conns), conns)
+    # A room with members on node 1 only, asked on node 0 (no copy there: read from the hash).
+    only = [await Client.open(nodes[1], {"name": f"o{k}"}) for k in range(2)]
+    for c in only:
+        await c.subscribe("presence-b")
+    q = await Client.open(nodes[0])
+    names, f = await presence_names(q, "presence-b", "pb")
+    check("presence: on a node without members, read from Redis", names == ["o0", "o1"], f)
+    await q.close()
+    status, body = nodes[0].api_get("/api/rooms/presence-b/presence")
+    check("presence: HTTP API on a node without members lists node 1's members", status == 200 and
+          sorted(m["info"]["name"] for m in body.get("members", [])) == ["o0", "o1"], (status, body))
+    for c in only:
+        await c.close()
     await members.pop("m10").close()
     ev0, ev1 = await events(w0, room, 1.0), await events(w1, room, 0.2)
     check("presence: a leave on node 1 seen exactly once on nodes 0 and 1",
