@@ -623,8 +623,15 @@ impl Bridge {
             for n in dead {
                 tracing::info!(node = %n, "cluster: node gone (liveness key expired)");
                 let node: Arc<str> = Arc::from(n.as_str());
-                for tx in &out {
-                    let _ = tx.try_send(Event::NodeGone { node: node.clone() });
+                let told = out
+                    .iter()
+                    .filter(|tx| tx.try_send(Event::NodeGone { node: node.clone() }).is_ok())
+                    .count();
+                // A shard whose channel was full is told again at the next tick (idempotent).
+                if told < out.len() {
+                    if let Ok(mut g) = gone.lock() {
+                        g.remove(&n);
+                    }
                 }
             }
             if !forget.is_empty() {
