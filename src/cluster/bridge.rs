@@ -21,6 +21,7 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, Value};
 
 use super::canary::Canary;
+use super::presence;
 use super::{decode, Command, Event, Fetched, Incoming, Link, Unavailable};
 use crate::config::Cluster;
 use crate::health::Health;
@@ -101,6 +102,7 @@ pub fn start(
         heard: false,
         ready: false,
         lagging: vec![false; shards],
+        gone: Arc::default(),
     };
     std::thread::Builder::new()
         .name("cluster".into())
@@ -133,6 +135,8 @@ struct Bridge {
     ready: bool,
     /// Per shard: a room message was refused by its full channel (catch up at the next tick).
     lagging: Vec<bool>,
+    /// Nodes reported gone (their liveness key expired) and since when.
+    gone: Arc<std::sync::Mutex<HashMap<String, Instant>>>,
 }
 
 struct Conns {
@@ -299,7 +303,15 @@ impl Bridge {
             Command::Unsubscribe { room } => {
                 self.rooms.remove(&room);
             }
-            Command::Synced { .. } => {}
+            Command::PresenceLoad { room, shard, token } => {
+                let ev = Event::PresenceLoaded {
+                    room,
+                    token,
+                    entries: Vec::new(),
+                };
+                self.answer(shard, ev).await;
+            }
+            Command::Synced { .. } | Command::Presence { .. } | Command::PresenceForget { .. } => {}
         }
     }
 
@@ -371,6 +383,7 @@ impl Bridge {
                         return Lost::Deaf;
                     }
                     self.catch_up_lagging().await;
+                    self.liveness(&c);
                     let n = self.canary.send(now);
                     let mut cmd = c.cmd.clone();
                     let ch = node_channel.clone();
@@ -407,6 +420,13 @@ impl Bridge {
         let Some((room, &shard)) = self.rooms.get_key_value(room) else {
             return;
         };
+        if presence::is_announce(payload) {
+            match presence::decode(room.clone(), payload) {
+                Some(a) => self.emit(shard, Event::Presence(a)),
+                None => ClusterStats::add(&self.stats.bad_messages, 1),
+            }
+            return;
+        }
         match decode(room.clone(), payload) {
             Ok(m) => {
                 ClusterStats::add(&self.stats.messages_in, 1);
@@ -461,6 +481,9 @@ impl Bridge {
                     self.update_ready();
                 }
             }
+            Command::Presence { .. }
+            | Command::PresenceLoad { .. }
+            | Command::PresenceForget { .. } => self.presence_cmd(c, cmd).await?,
             Command::Fetch {
                 room,
                 after,
@@ -482,6 +505,143 @@ impl Bridge {
             }
         }
         Ok(())
+    }
+
+    fn presence_key(&self, room: &str) -> String {
+        format!("{}:presence:{}", self.prefix, room)
+    }
+
+    /// This node's presence writes and reads (module doc of [`presence`]).
+    async fn presence_cmd(&mut self, c: &mut Conns, cmd: Command) -> redis::RedisResult<()> {
+        let node = self.cfg.node_id.clone();
+        match cmd {
+            Command::Presence { room, uid, member } => {
+                let (key, f) = (self.presence_key(&room), presence::field(&node, uid));
+                let msg = presence::encode(&node, uid, member.as_deref());
+                let mut pipe = redis::pipe();
+                match member {
+                    Some(m) => pipe.cmd("HSET").arg(key).arg(f).arg(m).ignore(),
+                    None => pipe.cmd("HDEL").arg(key).arg(f).ignore(),
+                };
+                pipe.cmd("PUBLISH")
+                    .arg(self.room_channel(&room))
+                    .arg(msg)
+                    .ignore();
+                pipe.query_async::<()>(&mut c.cmd).await?;
+            }
+            Command::PresenceForget { room, node, uids } => {
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(self.presence_key(&room));
+                for u in uids {
+                    cmd.arg(presence::field(&node, u));
+                }
+                cmd.query_async::<()>(&mut c.cmd).await?;
+            }
+            Command::PresenceLoad { room, shard, token } => {
+                let r: redis::RedisResult<Vec<(String, Vec<u8>)>> = redis::cmd("HGETALL")
+                    .arg(self.presence_key(&room))
+                    .query_async(&mut c.cmd)
+                    .await;
+                let entries = r
+                    .as_ref()
+                    .map(|v| {
+                        v.iter()
+                            .filter_map(|(f, m)| {
+                                let (n, u) = presence::parse_field(f)?;
+                                Some((n, u, bytes::Bytes::copy_from_slice(m)))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let ev = Event::PresenceLoaded {
+                    room,
+                    token,
+                    entries,
+                };
+                self.answer(shard, ev).await;
+                r?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Refresh this node's liveness key and find the nodes whose key expired (not awaited: a
+    /// stalled Redis must not stall the canary's verdict).
+    fn liveness(&self, c: &Conns) {
+        let mut cmd = c.cmd.clone();
+        let (p, me) = (self.prefix.clone(), self.cfg.node_id.clone());
+        let ttl = self.cfg.presence_ttl.as_millis().max(1) as u64;
+        let (out, gone) = (self.out.clone(), self.gone.clone());
+        tokio::spawn(async move {
+            let nodes_key = format!("{p}:nodes");
+            let known: redis::RedisResult<(Vec<String>,)> = redis::pipe()
+                .cmd("SET")
+                .arg(format!("{p}:alive:{me}"))
+                .arg(1)
+                .arg("PX")
+                .arg(ttl)
+                .ignore()
+                .cmd("SADD")
+                .arg(&nodes_key)
+                .arg(&me)
+                .ignore()
+                .cmd("SMEMBERS")
+                .arg(&nodes_key)
+                .query_async(&mut cmd)
+                .await;
+            let Ok((known,)) = known else { return };
+            let mut pipe = redis::pipe();
+            for n in &known {
+                pipe.cmd("EXISTS").arg(format!("{p}:alive:{n}"));
+            }
+            let Ok(alive) = pipe.query_async::<Vec<bool>>(&mut cmd).await else {
+                return;
+            };
+            let (dead, forget) = {
+                let Ok(mut g) = gone.lock() else { return };
+                for (n, _) in known.iter().zip(&alive).filter(|(_, &a)| a) {
+                    g.remove(n);
+                }
+                let reported: std::collections::HashSet<String> = g.keys().cloned().collect();
+                let dead = presence::dead_nodes(&me, &known, &alive, &reported);
+                let now = Instant::now();
+                for n in &dead {
+                    g.insert(n.clone(), now);
+                }
+                // Long gone: every node has noticed; forget it.
+                let old: Vec<String> = g
+                    .iter()
+                    .filter(|(_, t)| now.duration_since(**t) > Duration::from_secs(60))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in &old {
+                    g.remove(n);
+                }
+                (dead, old)
+            };
+            for n in dead {
+                tracing::info!(node = %n, "cluster: node gone (liveness key expired)");
+                let node: Arc<str> = Arc::from(n.as_str());
+                let told = out
+                    .iter()
+                    .filter(|tx| tx.try_send(Event::NodeGone { node: node.clone() }).is_ok())
+                    .count();
+                // A shard whose channel was full is told again at the next tick (idempotent).
+                if told < out.len() {
+                    if let Ok(mut g) = gone.lock() {
+                        g.remove(&n);
+                    }
+                }
+            }
+            if !forget.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("SREM")
+                    .arg(&nodes_key)
+                    .arg(&forget)
+                    .query_async(&mut cmd)
+                    .await;
+            }
+        });
     }
 
     async fn fetch_room(

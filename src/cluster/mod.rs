@@ -14,6 +14,7 @@
 
 pub mod bridge;
 pub mod canary;
+pub mod presence;
 pub mod track;
 
 use bytes::Bytes;
@@ -205,6 +206,34 @@ pub enum Command {
         /// The resync it answers.
         generation: u64,
     },
+    /// Write (`member`: its CBOR) or delete this node's entry for connection `uid` in the
+    /// room's presence hash and announce it on the room channel.
+    Presence {
+        /// Room name.
+        room: Arc<str>,
+        /// The member's connection id on this node.
+        uid: u64,
+        /// A join (the member's CBOR) or a leave (`None`).
+        member: Option<Vec<u8>>,
+    },
+    /// Read the room's presence hash (`HGETALL`); answer [`Event::PresenceLoaded`].
+    PresenceLoad {
+        /// Room name.
+        room: Arc<str>,
+        /// Shard to answer.
+        shard: usize,
+        /// Opaque to the bridge (0: the room's cache, else a `presence` request).
+        token: u64,
+    },
+    /// Delete node `node`'s entries (it is gone) from the room's presence hash.
+    PresenceForget {
+        /// Room name.
+        room: Arc<str>,
+        /// The node gone.
+        node: Arc<str>,
+        /// Its connection ids in the room.
+        uids: Vec<u64>,
+    },
     /// Read the room's seq and epoch (creating the epoch if the room is new) and the stream
     /// entries after `after`; answer [`Event::Fetched`] with `token`.
     Fetch {
@@ -251,6 +280,22 @@ pub enum Event {
         token: u64,
         /// What Redis holds, or why it could not be read.
         result: Result<Fetched, Unavailable>,
+    },
+    /// A join or leave announced on a room channel (this shard is the room's home).
+    Presence(presence::Announce),
+    /// What the room's presence hash held: (node, uid, member CBOR).
+    PresenceLoaded {
+        /// Room name.
+        room: Arc<str>,
+        /// The request's token.
+        token: u64,
+        /// The entries (empty when Redis could not be read).
+        entries: Vec<(Arc<str>, u64, Bytes)>,
+    },
+    /// Node `node`'s liveness key expired: its members are gone.
+    NodeGone {
+        /// The node.
+        node: Arc<str>,
     },
     /// The subscriber connection was (re-)established: every room may have missed messages;
     /// catch up from the streams, then answer [`Command::Synced`] with `generation`.

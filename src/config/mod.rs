@@ -556,6 +556,10 @@ mod tests {
             key(&format!("{r}presence_ttl = \"x\"")),
             "cluster.presence_ttl"
         );
+        assert_eq!(
+            key(&format!("{r}presence_ttl = \"1s\"")),
+            "cluster.presence_ttl"
+        );
         let n = Config::from_toml(&format!("{r}node_id = \"gw-1\"")).unwrap();
         assert_eq!(n.cluster.unwrap().node_id, "gw-1");
     }

@@ -415,8 +415,12 @@ fn cluster(k: ClusterSection) -> Result<Cluster, ConfigError> {
             "must be longer than cluster.canary_interval",
         ));
     }
-    if presence_ttl.is_zero() {
-        return Err(invalid("cluster.presence_ttl", "must be positive"));
+    if presence_ttl <= canary_interval {
+        // The liveness key is refreshed every canary_interval: a shorter TTL would expire it.
+        return Err(invalid(
+            "cluster.presence_ttl",
+            "must be longer than cluster.canary_interval",
+        ));
     }
     Ok(Cluster {
         redis,

@@ -127,6 +127,9 @@ impl ShardCore {
             ShardMsg::Api(ApiReq::Publish { room, data }, tx) if self.cluster.is_some() => {
                 self.cluster_publish(room, data, None, None, None, Some(tx), now);
             }
+            ShardMsg::Api(ApiReq::Presence { room }, tx) if !self.presence_cached(&room) => {
+                self.presence_query(room, super::presence::PresenceQuery::Api(tx), now);
+            }
             ShardMsg::Api(req, tx) => {
                 let answer = self.home_api(req, now);
                 let _ = tx.try_send(answer);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::ShardCore;
+use crate::cluster::presence::Remote;
 use crate::cluster::track::{plan_resume, Phase, Resume, Steps, Track};
 use crate::cluster::{encode_tail, Command, Event, Fetched, Incoming, Link, Unavailable};
 use crate::ids::{ConnId, ShardId, Tick};
@@ -76,6 +77,10 @@ pub(crate) struct ClusterHome {
     /// Subscriptions from clients ahead of this node (`since` > last): answered once the room
     /// has been delivered up to their `since`.
     ahead: HashMap<Arc<str>, Vec<WaitingSub>>,
+    /// Subscribed rooms: the other nodes' members ([`super::presence`]).
+    pub(crate) remote: HashMap<Arc<str>, Remote>,
+    /// `presence` requests for rooms not subscribed here, waiting for the room's hash.
+    pub(crate) queries: HashMap<u64, super::presence::PresenceQuery>,
 }
 
 impl ClusterHome {
@@ -89,10 +94,12 @@ impl ClusterHome {
             resync: None,
             wait_live: HashMap::new(),
             ahead: HashMap::new(),
+            remote: HashMap::new(),
+            queries: HashMap::new(),
         }
     }
 
-    fn token(&mut self) -> u64 {
+    pub(crate) fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
     }
@@ -225,7 +232,12 @@ impl ShardCore {
                 room: room.clone(),
                 shard,
             });
+            self.presence_load(&room);
         }
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some(t) = c.tracks.get(&room) else { return };
         let Some(sub) = sub else { return };
         let (live, last) = (t.phase == Phase::Live, t.last);
         let resume = sub.since.is_some() && sub.epoch.is_some();
@@ -360,6 +372,7 @@ impl ShardCore {
         }
         c.ahead.remove(room);
         c.wait_live.remove(room);
+        c.remote.remove(room);
     }
 
     /// Answer a subscription at the room's last delivered seq, replaying from the history
@@ -471,7 +484,15 @@ impl ShardCore {
                 token,
                 result,
             } => self.fetched(room, token, result, now),
+            Event::Presence(a) => self.presence_in(a, now),
+            Event::PresenceLoaded {
+                room,
+                token,
+                entries,
+            } => self.presence_loaded(&room, token, entries, now),
+            Event::NodeGone { node } => self.node_gone(&node, now),
             Event::Resync { generation } => {
+                self.presence_reannounce();
                 let Some(c) = self.cluster.as_mut() else {
                     return;
                 };

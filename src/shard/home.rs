@@ -9,11 +9,12 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::bus::ShardMsg;
+use super::presence::{presence_frame, PresenceQuery};
 use super::ShardCore;
 use crate::ids::{ShardId, Tick};
 use crate::metrics::ShardStats;
 use crate::protocol::envelope::{Data, Format, ServerOp};
-use crate::room::home::{by_user, home_index, Member};
+use crate::room::home::{home_index, Member};
 use crate::room::requests::{ApiAnswer, ApiReq, ConnRef, HomeMsg, Query, Reply, SubAnswer, SubReq};
 use crate::wire::{envelope_frame, Bcast, Body, Frames, Kind, Wire};
 
@@ -200,18 +201,35 @@ impl ShardCore {
                 room,
                 conn,
                 format,
-                query: Query::History { since, limit },
-                id,
-            } if self.cluster.is_some() => {
-                self.cluster_history(room, conn, (format, id), (since, limit), now);
-            }
-            HomeMsg::Query {
-                room,
-                conn,
-                format,
                 query,
                 id,
-            } => {
+            } => self.home_request(room, conn, (format, id), query, now),
+        }
+    }
+
+    /// A `presence` or `history` request: answered here, or from Redis in cluster mode.
+    fn home_request(
+        &mut self,
+        room: Arc<str>,
+        conn: ConnRef,
+        (format, id): (Format, Option<Data>),
+        query: Query,
+        now: Instant,
+    ) {
+        match query {
+            Query::History { since, limit } if self.cluster.is_some() => {
+                self.cluster_history(room, conn, (format, id), (since, limit), now);
+            }
+            Query::Presence { by_user } if !self.presence_cached(&room) => {
+                let q = PresenceQuery::Conn {
+                    conn,
+                    format,
+                    id,
+                    by_user,
+                };
+                self.presence_query(room, q, now);
+            }
+            query => {
                 let frame = self.home_query(&room, (format, id.as_ref()), query, now);
                 self.reply(conn.shard, Reply::Frame { conn, frame }, now);
             }
@@ -272,7 +290,10 @@ impl ShardCore {
             info: sub.info.clone(),
         };
         let r = self.home.get_or_create(&room, shards);
-        let fresh = r.presence.insert(conn.uid, member).is_none();
+        let fresh = r.presence.insert(conn.uid, member.clone()).is_none();
+        if fresh {
+            self.presence_out(&room, conn.uid, Some(&member));
+        }
         self.reply(conn.shard, Reply::Subscribed(answer), now);
         if asked {
             let st = self.my_stats();
@@ -319,6 +340,9 @@ impl ShardCore {
             return;
         };
         let left = uid.and_then(|u| r.presence.remove(&u).map(|m| (u, m)));
+        if let Some((u, _)) = &left {
+            self.presence_out(&room, *u, None);
+        }
         if let Some((conn, m)) = left.filter(|_| self.cfg.class_rights(&room).presence) {
             let ev = Kind::Leave {
                 conn,
@@ -340,38 +364,13 @@ impl ShardCore {
         let shards = self.shards();
         let ttl = self.cfg.history_in(room).1;
         let max_page = self.cfg.history_max_page;
+        let presence = match q {
+            Query::Presence { .. } => self.all_presence(room),
+            Query::History { .. } => Default::default(),
+        };
         let r = self.home.get_or_create(room, shards);
         match q {
-            Query::Presence { by_user: false } => {
-                let members: Vec<(u64, Option<&str>, Data)> = r
-                    .presence
-                    .iter()
-                    .map(|(c, m)| (*c, m.user.as_deref(), Data::clone(&m.info)))
-                    .collect();
-                envelope_frame(
-                    &ServerOp::Presence {
-                        room,
-                        members: &members,
-                        id,
-                    },
-                    format,
-                )
-            }
-            Query::Presence { by_user: true } => {
-                let grouped = by_user(&r.presence);
-                let users: Vec<(Option<&str>, u32, Data)> = grouped
-                    .iter()
-                    .map(|(u, n, info)| (u.as_deref(), *n, Data::clone(info)))
-                    .collect();
-                envelope_frame(
-                    &ServerOp::PresenceByUser {
-                        room,
-                        users: &users,
-                        id,
-                    },
-                    format,
-                )
-            }
+            Query::Presence { by_user } => presence_frame(room, &presence, by_user, format, id),
             Query::History { since, limit } => {
                 r.expire(Tick::at(now), ttl);
                 let limit = limit.map_or(max_page, |l| (l as usize).min(max_page));
@@ -402,16 +401,10 @@ impl ShardCore {
                 ApiAnswer::Seq(self.home_publish(room, data, None, now))
             }
             ApiReq::Presence { room } => ApiAnswer::Members(
-                self.home
-                    .rooms
-                    .get(&room)
-                    .map(|r| {
-                        r.presence
-                            .iter()
-                            .map(|(c, m)| (*c, m.user.clone(), m.info.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                self.all_presence(&room)
+                    .into_iter()
+                    .map(|(c, m)| (c, m.user, m.info))
+                    .collect(),
             ),
             ApiReq::Rooms => ApiAnswer::Rooms(
                 self.home

@@ -22,6 +22,7 @@ pub(crate) mod bus;
 pub(crate) mod cluster;
 pub(crate) mod home;
 pub(crate) mod membership;
+pub(crate) mod presence;
 pub(crate) mod replies;
 pub(crate) mod streams;
 pub(crate) mod sweep;

@@ -15,7 +15,11 @@ processes with `[cluster]` (2 shards each, free ports), then checks:
       from the history stream; every subscriber gets every seq once, in order, or an explicit gap;
   (f) `DEBUG SLEEP 2` stalls Redis mid-stream (publishes paced over 3 s): publishes are acked or
       answered `unavailable`, every node turns ready again, every acked message reaches every
-      subscriber (or an explicit gap): zero silent losses.
+      subscriber (or an explicit gap): zero silent losses;
+  (g) presence across nodes: members on every node; `presence` on any node lists all of them;
+      watchers on two nodes see each join and leave exactly once; `kill -9` of a node: its
+      members leave on the others within presence_ttl + 1 s, exactly once each, and its entries
+      are deleted from Redis.
 Every wait is on an event (readyz polling, frames), bounded.
 
     SHARDCAST_BIN=target/release/shardcast python tests/python/test_cluster.py
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from websockets.asyncio.client import connect
@@ -41,6 +46,7 @@ BIN = os.environ.get("SHARDCAST_BIN", os.path.join(REPO, "target", "release", "s
 SUBS = int(os.environ.get("CLUSTER_SUBS", "3000"))
 TMP = tempfile.mkdtemp(prefix="shardcast-cluster-")
 CANARY_TIMEOUT = 1.0
+PRESENCE_TTL = 2.0
 TIMEOUT = 10.0
 passed = failed = 0
 
@@ -125,6 +131,7 @@ node_id = "{name}"
 channel_prefix = "sc-test"
 canary_interval = "250ms"
 canary_timeout = "{CANARY_TIMEOUT}s"
+presence_ttl = "{PRESENCE_TTL}s"
 """)
         self.log = open(os.path.join(TMP, f"{name}.log"), "wb")
         self.proc = subprocess.Popen([BIN, "--config", self.path, "--listen", f"127.0.0.1:{self.port}",
@@ -158,6 +165,15 @@ canary_timeout = "{CANARY_TIMEOUT}s"
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
+    def api_get(self, path):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
+                                     headers={"Authorization": "Bearer k"})
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -178,8 +194,9 @@ class Client:
         self.task = asyncio.create_task(self.read())
 
     @classmethod
-    async def open(cls, node):
-        ws = await connect(f"ws://127.0.0.1:{node.port}/ws", subprotocols=["shardcast.v1.json"],
+    async def open(cls, node, info=None):
+        q = "" if info is None else "?info=" + urllib.parse.quote(json.dumps(info))
+        ws = await connect(f"ws://127.0.0.1:{node.port}/ws{q}", subprotocols=["shardcast.v1.json"],
                            open_timeout=TIMEOUT, max_queue=None, proxy=None)
         c = cls(ws)
         welcome = await c.recv()
@@ -492,6 +509,99 @@ async def test_stall(nodes, redis):
         await c.close()
 
 
+async def events(c, room, wait):
+    """Every join/leave of `room` arriving on `c` within `wait` seconds, as (op, info name)."""
+    out, end = [], time.monotonic() + wait
+    while (left := end - time.monotonic()) > 0:
+        try:
+            f = await c.recv(left)
+        except (TimeoutError, asyncio.TimeoutError, ConnectionError):
+            break
+        if f.get("op") in ("join", "leave") and f.get("room") == room:
+            out.append((f["op"], (f.get("info") or {}).get("name")))
+    return out
+
+
+async def presence_names(c, room, rid):
+    await c.send({"op": "presence", "room": room, "id": rid})
+    f = await c.until(lambda f: f.get("id") == rid)
+    return sorted((m.get("info") or {}).get("name") for m in f.get("members", [])), f
+
+
+async def test_presence(nodes, redis):
+    room = "presence"
+    w0 = await Client.open(nodes[0], {"name": "w0"})
+    w1 = await Client.open(nodes[1], {"name": "w1"})
+    for w in (w0, w1):
+        await w.subscribe(room, presence=True)
+    await asyncio.sleep(0.3)
+    await events(w0, room, 0.1)
+    await events(w1, room, 0.1)
+    members = {}
+    for i, n in enumerate(nodes):
+        for k in range(2):
+            name = f"m{i}{k}"
+            c = await Client.open(n, {"name": name})
+            members[name] = c
+            await c.subscribe(room)
+    ev0, ev1 = await events(w0, room, 1.5), await events(w1, room, 0.2)
+    want = sorted(("join", m) for m in members)
+    check("presence: watcher on node 0 sees every join on every node exactly once", sorted(ev0) == want, ev0)
+    want1 = sorted([("join", m) for m in members] + [("join", "w0")]) if ("join", "w0") in ev1 else want
+    check("presence: watcher on node 1 sees every join exactly once", sorted(ev1) == want1, ev1)
+    everyone = sorted(list(members) + ["w0", "w1"])
+    for i, n in enumerate(nodes):
+        q = await Client.open(n)
+        names, f = await presence_names(q, room, f"p{i}")
+        check(f"presence: `presence` on node {i} lists every node's members", names == everyone, f)
+        await q.close()
+    conns = [m["conn"] for m in f.get("members", [])]
+    check("presence: member ids distinct cluster-wide and below 2^53",
+          len(set(conns)) == len(conns) and all(0 < c < 2 ** 53 for c in conns), conns)
+    # A room with members on node 1 only, asked on node 0 (no copy there: read from the hash).
+    only = [await Client.open(nodes[1], {"name": f"o{k}"}) for k in range(2)]
+    for c in only:
+        await c.subscribe("presence-b")
+    q = await Client.open(nodes[0])
+    names, f = await presence_names(q, "presence-b", "pb")
+    check("presence: on a node without members, read from Redis", names == ["o0", "o1"], f)
+    await q.close()
+    status, body = nodes[0].api_get("/api/rooms/presence-b/presence")
+    check("presence: HTTP API on a node without members lists node 1's members", status == 200 and
+          sorted(m["info"]["name"] for m in body.get("members", [])) == ["o0", "o1"], (status, body))
+    for c in only:
+        await c.close()
+    await members.pop("m10").close()
+    ev0, ev1 = await events(w0, room, 1.0), await events(w1, room, 0.2)
+    check("presence: a leave on node 1 seen exactly once on nodes 0 and 1",
+          ev0 == [("leave", "m10")] and ev1 == [("leave", "m10")], (ev0, ev1))
+    killed = time.monotonic()
+    nodes[2].proc.send_signal(signal.SIGKILL)
+    nodes[2].proc.wait()
+    gone = sorted(("leave", m) for m in ("m20", "m21"))
+    got0, end = [], killed + PRESENCE_TTL + 1.0
+    while sorted(got0) != gone and time.monotonic() < end:
+        got0 += await events(w0, room, min(0.1, max(0.0, end - time.monotonic())))
+    took = time.monotonic() - killed
+    check(f"presence: kill -9 of node 2: its members leave on node 0 within presence_ttl + 1 s ({took:.2f} s)",
+          sorted(got0) == gone, got0)
+    got0 += await events(w0, room, 1.0)
+    got1 = await events(w1, room, 0.2)
+    check("presence: each member of the dead node leaves exactly once (nodes 0 and 1)",
+          sorted(got0) == gone and sorted(got1) == gone, (got0, got1))
+    names, f = await presence_names(w0, room, "after")
+    check("presence: the dead node's members are gone from `presence`",
+          names == sorted(["m00", "m01", "m11", "w0", "w1"]), f)
+    fields = redis.cli("HKEYS", f"sc-test:presence:{room}").split()
+    check("presence: the dead node's entries are deleted from Redis",
+          fields and not any(x.startswith("n2:") for x in fields), fields)
+    for c in [w0, w1, *members.values()]:
+        try:
+            await c.close()
+        except Exception:
+            pass
+
+
 async def main():
     if not shutil.which("redis-server"):
         print("FAIL redis-server not installed (scripts/test.sh installs it)")
@@ -509,6 +619,7 @@ async def main():
         await test_stall(nodes, redis)
         await test_redis_down(nodes, redis)
         test_deafness(nodes, redis)
+        await test_presence(nodes, redis)
     finally:
         for n in nodes:
             n.stop()
