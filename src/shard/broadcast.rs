@@ -15,8 +15,11 @@ use super::{ShardCore, ShardRef};
 use crate::ids::{ConnId, RoomId, ShardId};
 use crate::metrics::ShardStats;
 use crate::protocol::decoder::Message;
+use crate::protocol::envelope;
+use crate::protocol::frame::OpCode;
 use crate::room::fanout::{self, Scratch};
 use crate::room::outbox::{How, Outbox, COALESCE_FRAME_MAX, OUTBOX_MAX};
+use crate::room::requests::{ConnRef, HomeMsg};
 use crate::wire::{Bcast, Frames, Wire, WIRES};
 
 /// The current loop turn's broadcasts: rooms with a non-empty outbox, the flush task's waker,
@@ -245,6 +248,9 @@ impl ShardCore {
     /// the local members (coalesced), hand the same `Bytes` to every other shard, and have the
     /// room's home number it for envelope members and history.
     pub(crate) fn publish_raw(&mut self, from: ConnId, room: RoomId, msg: Message, now: Instant) {
+        if self.cluster.is_some() {
+            return self.publish_raw_cluster(from, room, &msg, now);
+        }
         let frames = self.encode_raw(room, &msg);
         // Without echo the sender is skipped, so this frame cannot share a buffer with others.
         let echo = match self.rooms.get(room) {
@@ -268,6 +274,33 @@ impl ShardCore {
         if home == self.id {
             self.home_sequence_raw(name, &frames, now);
         }
+    }
+}
+
+impl ShardCore {
+    /// Cluster mode: a raw client's message is numbered by Redis like an envelope publish and
+    /// delivered by every node (this one included) from the room's channel, so raw and envelope
+    /// members on every node see one order (docs/cluster.md). A text message crosses as a string,
+    /// a binary one as bytes; raw members get back the same opcode and payload. Raw clients have
+    /// no error frame: a publish Redis cannot number is counted (`cluster_unavailable_total`).
+    fn publish_raw_cluster(&mut self, from: ConnId, room: RoomId, msg: &Message, now: Instant) {
+        let (Some(r), Some(c)) = (self.rooms.get(room), self.conns.get(from.0)) else {
+            return;
+        };
+        let data = envelope::raw_frame_data(msg.opcode == OpCode::Text, msg.payload());
+        let from = ConnRef {
+            shard: self.id,
+            id: from,
+            uid: c.uid,
+        };
+        let msg = HomeMsg::Publish {
+            room: r.name.clone(),
+            data,
+            from,
+            ack: None,
+            dedup: None,
+        };
+        self.send_home(msg, now);
     }
 }
 

@@ -47,6 +47,8 @@ enum PendingFetch {
     CatchUp(Option<u64>),
     /// A subscription to answer.
     Sub(WaitingSub),
+    /// The room's first read for raw members (no subscription to answer): numbers the room.
+    Number,
     /// A `history` request to answer from the stream.
     History(HistoryReq),
 }
@@ -238,7 +240,13 @@ impl ShardCore {
             return;
         };
         let Some(t) = c.tracks.get(&room) else { return };
-        let Some(sub) = sub else { return };
+        let Some(sub) = sub else {
+            let syncing = t.phase == Phase::Syncing && !c.wait_live.contains_key(&room);
+            if syncing {
+                self.cluster_number(&room, now);
+            }
+            return;
+        };
         let (live, last) = (t.phase == Phase::Live, t.last);
         let resume = sub.since.is_some() && sub.epoch.is_some();
         // The local ring holds everything after `since` (a resume onto the same node).
@@ -275,6 +283,30 @@ impl ShardCore {
                 c.wait_live.remove(&room);
                 self.cluster_answer(&room, w, None, now);
             }
+        }
+    }
+
+    /// A raw member joined a room that is not numbered yet: read its seq, so it turns live even
+    /// if no envelope member ever subscribes (or its channel's messages would be held forever).
+    fn cluster_number(&mut self, room: &Arc<str>, now: Instant) {
+        let shard = self.id.0;
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let token = c.token();
+        let cmd = Command::Fetch {
+            room: room.clone(),
+            after: None,
+            shard,
+            token,
+        };
+        if c.link.send(cmd).is_ok() {
+            c.wait_live.insert(room.clone(), Vec::new());
+            c.fetches.insert(token, PendingFetch::Number);
+        } else if let Some(t) = c.tracks.get_mut(room) {
+            // Numbering unknown: the first message that comes sets it.
+            let steps = t.on_fetched(Err(()), false);
+            self.apply_steps(room, steps, now);
         }
     }
 
@@ -590,8 +622,10 @@ impl ShardCore {
         if let Some(steps) = steps {
             self.apply_steps(&room, steps, now);
         }
-        if let PendingFetch::Sub(w) = p {
-            self.cluster_answer(&room, w, result.as_ref().ok(), now);
+        if matches!(p, PendingFetch::Sub(_) | PendingFetch::Number) {
+            if let PendingFetch::Sub(w) = p {
+                self.cluster_answer(&room, w, result.as_ref().ok(), now);
+            }
             let waiting = self
                 .cluster
                 .as_mut()

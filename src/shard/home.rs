@@ -77,7 +77,7 @@ impl ShardCore {
 
     /// Number a raw message (already delivered to raw members) and send it to envelope members.
     pub(crate) fn home_sequence_raw(&mut self, room: Arc<str>, frames: &Frames, now: Instant) {
-        // Cluster mode: raw messages stay on this node, unnumbered (docs/cluster.md).
+        // Cluster mode: raw messages are numbered by Redis instead (`publish_raw_cluster`).
         if self.cluster.is_some() {
             return;
         }

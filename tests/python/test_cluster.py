@@ -19,13 +19,16 @@ processes with `[cluster]` (2 shards each, free ports), then checks:
   (g) presence across nodes: members on every node; `presence` on any node lists all of them;
       watchers on two nodes see each join and leave exactly once; `kill -9` of a node: its
       members leave on the others within presence_ttl + 1 s, exactly once each, and its entries
-      are deleted from Redis.
+      are deleted from Redis;
+  (h) raw clients across nodes: text and binary raw messages from every node reach every raw
+      member once, one order everywhere, numbered for envelope members.
 Every wait is on an event (readyz polling, frames), bounded.
 
     SHARDCAST_BIN=target/release/shardcast python tests/python/test_cluster.py
 """
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -602,6 +605,69 @@ async def test_presence(nodes, redis):
             pass
 
 
+async def test_raw(nodes):
+    """(h) raw clients (/ws/{room}) across nodes: numbered by Redis like envelope publishes, so
+    raw members on every node get every raw message (text and binary, opcode kept) in one order,
+    and envelope members get them as numbered messages."""
+    room, per = "raw-x", 50
+    raws = []
+    for n in nodes:
+        for _ in range(2):
+            raws.append(await connect(f"ws://127.0.0.1:{n.port}/ws/{room}", open_timeout=TIMEOUT,
+                                      max_queue=None, proxy=None))
+    env = await Client.open(nodes[2])
+    sub = await env.subscribe(room)
+    check("raw: envelope subscriber on node 2", sub.get("op") == "subscribed", sub)
+    # Every node is subscribed to the room's channel once its members joined; a first message
+    # from each node proves it (then the counted stream starts).
+    for i, w in enumerate(raws):
+        await w.send(f"hello-{i}")
+    hellos = await messages(env, room, len(raws))
+    check("raw: every node's raw members are carried (hellos)", len(hellos) == len(raws), len(hellos))
+    for w in raws:
+        got = set()
+        while len(got) < len(raws):
+            m = await asyncio.wait_for(w.recv(), TIMEOUT)
+            got.add(m)
+    sent = []
+    for k in range(per):
+        for i, w in enumerate(raws):
+            if k % 10 == 9:
+                payload = bytes([i, k, 0xff, 0x00])
+            else:
+                payload = f"r{i}-{k}"
+            sent.append(payload)
+            await w.send(payload)
+    total = len(sent)
+    orders = []
+    for w in raws:
+        got = []
+        try:
+            while len(got) < total:
+                got.append(await asyncio.wait_for(w.recv(), TIMEOUT))
+        except (TimeoutError, asyncio.TimeoutError):
+            pass
+        orders.append(got)
+    check("raw: every raw member on every node got every raw message exactly once",
+          all(sorted(map(repr, o)) == sorted(map(repr, sent)) for o in orders),
+          [len(o) for o in orders])
+    check("raw: one order on every node", all(o == orders[0] for o in orders))
+    check("raw: binary stays binary, text stays text",
+          all(isinstance(m, bytes) == isinstance(x, bytes) for m, x in zip(sorted(orders[0], key=repr),
+                                                                          sorted(sent, key=repr))))
+    got = await messages(env, room, total)
+    seqs = [f["seq"] for f in got]
+    check("raw: envelope member got them numbered, gapless, in the raw members' order",
+          len(got) == total and seqs == list(range(seqs[0], seqs[0] + total))
+          and [f["data"] for f in got if f.get("enc") != "base64"]
+          == [m for m in orders[0] if isinstance(m, str)]
+          and [base64.b64decode(f["data"]) for f in got if f.get("enc") == "base64"]
+          == [m for m in orders[0] if isinstance(m, bytes)], (len(got), seqs[:5], got[:2]))
+    for w in raws:
+        await w.close()
+    await env.close()
+
+
 async def main():
     if not shutil.which("redis-server"):
         print("FAIL redis-server not installed (scripts/test.sh installs it)")
@@ -615,6 +681,7 @@ async def main():
                   n.readyz())
         await test_fanout(nodes, redis)
         await test_resume(nodes)
+        await test_raw(nodes)
         await test_subscriber_killed(nodes, redis)
         await test_stall(nodes, redis)
         await test_redis_down(nodes, redis)
