@@ -23,6 +23,7 @@ use redis::{AsyncConnectionConfig, Value};
 use super::canary::Canary;
 use super::presence;
 use super::replay::Leaves;
+use super::rooms::Counts;
 use super::{decode, Command, Event, Fetched, Incoming, Link, Unavailable};
 use crate::config::Cluster;
 use crate::health::Health;
@@ -106,6 +107,7 @@ pub fn start(
         lagging: vec![false; shards],
         gone: Arc::default(),
         leaves: Leaves::new(cfg_leaves),
+        counts: Counts::default(),
     };
     std::thread::Builder::new()
         .name("cluster".into())
@@ -142,6 +144,8 @@ struct Bridge {
     gone: Arc<std::sync::Mutex<HashMap<String, Instant>>>,
     /// Presence leaves Redis could not take, written after the next connect.
     leaves: Leaves,
+    /// This node's room member counts ([`super::rooms`]).
+    counts: Counts,
 }
 
 struct Conns {
@@ -317,6 +321,10 @@ impl Bridge {
                 self.answer(shard, ev).await;
             }
             Command::Presence { room, uid, member } => self.keep_leave(room, uid, member.is_none()),
+            Command::Members { room, members } => self.counts.update(room, members),
+            Command::Rooms { reply } => {
+                let _ = reply.try_send(Err(why));
+            }
             Command::Synced { .. } | Command::PresenceForget { .. } => {}
         }
     }
@@ -346,6 +354,7 @@ impl Bridge {
                 .map_err(timeout)??;
         }
         self.replay_leaves(&mut cmd).await?;
+        self.counts.reconnected();
         self.canary.reset();
         // Every room may have missed messages while the old connection was away.
         for shard in 0..self.out.len() {
@@ -392,6 +401,7 @@ impl Bridge {
                     self.catch_up_lagging().await;
                     self.liveness(&c);
                     self.repeat_leaves(&c, now);
+                    self.write_counts(&c);
                     let n = self.canary.send(now);
                     let mut cmd = c.cmd.clone();
                     let ch = node_channel.clone();
@@ -492,6 +502,12 @@ impl Bridge {
             Command::Presence { .. }
             | Command::PresenceLoad { .. }
             | Command::PresenceForget { .. } => self.presence_cmd(c, cmd).await?,
+            Command::Members { room, members } => self.counts.update(room, members),
+            Command::Rooms { reply } => {
+                let r = self.all_rooms(c).await;
+                let _ = reply.try_send(r.as_ref().map_err(unavailable).cloned());
+                r?;
+            }
             Command::Fetch {
                 room,
                 after,
@@ -635,6 +651,60 @@ impl Bridge {
         tokio::spawn(async move {
             let _: redis::RedisResult<()> = pipe.query_async(&mut cmd).await;
         });
+    }
+
+    fn members_key(&self, node: &str) -> String {
+        format!("{}:members:{}", self.prefix, node)
+    }
+
+    /// Write what changed in this node's room counts (not awaited; a failed write is written
+    /// again in full after the reconnect it leads to).
+    fn write_counts(&mut self, c: &Conns) {
+        let key = self.members_key(&self.cfg.node_id);
+        let ttl = self.cfg.presence_ttl.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        if let Some(w) = self.counts.take() {
+            if w.clear {
+                pipe.cmd("DEL").arg(&key).ignore();
+            }
+            for chunk in w.set.chunks(512) {
+                let mut hset = redis::cmd("HSET");
+                hset.arg(&key);
+                for (room, n) in chunk {
+                    hset.arg(&**room).arg(*n);
+                }
+                pipe.add_command(hset).ignore();
+            }
+            for chunk in w.del.chunks(512) {
+                let rooms: Vec<&str> = chunk.iter().map(|r| &**r).collect();
+                pipe.cmd("HDEL").arg(&key).arg(rooms).ignore();
+            }
+        }
+        // Refreshed every tick, like the liveness key: a dead node's counts expire with it.
+        pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+        let mut cmd = c.cmd.clone();
+        tokio::spawn(async move {
+            let _: redis::RedisResult<()> = pipe.query_async(&mut cmd).await;
+        });
+    }
+
+    /// Every node's room counts added up: this node's from memory, the others' hashes.
+    async fn all_rooms(&mut self, c: &mut Conns) -> redis::RedisResult<Vec<(Arc<str>, u64)>> {
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{}:nodes", self.prefix))
+            .query_async(&mut c.cmd)
+            .await?;
+        let mut pipe = redis::pipe();
+        let others: Vec<&String> = nodes.iter().filter(|n| **n != self.cfg.node_id).collect();
+        for n in &others {
+            pipe.cmd("HGETALL").arg(self.members_key(n));
+        }
+        let hashes: Vec<Vec<(String, String)>> = if others.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut c.cmd).await?
+        };
+        Ok(super::rooms::merge(self.counts.mine(), &hashes))
     }
 
     /// Refresh this node's liveness key and find the nodes whose key expired (not awaited: a

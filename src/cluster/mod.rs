@@ -16,6 +16,7 @@ pub mod bridge;
 pub mod canary;
 pub mod presence;
 pub mod replay;
+pub mod rooms;
 pub mod track;
 
 use bytes::Bytes;
@@ -235,6 +236,18 @@ pub enum Command {
         /// Its connection ids in the room.
         uids: Vec<u64>,
     },
+    /// Room `room` now has `members` members on this node ([`rooms`]).
+    Members {
+        /// Room name.
+        room: Arc<str>,
+        /// Its members on this node (raw and envelope, every shard).
+        members: u64,
+    },
+    /// `GET /api/rooms`: every room's members on every node, sorted by name.
+    Rooms {
+        /// Where the answer goes.
+        reply: flume::Sender<RoomsAnswer>,
+    },
     /// Read the room's seq and epoch (creating the epoch if the room is new) and the stream
     /// entries after `after`; answer [`Event::Fetched`] with `token`.
     Fetch {
@@ -305,6 +318,9 @@ pub enum Event {
         generation: u64,
     },
 }
+
+/// The answer to [`Command::Rooms`]: every room with members anywhere and their count.
+pub type RoomsAnswer = Result<Vec<(Arc<str>, u64)>, Unavailable>;
 
 /// A shard's end of the bridge.
 #[derive(Debug, Clone)]

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use super::io::HttpIo;
 use super::response::{api_error, json};
 use crate::auth::{same_key, Verifier};
+use crate::cluster::Command;
 use crate::ids::ShardId;
 use crate::protocol::envelope::{self, ClientOp, Data, Format};
 use crate::protocol::handshake::{http_response, Request};
@@ -158,8 +159,30 @@ async fn publish<S: HttpIo>(
     }
 }
 
-/// `GET /api/rooms`: every room with members, from every shard.
+/// `GET /api/rooms`: every room with members, from every shard (in cluster mode: from every
+/// node, through Redis; `cluster::rooms`).
 async fn rooms(shard: &ShardRef) -> Vec<u8> {
+    let link = shard.borrow().cluster.as_ref().map(|c| c.link.clone());
+    let all = match link {
+        Some(link) => {
+            let (tx, rx) = flume::bounded(1);
+            let asked = link.send(Command::Rooms { reply: tx });
+            match (asked, rx.recv_async().await) {
+                (Ok(()), Ok(Ok(all))) => all,
+                _ => return api_error(503, "unavailable", "cluster: redis unavailable"),
+            }
+        }
+        None => local_rooms(shard).await,
+    };
+    let rooms: Vec<serde_json::Value> = all
+        .iter()
+        .map(|(r, n)| serde_json::json!({ "room": &**r, "members": n }))
+        .collect();
+    json(200, &serde_json::json!({ "rooms": rooms }))
+}
+
+/// Every room with members on this node.
+async fn local_rooms(shard: &ShardRef) -> Vec<(Arc<str>, u64)> {
     let shards = shard.borrow().shards();
     let mut all: Vec<(Arc<str>, u64)> = Vec::new();
     for i in 0..shards {
@@ -168,11 +191,7 @@ async fn rooms(shard: &ShardRef) -> Vec<u8> {
         }
     }
     all.sort();
-    let rooms: Vec<serde_json::Value> = all
-        .iter()
-        .map(|(r, n)| serde_json::json!({ "room": &**r, "members": n }))
-        .collect();
-    json(200, &serde_json::json!({ "rooms": rooms }))
+    all
 }
 
 /// `GET /api/rooms/{room}/presence`.

@@ -394,6 +394,21 @@ impl ShardCore {
         self.reply(conn.shard, Reply::Frame { conn, frame }, now);
     }
 
+    /// The room's member count on this node changed (for `GET /api/rooms` on every node; a
+    /// count refused by a full bridge channel is counted, the next change corrects it).
+    pub(crate) fn cluster_count(&mut self, room: &Arc<str>, members: u64) {
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        let cmd = Command::Members {
+            room: room.clone(),
+            members,
+        };
+        if c.link.send(cmd).is_err() {
+            ClusterStats::add(&self.stats.cluster.refused, 1);
+        }
+    }
+
     /// The room has no member left on this node: stop listening to its channel.
     pub(crate) fn cluster_unsubscribe(&mut self, room: &Arc<str>) {
         let Some(c) = self.cluster.as_mut() else {

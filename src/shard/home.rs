@@ -257,6 +257,8 @@ impl ShardCore {
         }
         r.count(conn.shard, wire, true);
         if self.cluster.is_some() {
+            let members = r.members();
+            self.cluster_count(&room, members);
             self.cluster_join(room, conn, wire, sub, now);
             return;
         }
@@ -333,8 +335,12 @@ impl ShardCore {
         if !wire.is_raw() {
             r.envelope_seen = Some(tick);
         }
-        if r.members() == 0 && self.cluster.is_some() {
-            self.cluster_unsubscribe(&room);
+        if self.cluster.is_some() {
+            let members = r.members();
+            self.cluster_count(&room, members);
+            if members == 0 {
+                self.cluster_unsubscribe(&room);
+            }
         }
         let Some(r) = self.home.rooms.get_mut(&room) else {
             return;

@@ -21,7 +21,8 @@ processes with `[cluster]` (2 shards each, free ports), then checks:
       members leave on the others within presence_ttl + 1 s, exactly once each, and its entries
       are deleted from Redis;
   (h) raw clients across nodes: text and binary raw messages from every node reach every raw
-      member once, one order everywhere, numbered for envelope members;
+      member once, one order everywhere, numbered for envelope members; GET /api/rooms on any
+      node counts every node's members;
   (i) a presence leave made while Redis is down is written after the reconnect: seen once on
       the other nodes, no longer listed.
 Every wait is on an event (readyz polling, frames), bounded.
@@ -408,6 +409,9 @@ async def test_redis_down(nodes, redis):
           and err[0].get("id") == "o2-0", err)
     st, body = nodes[1].api_publish(room, {"phase": 2})
     check("outage: HTTP API publish 503 unavailable", st == 503 and "unavailable" in str(body), (st, body))
+    st, body = nodes[1].api_get("/api/rooms")
+    check("outage: GET /api/rooms 503 unavailable (it cannot count the other nodes)",
+          st == 503 and "unavailable" in str(body), (st, body))
     check("outage: every daemon is still running", all(n.proc.poll() is None for n in nodes))
     redis.start()
     for n in nodes:
@@ -714,9 +718,22 @@ async def test_raw(nodes):
           == [m for m in orders[0] if isinstance(m, str)]
           and [base64.b64decode(f["data"]) for f in got if f.get("enc") == "base64"]
           == [m for m in orders[0] if isinstance(m, bytes)], (len(got), seqs[:5], got[:2]))
+    # GET /api/rooms counts every node's members (6 raw + 1 envelope), on any node.
+    def counted(n):
+        st, body = n.api_get("/api/rooms")
+        return st, {r["room"]: r["members"] for r in body.get("rooms", [])} if st == 200 else body
+    for n in nodes:
+        end = time.monotonic() + TIMEOUT
+        while (got := counted(n))[1].get(room) != len(raws) + 1 and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        check(f"rooms: GET /api/rooms on {n.name} counts every node's members", got[1].get(room) == len(raws) + 1, got)
     for w in raws:
         await w.close()
     await env.close()
+    end = time.monotonic() + TIMEOUT
+    while room in (got := counted(nodes[0]))[1] and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    check("rooms: a room whose members all left is no longer listed", room not in got[1], got)
 
 
 async def main():
