@@ -13,7 +13,7 @@
 //! This file is the state and its rules, tested without a runtime; `shard::home` applies them
 //! (sends, deliveries, replies).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,6 +79,9 @@ pub(crate) struct HomeRoom {
     pub(crate) history_bytes: usize,
     /// Envelope subscribers: conn id → who (sorted, so `presence` lists are stable).
     pub(crate) presence: BTreeMap<u64, Member>,
+    /// The envelope subscribers that asked for join/leave events (`presence: true`): with
+    /// none, an event is not encoded nor walked over the members (`HomeRoom::watched`).
+    pub(crate) watching: HashSet<u64>,
     /// Members per shard and wire format.
     pub(crate) per_shard: Vec<[u32; WIRES]>,
     /// Members per wire format, all shards.
@@ -142,12 +145,18 @@ impl HomeRoom {
             history: VecDeque::new(),
             history_bytes: 0,
             presence: BTreeMap::new(),
+            watching: HashSet::new(),
             per_shard: vec![[0; WIRES]; shards],
             total: [0; WIRES],
             envelope_seen: None,
             refused: Vec::new(),
             recent: Recent::default(),
         }
+    }
+
+    /// Does anyone in the room want join/leave events?
+    pub(crate) fn watched(&self) -> bool {
+        !self.watching.is_empty()
     }
 
     /// May `uid` join with `wire` under a cap of `max` members (all shards, every format)? A

@@ -293,6 +293,10 @@ impl ShardCore {
         };
         let r = self.home.get_or_create(&room, shards);
         let fresh = r.presence.insert(conn.uid, member.clone()).is_none();
+        if sub.presence {
+            r.watching.insert(conn.uid);
+        }
+        let watched = r.watched();
         if fresh {
             self.presence_out(&room, conn.uid, Some(&member));
         }
@@ -308,7 +312,7 @@ impl ShardCore {
                 1,
             );
         }
-        if fresh && self.cfg.class_rights(&room).presence {
+        if fresh && watched && self.cfg.class_rights(&room).presence {
             let ev = Kind::Join {
                 conn: conn.uid,
                 user: sub.user,
@@ -346,10 +350,15 @@ impl ShardCore {
             return;
         };
         let left = uid.and_then(|u| r.presence.remove(&u).map(|m| (u, m)));
+        if let Some(u) = uid {
+            r.watching.remove(&u);
+        }
+        let watched = r.watched();
         if let Some((u, _)) = &left {
             self.presence_out(&room, *u, None);
         }
-        if let Some((conn, m)) = left.filter(|_| self.cfg.class_rights(&room).presence) {
+        let told = watched && self.cfg.class_rights(&room).presence;
+        if let Some((conn, m)) = left.filter(|_| told) {
             let ev = Kind::Leave {
                 conn,
                 user: m.user,

@@ -152,7 +152,8 @@ impl ShardCore {
 
     /// Announce a remote member's join or leave to this node's watchers.
     fn presence_event(&mut self, room: Arc<str>, conn: u64, m: Member, join: bool, now: Instant) {
-        if !self.cfg.class_rights(&room).presence {
+        let watched = self.home.rooms.get(&room).is_some_and(|r| r.watched());
+        if !watched || !self.cfg.class_rights(&room).presence {
             return;
         }
         let (user, info) = (m.user, m.info);

@@ -651,6 +651,14 @@ def test_permissions_raw_drop():
         x.send(f"dropped {i}")
     x.send(b"\x00dropped")
     check("drop: the server read the readonly client's messages (pong after them)", sync_ping(x))
+    # A raw client joins at the upgrade and its shard tells the room's home afterwards: wait
+    # until the home counts all three members, so the marker is sent to every member's shard.
+    admin = tok(d, sub="backend", api=True)
+    end, members = time.monotonic() + TIMEOUT, None
+    while members != 3 and time.monotonic() < end:
+        st, _, body, _ = api(d, "GET", "/api/rooms", token=admin)
+        members = next((x["members"] for x in (body or {}).get("rooms", []) if x["room"] == r), None)
+    check("drop: the room's home counts the three members", members == 3, members)
     f = obs.request({"op": "publish", "room": r, "data": "marker", "id": "m"})
     rest = obs.drain(0.3)
     msgs = [fr for fr in [f] + rest if fr.get("op") == "message"]

@@ -218,6 +218,30 @@ def test_metrics_policies_history_presence_deflate():
         hb = total(fams, "shardcast_history_bytes")
         check("metrics: history bytes count the kept payloads", hb is not None and hb >= 5 * 200, hb)
 
+        # Join/leave events are encoded only for rooms with a presence watcher: 10 joins of
+        # members that did not ask for presence encode nothing; with one watcher, each later
+        # join is encoded once.
+        enc = lambda: total(metrics(p)[1], "shardcast_envelope_encodings")  # noqa: E731
+        before = enc()
+        quiet = [T.Client(p) for _ in range(10)]
+        for c in quiet:
+            c.request({"op": "subscribe", "room": "quiet", "id": 1})
+        mid = enc()
+        watcher = T.Client(p)
+        watcher.request({"op": "subscribe", "room": "quiet", "presence": True, "id": 1})
+        late = [T.Client(p) for _ in range(3)]
+        for c in late:
+            c.request({"op": "subscribe", "room": "quiet", "id": 1})
+        joins, end = [], time.monotonic() + TIMEOUT
+        while len(joins) < 4 and time.monotonic() < end:
+            joins += [f for f in watcher.drain(0.05) if f.get("op") == "join"]
+        after = enc()
+        # The watcher sees its own join and the 3 later ones: 4 events, each encoded once.
+        check("metrics: joins nobody watches are not encoded; watched ones are, once each",
+              mid == before and len(joins) == 4 and after - mid == 4, (before, mid, after, len(joins)))
+        for c in quiet + late + [watcher]:
+            c.close()
+
         # Compression: a deflate client of a raw room gets a 4 KiB broadcast compressed once.
         before = total(metrics(p)[1], "shardcast_deflate_input_bytes")
         z = T.ws_connect(f"ws://{p.addr}/ws/z", compression="deflate")
