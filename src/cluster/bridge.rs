@@ -34,9 +34,15 @@ const MAX_BATCH: usize = 256;
 /// Stream entries read by one fetch at most.
 const MAX_FETCH: usize = 10_000;
 
-/// Numbers, keeps and publishes one message (module doc). KEYS: seq, epoch, stream; ARGV: a new
-/// epoch (µs), stream length (0: no stream), the message tail, the room channel.
+/// Numbers, keeps and publishes one message (module doc). KEYS: seq, epoch, stream and, for a
+/// publish with an id to deduplicate, its dedup key; ARGV: a new epoch (µs), stream length (0:
+/// no stream), the message tail, the room channel, how long the dedup key is kept (ms).
+/// Returns the seq, or minus the seq the id got before (a duplicate: nothing published).
 const PUBLISH_LUA: &str = r"
+if KEYS[4] then
+  local prev = redis.call('GET', KEYS[4])
+  if prev then return -tonumber(prev) end
+end
 redis.call('SETNX', KEYS[2], ARGV[1])
 local epoch = redis.call('GET', KEYS[2])
 local seq = redis.call('INCR', KEYS[1])
@@ -45,6 +51,9 @@ if tonumber(ARGV[2]) > 0 then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'm', msg)
 end
 redis.call('PUBLISH', ARGV[4], msg)
+if KEYS[4] then
+  redis.call('SET', KEYS[4], seq, 'PX', ARGV[5])
+end
 return seq
 ";
 
@@ -184,6 +193,13 @@ fn unavailable(e: &redis::RedisError) -> Unavailable {
 impl Bridge {
     fn room_channel(&self, room: &str) -> String {
         format!("{}:room:{}", self.prefix, room)
+    }
+
+    /// A publish id's dedup key (in the room's slot with Redis Cluster).
+    fn dedup_key(&self, room: &str, key: &[u8]) -> Vec<u8> {
+        let mut k = format!("{}:dedup:{}:", self.prefix, room).into_bytes();
+        k.extend_from_slice(key);
+        k
     }
 
     fn node_channel(&self) -> String {
@@ -815,6 +831,7 @@ impl Bridge {
                 room,
                 tail,
                 history,
+                dedup,
                 shard,
                 token,
             } = cmd
@@ -822,26 +839,29 @@ impl Bridge {
                 continue;
             };
             let [seq, ep, hist] = self.keys(&room);
-            pipe.cmd("EVALSHA")
-                .arg(self.publish.get_hash())
-                .arg(3)
+            let e = pipe.cmd("EVALSHA").arg(self.publish.get_hash());
+            e.arg(if dedup.is_some() { 4 } else { 3 })
                 .arg(seq)
                 .arg(ep)
-                .arg(hist)
-                .arg(epoch)
+                .arg(hist);
+            if let Some((key, _)) = &dedup {
+                e.arg(self.dedup_key(&room, key));
+            }
+            e.arg(epoch)
                 .arg(history)
                 .arg(tail)
-                .arg(self.room_channel(&room));
+                .arg(self.room_channel(&room))
+                .arg(dedup.map_or(0, |(_, w)| w.as_millis().max(1) as u64));
             answers.push((shard, token));
         }
-        let r: redis::RedisResult<Vec<u64>> = pipe.query_async(&mut c.cmd).await;
+        let r: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut c.cmd).await;
         match r {
             Ok(seqs) if seqs.len() == answers.len() => {
                 ClusterStats::add(&self.stats.publishes, seqs.len() as u64);
                 for ((shard, token), seq) in answers.into_iter().zip(seqs) {
                     let ev = Event::Published {
                         token,
-                        result: Ok(seq),
+                        result: Ok((seq.unsigned_abs(), seq < 0)),
                     };
                     self.answer(shard, ev).await;
                 }

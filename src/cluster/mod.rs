@@ -184,6 +184,9 @@ pub enum Command {
         tail: Vec<u8>,
         /// History stream length (`[history] size` of the room; 0: no stream).
         history: usize,
+        /// A publish id to deduplicate cluster-wide (user, session, id) and how long Redis
+        /// remembers it (`[envelope] publish_dedup_window`).
+        dedup: Option<(Box<[u8]>, std::time::Duration)>,
         /// Shard to answer.
         shard: usize,
         /// Opaque to the bridge.
@@ -283,8 +286,9 @@ pub enum Event {
     Published {
         /// The request's token.
         token: u64,
-        /// Its seq, or why it was not published.
-        result: Result<u64, Unavailable>,
+        /// Its seq and whether it is a duplicate (its id was published before, on any node:
+        /// nothing was published again), or why it was not published.
+        result: Result<(u64, bool), Unavailable>,
     },
     /// The answer to a [`Command::Fetch`].
     Fetched {

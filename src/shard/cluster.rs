@@ -134,6 +134,9 @@ impl ShardCore {
     ) {
         let history = self.cfg.history_in(&room).0;
         let shard = self.id.0;
+        // Redis remembers the id too, so a retry on another node is answered as a duplicate.
+        let window = self.cfg.publish_dedup_window;
+        let in_redis = dedup.clone().map(|k| (k, window));
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -154,6 +157,7 @@ impl ShardCore {
             room,
             tail,
             history,
+            dedup: in_redis,
             shard,
             token,
         };
@@ -169,11 +173,16 @@ impl ShardCore {
     }
 
     /// A publish's answer: ack with the Redis seq, or `unavailable`.
-    fn published(&mut self, p: PendingPublish, result: Result<u64, Unavailable>, now: Instant) {
+    fn published(
+        &mut self,
+        p: PendingPublish,
+        result: Result<(u64, bool), Unavailable>,
+        now: Instant,
+    ) {
         match p {
             PendingPublish::Api(tx) => {
                 let _ = tx.try_send(match result {
-                    Ok(seq) => ApiAnswer::Seq(seq),
+                    Ok((seq, _)) => ApiAnswer::Seq(seq),
                     Err(_) => ApiAnswer::Unavailable,
                 });
             }
@@ -183,7 +192,10 @@ impl ShardCore {
                 ack,
                 dedup,
             } => {
-                if let (Ok(seq), Some(k)) = (result, dedup.as_deref()) {
+                if let Ok((_, true)) = result {
+                    ShardStats::add(&self.my_stats().duplicate_publishes, 1);
+                }
+                if let (Ok((seq, _)), Some(k)) = (result, dedup.as_deref()) {
                     let (tick, max, shards) =
                         (Tick::at(now), self.cfg.publish_dedup_max, self.shards());
                     let r = self.home.get_or_create(&room, shards);
@@ -191,11 +203,11 @@ impl ShardCore {
                 }
                 let Some((format, id)) = ack else { return };
                 let frame = match result {
-                    Ok(seq) => envelope_frame(
+                    Ok((seq, duplicate)) => envelope_frame(
                         &ServerOp::Ack {
                             id: &id,
                             seq,
-                            duplicate: false,
+                            duplicate,
                         },
                         format,
                     ),

@@ -24,7 +24,9 @@ processes with `[cluster]` (2 shards each, free ports), then checks:
       member once, one order everywhere, numbered for envelope members; GET /api/rooms on any
       node counts every node's members;
   (i) a presence leave made while Redis is down is written after the reconnect: seen once on
-      the other nodes, no longer listed.
+      the other nodes, no longer listed;
+  (j) publish dedup across nodes: a publish retried (same session and id) on another node is
+      a duplicate of the first, delivered once.
 Every wait is on an event (readyz polling, frames), bounded.
 
     SHARDCAST_BIN=target/release/shardcast python tests/python/test_cluster.py
@@ -200,8 +202,11 @@ class Client:
         self.task = asyncio.create_task(self.read())
 
     @classmethod
-    async def open(cls, node, info=None):
-        q = "" if info is None else "?info=" + urllib.parse.quote(json.dumps(info))
+    async def open(cls, node, info=None, session=None):
+        params = {} if info is None else {"info": json.dumps(info)}
+        if session is not None:
+            params["session"] = session
+        q = "?" + urllib.parse.urlencode(params) if params else ""
         ws = await connect(f"ws://127.0.0.1:{node.port}/ws{q}", subprotocols=["shardcast.v1.json"],
                            open_timeout=TIMEOUT, max_queue=None, proxy=None)
         c = cls(ws)
@@ -736,6 +741,30 @@ async def test_raw(nodes):
     check("rooms: a room whose members all left is no longer listed", room not in got[1], got)
 
 
+async def test_dedup(nodes):
+    """(j) publish dedup across nodes: a publish retried with the same session and id on another
+    node is answered as a duplicate of the first (same seq) and delivered once."""
+    room = "dedup"
+    sub = await Client.open(nodes[2])
+    await sub.subscribe(room)
+    a = await Client.open(nodes[0], session="sess-1")
+    first = await publish_all(a, room, ["once"], "d")
+    await a.close()
+    b = await Client.open(nodes[1], session="sess-1")
+    again = await publish_all(b, room, ["once"], "d")
+    other = await publish_all(b, room, ["next"], "e")
+    f1, f2, f3 = first.get("d0", {}), again.get("d0", {}), other.get("e0", {})
+    check("dedup: the retry on another node is acked as a duplicate with the first seq",
+          f1.get("op") == "ack" and not f1.get("duplicate") and f2.get("op") == "ack"
+          and f2.get("duplicate") is True and f2.get("seq") == f1.get("seq"), (f1, f2))
+    got = await messages(sub, room, 2)
+    check("dedup: the subscriber got the message once, then the next one",
+          [m["data"] for m in got] == ["once", "next"] and f3.get("seq") == f1.get("seq", 0) + 1,
+          (got, f3))
+    for c in (sub, b):
+        await c.close()
+
+
 async def main():
     if not shutil.which("redis-server"):
         print("FAIL redis-server not installed (scripts/test.sh installs it)")
@@ -755,6 +784,7 @@ async def main():
         await test_fanout(nodes, redis)
         await test_resume(nodes)
         await test_raw(nodes)
+        await test_dedup(nodes)
         await test_subscriber_killed(nodes, redis)
         await test_stall(nodes, redis)
         await test_redis_down(nodes, redis)
