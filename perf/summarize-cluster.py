@@ -9,6 +9,7 @@ expected / received deliveries over all reps (every message counted: a lossy run
 import os
 import sys
 
+sys.dont_write_bytecode = True  # no perf/__pycache__ from the import below
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from summarize import load, med  # noqa: E402  (perf/summarize.py: results.jsonl + env.txt)
 
