@@ -22,6 +22,7 @@ use redis::{AsyncConnectionConfig, Value};
 
 use super::canary::Canary;
 use super::presence;
+use super::replay::Leaves;
 use super::{decode, Command, Event, Fetched, Incoming, Link, Unavailable};
 use crate::config::Cluster;
 use crate::health::Health;
@@ -81,6 +82,7 @@ pub fn start(
     let (tx, rx) = flume::bounded(capacity);
     let (outs, events): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(capacity)).unzip();
     let node: Arc<str> = Arc::from(cfg.node_id.as_str());
+    let cfg_leaves = cfg.presence_replay_max;
     health.set_cluster_ready(false);
     stats.deaf.store(1, Ordering::Relaxed);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -103,6 +105,7 @@ pub fn start(
         ready: false,
         lagging: vec![false; shards],
         gone: Arc::default(),
+        leaves: Leaves::new(cfg_leaves),
     };
     std::thread::Builder::new()
         .name("cluster".into())
@@ -137,6 +140,8 @@ struct Bridge {
     lagging: Vec<bool>,
     /// Nodes reported gone (their liveness key expired) and since when.
     gone: Arc<std::sync::Mutex<HashMap<String, Instant>>>,
+    /// Presence leaves Redis could not take, written after the next connect.
+    leaves: Leaves,
 }
 
 struct Conns {
@@ -311,7 +316,8 @@ impl Bridge {
                 };
                 self.answer(shard, ev).await;
             }
-            Command::Synced { .. } | Command::Presence { .. } | Command::PresenceForget { .. } => {}
+            Command::Presence { room, uid, member } => self.keep_leave(room, uid, member.is_none()),
+            Command::Synced { .. } | Command::PresenceForget { .. } => {}
         }
     }
 
@@ -339,6 +345,7 @@ impl Bridge {
                 .await
                 .map_err(timeout)??;
         }
+        self.replay_leaves(&mut cmd).await?;
         self.canary.reset();
         // Every room may have missed messages while the old connection was away.
         for shard in 0..self.out.len() {
@@ -384,6 +391,7 @@ impl Bridge {
                     }
                     self.catch_up_lagging().await;
                     self.liveness(&c);
+                    self.repeat_leaves(&c, now);
                     let n = self.canary.send(now);
                     let mut cmd = c.cmd.clone();
                     let ch = node_channel.clone();
@@ -516,6 +524,10 @@ impl Bridge {
         let node = self.cfg.node_id.clone();
         match cmd {
             Command::Presence { room, uid, member } => {
+                let leave = member.is_none();
+                if !leave {
+                    self.leaves.joined(&room, uid);
+                }
                 let (key, f) = (self.presence_key(&room), presence::field(&node, uid));
                 let msg = presence::encode(&node, uid, member.as_deref());
                 let mut pipe = redis::pipe();
@@ -527,7 +539,10 @@ impl Bridge {
                     .arg(self.room_channel(&room))
                     .arg(msg)
                     .ignore();
-                pipe.query_async::<()>(&mut c.cmd).await?;
+                if let Err(e) = pipe.query_async::<()>(&mut c.cmd).await {
+                    self.keep_leave(room, uid, leave);
+                    return Err(e);
+                }
             }
             Command::PresenceForget { room, node, uids } => {
                 let mut cmd = redis::cmd("HDEL");
@@ -564,6 +579,62 @@ impl Bridge {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A presence write was refused: a leave is kept for [`Bridge::replay_leaves`].
+    fn keep_leave(&mut self, room: Arc<str>, uid: u64, leave: bool) {
+        if !self.leaves.refused(room, uid, leave) {
+            ClusterStats::add(&self.stats.refused, 1);
+        }
+    }
+
+    /// Write the leaves Redis could not take before (HDEL + the announcement), one pipeline.
+    async fn replay_leaves(&mut self, cmd: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        if self.leaves.is_empty() {
+            return Ok(());
+        }
+        let todo = self.leaves.pending();
+        let mut pipe = redis::pipe();
+        for (room, uid) in &todo {
+            let f = presence::field(&self.cfg.node_id, *uid);
+            pipe.cmd("HDEL")
+                .arg(self.presence_key(room))
+                .arg(f)
+                .ignore();
+            let msg = presence::encode(&self.cfg.node_id, *uid, None);
+            pipe.cmd("PUBLISH")
+                .arg(self.room_channel(room))
+                .arg(msg)
+                .ignore();
+        }
+        pipe.query_async::<()>(cmd).await?;
+        self.leaves
+            .written(&todo, Instant::now() + self.cfg.presence_ttl);
+        tracing::info!(
+            leaves = todo.len(),
+            "cluster: presence leaves refused earlier written"
+        );
+        Ok(())
+    }
+
+    /// Announce the leaves written after the reconnect again ([`Leaves`]; not awaited).
+    fn repeat_leaves(&mut self, c: &Conns, now: Instant) {
+        let again = self.leaves.repeats(now);
+        if again.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (room, uid) in &again {
+            let msg = presence::encode(&self.cfg.node_id, *uid, None);
+            pipe.cmd("PUBLISH")
+                .arg(self.room_channel(room))
+                .arg(msg)
+                .ignore();
+        }
+        let mut cmd = c.cmd.clone();
+        tokio::spawn(async move {
+            let _: redis::RedisResult<()> = pipe.query_async(&mut cmd).await;
+        });
     }
 
     /// Refresh this node's liveness key and find the nodes whose key expired (not awaited: a

@@ -15,6 +15,7 @@
 pub mod bridge;
 pub mod canary;
 pub mod presence;
+pub mod replay;
 pub mod track;
 
 use bytes::Bytes;

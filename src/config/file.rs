@@ -69,6 +69,8 @@ pub struct ClusterSection {
     pub canary_timeout: Option<String>,
     /// TTL of this node's presence entries (default "10s").
     pub presence_ttl: Option<String>,
+    /// Presence leaves kept for replay while Redis is unreachable (default 100000).
+    pub presence_replay_max: Option<usize>,
 }
 
 /// `[tls]` section: serve `wss://` and HTTPS on the listener.

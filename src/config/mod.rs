@@ -202,6 +202,8 @@ pub struct Cluster {
     pub canary_timeout: Duration,
     /// TTL of this node's presence entries.
     pub presence_ttl: Duration,
+    /// Presence leaves kept while Redis cannot take them, written after the next connect.
+    pub presence_replay_max: usize,
 }
 
 /// How connections authenticate.
@@ -528,6 +530,7 @@ mod tests {
         assert_eq!(c.canary_interval, Duration::from_secs(1));
         assert_eq!(c.canary_timeout, Duration::from_secs(3));
         assert_eq!(c.presence_ttl, Duration::from_secs(10));
+        assert_eq!(c.presence_replay_max, 100_000);
         assert_eq!(c.node_id.len(), 16);
         let key = |toml: &str| match Config::from_toml(toml).unwrap_err() {
             ConfigError::Invalid { key, .. } => key,
@@ -559,6 +562,10 @@ mod tests {
         assert_eq!(
             key(&format!("{r}presence_ttl = \"1s\"")),
             "cluster.presence_ttl"
+        );
+        assert_eq!(
+            key(&format!("{r}presence_replay_max = 0")),
+            "cluster.presence_replay_max"
         );
         let n = Config::from_toml(&format!("{r}node_id = \"gw-1\"")).unwrap();
         assert_eq!(n.cluster.unwrap().node_id, "gw-1");

@@ -422,6 +422,10 @@ fn cluster(k: ClusterSection) -> Result<Cluster, ConfigError> {
             "must be longer than cluster.canary_interval",
         ));
     }
+    let presence_replay_max = k.presence_replay_max.unwrap_or(100_000);
+    if presence_replay_max == 0 {
+        return Err(invalid("cluster.presence_replay_max", "must be positive"));
+    }
     Ok(Cluster {
         redis,
         node_id,
@@ -429,6 +433,7 @@ fn cluster(k: ClusterSection) -> Result<Cluster, ConfigError> {
         canary_interval,
         canary_timeout,
         presence_ttl,
+        presence_replay_max,
     })
 }
 

@@ -14,6 +14,7 @@ use super::ShardCore;
 use crate::cluster::presence::{remote_conn, Announce, Change, Remote};
 use crate::cluster::Command;
 use crate::ids::Tick;
+use crate::metrics::ClusterStats;
 use crate::protocol::envelope::ServerOp;
 use crate::protocol::envelope::{Data, Format};
 use crate::room::home::{by_user as by_user_of, Member};
@@ -111,8 +112,11 @@ impl ShardCore {
             uid,
             member: member.map(member_cbor),
         };
-        // Refused (Redis down, bridge busy): the others see it at the next resync.
-        let _ = c.link.send(cmd);
+        // Refused by a full bridge channel: counted; a join is announced again at the next
+        // resync (a leave refused by Redis itself is kept by the bridge: `cluster::replay`).
+        if c.link.send(cmd).is_err() {
+            ClusterStats::add(&self.stats.cluster.refused, 1);
+        }
     }
 
     /// The room is subscribed on this node: load the other nodes' members.

@@ -21,7 +21,9 @@ processes with `[cluster]` (2 shards each, free ports), then checks:
       members leave on the others within presence_ttl + 1 s, exactly once each, and its entries
       are deleted from Redis;
   (h) raw clients across nodes: text and binary raw messages from every node reach every raw
-      member once, one order everywhere, numbered for envelope members.
+      member once, one order everywhere, numbered for envelope members;
+  (i) a presence leave made while Redis is down is written after the reconnect: seen once on
+      the other nodes, no longer listed.
 Every wait is on an event (readyz polling, frames), bounded.
 
     SHARDCAST_BIN=target/release/shardcast python tests/python/test_cluster.py
@@ -618,6 +620,42 @@ async def test_presence(nodes, redis):
             pass
 
 
+async def test_presence_outage(nodes, redis):
+    """(i) a member leaving while Redis is unreachable: its leave is kept by its node and
+    written after the reconnect, so the other nodes see it exactly once and stop listing it."""
+    room = "presence-out"
+    for n in nodes:
+        n.wait_ready(200, 20)
+    w = await Client.open(nodes[0], {"name": "w"})
+    await w.subscribe(room, presence=True)
+    stay = await Client.open(nodes[1], {"name": "stay"})
+    await stay.subscribe(room)
+    go = await Client.open(nodes[1], {"name": "go"})
+    await go.subscribe(room)
+    joins, end = [], time.monotonic() + TIMEOUT
+    while sorted(joins) != [("join", "go"), ("join", "stay")] and time.monotonic() < end:
+        joins += [e for e in await events(w, room, 0.1) if e[1] != "w"]
+    check("presence outage: the watcher on node 0 saw both joins on node 1", sorted(joins) ==
+          [("join", "go"), ("join", "stay")], joins)
+    redis.stop()
+    for n in nodes:
+        n.wait_ready(503)
+    await go.close()
+    redis.start()
+    for n in nodes:
+        check(f"presence outage: {n.name} ready again", n.wait_ready(200, 20) is not None, n.readyz())
+    got, end = [], time.monotonic() + TIMEOUT
+    while ("leave", "go") not in got and time.monotonic() < end:
+        got += [e for e in await events(w, room, 0.1) if e[1] != "w"]
+    got += [e for e in await events(w, room, 0.5) if e[1] != "w"]
+    check("presence outage: the leave made while Redis was down is seen on node 0 exactly once",
+          [e for e in got if e[0] == "leave"] == [("leave", "go")], got)
+    names, f = await presence_names(w, room, "po")
+    check("presence outage: `presence` on node 0 no longer lists it", names == ["stay", "w"], f)
+    for c in (w, stay):
+        await c.close()
+
+
 async def test_raw(nodes):
     """(h) raw clients (/ws/{room}) across nodes: numbered by Redis like envelope publishes, so
     raw members on every node get every raw message (text and binary, opcode kept) in one order,
@@ -705,6 +743,7 @@ async def main():
         await test_redis_down(nodes, redis)
         test_deafness(nodes, redis)
         await test_presence(nodes, redis)
+        await test_presence_outage(nodes[:2], redis)
     finally:
         for n in nodes:
             n.stop()
