@@ -41,7 +41,8 @@
 # (busy_before_run); loadgen's host_other_cores tells how contended the run itself was.
 #
 # Binaries: SHARDCAST (default target/release/shardcast of this checkout) is copied into the
-# results directory first, so a rebuild during the run cannot change it; LOADGEN (default
+# results directory first, so a rebuild during the run cannot change it (SHARDCAST_COMMIT: what
+# env.txt says it was built from; default the HEAD of its checkout); LOADGEN (default
 # perf/loadgen/target/release/loadgen).
 set -euo pipefail
 
@@ -163,7 +164,7 @@ source "$PERF/lib.sh"  # busy_cores
   echo "date: $(date -u +%FT%TZ)"
   echo "host: $(uname -srm), $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)"
   echo "shardcast: $SHARDCAST_SRC sha256 $(sha256sum "$SHARDCAST" | cut -c1-16)"
-  echo "shardcast_checkout_head: $(git -C "$(dirname "$SHARDCAST_SRC")" rev-parse --short HEAD 2>/dev/null || echo n/a) (HEAD of the binary's checkout at copy time); binary built $(date -u -r "$SHARDCAST_SRC" +%FT%TZ)"
+  echo "shardcast_commit: ${SHARDCAST_COMMIT:-$(git -C "$(dirname "$SHARDCAST_SRC")" rev-parse --short HEAD 2>/dev/null || echo n/a) (HEAD of the binary's checkout at copy time)}; binary built $(date -u -r "$SHARDCAST_SRC" +%FT%TZ)"
   echo "perf_commit: $(git -C "$ROOT" rev-parse --short HEAD)"
   echo "redis: $(redis-server --version | awk '{print $3}')"
   echo "node: $(node -v 2>/dev/null || echo n/a), ws $(node -p 'require(process.argv[1]).version' "$PERF/ref/node-ws-redis/node_modules/ws/package.json" 2>/dev/null || echo n/a), ioredis $(node -p 'require(process.argv[1]).version' "$PERF/ref/node-ws-redis/node_modules/ioredis/package.json" 2>/dev/null || echo n/a)"
