@@ -164,7 +164,10 @@ source "$PERF/lib.sh"  # busy_cores
   echo "date: $(date -u +%FT%TZ)"
   echo "host: $(uname -srm), $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)"
   echo "shardcast: $SHARDCAST_SRC sha256 $(sha256sum "$SHARDCAST" | cut -c1-16)"
-  echo "shardcast_commit: ${SHARDCAST_COMMIT:-$(git -C "$(dirname "$SHARDCAST_SRC")" rev-parse --short HEAD 2>/dev/null || echo n/a) (HEAD of the binary's checkout at copy time)}; binary built $(date -u -r "$SHARDCAST_SRC" +%FT%TZ)"
+  commit="${SHARDCAST_COMMIT:-}"
+  [ -n "$commit" ] || commit="$(git -C "$(dirname "$SHARDCAST_SRC")" rev-parse --short HEAD 2>/dev/null \
+    || echo n/a) (HEAD of the checkout of the binary at copy time)"
+  echo "shardcast_commit: $commit; binary built $(date -u -r "$SHARDCAST_SRC" +%FT%TZ)"
   echo "perf_commit: $(git -C "$ROOT" rev-parse --short HEAD)"
   echo "redis: $(redis-server --version | awk '{print $3}')"
   echo "node: $(node -v 2>/dev/null || echo n/a), ws $(node -p 'require(process.argv[1]).version' "$PERF/ref/node-ws-redis/node_modules/ws/package.json" 2>/dev/null || echo n/a), ioredis $(node -p 'require(process.argv[1]).version' "$PERF/ref/node-ws-redis/node_modules/ioredis/package.json" 2>/dev/null || echo n/a)"
