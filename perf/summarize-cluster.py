@@ -27,6 +27,8 @@ def fmt(x, kind):
         return f"{x / 1000:.2f} ms"
     if kind == "pct":
         return f"{x * 100:.0f} %"
+    if kind == "f1":
+        return f"{x:.1f}"
     if kind == "f2":
         return f"{x:.2f}"
     return str(x)
@@ -41,9 +43,22 @@ COLS = [
     ("Redis CPU", "redis_cpu", "pct"),
     ("deliveries / nodes CPU-s", "deliveries_per_server_cpu_s", "M"),
     ("deliveries / (nodes+Redis) CPU-s", "deliveries_per_server_redis_cpu_s", "M"),
+    ("Redis CPU µs / broadcast", "redis_us_per_broadcast", "f1"),
     ("Redis cmds / broadcast", "redis_cmds_per_broadcast", "f2"),
     ("loadgen CPU", "loadgen_cpu", "f2"),
+    ("others' CPU", "others_cpu", "f2"),
 ]
+
+
+def add_others(rows):
+    """others_cpu: cores busy with neither the nodes, Redis nor loadgen (other work on the
+    machine during the measured phase; loadgen's host_other_cores counts Redis in)."""
+    for r in rows:
+        o, rc = r.get("host_other_cores"), r.get("redis_cpu")
+        if isinstance(o, (int, float)):
+            r["others_cpu"] = max(0.0, o - (rc if isinstance(rc, (int, float)) else 0.0))
+        if isinstance(rc, (int, float)) and r.get("sent_per_s"):
+            r["redis_us_per_broadcast"] = rc * 1e6 / r["sent_per_s"]
 
 
 def table(rows):
@@ -85,6 +100,7 @@ def main():
         print(__doc__.strip(), file=sys.stderr)
         sys.exit(2)
     rows, env = load(sys.argv[1])
+    add_others(rows)
     if env:
         print("```\n" + env + "\n```\n")
     kinds = ["cluster-max", "cluster-rate", "cluster-rooms"]
@@ -101,8 +117,7 @@ def main():
                 f"{r0.get('publishers', '-')} publishers, mode {r0.get('mode', 'rooms')}"
                 + (f", window {r0['window']}" if r0.get("window") else "")
                 + (f", rate {r0['rate']}" if r0.get("rate") else "")
-                + (f", room size {r0['room_size']}" if r0.get("room_size") else "")
-                + f"; median host_other_cores {fmt(med(rs, 'host_other_cores'), 'f2')}")
+                + (f", room size {r0['room_size']}" if r0.get("room_size") else ""))
         print(f"### {bench} ({what}; medians)\n")
         print(table(rs))
         print()
