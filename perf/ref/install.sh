@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the reference servers (Node ws, uWebSockets.js) for shardcast's perf suite.
+# Install the reference servers (Node ws, Node ws + Redis pub/sub, uWebSockets.js) for shardcast's perf suite.
 # Idempotent; safe to re-run. Needs node >= 20 + npm; on glibc < 2.38 also gcc (installed
 # with apt-get when missing and running as root).
 set -euo pipefail
@@ -38,6 +38,7 @@ npm_install() {
 }
 
 npm_install "$DIR/node-ws"
+npm_install "$DIR/node-ws-redis"
 npm_install "$DIR/uws"
 
 # ---- uWebSockets.js: make the prebuilt addon load on glibc < 2.38 ----------------------------

@@ -87,19 +87,25 @@ struct Conn {
     tls: Option<Box<rustls::ClientConnection>>,
     /// A Server-Sent Events subscriber (`GET /sse?rooms=R`) rather than a WebSocket.
     sse: bool,
+    /// Reached State::Open at some point (counted in `expected_total` even if closed since).
+    was_open: bool,
 }
 
 pub enum Traffic {
     None,
-    /// One publisher (conn 0, id 0) at a fixed rate.
+    /// Publishers conns 0..pubs (ids 0..pubs) at a fixed total rate: message k is sent by
+    /// publisher k % pubs.
     FanoutRate {
         t0: u64,
         period_ns: f64,
         k: u64,
+        pubs: u64,
     },
-    /// One publisher keeping at most `window` publishes not yet received by every subscriber.
+    /// Publishers conns 0..pubs, each keeping at most `window` of its publishes not yet
+    /// received by every subscriber.
     FanoutMax {
         window: u64,
+        pubs: u64,
     },
     /// Every connection publishes; the global schedule sends message j at t0 + j*period from
     /// connection j % n (so each connection sends every n*period, offsets evenly spread).
@@ -171,9 +177,7 @@ pub struct Engine {
     pub deflate_no_context_takeover: u64,
     pub inflate_errors: u64,
     next_seq: Vec<u64>,
-    host_header: String,
     path_prefix: String,
-    dst: SocketAddrV4,
     sources: u32,
     pub handshake_inflight: usize,
     pub traffic: Traffic,
@@ -212,10 +216,15 @@ pub struct Engine {
     pub env_other: u64,
     pub open_count: usize,
     connecting: usize,
-    // FanoutMax bookkeeping: remaining[i] = subscribers still missing seq oldest + i.
-    remaining: VecDeque<u32>,
-    oldest: u64,
+    // FanoutMax bookkeeping, per publisher p: remaining[p][i] = subscribers still missing
+    // seq oldest[p] + i.
+    remaining: Vec<VecDeque<u32>>,
+    oldest: Vec<u64>,
     alive_subs: u32,
+    /// Servers: (address, Host header); connection i goes to nodes[node_for[i]] (node 0 when
+    /// node_for is shorter).
+    nodes: Vec<(SocketAddrV4, String)>,
+    pub node_for: Vec<u16>,
 }
 
 pub struct OpenResult {
@@ -284,9 +293,7 @@ impl Engine {
             deflate_no_context_takeover: 0,
             inflate_errors: 0,
             next_seq: Vec::new(),
-            host_header,
             path_prefix,
-            dst,
             sources,
             handshake_inflight: 256,
             traffic: Traffic::None,
@@ -315,10 +322,28 @@ impl Engine {
             env_other: 0,
             open_count: 0,
             connecting: 0,
-            remaining: VecDeque::new(),
-            oldest: 0,
+            remaining: Vec::new(),
+            oldest: Vec::new(),
             alive_subs: 0,
+            nodes: vec![(dst, host_header)],
+            node_for: Vec::new(),
         })
+    }
+
+    /// Add a server: connections whose `node_for` entry is its index go there.
+    pub fn add_node(&mut self, dst: SocketAddrV4, host_header: String) -> u16 {
+        self.nodes.push((dst, host_header));
+        (self.nodes.len() - 1) as u16
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The server connection `i` goes to: (address, Host header).
+    fn node_of(&self, i: usize) -> &(SocketAddrV4, String) {
+        let n = self.node_for.get(i).copied().unwrap_or(0) as usize;
+        &self.nodes[n.min(self.nodes.len() - 1)]
     }
 
     /// Forget all (closed) connections, for the next churn cycle.
@@ -361,6 +386,7 @@ impl Engine {
                 env_next: 0,
                 tls: None,
                 sse: self.sse_subscribers && !s.ignore,
+                was_open: false,
             });
             self.next_seq.push(0);
         }
@@ -426,7 +452,8 @@ impl Engine {
     }
 
     fn start_connect(&mut self, i: usize) {
-        let src = if self.sources > 0 && self.dst.ip().is_loopback() {
+        let dst = self.node_of(i).0;
+        let src = if self.sources > 0 && dst.ip().is_loopback() {
             Some(Ipv4Addr::new(
                 127,
                 0,
@@ -436,7 +463,7 @@ impl Engine {
         } else {
             None
         };
-        match connect_socket(src, self.dst) {
+        match connect_socket(src, dst) {
             Ok(mut s) => {
                 if let Err(e) = self.poll.registry().register(
                     &mut s,
@@ -537,10 +564,8 @@ impl Engine {
         }
         let req = self.open_request(i);
         if let Some(cfg) = &self.tls {
-            let host = self
-                .host_header
-                .rsplit_once(':')
-                .map_or(&*self.host_header, |h| h.0);
+            let hh = &self.node_of(i).1;
+            let host = hh.rsplit_once(':').map_or(&**hh, |h| h.0);
             match crate::tls::connect(cfg, host) {
                 Ok(t) => self.conns[i].tls = Some(t),
                 Err(e) => {
@@ -570,7 +595,8 @@ impl Engine {
         };
         if self.conns[i].sse {
             let c = &self.conns[i];
-            return sse::open_request(&self.path_prefix, &c.room, &self.host_header, &authz);
+            let hh = &self.node_of(i).1;
+            return sse::open_request(&self.path_prefix, &c.room, hh, &authz);
         }
         let ext = if self.offer_deflate {
             format!("Sec-WebSocket-Extensions: {}\r\n", deflate::OFFER)
@@ -588,7 +614,8 @@ impl Engine {
         format!(
             "GET {}{path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n{proto}{ext}{authz}\r\n",
-            self.path_prefix, self.host_header
+            self.path_prefix,
+            self.node_of(i).1
         )
     }
 
@@ -782,6 +809,7 @@ impl Engine {
             c.inbuf.drain(..end + 4);
             if self.env == Envelope::Raw {
                 c.state = State::Open;
+                c.was_open = true;
                 self.connecting -= 1;
                 self.open_count += 1;
             } else {
@@ -1141,6 +1169,7 @@ impl Engine {
                 };
                 c.env_next = seq + 1;
                 c.state = State::Open;
+                c.was_open = true;
                 self.connecting -= 1;
                 self.open_count += 1;
             }
@@ -1185,7 +1214,7 @@ impl Engine {
         }
         c.expected[li] = seq + 1;
         match self.traffic {
-            Traffic::FanoutMax { .. } => self.settle(e, seq + 1),
+            Traffic::FanoutMax { .. } => self.settle(pid as usize, e, seq + 1),
             Traffic::Echo if self.sending && pid as usize == i && seq + 1 == self.next_seq[i] => {
                 self.send_msg(i, now_ns());
             }
@@ -1193,17 +1222,21 @@ impl Engine {
         }
     }
 
-    /// One subscriber now holds every seq below `to`, having held those below `from`.
-    fn settle(&mut self, from: u64, to: u64) {
-        let lo = from.max(self.oldest);
-        let hi = to.min(self.oldest + self.remaining.len() as u64);
+    /// One subscriber now holds every seq of publisher `p` below `to`, having held those below
+    /// `from`.
+    fn settle(&mut self, p: usize, from: u64, to: u64) {
+        let (Some(rem), Some(oldest)) = (self.remaining.get_mut(p), self.oldest.get_mut(p)) else {
+            return;
+        };
+        let lo = from.max(*oldest);
+        let hi = to.min(*oldest + rem.len() as u64);
         for s in lo..hi {
-            let r = &mut self.remaining[(s - self.oldest) as usize];
+            let r = &mut rem[(s - *oldest) as usize];
             *r = r.saturating_sub(1);
         }
-        while self.remaining.front() == Some(&0) {
-            self.remaining.pop_front();
-            self.oldest += 1;
+        while rem.front() == Some(&0) {
+            rem.pop_front();
+            *oldest += 1;
         }
     }
 
@@ -1357,11 +1390,17 @@ impl Engine {
             State::Connecting | State::Handshake | State::Subscribing => self.connecting -= 1,
             State::Open | State::Closing | State::CloseAcked => {
                 self.open_count -= 1;
-                let (ignore, e) = (c.ignore, c.expected.first().copied().unwrap_or(0));
-                if !ignore && matches!(self.traffic, Traffic::FanoutMax { .. }) {
+                if !c.ignore && matches!(self.traffic, Traffic::FanoutMax { .. }) {
+                    let (base, exp) = (c.pub_base as usize, c.expected.clone());
                     self.alive_subs = self.alive_subs.saturating_sub(1);
-                    let end = self.oldest + self.remaining.len() as u64;
-                    self.settle(e, end);
+                    for (li, e) in exp.iter().enumerate() {
+                        let p = base + li;
+                        let end = match (self.oldest.get(p), self.remaining.get(p)) {
+                            (Some(o), Some(r)) => o + r.len() as u64,
+                            _ => continue,
+                        };
+                        self.settle(p, *e, end);
+                    }
                 }
             }
             _ => {}
@@ -1374,7 +1413,9 @@ impl Engine {
             return None;
         }
         match self.traffic {
-            Traffic::FanoutRate { t0, period_ns, k } => Some(t0 + (k as f64 * period_ns) as u64),
+            Traffic::FanoutRate {
+                t0, period_ns, k, ..
+            } => Some(t0 + (k as f64 * period_ns) as u64),
             Traffic::Rooms { t0, period_ns, j } => Some(t0 + (j as f64 * period_ns) as u64),
             _ => None,
         }
@@ -1390,24 +1431,33 @@ impl Engine {
                 t0,
                 period_ns,
                 mut k,
+                pubs,
             } => {
                 let mut n = 0;
                 while t0 + (k as f64 * period_ns) as u64 <= now && n < 4096 {
-                    if self.conns[0].state == State::Open {
-                        self.send_msg(0, now);
+                    let p = (k % pubs.max(1)) as usize;
+                    if self.conns[p].state == State::Open {
+                        self.send_msg(p, now);
                     }
                     k += 1;
                     n += 1;
                 }
-                self.traffic = Traffic::FanoutRate { t0, period_ns, k };
+                self.traffic = Traffic::FanoutRate {
+                    t0,
+                    period_ns,
+                    k,
+                    pubs,
+                };
             }
-            Traffic::FanoutMax { window } => {
-                while self.alive_subs > 0
-                    && self.conns[0].state == State::Open
-                    && self.next_seq[0] - self.oldest < window
-                {
-                    self.remaining.push_back(self.alive_subs);
-                    self.send_msg(0, now);
+            Traffic::FanoutMax { window, pubs } => {
+                for p in 0..(pubs as usize).min(self.remaining.len()) {
+                    while self.alive_subs > 0
+                        && self.conns[p].state == State::Open
+                        && self.next_seq[p] - self.oldest[p] < window
+                    {
+                        self.remaining[p].push_back(self.alive_subs);
+                        self.send_msg(p, now);
+                    }
                 }
             }
             Traffic::Rooms {
@@ -1435,14 +1485,15 @@ impl Engine {
     pub fn start(&mut self, traffic: Traffic) {
         self.traffic = traffic;
         self.sending = true;
-        if let Traffic::FanoutMax { .. } = self.traffic {
+        if let Traffic::FanoutMax { pubs, .. } = self.traffic {
             self.alive_subs = self
                 .conns
                 .iter()
                 .filter(|c| !c.ignore && c.state == State::Open)
                 .count() as u32;
-            self.oldest = self.next_seq[0];
-            self.remaining.clear();
+            let pubs = (pubs as usize).min(self.next_seq.len());
+            self.oldest = self.next_seq[..pubs].to_vec();
+            self.remaining = vec![VecDeque::new(); pubs];
         }
         if let Traffic::Echo = self.traffic {
             let now = now_ns();
@@ -1487,6 +1538,23 @@ impl Engine {
             }
             self.poll_once(Some(end - now));
         }
+    }
+
+    /// Deliveries owed since the first message: for every counting connection that was ever
+    /// open (closed ones included, so a lost connection shows as missing deliveries), every
+    /// message its publishers sent.
+    pub fn expected_total(&self) -> u64 {
+        let mut n = 0;
+        for c in self.conns.iter().filter(|c| !c.ignore && c.was_open) {
+            for li in 0..c.expected.len() {
+                n += self
+                    .next_seq
+                    .get(c.pub_base as usize + li)
+                    .copied()
+                    .unwrap_or(0);
+            }
+        }
+        n
     }
 
     /// Messages sent to open connections but not received yet.

@@ -12,6 +12,7 @@ mod hist;
 mod payload;
 mod probe;
 mod procstat;
+mod redisstat;
 mod sse;
 mod stalled;
 mod storm;
@@ -35,8 +36,10 @@ USAGE: loadgen SCENARIO [FLAGS]
 
 SCENARIOS
   fanout  --subscribers N (1000) [--rate R | --max [--window W (16)]] [--transport ws|sse (ws)]
-          N subscribers + 1 publisher in one room. --rate: R publishes/s on a fixed schedule;
-          --max: keep at most W publishes not yet received by every subscriber.
+          [--publishers P (1)]
+          N subscribers + P publishers in one room. --rate: R publishes/s in total on a fixed
+          schedule (round-robin over the publishers); --max: each publisher keeps at most W of
+          its publishes not yet received by every subscriber.
           --transport sse (needs --envelope json, no --deflate): the subscribers open
           Server-Sent Events streams GET /sse?rooms=fanout instead of WebSockets (welcome and
           subscribed awaited as on /ws, the same seq and latency accounting); the publisher
@@ -60,10 +63,18 @@ SCENARIOS
 const HELP_TAIL: &str = "
 COMMON FLAGS
   --url ws://HOST:PORT[/prefix]   server (default ws://127.0.0.1:9300); wss://HOST:PORT: TLS
+                                  A comma-separated list (or --urls a,b,c): several nodes of a
+                                  cluster; connection i goes to node i % nodes (publishers
+                                  first, then subscribers: both spread round-robin)
                                   (rustls, TLS 1.3 or 1.2, ALPN http/1.1, no resumption: every
                                   handshake is a full one), trusting only --ca
   --ca FILE                       PEM CA certificate(s) for wss:// (required with wss://)
-  --server-pid PID                read the server's CPU time and RSS from /proc/PID
+  --server-pid PID[,PID...]       read the server's CPU time and RSS from /proc/PID (a list:
+                                  the sum over the nodes)
+  --redis-pid PID                 Redis CPU over the measured phase, reported apart (redis_cpu)
+                                  and in deliveries_per_server_redis_cpu_s
+  --redis-addr HOST:PORT          INFO commandstats before/after the measured phase: Redis
+                                  calls per broadcast (redis_cmds_per_broadcast, redis_cmds)
   --duration SECS (5)             measured phase (message scenarios)
   --warmup SECS (1)               unmeasured phase before it
   --drain SECS (3)                after the measured phase: stop sending, wait for in-flight messages
@@ -300,6 +311,10 @@ fn group(x: i64) -> String {
 }
 
 struct Common {
+    /// More nodes (`--url a,b,c`): (address, Host header) of the 2nd, 3rd...
+    extra_nodes: Vec<(SocketAddrV4, String)>,
+    redis_pid: Option<String>,
+    redis_addr: Option<String>,
     /// `wss://`: the TLS client configuration.
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     dst: SocketAddrV4,
@@ -326,6 +341,9 @@ struct Common {
 
 const COMMON: &[&str] = &[
     "url",
+    "urls",
+    "redis-pid",
+    "redis-addr",
     "server-pid",
     "duration",
     "warmup",
@@ -341,14 +359,11 @@ const COMMON: &[&str] = &[
     "ca",
 ];
 
-fn common(a: &Args, default_payload: Kind) -> Result<Common, String> {
-    let url: String = a.get("url", "ws://127.0.0.1:9300".to_string())?;
-    let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
-        (Some(r), _) => (r, None),
-        (None, Some(r)) => {
-            let ca = a.flags.get("ca").ok_or("wss:// needs --ca FILE")?;
-            (r, Some(tls::client_config(ca)?))
-        }
+/// One `--url`: (wss?, HOST:PORT, path prefix, address).
+fn parse_url(url: &str) -> Result<(bool, String, String, SocketAddrV4), String> {
+    let (rest, wss) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(r), _) => (r, false),
+        (None, Some(r)) => (r, true),
         _ => return Err("--url must start with ws:// or wss://".into()),
     };
     let (hostport, prefix) = match rest.find('/') {
@@ -363,6 +378,36 @@ fn common(a: &Args, default_payload: Kind) -> Result<Common, String> {
             _ => None,
         })
         .ok_or("--url: no IPv4 address")?;
+    Ok((wss, hostport.to_string(), prefix, dst))
+}
+
+fn common(a: &Args, default_payload: Kind) -> Result<Common, String> {
+    let url: String = match a.flags.get("urls") {
+        Some(u) if a.flags.contains_key("url") => {
+            return Err(format!("give --url or --urls, not both (--urls {u})"))
+        }
+        Some(u) => u.clone(),
+        None => a.get("url", "ws://127.0.0.1:9300".to_string())?,
+    };
+    let mut urls = url.split(',').map(str::trim).filter(|u| !u.is_empty());
+    let (wss, hostport, prefix, dst) = parse_url(urls.next().ok_or("--url: empty")?)?;
+    let mut extra_nodes = Vec::new();
+    for u in urls {
+        let (w, hp, pf, d) = parse_url(u)?;
+        if w != wss || pf != prefix {
+            return Err(format!(
+                "--url {u}: every node needs the same scheme and path"
+            ));
+        }
+        extra_nodes.push((d, hp));
+    }
+    let tls = if wss {
+        let ca = a.flags.get("ca").ok_or("wss:// needs --ca FILE")?;
+        Some(tls::client_config(ca)?)
+    } else {
+        None
+    };
+    let hostport = hostport.as_str();
     let payload = match a.flags.get("payload").map(String::as_str) {
         None => default_payload,
         Some("binary") => Kind::Binary,
@@ -394,6 +439,9 @@ fn common(a: &Args, default_payload: Kind) -> Result<Common, String> {
         (None, None) => Vec::new(),
     };
     Ok(Common {
+        extra_nodes,
+        redis_pid: a.flags.get("redis-pid").cloned(),
+        redis_addr: a.flags.get("redis-addr").cloned(),
         tls,
         tokens,
         dst,
@@ -449,6 +497,9 @@ fn engine(c: &Common) -> Engine {
     e.tls = c.tls.clone();
     e.set_inflate_memo(c.inflate_memo);
     e.tokens = c.tokens.clone();
+    for (d, h) in &c.extra_nodes {
+        e.add_node(*d, h.clone());
+    }
     e
 }
 
@@ -460,6 +511,8 @@ fn head(r: &mut Report, scenario: &str, c: &Common) {
         "server_pid",
         c.server_pid.as_deref().and_then(|p| p.parse().ok()),
     );
+    r.s("server_pids", c.server_pid.as_deref().unwrap_or(""));
+    r.i("nodes", 1 + c.extra_nodes.len());
     r.s("payload", c.payload.name());
     r.s("envelope", c.envelope.name());
     r.i("deflate_offered", c.deflate as u8);
@@ -528,17 +581,24 @@ fn us(ns: u64) -> f64 {
 /// Warm-up, measured phase, drain; the common message-scenario metrics.
 fn measure(e: &mut Engine, c: &Common, r: &mut Report) {
     let pid = c.server_pid.as_deref();
+    let rpid = c.redis_pid.as_deref();
+    let raddr = c.redis_addr.as_deref();
     e.run_for(Duration::from_secs_f64(c.warmup));
     let c0: Counters = e.c;
+    let cmds0 = raddr.map(redisstat::commandstats);
+    let r0 = rpid.and_then(cpu_s);
     let s0 = CpuSnap::take(pid);
     e.measuring = true;
     e.run_for(Duration::from_secs_f64(c.duration));
     e.measuring = false;
     let s1 = CpuSnap::take(pid);
+    let r1 = rpid.and_then(cpu_s);
+    let cmds1 = raddr.map(redisstat::commandstats);
     let c1: Counters = e.c;
     let rss = pid.and_then(rss_kib);
     let tail = e.drain(Duration::from_secs_f64(c.drain));
     let sh = share(&s0, &s1);
+    accounting(e, r);
     let del = (c1.delivered - c0.delivered) as f64 / sh.wall;
     let sent = (c1.sent - c0.sent) as f64 / sh.wall;
     r.f("measured_s", sh.wall);
@@ -572,6 +632,19 @@ fn measure(e: &mut Engine, c: &Common, r: &mut Report) {
         "deliveries_per_server_cpu_s",
         sh.server.map(|s| del / s.max(1e-9)),
     );
+    // Redis (cluster runs): its CPU over the measured phase, apart and added to the server's.
+    let redis_cpu = match (r0, r1) {
+        (Some(a), Some(b)) => Some((b - a).max(0.0) / sh.wall),
+        _ => None,
+    };
+    r.of("redis_cpu", redis_cpu);
+    r.of(
+        "deliveries_per_server_redis_cpu_s",
+        sh.server
+            .zip(redis_cpu)
+            .map(|(s, rc)| del / (s + rc).max(1e-9)),
+    );
+    redis_cmds(r, cmds0, cmds1, c1.sent - c0.sent);
     // Everything from the first message to the end of the drain (for per-message counts taken
     // over the whole run, e.g. perf/profile.sh's syscalls per delivery).
     r.i("deliveries_total", e.c.delivered);
@@ -587,6 +660,53 @@ fn measure(e: &mut Engine, c: &Common, r: &mut Report) {
         );
     }
     r.oi("server_rss_kib", rss);
+}
+
+/// Every message counted: deliveries owed (each counting connection ever open x what its
+/// publishers sent, from the first message to the end of the drain) against those received.
+fn accounting(e: &Engine, r: &mut Report) {
+    let expected = e.expected_total();
+    let received = e.c.delivered;
+    r.i("expected_deliveries", expected);
+    r.i("received_deliveries", received);
+    r.i("missing_deliveries", expected as i64 - received as i64);
+    if expected != received {
+        eprintln!("loadgen: WARNING: {received} deliveries received, {expected} expected");
+    }
+}
+
+/// Redis commands run during the measured phase (INFO commandstats delta), in total, per
+/// broadcast published, and per command.
+fn redis_cmds(
+    r: &mut Report,
+    a: Option<Result<redisstat::Calls, String>>,
+    b: Option<Result<redisstat::Calls, String>>,
+    sent: u64,
+) {
+    let d = match (a, b) {
+        (Some(Ok(a)), Some(Ok(b))) => {
+            let mut d = redisstat::delta(&a, &b);
+            d.remove("info"); // our own snapshot
+            Some(d)
+        }
+        (Some(Err(e)), _) | (_, Some(Err(e))) => {
+            eprintln!("loadgen: {e}");
+            None
+        }
+        _ => None,
+    };
+    let total = d.as_ref().map(|d| d.values().sum::<u64>());
+    r.oi("redis_cmds_total", total);
+    r.of(
+        "redis_cmds_per_broadcast",
+        total.filter(|_| sent > 0).map(|t| t as f64 / sent as f64),
+    );
+    let per: Vec<(String, i64)> = d
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v as i64))
+        .collect();
+    r.obj("redis_cmds", per);
 }
 
 /// Received data-message bytes between two counter snapshots: on the wire (frame headers
@@ -612,6 +732,10 @@ fn bytes_report(r: &mut Report, c0: &Counters, c1: &Counters) {
 
 fn open_or_die(e: &mut Engine, specs: Vec<Spec>, r: &mut Report) -> bool {
     let n = specs.len();
+    if e.node_for.len() < n {
+        let nodes = e.node_count();
+        e.node_for = (0..n).map(|i| (i % nodes) as u16).collect();
+    }
     let o = e.open_all(specs);
     r.i("connections", o.opened);
     r.f("connect_s", o.secs);
@@ -648,7 +772,14 @@ fn run() -> Result<u8, String> {
         "stalled" => return stalled::main(&a),
         "fanout" => {
             let mut known = COMMON.to_vec();
-            known.extend(["subscribers", "rate", "window", "envelope", "transport"]);
+            known.extend([
+                "subscribers",
+                "rate",
+                "window",
+                "envelope",
+                "transport",
+                "publishers",
+            ]);
             a.take_known(&known)?;
             c = common(&a, Kind::Binary)?;
             let sse = match a.flags.get("transport").map(String::as_str) {
@@ -669,8 +800,13 @@ fn run() -> Result<u8, String> {
                 return Err("fanout needs exactly one of --rate R or --max".into());
             }
             let window: u64 = a.get("window", 16)?;
+            let pubs: u32 = a.get("publishers", 1u32)?;
+            if pubs == 0 {
+                return Err("--publishers must be at least 1".into());
+            }
             head(&mut r, "fanout", &c);
             r.i("subscribers", n);
+            r.i("publishers", pubs);
             r.s("mode", if max { "max" } else { "rate" });
             r.of("rate", (!max).then_some(rate));
             r.oi("window", max.then_some(window));
@@ -678,29 +814,35 @@ fn run() -> Result<u8, String> {
             r.s("transport", if sse { "sse" } else { "ws" });
             e = engine(&c);
             e.sse_subscribers = sse;
-            let mut specs = vec![Spec {
-                room: "fanout".into(),
-                pub_base: 0,
-                n_pubs: 1,
-                ignore: true,
-            }];
+            // Publishers first (conns and ids 0..P), then the subscribers; with several nodes
+            // both are spread round-robin (connection i on node i % nodes).
+            let mut specs: Vec<Spec> = (0..pubs)
+                .map(|_| Spec {
+                    room: "fanout".into(),
+                    pub_base: 0,
+                    n_pubs: pubs,
+                    ignore: true,
+                })
+                .collect();
             specs.extend((0..n).map(|_| Spec {
                 room: "fanout".into(),
                 pub_base: 0,
-                n_pubs: 1,
+                n_pubs: pubs,
                 ignore: false,
             }));
             if !open_or_die(&mut e, specs, &mut r) {
                 return Err("no connection opened".into());
             }
             settle(&mut e, &c);
+            let pubs = pubs as u64;
             if max {
-                e.start(Traffic::FanoutMax { window });
+                e.start(Traffic::FanoutMax { window, pubs });
             } else {
                 e.start(Traffic::FanoutRate {
                     t0: now_ns(),
                     period_ns: 1e9 / rate,
                     k: 0,
+                    pubs,
                 });
             }
             measure(&mut e, &c, &mut r);

@@ -3,8 +3,18 @@
 use std::time::Instant;
 
 /// utime + stime of a whole process (all threads), in seconds, from /proc/PID/stat.
-/// Returns (user, system).
+/// Returns (user, system). `pid` may be a comma-separated list (a cluster's nodes): the sum,
+/// None if any of them cannot be read.
 pub fn cpu_times(pid: &str) -> Option<(f64, f64)> {
+    let mut sum = (0.0, 0.0);
+    for p in pid.split(',').map(str::trim) {
+        let (u, s) = cpu_times_one(p)?;
+        sum = (sum.0 + u, sum.1 + s);
+    }
+    Some(sum)
+}
+
+fn cpu_times_one(pid: &str) -> Option<(f64, f64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: fields start after the last ')'.
     let rest = &s[s.rfind(')')? + 1..];
@@ -22,6 +32,10 @@ pub fn cpu_times(pid: &str) -> Option<(f64, f64)> {
 /// phases such as one churn cycle's connects. Falls back to utime + stime when schedstat is
 /// unavailable (no CONFIG_SCHED_INFO). Threads that exited are not counted.
 pub fn cpu_s(pid: &str) -> Option<f64> {
+    pid.split(',').map(|p| cpu_s_one(p.trim())).sum()
+}
+
+fn cpu_s_one(pid: &str) -> Option<f64> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
     let sched = tasks.ok().and_then(|dir| {
         let mut ns = 0u64;
@@ -43,8 +57,12 @@ fn clk_tck() -> f64 {
     }
 }
 
-/// VmRSS of a process in KiB, from /proc/PID/status.
+/// VmRSS of a process in KiB, from /proc/PID/status (a comma-separated list: the sum).
 pub fn rss_kib(pid: &str) -> Option<u64> {
+    pid.split(',').map(|p| rss_kib_one(p.trim())).sum()
+}
+
+fn rss_kib_one(pid: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     for line in s.lines() {
         if let Some(v) = line.strip_prefix("VmRSS:") {

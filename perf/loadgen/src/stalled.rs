@@ -155,6 +155,7 @@ pub fn main(a: &Args) -> Result<u8, String> {
         t0: now_ns(),
         period_ns: 1e9 / rate,
         k: 0,
+        pubs: 1,
     });
     let t = Instant::now();
     let min_fill = bound.map_or(0.0, |b| 1.25 * b as f64 / (rate * c.size as f64) + 1.0);
