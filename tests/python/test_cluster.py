@@ -10,6 +10,8 @@ processes with `[cluster]` (2 shards each, free ports), then checks:
   (c) Redis stopped: publish -> `unavailable` (envelope) and 503 (HTTP API), daemons stay up,
       /readyz 503; Redis started again: ready again, publishing works, and every subscriber got
       every acknowledged message or an explicit gap (silent losses counted, must be 0);
+  (c2) Redis restarted while publishes flow: every publish acked or `unavailable`, every node
+      ready again, every acked message received or covered by a gap mark (zero silent losses);
   (d) deafness: `CLIENT PAUSE` stalls Redis -> /readyz 503 within canary_timeout + 1 s, then 200;
   (e) `CLIENT KILL TYPE pubsub` mid-stream of 600 messages: every node resubscribes and catches up
       from the history stream; every subscriber gets every seq once, in order, or an explicit gap;
@@ -438,6 +440,62 @@ async def test_redis_down(nodes, redis):
         await c.close()
 
 
+async def test_restart_midstream(nodes, redis):
+    """(c2) Redis restarted while publishes flow (paced over ~3 s): every publish is acked or
+    answered `unavailable`, every node turns ready again, and every subscriber got every acked
+    message or a gap mark where it lost some (the restart empties Redis: a new epoch)."""
+    room, n = "restart", 300
+    for nd in nodes:
+        nd.wait_ready(200, 20)
+    subs = [await Client.open(nd) for nd in nodes]
+    for c in subs:
+        f = await c.subscribe(room)
+        assert f.get("op") == "subscribed", f
+    pub = await Client.open(nodes[1])
+
+    async def paced():
+        for i in range(n):
+            await pub.send({"op": "publish", "room": room, "data": {"i": i}, "id": f"r{i}"})
+            await asyncio.sleep(0.01)  # pacing the traffic over the restart, not waiting for it
+
+    sender = asyncio.create_task(paced())
+    await messages(subs[0], room, 1, timeout=TIMEOUT)  # the stream is flowing
+    redis.stop()
+    await asyncio.sleep(0.3)  # Redis stays down a moment while publishes keep coming
+    redis.start()
+    await sender
+    answers = {}
+    end = time.monotonic() + TIMEOUT * 2
+    while len(answers) < n and time.monotonic() < end:
+        f = await pub.recv(end - time.monotonic())
+        if f.get("op") in ("ack", "error") and str(f.get("id", "")).startswith("r"):
+            answers[f["id"]] = f
+    acked = sorted(int(k[1:]) for k, a in answers.items() if a.get("op") == "ack")
+    refused = [a for a in answers.values() if a.get("op") == "error"]
+    check(f"restart: every publish answered ({len(acked)} acked, {len(refused)} unavailable)",
+          len(answers) == n and all(a.get("code") == "unavailable" for a in refused), len(answers))
+    for nd in nodes:
+        check(f"restart: {nd.name} ready again without a restart of the daemon",
+              nd.wait_ready(200, 20) is not None and nd.proc.poll() is None, nd.readyz())
+    silent = 0
+    for k, c in enumerate(subs):
+        msgs = []
+        while acked and (not msgs or msgs[-1]["data"].get("i") != acked[-1]):
+            more = await messages(c, room, 1, timeout=TIMEOUT)
+            if not more:
+                break
+            msgs += more
+        # The first message was read above on node 0.
+        want = acked[1:] if k == 0 else acked
+        lost = silent_losses(want, msgs, lambda m: m["data"].get("i"))
+        silent += lost
+        check(f"restart: node n{k}: every acked message or a gap where it lost some "
+              f"({len(msgs)} delivered, {sum(1 for m in msgs if m.get('gap'))} gap marks)", lost == 0, lost)
+    check("restart: no silent loss", silent == 0, silent)
+    for c in subs + [pub]:
+        await c.close()
+
+
 def test_deafness(nodes, redis):
     for n in nodes:
         n.wait_ready(200, 20)
@@ -788,6 +846,7 @@ async def main():
         await test_subscriber_killed(nodes, redis)
         await test_stall(nodes, redis)
         await test_redis_down(nodes, redis)
+        await test_restart_midstream(nodes, redis)
         test_deafness(nodes, redis)
         await test_presence(nodes, redis)
         await test_presence_outage(nodes[:2], redis)
