@@ -16,7 +16,9 @@ processes with `[cluster] redis_cluster = [...]` (2 shards each) and checks:
       publishes flow; the daemons follow it without a restart (same pids): every publish answered,
       every subscriber on every node got every acked seq or an explicit gap (zero silent losses),
       and messages published after the move reach every node (subscribed at the new owner);
-  (d) every node's /readyz is 200 (a canary per master heard) before and after the move.
+  (d) every node's /readyz is 200 (a canary per master heard) before and after the move;
+  (e) a canary per master: `CLIENT PAUSE` on one master only (test_cluster's test_deafness)
+      makes /readyz 503 within canary_timeout + 1 s, then 200 again once it answers.
 Every wait is on an event (readyz polling, frames), bounded.
 
     SHARDCAST_BIN=target/release/shardcast python tests/python/test_redis_cluster.py
@@ -319,6 +321,9 @@ async def main():
         room, slot = next(iter(by_master.values()))[0]
         await tc.test_resume(nodes)  # room `resume`, its slot wherever it hashes
         await test_slot_move(nodes, masters, room, slot)
+        # One master paused (not the first seed): only its canary is late, and that is enough.
+        print(f"     CLIENT PAUSE on master {masters[2].port} only", flush=True)
+        tc.test_deafness(nodes, masters[2])
     finally:
         for nd in nodes:
             nd.stop()
