@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 
 import test_cluster as tc
 from test_cluster import Client, check, messages, publish_all, wait_port
@@ -211,6 +212,13 @@ async def collect(c, rooms, n, timeout=TIMEOUT * 3):
     return out
 
 
+def catch_ups(node):
+    """The node's shardcast_cluster_catch_ups_total."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{node.admin}/metrics", timeout=5).read().decode()
+    lines = [ln for ln in text.splitlines() if ln.startswith("shardcast_cluster_catch_ups_total")]
+    return float(lines[0].split()[-1]) if lines else -1
+
+
 def move_slot(masters, slot, src, dst):
     """Move `slot` from `src` to `dst` by hand (the redis-cli --cluster reshard steps)."""
     sid, did = src.node_id(), dst.node_id()
@@ -247,6 +255,7 @@ async def test_slot_move(nodes, masters, room, slot):
             await p.send({"op": "publish", "room": room, "data": {"j": j, "i": i}, "id": f"m{j}-{i}"})
             await asyncio.sleep(0.008)
 
+    caught = [catch_ups(nd) for nd in nodes]
     senders = [asyncio.create_task(paced(j, p)) for j, p in enumerate(pubs)]
     await asyncio.sleep(0.6)
     moved = await asyncio.get_running_loop().run_in_executor(None, move_slot, masters, slot, src, dst)
@@ -294,6 +303,9 @@ async def test_slot_move(nodes, masters, room, slot):
               all(b > a for a, b in zip(seqs, seqs[1:])) and (not missing or explicit)
               and set(post) <= set(seqs), (len(seqs), missing[:5], seqs[-3:]))
     check(f"move: zero silent losses ({gaps} subscribers told of a gap)", silent == 0, silent)
+    after = [catch_ups(nd) for nd in nodes]
+    check("move: every node caught the room up from its stream after resubscribing (catch_ups_total)",
+          all(b > a for a, b in zip(caught, after)), (caught, after))
     check("move: followed without a restart (same daemon pids, all running)",
           [nd.proc.pid for nd in nodes] == pids and all(nd.proc.poll() is None for nd in nodes))
     for nd in nodes:
