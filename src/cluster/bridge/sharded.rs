@@ -1,6 +1,7 @@
 //! Redis Cluster mode (`cluster.redis_cluster`, docs/cluster.md "Redis Cluster"): the bridge's
-//! connection through the `redis` crate's async cluster client (RESP3, pushes on one channel)
-//! with sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH` from the publish script).
+//! connections through the `redis` crate's async cluster client (one for commands, one for
+//! subscriptions with RESP3 pushes: [`Conns`]) with sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`
+//! from the publish script).
 //!
 //! - **Slots**: every key and the channel of a room carry the hash tag `{room}`
 //!   (`{prefix}:seq:{room}`, `:epoch:`, `:hist:`, `:presence:`, `:room:`), so the publish script
