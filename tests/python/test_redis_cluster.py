@@ -22,6 +22,9 @@ processes with `[cluster] redis_cluster = [...]` (2 shards each) and checks:
   (f) `redis-cli --cluster reshard` of 3,000 slots (some rooms' among them) during traffic to
       every room: every publish answered, every subscriber got every acked seq of its rooms
       once, in order (or an explicit gap): zero silent losses; every node ready after it.
+  (g) a master change: a replica added to a room's master (`--cluster add-node --cluster-slave`)
+      and promoted by `CLUSTER FAILOVER` during traffic: every publish answered, every acked seq
+      on every node or an explicit gap (zero silent losses), publishing afterwards works.
 Every wait is on an event (readyz polling, frames), bounded.
 
     SHARDCAST_BIN=target/release/shardcast python tests/python/test_redis_cluster.py
@@ -240,6 +243,51 @@ def move_slot(masters, slot, src, dst):
     return moved
 
 
+async def collect_answers(pubs, prefix, per):
+    """The acks (or errors) of `per` publishes `{prefix}{j}-{i}` from each publisher `j`."""
+    answers = {}
+    end = time.monotonic() + TIMEOUT * 2
+    for j, p in enumerate(pubs):
+        while time.monotonic() < end and sum(1 for k in answers if k.startswith(f"{prefix}{j}-")) < per:
+            try:
+                f = await p.recv(end - time.monotonic())
+            except (TimeoutError, asyncio.TimeoutError):
+                break
+            if f.get("op") in ("ack", "error") and str(f.get("id", "")).startswith(prefix):
+                answers[f["id"]] = f
+    acked = sorted(a["seq"] for a in answers.values() if a.get("op") == "ack")
+    refused = [a for a in answers.values() if a.get("op") == "error"]
+    return answers, acked, refused
+
+
+async def verify_delivery(label, subs, sub_nodes, pubs, room, acked):
+    """One more publish from every node, then: every subscriber got every acked seq once, in
+    order (or was told of a gap), and the ones published afterwards; returns the silent losses."""
+    post = []
+    for j, p in enumerate(pubs):
+        ans = await publish_all(p, room, [{"after": j}], f"{label}-after{j}-")
+        post += [a["seq"] for a in ans.values() if a.get("op") == "ack"]
+    check(f"{label}: publishing after it works on every node", len(post) == len(pubs), post)
+    last, silent, gaps = max(acked + post, default=0), 0, 0
+    for k, c in enumerate(subs):
+        msgs = []
+        while not msgs or msgs[-1]["seq"] < last:
+            more = await messages(c, room, 1, timeout=TIMEOUT)
+            if not more:
+                break
+            msgs += more
+        seqs = [m["seq"] for m in msgs]
+        missing = sorted(set(acked + post) - set(seqs))
+        explicit = any(m.get("gap") for m in msgs)
+        gaps += explicit
+        if missing and not explicit:
+            silent += len(missing)
+        check(f"{label}: subscriber {k} on {sub_nodes[k].name}: every acked seq once, in order ({len(seqs)})",
+              all(b > a for a, b in zip(seqs, seqs[1:])) and (not missing or explicit)
+              and set(post) <= set(seqs), (len(seqs), missing[:5], seqs[-3:]))
+    check(f"{label}: zero silent losses ({gaps} subscribers told of a gap)", silent == 0, silent)
+
+
 async def test_slot_move(nodes, masters, room, slot):
     n = 600
     pids = [nd.proc.pid for nd in nodes]
@@ -263,49 +311,12 @@ async def test_slot_move(nodes, masters, room, slot):
     await asyncio.sleep(0.6)
     moved = await asyncio.get_running_loop().run_in_executor(None, move_slot, masters, slot, src, dst)
     await asyncio.gather(*senders)
-    answers = {}
-    end = time.monotonic() + TIMEOUT * 2
-    for p in pubs:
-        while time.monotonic() < end:
-            if sum(1 for k in answers if k.startswith(f"m{pubs.index(p)}-")) >= n // 3:
-                break
-            try:
-                f = await p.recv(end - time.monotonic())
-            except (TimeoutError, asyncio.TimeoutError):
-                break
-            if f.get("op") in ("ack", "error") and str(f.get("id", "")).startswith("m"):
-                answers[f["id"]] = f
-    acked = sorted(a["seq"] for a in answers.values() if a.get("op") == "ack")
-    refused = [a for a in answers.values() if a.get("op") == "error"]
+    answers, acked, refused = await collect_answers(pubs, "m", n // 3)
     check(f"move: slot {slot} of room {room} moved to another master during traffic ({moved} keys)",
           owner(masters, slot) is dst and moved >= 3, (moved, owner(masters, slot) and owner(masters, slot).port))
     check(f"move: every publish answered ({len(acked)} acked, {len(refused)} unavailable)",
           len(answers) == n and all(a.get("code") == "unavailable" for a in refused), (len(answers), refused[:3]))
-    # After the move: one more publish from each node must reach every subscriber (new owner).
-    post = []
-    for j, p in enumerate(pubs):
-        ans = await publish_all(p, room, [{"after": j}], f"after{j}-")
-        post += [a["seq"] for a in ans.values() if a.get("op") == "ack"]
-    check("move: publishing after the move works on every node", len(post) == 3, post)
-    last = max(acked + post) if acked or post else 0
-    silent, gaps = 0, 0
-    for k, c in enumerate(subs):
-        msgs = []
-        while not msgs or msgs[-1]["seq"] < last:
-            more = await messages(c, room, 1, timeout=TIMEOUT)
-            if not more:
-                break
-            msgs += more
-        seqs = [m["seq"] for m in msgs]
-        missing = sorted(set(acked + post) - set(seqs))
-        explicit = any(m.get("gap") for m in msgs)
-        gaps += explicit
-        if missing and not explicit:
-            silent += len(missing)
-        check(f"move: subscriber {k} on {nodes[k // 2].name}: every acked seq once, in order ({len(seqs)})",
-              all(b > a for a, b in zip(seqs, seqs[1:])) and (not missing or explicit)
-              and set(post) <= set(seqs), (len(seqs), missing[:5], seqs[-3:]))
-    check(f"move: zero silent losses ({gaps} subscribers told of a gap)", silent == 0, silent)
+    await verify_delivery("move", subs, [nodes[k // 2] for k in range(len(subs))], pubs, room, acked)
     after = [catch_ups(nd) for nd in nodes]
     check("move: every node caught the room up from its stream after resubscribing (catch_ups_total)",
           all(b > a for a, b in zip(caught, after)), (caught, after))
@@ -395,6 +406,58 @@ async def test_reshard(nodes, masters, rooms):
         await c.close()
 
 
+def add_replica(masters, m):
+    """A new redis-server made a replica of master `m`, synced."""
+    r = Master()
+    out = subprocess.run(["redis-cli", "--cluster", "add-node", f"127.0.0.1:{r.port}", f"127.0.0.1:{m.port}",
+                          "--cluster-slave", "--cluster-master-id", m.node_id()],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        if "master_link_status:up" in r.cli("INFO", "replication"):
+            return r
+        time.sleep(0.1)
+    raise AssertionError("replica never synced")
+
+
+async def test_failover(nodes, masters, room, slot):
+    """A graceful failover (`CLUSTER FAILOVER` on a replica) of the room's master during traffic."""
+    m = owner(masters, slot)
+    replica = await asyncio.get_running_loop().run_in_executor(None, add_replica, masters, m)
+    masters.append(replica)  # stopped with the others
+    subs = [await Client.open(nd) for nd in nodes]
+    for c in subs:
+        f = await c.subscribe(room)
+        assert f.get("op") == "subscribed", f
+    pubs = [await Client.open(nd) for nd in nodes]
+    n = 300
+
+    async def paced(j, p):
+        for i in range(n // 3):
+            await p.send({"op": "publish", "room": room, "data": {"j": j, "i": i}, "id": f"f{j}-{i}"})
+            await asyncio.sleep(0.01)
+
+    senders = [asyncio.create_task(paced(j, p)) for j, p in enumerate(pubs)]
+    await asyncio.sleep(0.4)
+    replica.cli("CLUSTER", "FAILOVER")
+    end = time.monotonic() + 15
+    while time.monotonic() < end and "role:master" not in replica.cli("INFO", "replication"):
+        await asyncio.sleep(0.05)
+    promoted = "role:master" in replica.cli("INFO", "replication")
+    await asyncio.gather(*senders)
+    answers, acked, refused = await collect_answers(pubs, "f", n // 3)
+    check("failover: the replica of the room's master promoted during traffic", promoted,
+          replica.cli("INFO", "replication")[:200])
+    check(f"failover: every publish answered ({len(acked)} acked, {len(refused)} unavailable)",
+          len(answers) == n and all(a.get("code") == "unavailable" for a in refused), len(answers))
+    await verify_delivery("failover", subs, nodes, pubs, room, acked)
+    for nd in nodes:
+        check(f"failover: {nd.name} ready after it", nd.wait_ready(200, 10) is not None, nd.readyz())
+    for c in subs + pubs:
+        await c.close()
+
+
 async def main():
     if not shutil.which("redis-server"):
         print("FAIL redis-server not installed (scripts/test.sh installs it)")
@@ -417,6 +480,8 @@ async def main():
         print(f"     CLIENT PAUSE on master {masters[2].port} only", flush=True)
         tc.test_deafness(nodes, masters[2])
         await test_reshard(nodes, masters, [r for v in by_master.values() for r in v])
+        room, slot = list(by_master.values())[-1][-1]
+        await test_failover(nodes, masters, room, slot)
     finally:
         for nd in nodes:
             nd.stop()

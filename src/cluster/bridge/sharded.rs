@@ -177,6 +177,24 @@ impl super::Side for Conns {
     }
 }
 
+/// Run one publish; a master without the script (`NOSCRIPT`: it did not run; a replica promoted
+/// since the connect) gets it loaded (`SCRIPT LOAD` goes to every master) and the publish is sent
+/// once more.
+async fn evalsha(
+    con: &mut ClusterConnection,
+    script: &redis::Script,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<u64> {
+    match cmd.query_async::<u64>(con).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            tracing::info!("cluster: a master lacked the publish script; loading it");
+            script.load_async(con).await?;
+            cmd.query_async::<u64>(con).await
+        }
+        r => r,
+    }
+}
+
 /// One room's publishes in a batch: the room, (shard, token) to answer, the `EVALSHA`s.
 type Group = (std::sync::Arc<str>, Vec<(usize, u64)>, Vec<redis::Cmd>);
 
@@ -466,11 +484,11 @@ impl Bridge {
         let runs: Vec<_> = groups
             .into_iter()
             .map(|(_, answers, cmds)| {
-                let mut con = c.cmd.clone();
+                let (mut con, script) = (c.cmd.clone(), self.publish.clone());
                 let run = tokio::spawn(async move {
                     let mut seqs = Vec::with_capacity(cmds.len());
                     for cmd in cmds {
-                        seqs.push(cmd.query_async::<u64>(&mut con).await?);
+                        seqs.push(evalsha(&mut con, &script, &cmd).await?);
                     }
                     Ok(seqs)
                 });
