@@ -17,7 +17,7 @@ command -v gcc >/dev/null || need+=(gcc)
 command -v ss >/dev/null || need+=(iproute2)
 command -v node >/dev/null || need+=(nodejs npm)  # the JS client's tests, the browser pages
 command -v curl >/dev/null || need+=(curl)  # the TLS suite: curl --cacert against the daemon
-command -v redis-server >/dev/null || need+=(redis-server)  # cluster mode: tests/python/test_cluster.py
+command -v redis-server >/dev/null || need+=(redis-server)  # cluster mode: tests/python/test_cluster.py, test_redis_cluster.py (redis-cli too)
 command -v openssl >/dev/null || need+=(openssl)  # Autobahn over wss: a self-signed certificate
 command -v python3 >/dev/null || need+=(python3 python3-pip python3-venv)
 command -v python3 >/dev/null && ! python3 -m venv --help >/dev/null 2>&1 && need+=(python3-venv)
@@ -66,7 +66,7 @@ else
   echo "set AUTOBAHN_PYTHON27); every other step runs."
 fi
 
-step "third-party clients: Python websockets (permessage-deflate), the envelope protocol suite (cbor2), auth (PyJWT), TLS (wss:// and HTTPS with curl), cluster mode (redis-server, 3 nodes)"
+step "third-party clients: Python websockets (permessage-deflate), the envelope protocol suite (cbor2), auth (PyJWT), TLS (wss:// and HTTPS with curl), cluster mode (redis-server, 3 nodes; a 3-master Redis Cluster)"
 bash tests/python/run.sh
 
 step "the JavaScript client (node --test against a real daemon: resume, dedup, SSE, restarts)"

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::aio::{ConnectionLike, MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, Value};
 
 use super::canary::Canary;
@@ -28,6 +28,9 @@ use super::{decode, Command, Event, Fetched, Incoming, Link, Unavailable};
 use crate::config::Cluster;
 use crate::health::Health;
 use crate::metrics::ClusterStats;
+use sharded::Sharded;
+
+mod sharded;
 
 /// Publishes sent in one pipeline at most.
 const MAX_BATCH: usize = 256;
@@ -87,8 +90,15 @@ pub fn start(
     health: Arc<Health>,
     stats: Arc<ClusterStats>,
 ) -> std::io::Result<Started> {
-    let client = redis::Client::open(cfg.redis.as_str())
+    // With `redis_cluster` the client is the first seed's (unused: [`sharded`] connects).
+    let sharded = Sharded::new(&cfg.redis_cluster);
+    let url = cfg.redis_cluster.first().unwrap_or(&cfg.redis);
+    let client = redis::Client::open(url.as_str())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let publish_lua = match sharded {
+        Some(_) => sharded::publish_lua(PUBLISH_LUA),
+        None => PUBLISH_LUA.to_string(),
+    };
     let (tx, rx) = flume::bounded(capacity);
     let (outs, events): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(capacity)).unzip();
     let node: Arc<str> = Arc::from(cfg.node_id.as_str());
@@ -106,7 +116,7 @@ pub fn start(
         rooms: HashMap::new(),
         health,
         stats,
-        publish: redis::Script::new(PUBLISH_LUA),
+        publish: redis::Script::new(&publish_lua),
         fetch: redis::Script::new(FETCH_LUA),
         canary: Canary::default(),
         generation: 0,
@@ -117,6 +127,7 @@ pub fn start(
         gone: Arc::default(),
         leaves: Leaves::new(cfg_leaves),
         counts: Counts::default(),
+        sharded,
     };
     std::thread::Builder::new()
         .name("cluster".into())
@@ -155,6 +166,8 @@ struct Bridge {
     leaves: Leaves,
     /// This node's room member counts ([`super::rooms`]).
     counts: Counts,
+    /// Redis Cluster mode (`cluster.redis_cluster`): its connection state; `None`: one Redis.
+    sharded: Option<Sharded>,
 }
 
 struct Conns {
@@ -191,13 +204,33 @@ fn unavailable(e: &redis::RedisError) -> Unavailable {
 }
 
 impl Bridge {
+    /// A room's name in its keys and channel: `{room}` (a Redis Cluster hash tag) in cluster
+    /// mode, so that they all hash to one slot; as is with one Redis.
+    fn tagged<'a>(&self, room: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.sharded {
+            Some(_) => sharded::hash_tag(room).into(),
+            None => room.into(),
+        }
+    }
+
     fn room_channel(&self, room: &str) -> String {
-        format!("{}:room:{}", self.prefix, room)
+        format!("{}:room:{}", self.prefix, self.tagged(room))
+    }
+
+    /// The room named by a room channel.
+    fn room_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        let r = channel
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(":room:"))?;
+        match self.sharded {
+            Some(_) => r.strip_prefix('{').and_then(|r| r.strip_suffix('}')),
+            None => Some(r),
+        }
     }
 
     /// A publish id's dedup key (in the room's slot with Redis Cluster).
     fn dedup_key(&self, room: &str, key: &[u8]) -> Vec<u8> {
-        let mut k = format!("{}:dedup:{}:", self.prefix, room).into_bytes();
+        let mut k = format!("{}:dedup:{}:", self.prefix, self.tagged(room)).into_bytes();
         k.extend_from_slice(key);
         k
     }
@@ -208,6 +241,7 @@ impl Bridge {
 
     fn keys(&self, room: &str) -> [String; 3] {
         let p = &self.prefix;
+        let room = self.tagged(room);
         [
             format!("{p}:seq:{room}"),
             format!("{p}:epoch:{room}"),
@@ -273,7 +307,7 @@ impl Bridge {
                     return;
                 }
             }
-            let conns = match self.connect().await {
+            let conns = match self.connect_any().await {
                 Ok(c) => c,
                 Err(e) => {
                     let next = backoff.map_or(Duration::from_millis(100), |b| {
@@ -285,7 +319,10 @@ impl Bridge {
                 }
             };
             backoff = None;
-            let lost = self.serve(conns, &rx).await;
+            let lost = match conns {
+                Any::Single(c) => self.serve(c, &rx).await,
+                Any::Sharded(c) => self.serve_sharded(c, &rx).await,
+            };
             self.health.set_cluster_ready(false);
             self.stats.deaf.store(1, Ordering::Relaxed);
             ClusterStats::add(&self.stats.reconnects, 1);
@@ -345,6 +382,13 @@ impl Bridge {
         }
     }
 
+    async fn connect_any(&mut self) -> redis::RedisResult<Any> {
+        match self.sharded {
+            Some(_) => self.connect_sharded().await.map(Any::Sharded),
+            None => self.connect().await.map(Any::Single),
+        }
+    }
+
     async fn connect(&mut self) -> redis::RedisResult<Conns> {
         let t = self.cfg.canary_timeout;
         let acfg = AsyncConnectionConfig::new()
@@ -372,7 +416,13 @@ impl Bridge {
         self.replay_leaves(&mut cmd).await?;
         self.counts.reconnected();
         self.canary.reset();
-        // Every room may have missed messages while the old connection was away.
+        self.connected().await;
+        Ok(Conns { cmd, sink, stream })
+    }
+
+    /// A new subscriber connection: every room may have missed messages while the old one was
+    /// away; tell every shard to catch up.
+    async fn connected(&mut self) {
         for shard in 0..self.out.len() {
             let generation = self.generation + 1;
             // A shard that cannot be told has nothing to wait for.
@@ -381,7 +431,6 @@ impl Bridge {
         self.generation += 1;
         (self.heard, self.ready) = (false, false);
         tracing::info!(rooms = self.rooms.len(), node = %self.cfg.node_id, "cluster: connected to redis");
-        Ok(Conns { cmd, sink, stream })
     }
 
     async fn serve(&mut self, mut c: Conns, rx: &flume::Receiver<Command>) -> Lost {
@@ -415,9 +464,9 @@ impl Bridge {
                         return Lost::Deaf;
                     }
                     self.catch_up_lagging().await;
-                    self.liveness(&c);
-                    self.repeat_leaves(&c, now);
-                    self.write_counts(&c);
+                    self.liveness(c.cmd.clone());
+                    self.repeat_leaves(c.cmd.clone(), now);
+                    self.write_counts(c.cmd.clone());
                     let n = self.canary.send(now);
                     let mut cmd = c.cmd.clone();
                     let ch = node_channel.clone();
@@ -445,10 +494,7 @@ impl Bridge {
 
     /// A room channel message: to the room's home shard.
     fn route(&mut self, channel: &str, payload: &[u8]) {
-        let Some(room) = channel
-            .strip_prefix(self.prefix.as_str())
-            .and_then(|r| r.strip_prefix(":room:"))
-        else {
+        let Some(room) = self.room_of(channel) else {
             return;
         };
         let Some((room, &shard)) = self.rooms.get_key_value(room) else {
@@ -473,40 +519,41 @@ impl Bridge {
         }
     }
 
-    async fn handle(
+    async fn handle<S: Side>(
         &mut self,
-        c: &mut Conns,
+        c: &mut S,
         cmd: Command,
         rx: &flume::Receiver<Command>,
     ) -> redis::RedisResult<()> {
         match cmd {
             Command::Publish { .. } => {
-                let mut batch = vec![cmd];
-                let mut rest = None;
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(p @ Command::Publish { .. }) => batch.push(p),
-                        Ok(other) => {
-                            rest = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                self.publish_batch(c, batch).await?;
+                let (batch, rest) = take_batch(cmd, rx);
+                c.publish(self, batch).await?;
                 if let Some(other) = rest {
                     Box::pin(self.handle(c, other, rx)).await?;
                 }
             }
             Command::Subscribe { room, shard } => {
-                c.sink.subscribe(self.room_channel(&room)).await?;
+                c.subscribe(self.room_channel(&room)).await?;
                 self.rooms.insert(room, shard);
             }
             Command::Unsubscribe { room } => {
                 if self.rooms.remove(&room).is_some() {
-                    c.sink.unsubscribe(self.room_channel(&room)).await?;
+                    c.unsubscribe(self.room_channel(&room)).await?;
                 }
             }
+            other => self.handle_common(c.cmd(), other).await?,
+        }
+        Ok(())
+    }
+
+    /// The commands both modes carry out alike (`con`: the command connection).
+    async fn handle_common<C: ConnectionLike + Send>(
+        &mut self,
+        con: &mut C,
+        cmd: Command,
+    ) -> redis::RedisResult<()> {
+        match cmd {
             Command::Synced { shard, generation } => {
                 if generation == self.generation {
                     if let Some(s) = self.synced.get_mut(shard) {
@@ -517,10 +564,10 @@ impl Bridge {
             }
             Command::Presence { .. }
             | Command::PresenceLoad { .. }
-            | Command::PresenceForget { .. } => self.presence_cmd(c, cmd).await?,
+            | Command::PresenceForget { .. } => self.presence_cmd(con, cmd).await?,
             Command::Members { room, members } => self.counts.update(room, members),
             Command::Rooms { reply } => {
-                let r = self.all_rooms(c).await;
+                let r = self.all_rooms(con).await;
                 let _ = reply.try_send(r.as_ref().map_err(unavailable).cloned());
                 r?;
             }
@@ -530,7 +577,7 @@ impl Bridge {
                 shard,
                 token,
             } => {
-                let r = self.fetch_room(c, &room, after).await;
+                let r = self.fetch_room(con, &room, after).await;
                 let result = r
                     .as_ref()
                     .map_err(unavailable)
@@ -543,16 +590,22 @@ impl Bridge {
                 self.answer(shard, ev).await;
                 r?;
             }
+            // Publish, Subscribe, Unsubscribe: the mode's own handler.
+            other => self.refuse(other, Unavailable::Protocol).await,
         }
         Ok(())
     }
 
     fn presence_key(&self, room: &str) -> String {
-        format!("{}:presence:{}", self.prefix, room)
+        format!("{}:presence:{}", self.prefix, self.tagged(room))
     }
 
     /// This node's presence writes and reads (module doc of [`presence`]).
-    async fn presence_cmd(&mut self, c: &mut Conns, cmd: Command) -> redis::RedisResult<()> {
+    async fn presence_cmd<C: ConnectionLike + Send>(
+        &mut self,
+        con: &mut C,
+        cmd: Command,
+    ) -> redis::RedisResult<()> {
         let node = self.cfg.node_id.clone();
         match cmd {
             Command::Presence { room, uid, member } => {
@@ -567,11 +620,11 @@ impl Bridge {
                     Some(m) => pipe.cmd("HSET").arg(key).arg(f).arg(m).ignore(),
                     None => pipe.cmd("HDEL").arg(key).arg(f).ignore(),
                 };
-                pipe.cmd("PUBLISH")
+                pipe.cmd(self.publish_verb())
                     .arg(self.room_channel(&room))
                     .arg(msg)
                     .ignore();
-                if let Err(e) = pipe.query_async::<()>(&mut c.cmd).await {
+                if let Err(e) = pipe.query_async::<()>(con).await {
                     self.keep_leave(room, uid, leave);
                     return Err(e);
                 }
@@ -582,12 +635,12 @@ impl Bridge {
                 for u in uids {
                     cmd.arg(presence::field(&node, u));
                 }
-                cmd.query_async::<()>(&mut c.cmd).await?;
+                cmd.query_async::<()>(con).await?;
             }
             Command::PresenceLoad { room, shard, token } => {
                 let r: redis::RedisResult<Vec<(String, Vec<u8>)>> = redis::cmd("HGETALL")
                     .arg(self.presence_key(&room))
-                    .query_async(&mut c.cmd)
+                    .query_async(con)
                     .await;
                 let entries = r
                     .as_ref()
@@ -620,26 +673,30 @@ impl Bridge {
         }
     }
 
-    /// Write the leaves Redis could not take before (HDEL + the announcement), one pipeline.
-    async fn replay_leaves(&mut self, cmd: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    /// Write the leaves Redis could not take before (HDEL + the announcement), one pipeline
+    /// per leave (its keys and channel share the room's slot with Redis Cluster).
+    async fn replay_leaves<C: ConnectionLike + Send>(
+        &mut self,
+        cmd: &mut C,
+    ) -> redis::RedisResult<()> {
         if self.leaves.is_empty() {
             return Ok(());
         }
         let todo = self.leaves.pending();
-        let mut pipe = redis::pipe();
         for (room, uid) in &todo {
             let f = presence::field(&self.cfg.node_id, *uid);
+            let msg = presence::encode(&self.cfg.node_id, *uid, None);
+            let mut pipe = redis::pipe();
             pipe.cmd("HDEL")
                 .arg(self.presence_key(room))
                 .arg(f)
                 .ignore();
-            let msg = presence::encode(&self.cfg.node_id, *uid, None);
-            pipe.cmd("PUBLISH")
+            pipe.cmd(self.publish_verb())
                 .arg(self.room_channel(room))
                 .arg(msg)
                 .ignore();
+            pipe.query_async::<()>(cmd).await?;
         }
-        pipe.query_async::<()>(cmd).await?;
         self.leaves
             .written(&todo, Instant::now() + self.cfg.presence_ttl);
         tracing::info!(
@@ -650,32 +707,41 @@ impl Bridge {
     }
 
     /// Announce the leaves written after the reconnect again ([`Leaves`]; not awaited).
-    fn repeat_leaves(&mut self, c: &Conns, now: Instant) {
+    fn repeat_leaves<C: ConnectionLike + Clone + Send + 'static>(
+        &mut self,
+        mut cmd: C,
+        now: Instant,
+    ) {
         let again = self.leaves.repeats(now);
         if again.is_empty() {
             return;
         }
-        let mut pipe = redis::pipe();
-        for (room, uid) in &again {
-            let msg = presence::encode(&self.cfg.node_id, *uid, None);
-            pipe.cmd("PUBLISH")
-                .arg(self.room_channel(room))
-                .arg(msg)
-                .ignore();
-        }
-        let mut cmd = c.cmd.clone();
+        let verb = self.publish_verb();
+        let msgs: Vec<(String, Vec<u8>)> = again
+            .iter()
+            .map(|(room, uid)| {
+                let msg = presence::encode(&self.cfg.node_id, *uid, None);
+                (self.room_channel(room), msg)
+            })
+            .collect();
         tokio::spawn(async move {
-            let _: redis::RedisResult<()> = pipe.query_async(&mut cmd).await;
+            for (channel, msg) in msgs {
+                let _: redis::RedisResult<i64> = redis::cmd(verb)
+                    .arg(channel)
+                    .arg(msg)
+                    .query_async(&mut cmd)
+                    .await;
+            }
         });
     }
 
     fn members_key(&self, node: &str) -> String {
-        format!("{}:members:{}", self.prefix, node)
+        format!("{}:members:{}", self.node_keys_prefix(), node)
     }
 
     /// Write what changed in this node's room counts (not awaited; a failed write is written
     /// again in full after the reconnect it leads to).
-    fn write_counts(&mut self, c: &Conns) {
+    fn write_counts<C: ConnectionLike + Clone + Send + 'static>(&mut self, mut cmd: C) {
         let key = self.members_key(&self.cfg.node_id);
         let ttl = self.cfg.presence_ttl.as_millis().max(1) as u64;
         let mut pipe = redis::pipe();
@@ -698,17 +764,19 @@ impl Bridge {
         }
         // Refreshed every tick, like the liveness key: a dead node's counts expire with it.
         pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
-        let mut cmd = c.cmd.clone();
         tokio::spawn(async move {
             let _: redis::RedisResult<()> = pipe.query_async(&mut cmd).await;
         });
     }
 
     /// Every node's room counts added up: this node's from memory, the others' hashes.
-    async fn all_rooms(&mut self, c: &mut Conns) -> redis::RedisResult<Vec<(Arc<str>, u64)>> {
+    async fn all_rooms<C: ConnectionLike + Send>(
+        &mut self,
+        con: &mut C,
+    ) -> redis::RedisResult<Vec<(Arc<str>, u64)>> {
         let nodes: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(format!("{}:nodes", self.prefix))
-            .query_async(&mut c.cmd)
+            .arg(format!("{}:nodes", self.node_keys_prefix()))
+            .query_async(con)
             .await?;
         let mut pipe = redis::pipe();
         let others: Vec<&String> = nodes.iter().filter(|n| **n != self.cfg.node_id).collect();
@@ -718,16 +786,26 @@ impl Bridge {
         let hashes: Vec<Vec<(String, String)>> = if others.is_empty() {
             Vec::new()
         } else {
-            pipe.query_async(&mut c.cmd).await?
+            pipe.query_async(con).await?
         };
         Ok(super::rooms::merge(self.counts.mine(), &hashes))
     }
 
     /// Refresh this node's liveness key and find the nodes whose key expired (not awaited: a
     /// stalled Redis must not stall the canary's verdict).
-    fn liveness(&self, c: &Conns) {
-        let mut cmd = c.cmd.clone();
-        let (p, me) = (self.prefix.clone(), self.cfg.node_id.clone());
+    /// The prefix of the per-node keys (liveness, the node set, room counts): in the prefix's
+    /// slot with Redis Cluster (`{prefix}`), so one pipeline reads them all.
+    fn node_keys_prefix(&self) -> String {
+        match self.sharded {
+            Some(_) => sharded::hash_tag(&self.prefix),
+            None => self.prefix.clone(),
+        }
+    }
+
+    fn liveness<C: ConnectionLike + Clone + Send + 'static>(&self, mut cmd: C) {
+        // Cluster mode: every liveness key in the prefix's slot (`{prefix}:...`), one pipeline.
+        let p = self.node_keys_prefix();
+        let me = self.cfg.node_id.clone();
         let ttl = self.cfg.presence_ttl.as_millis().max(1) as u64;
         let (out, gone) = (self.out.clone(), self.gone.clone());
         tokio::spawn(async move {
@@ -801,9 +879,9 @@ impl Bridge {
         });
     }
 
-    async fn fetch_room(
+    async fn fetch_room<C: ConnectionLike + Send>(
         &mut self,
-        c: &mut Conns,
+        con: &mut C,
         room: &str,
         after: Option<u64>,
     ) -> redis::RedisResult<Value> {
@@ -815,7 +893,7 @@ impl Bridge {
             .arg(now_us())
             .arg(after.map_or(String::new(), |a| a.to_string()))
             .arg(MAX_FETCH);
-        inv.invoke_async(&mut c.cmd).await
+        inv.invoke_async(con).await
     }
 
     async fn publish_batch(
@@ -827,34 +905,57 @@ impl Bridge {
         let mut answers = Vec::with_capacity(batch.len());
         let epoch = now_us();
         for cmd in batch {
-            let Command::Publish {
-                room,
-                tail,
-                history,
-                dedup,
-                shard,
-                token,
-            } = cmd
-            else {
-                continue;
-            };
-            let [seq, ep, hist] = self.keys(&room);
-            let e = pipe.cmd("EVALSHA").arg(self.publish.get_hash());
-            e.arg(if dedup.is_some() { 4 } else { 3 })
-                .arg(seq)
-                .arg(ep)
-                .arg(hist);
-            if let Some((key, _)) = &dedup {
-                e.arg(self.dedup_key(&room, key));
+            let mut evalsha = redis::cmd("EVALSHA");
+            if let Some(a) = self.publish_cmd(&mut evalsha, cmd, epoch) {
+                pipe.add_command(evalsha);
+                answers.push(a);
             }
-            e.arg(epoch)
-                .arg(history)
-                .arg(tail)
-                .arg(self.room_channel(&room))
-                .arg(dedup.map_or(0, |(_, w)| w.as_millis().max(1) as u64));
-            answers.push((shard, token));
         }
         let r: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut c.cmd).await;
+        self.publish_answers(answers, r).await
+    }
+
+    /// The `EVALSHA` arguments of one publish (`cmd` is `EVALSHA`); the shard and token to answer.
+    fn publish_cmd(
+        &self,
+        cmd: &mut redis::Cmd,
+        publish: Command,
+        epoch: u64,
+    ) -> Option<(usize, u64)> {
+        let Command::Publish {
+            room,
+            tail,
+            history,
+            dedup,
+            shard,
+            token,
+        } = publish
+        else {
+            return None;
+        };
+        let [seq, ep, hist] = self.keys(&room);
+        cmd.arg(self.publish.get_hash())
+            .arg(if dedup.is_some() { 4 } else { 3 })
+            .arg(seq)
+            .arg(ep)
+            .arg(hist);
+        if let Some((key, _)) = &dedup {
+            cmd.arg(self.dedup_key(&room, key));
+        }
+        cmd.arg(epoch)
+            .arg(history)
+            .arg(tail)
+            .arg(self.room_channel(&room))
+            .arg(dedup.map_or(0, |(_, w)| w.as_millis().max(1) as u64));
+        Some((shard, token))
+    }
+
+    /// Answer the publishes `answers` with the seqs Redis gave them (`r`, in order).
+    async fn publish_answers(
+        &mut self,
+        answers: Vec<(usize, u64)>,
+        r: redis::RedisResult<Vec<i64>>,
+    ) -> redis::RedisResult<()> {
         match r {
             Ok(seqs) if seqs.len() == answers.len() => {
                 ClusterStats::add(&self.stats.publishes, seqs.len() as u64);
@@ -891,6 +992,53 @@ impl Bridge {
         };
         self.answer(shard, ev).await;
     }
+}
+
+/// `cmd`, a publish, and the publishes waiting behind it (at most [`MAX_BATCH`]); the first
+/// other command found, if any.
+fn take_batch(cmd: Command, rx: &flume::Receiver<Command>) -> (Vec<Command>, Option<Command>) {
+    let mut batch = vec![cmd];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p @ Command::Publish { .. }) => batch.push(p),
+            Ok(other) => return (batch, Some(other)),
+            Err(_) => break,
+        }
+    }
+    (batch, None)
+}
+
+/// What the connections of the two modes do differently for [`Bridge::handle`].
+trait Side {
+    /// The command connection.
+    type Cmd: ConnectionLike + Send;
+    fn cmd(&mut self) -> &mut Self::Cmd;
+    /// Run a batch of publishes, answer them.
+    async fn publish(&mut self, b: &mut Bridge, batch: Vec<Command>) -> redis::RedisResult<()>;
+    async fn subscribe(&mut self, channel: String) -> redis::RedisResult<()>;
+    async fn unsubscribe(&mut self, channel: String) -> redis::RedisResult<()>;
+}
+
+impl Side for Conns {
+    type Cmd = MultiplexedConnection;
+    fn cmd(&mut self) -> &mut MultiplexedConnection {
+        &mut self.cmd
+    }
+    async fn publish(&mut self, b: &mut Bridge, batch: Vec<Command>) -> redis::RedisResult<()> {
+        b.publish_batch(self, batch).await
+    }
+    async fn subscribe(&mut self, channel: String) -> redis::RedisResult<()> {
+        self.sink.subscribe(channel).await
+    }
+    async fn unsubscribe(&mut self, channel: String) -> redis::RedisResult<()> {
+        self.sink.unsubscribe(channel).await
+    }
+}
+
+/// The connections of either mode.
+enum Any {
+    Single(Conns),
+    Sharded(sharded::Conns),
 }
 
 fn as_u64(v: &Value) -> Option<u64> {

@@ -59,6 +59,8 @@ pub struct FileConfig {
 pub struct ClusterSection {
     /// `redis://[user:password@]host:port/db` (required).
     pub redis: Option<String>,
+    /// Redis Cluster seed nodes, `redis://host:port` each (exclusive with `redis`).
+    pub redis_cluster: Option<Vec<String>>,
     /// This node's id in channel names and presence (default: random).
     pub node_id: Option<String>,
     /// Prefix of every Redis key and channel (default "shardcast").

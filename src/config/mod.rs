@@ -190,8 +190,10 @@ pub struct Config {
 /// `[cluster]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
-    /// The Redis URL (`redis://`, with a password if any).
+    /// The Redis URL (`redis://`, with a password if any); empty with `redis_cluster`.
     pub redis: String,
+    /// Redis Cluster seed nodes (`redis://host:port` each; empty: one Redis at `redis`).
+    pub redis_cluster: Vec<String>,
     /// This node's id.
     pub node_id: String,
     /// Prefix of every key and channel.
@@ -331,7 +333,11 @@ impl Config {
         self.admin.explicit = running.admin.explicit;
         // The Redis bridge is started once; a random node id must not look like a change.
         let differs = |a: &Option<Cluster>, b: &Option<Cluster>| match (a, b) {
-            (Some(a), Some(b)) => a.redis != b.redis || a.channel_prefix != b.channel_prefix,
+            (Some(a), Some(b)) => {
+                a.redis != b.redis
+                    || a.redis_cluster != b.redis_cluster
+                    || a.channel_prefix != b.channel_prefix
+            }
             (a, b) => a.is_some() != b.is_some(),
         };
         if differs(&self.cluster, &running.cluster) {
@@ -569,6 +575,34 @@ mod tests {
         );
         let n = Config::from_toml(&format!("{r}node_id = \"gw-1\"")).unwrap();
         assert_eq!(n.cluster.unwrap().node_id, "gw-1");
+    }
+
+    #[test]
+    fn redis_cluster_seeds() {
+        let c = Config::from_toml(
+            "[cluster]\nredis_cluster = [\"redis://127.0.0.1:7000\", \"redis://:pw@h:7001\"]",
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.redis_cluster.len(), 2);
+        assert!(c.redis.is_empty());
+        let key = |toml: &str| match Config::from_toml(toml).unwrap_err() {
+            ConfigError::Invalid { key, .. } => key,
+            e => panic!("{e}"),
+        };
+        let both = "[cluster]\nredis = \"redis://h:1\"\nredis_cluster = [\"redis://h:2\"]";
+        assert_eq!(key(both), "cluster.redis_cluster");
+        assert_eq!(
+            key("[cluster]\nredis_cluster = []"),
+            "cluster.redis_cluster"
+        );
+        let bad = "[cluster]\nredis_cluster = [\"redis://h:1/2\"]";
+        assert_eq!(key(bad), "cluster.redis_cluster");
+        assert_eq!(
+            key("[cluster]\nredis_cluster = [\"http://h:1\"]"),
+            "cluster.redis_cluster"
+        );
     }
 
     #[test]

@@ -366,20 +366,12 @@ fn history(c: &mut Config, h: HistorySection) -> Result<(), ConfigError> {
 
 /// `[cluster]`: a Redis URL is required; ids and prefixes are what Redis channel names can
 /// hold without quoting; the canary must be able to come back before it is judged late.
-fn cluster(k: ClusterSection) -> Result<Cluster, ConfigError> {
-    let redis = k
-        .redis
-        .ok_or_else(|| invalid("cluster.redis", "required in [cluster]"))?;
-    match redis.split_once("://") {
-        Some(("redis", rest)) if !rest.is_empty() => {}
-        Some(("rediss", _)) => {
-            return Err(invalid(
-                "cluster.redis",
-                "rediss:// (TLS to Redis) is not supported yet",
-            ))
-        }
-        _ => return Err(invalid("cluster.redis", "expected redis://host:port[/db]")),
-    }
+fn cluster(mut k: ClusterSection) -> Result<Cluster, ConfigError> {
+    let redis_cluster = seeds(&mut k)?;
+    let redis = match k.redis.take() {
+        None if !redis_cluster.is_empty() => String::new(),
+        r => single_redis(r)?,
+    };
     let word = |key: &'static str, v: String| {
         let ok = !v.is_empty()
             && v.len() <= 64
@@ -395,6 +387,7 @@ fn cluster(k: ClusterSection) -> Result<Cluster, ConfigError> {
         Some(v) => word("cluster.node_id", v)?,
         None => random_node_id(),
     };
+    // No `{`/`}` (as in node ids): Redis Cluster mode puts room names in hash tags after it.
     let channel_prefix = word(
         "cluster.channel_prefix",
         k.channel_prefix.unwrap_or_else(|| "shardcast".into()),
@@ -428,6 +421,7 @@ fn cluster(k: ClusterSection) -> Result<Cluster, ConfigError> {
     }
     Ok(Cluster {
         redis,
+        redis_cluster,
         node_id,
         channel_prefix,
         canary_interval,
@@ -435,6 +429,47 @@ fn cluster(k: ClusterSection) -> Result<Cluster, ConfigError> {
         presence_ttl,
         presence_replay_max,
     })
+}
+
+/// `cluster.redis_cluster`: seed nodes of a Redis Cluster (docs/cluster.md), exclusive with
+/// `cluster.redis`; `redis://[user:password@]host:port` each (a cluster has no databases).
+fn seeds(k: &mut ClusterSection) -> Result<Vec<String>, ConfigError> {
+    let Some(seeds) = k.redis_cluster.take() else {
+        return Ok(Vec::new());
+    };
+    let key = "cluster.redis_cluster";
+    if k.redis.is_some() {
+        return Err(invalid(
+            key,
+            "set either cluster.redis or cluster.redis_cluster",
+        ));
+    }
+    if seeds.is_empty() {
+        return Err(invalid(key, "needs at least one seed node"));
+    }
+    for s in &seeds {
+        match s.split_once("://") {
+            Some(("redis", rest)) if !rest.is_empty() && !rest.contains('/') => {}
+            _ => return Err(invalid(key, "expected redis://host:port (no /db)")),
+        }
+    }
+    Ok(seeds)
+}
+
+/// `cluster.redis`: one Redis server.
+fn single_redis(redis: Option<String>) -> Result<String, ConfigError> {
+    let redis = redis.ok_or_else(|| invalid("cluster.redis", "required in [cluster]"))?;
+    match redis.split_once("://") {
+        Some(("redis", rest)) if !rest.is_empty() => {}
+        Some(("rediss", _)) => {
+            return Err(invalid(
+                "cluster.redis",
+                "rediss:// (TLS to Redis) is not supported yet",
+            ))
+        }
+        _ => return Err(invalid("cluster.redis", "expected redis://host:port[/db]")),
+    }
+    Ok(redis)
 }
 
 /// A random node id: 16 hex digits from the clock, the pid and the std hasher's random keys.

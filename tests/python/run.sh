@@ -7,11 +7,13 @@
 #   bash tests/python/run.sh tls      # only the TLS suite (test_tls.py: its own CA and daemons)
 #   bash tests/python/run.sh cluster  # only cluster mode (test_cluster.py: its own redis-server
 #                                     # and three daemons; needs redis-server, see scripts/test.sh)
+#   bash tests/python/run.sh rcluster # only Redis Cluster mode (test_redis_cluster.py: three
+#                                     # cluster-enabled redis-servers and three daemons)
 set -euo pipefail
 SUITE="${1:-all}"
 case "$SUITE" in
-  all | auth | tls | cluster) ;;
-  *) echo "usage: $0 [auth|tls|cluster]" >&2; exit 2 ;;
+  all | auth | tls | cluster | rcluster) ;;
+  *) echo "usage: $0 [auth|tls|cluster|rcluster]" >&2; exit 2 ;;
 esac
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
@@ -76,6 +78,17 @@ if [[ $SUITE == cluster ]]; then
   exit 0
 fi
 
+# Cluster mode over a Redis Cluster (sharded pub/sub): test_redis_cluster.py starts three
+# cluster-enabled redis-servers on free ports, makes them one cluster, and three daemons with
+# `redis_cluster` (rooms on every master, commandstats, resume, a slot move during traffic).
+run_rcluster() {
+  SHARDCAST_BIN="${SHARDCAST_BIN:-$REPO/target/release/shardcast}" "$VENV/bin/python" tests/python/test_redis_cluster.py
+}
+if [[ $SUITE == rcluster ]]; then
+  run_rcluster
+  exit 0
+fi
+
 # Raw rooms and permessage-deflate with the `websockets` client.
 PORT=9011
 target/release/shardcast --listen "127.0.0.1:$PORT" --shards 2 >target/python-daemon.log 2>&1 &
@@ -94,3 +107,4 @@ PIDS=()
 run_auth
 run_tls
 run_cluster
+run_rcluster

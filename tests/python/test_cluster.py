@@ -122,7 +122,9 @@ class Redis:
 
 
 class Node:
-    def __init__(self, name, redis_port):
+    def __init__(self, name, redis_port, redis_line=None):
+        """`redis_line`: the `[cluster]` line naming Redis (default: the test's redis-server)."""
+        redis_line = redis_line or f'redis = "redis://127.0.0.1:{redis_port}/0"'
         self.name = name
         self.port, self.admin = free_port(), free_port()
         self.path = os.path.join(TMP, f"{name}.toml")
@@ -136,7 +138,7 @@ size = 5000
 [limits]
 max_buffered_bytes = "8MiB"
 [cluster]
-redis = "redis://127.0.0.1:{redis_port}/0"
+{redis_line}
 node_id = "{name}"
 channel_prefix = "sc-test"
 canary_interval = "250ms"
