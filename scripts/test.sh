@@ -66,7 +66,7 @@ else
   echo "set AUTOBAHN_PYTHON27); every other step runs."
 fi
 
-step "third-party clients: Python websockets (permessage-deflate), the envelope protocol suite (cbor2), auth (PyJWT), TLS (wss:// and HTTPS with curl), cluster mode (redis-server, 3 nodes; a 3-master Redis Cluster)"
+step "third-party clients: Python websockets (permessage-deflate), the envelope protocol suite (cbor2), auth (PyJWT), TLS (wss:// and HTTPS with curl), cluster mode (redis-server, 3 nodes; a 3-master Redis Cluster; rediss:// and Sentinel failover)"
 bash tests/python/run.sh
 
 step "the JavaScript client (node --test against a real daemon: resume, dedup, SSE, restarts)"

@@ -74,6 +74,9 @@ enum ConfigAction {
 }
 
 fn main() -> ExitCode {
+    // One rustls crypto provider (ring) for the process: the listener's TLS and the redis
+    // crate's rediss:// (which builds its rustls config with the process default).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection, PubSubSink, PubSubStream
 use redis::{AsyncConnectionConfig, Value};
 
 use super::canary::Canary;
+use super::connect::{self, Connector, Seen};
 use super::presence;
 use super::replay::Leaves;
 use super::rooms::Counts;
@@ -90,10 +91,8 @@ pub fn start(
     health: Arc<Health>,
     stats: Arc<ClusterStats>,
 ) -> std::io::Result<Started> {
-    // With `redis_cluster` the client is the first seed's (unused: [`sharded`] connects).
     let sharded = Sharded::new(&cfg.redis_cluster);
-    let url = cfg.redis_cluster.first().unwrap_or(&cfg.redis);
-    let client = redis::Client::open(url.as_str())
+    let connector = Connector::new(&cfg)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let publish_lua = match sharded {
         Some(_) => sharded::publish_lua(PUBLISH_LUA),
@@ -111,7 +110,9 @@ pub fn start(
     let b = Bridge {
         prefix: cfg.channel_prefix.clone(),
         cfg,
-        client,
+        connector,
+        seen: Seen::new(),
+        wait_short: None,
         out: outs,
         rooms: HashMap::new(),
         health,
@@ -141,7 +142,11 @@ pub fn start(
 struct Bridge {
     cfg: Cluster,
     prefix: String,
-    client: redis::Client,
+    connector: Connector,
+    /// Per subscribed room: the epoch and highest seq seen (the failover guard's input).
+    seen: Seen,
+    /// When a `WAIT` last reached fewer than `cluster.wait_replicas` replicas.
+    wait_short: Option<Instant>,
     out: Vec<flume::Sender<Event>>,
     /// Subscribed rooms and their home shards.
     rooms: HashMap<Arc<str>, usize>,
@@ -378,7 +383,7 @@ impl Bridge {
             Command::Rooms { reply } => {
                 let _ = reply.try_send(Err(why));
             }
-            Command::Synced { .. } | Command::PresenceForget { .. } => {}
+            Command::Synced { .. } | Command::PresenceForget { .. } | Command::Guard { .. } => {}
         }
     }
 
@@ -394,13 +399,14 @@ impl Bridge {
         let acfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(t))
             .set_response_timeout(Some(t));
-        let mut cmd = self
-            .client
+        let client = self.connector.client(t).await?;
+        let mut cmd = client
             .get_multiplexed_async_connection_with_config(&acfg)
             .await?;
         let timeout =
             |_| redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
-        let pubsub = tokio::time::timeout(t, self.client.get_async_pubsub())
+        self.guard(&mut cmd).await?;
+        let pubsub = tokio::time::timeout(t, client.get_async_pubsub())
             .await
             .map_err(timeout)??;
         self.publish.load_async(&mut cmd).await?;
@@ -463,6 +469,11 @@ impl Bridge {
                     if self.canary.deaf(now, self.cfg.canary_timeout) {
                         return Lost::Deaf;
                     }
+                    if let Some(m) = self.connector.moved() {
+                        tracing::warn!(master = %m, "cluster: sentinel names another master (failover)");
+                        return Lost::Closed;
+                    }
+                    self.connector.poll(self.cfg.canary_timeout);
                     self.catch_up_lagging().await;
                     self.liveness(c.cmd.clone());
                     self.repeat_leaves(c.cmd.clone(), now);
@@ -492,6 +503,25 @@ impl Bridge {
         }
     }
 
+    /// Before any publish on this connection: a room whose seq went backwards in the epoch
+    /// this node saw (a failover lost writes) gets a new epoch ([`connect::GUARD_LUA`]).
+    async fn guard(&mut self, cmd: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        let rooms: Vec<_> = self
+            .seen
+            .iter()
+            .filter(|(r, _)| self.rooms.contains_key(*r))
+            .map(|(r, &(e, s))| {
+                let [seq, epoch, _] = self.keys(r);
+                (r.clone(), [seq, epoch], e, s)
+            })
+            .collect();
+        for room in connect::guard(cmd, rooms, now_us()).await? {
+            ClusterStats::add(&self.stats.gaps, 1);
+            tracing::warn!(room = %room, "cluster: room's seq went backwards in redis (failover lost writes); new epoch");
+        }
+        Ok(())
+    }
+
     /// A room channel message: to the room's home shard.
     fn route(&mut self, channel: &str, payload: &[u8]) {
         let Some(room) = self.room_of(channel) else {
@@ -510,6 +540,7 @@ impl Bridge {
         match decode(room.clone(), payload) {
             Ok(m) => {
                 ClusterStats::add(&self.stats.messages_in, 1);
+                connect::note(&mut self.seen, room, m.epoch, m.seq);
                 self.emit(shard, Event::Message(m));
             }
             Err(e) => {
@@ -538,6 +569,7 @@ impl Bridge {
                 self.rooms.insert(room, shard);
             }
             Command::Unsubscribe { room } => {
+                self.seen.remove(&room);
                 if self.rooms.remove(&room).is_some() {
                     c.unsubscribe(self.room_channel(&room)).await?;
                 }
@@ -560,6 +592,13 @@ impl Bridge {
                         *s = true;
                     }
                     self.update_ready();
+                }
+            }
+            Command::Guard { room, epoch, seen } => {
+                let [seq, ep, _] = self.keys(&room);
+                let rooms = vec![(room.clone(), [seq, ep], epoch, seen)];
+                for room in connect::guard(con, rooms, now_us()).await? {
+                    tracing::warn!(room = %room, "cluster: room's seq went backwards in redis (failover lost writes); new epoch");
                 }
             }
             Command::Presence { .. }
@@ -911,7 +950,27 @@ impl Bridge {
                 answers.push(a);
             }
         }
-        let r: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut c.cmd).await;
+        // `cluster.wait_replicas`: the acks wait until that many replicas have the batch (or
+        // the timeout passed), shrinking what a failover can lose.
+        // After a WAIT that timed out short (replicas down or lagging), batches go without one
+        // for a second: a WAIT per batch would hold back the canary on this connection and
+        // make the node deaf.
+        let short = self
+            .wait_short
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+        let waits = self.cfg.wait_replicas > 0 && !short;
+        if waits {
+            let ms = self.cfg.wait_timeout.as_millis().max(1) as u64;
+            pipe.cmd("WAIT").arg(self.cfg.wait_replicas).arg(ms);
+        }
+        let mut r: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut c.cmd).await;
+        if let Ok(seqs) = r.as_mut() {
+            if waits && seqs.len() == answers.len() + 1 {
+                let got = seqs.pop().unwrap_or(0);
+                let enough = got >= i64::from(self.cfg.wait_replicas);
+                self.wait_short = (!enough).then(Instant::now);
+            }
+        }
         self.publish_answers(answers, r).await
     }
 

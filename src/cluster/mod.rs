@@ -14,6 +14,7 @@
 
 pub mod bridge;
 pub mod canary;
+pub mod connect;
 pub mod presence;
 pub mod replay;
 pub mod rooms;
@@ -173,6 +174,13 @@ pub fn judge_seq(last: u64, got: u64) -> SeqVerdict {
     }
 }
 
+/// Whether a catch-up read of the room (Redis at `got_seq` in `got_epoch`) shows Redis's
+/// counter went backwards in the epoch this node delivered up to `last` in (pure): a failover
+/// promoted a replica that lacks the last writes.
+pub fn regressed(epoch: u64, last: u64, got_epoch: u64, got_seq: u64) -> bool {
+    epoch != 0 && got_epoch == epoch && got_seq < last
+}
+
 /// A request to the bridge. Every answer goes to the shard named in the request.
 #[derive(Debug)]
 pub enum Command {
@@ -250,6 +258,16 @@ pub enum Command {
     Rooms {
         /// Where the answer goes.
         reply: flume::Sender<RoomsAnswer>,
+    },
+    /// Give the room a new epoch if Redis still has `epoch` and a seq below `seen`
+    /// ([`connect::GUARD_LUA`]).
+    Guard {
+        /// Room name.
+        room: Arc<str>,
+        /// The epoch this node delivered in.
+        epoch: u64,
+        /// The highest seq it delivered.
+        seen: u64,
     },
     /// Read the room's seq and epoch (creating the epoch if the room is new) and the stream
     /// entries after `after`; answer [`Event::Fetched`] with `token`.
@@ -357,6 +375,15 @@ mod tests {
         assert_eq!(judge_seq(5, 2), SeqVerdict::Duplicate);
         assert_eq!(judge_seq(5, 9), SeqVerdict::Jump { from: 6, to: 8 });
         assert_eq!(judge_seq(0, 1), SeqVerdict::Next);
+    }
+
+    #[test]
+    fn regressions() {
+        assert!(regressed(7, 10, 7, 9));
+        assert!(!regressed(7, 10, 7, 10), "same");
+        assert!(!regressed(7, 10, 7, 12), "ahead: a jump");
+        assert!(!regressed(7, 10, 8, 1), "another epoch: the lost-room path");
+        assert!(!regressed(0, 10, 0, 1), "numbering unknown");
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct Steps {
     pub fetch_after: Option<u64>,
     /// The epoch changed (Redis lost the room): local history is stale.
     pub reset: bool,
+    /// Redis's seq went backwards in this epoch (a failover lost writes): ask the bridge to
+    /// give the room a new epoch if it still has (epoch, this seq seen).
+    pub bump: Option<(u64, u64)>,
 }
 
 impl Track {
@@ -129,6 +132,18 @@ impl Track {
                 // Numbering unknown: the first message that comes sets it.
                 self.phase = Phase::Live;
                 self.epoch = 0;
+            }
+            (Phase::Live, Ok(f))
+                if catch_up && super::regressed(self.epoch, self.last, f.epoch, f.seq) =>
+            {
+                // The new master lacks the last writes: what it numbers from now on reuses
+                // seqs this node delivered. Follow its counter (the next message says gap) and
+                // have the room renumbered in a new epoch (resumes then say recovered: false).
+                s.bump = Some((self.epoch, self.last));
+                s.reset = true;
+                self.gap = true;
+                self.last = f.seq;
+                self.fetching = false;
             }
             (Phase::Live, Ok(f)) if catch_up && f.epoch == self.epoch => {
                 for e in &f.entries {
@@ -323,6 +338,29 @@ mod tests {
         assert!(s.reset);
         assert_eq!(seqs(&s), vec![(1, true)]);
         assert_eq!(t.epoch, 8);
+    }
+
+    #[test]
+    fn a_seq_regression_after_failover_is_a_gap_and_asks_a_new_epoch() {
+        let mut t = live(10);
+        assert_eq!(t.resync(), Some(10));
+        // Published on the new master meanwhile, numbered from its lower counter.
+        assert!(
+            t.on_message(m(8, 7)).deliver.is_empty(),
+            "held while fetching"
+        );
+        let f = Fetched {
+            seq: 7,
+            epoch: 7,
+            entries: vec![],
+        };
+        let s = t.on_fetched(Ok(&f), true);
+        assert_eq!(s.bump, Some((7, 10)));
+        assert!(s.reset);
+        assert_eq!(seqs(&s), vec![(8, true)], "not dropped as a duplicate");
+        assert_eq!(seqs(&t.on_message(m(9, 7))), vec![(9, false)]);
+        // The new epoch then restarts the numbering with a gap.
+        assert_eq!(seqs(&t.on_message(m(10, 9))), vec![(10, true)]);
     }
 
     #[test]

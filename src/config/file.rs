@@ -73,6 +73,32 @@ pub struct ClusterSection {
     pub presence_ttl: Option<String>,
     /// Presence leaves kept for replay while Redis is unreachable (default 100000).
     pub presence_replay_max: Option<usize>,
+    /// PEM file of the CA that signs Redis's certificate for `rediss://` (default: system roots).
+    pub tls_ca: Option<String>,
+    /// Replicas that must confirm each publish batch (`WAIT`; default 0: no wait).
+    pub wait_replicas: Option<i64>,
+    /// How long a `WAIT` may block (default "100ms"; below `canary_timeout`).
+    pub wait_timeout: Option<String>,
+    /// `[cluster.sentinel]`: find the Redis master through Redis Sentinel (instead of `redis`).
+    pub sentinel: Option<SentinelSection>,
+}
+
+/// `[cluster.sentinel]` section: the master is asked of these sentinels on every connect.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelSection {
+    /// The monitored master's name (required).
+    pub master: Option<String>,
+    /// Sentinels as `host:port`, asked in order (required, at least one).
+    pub nodes: Option<Vec<String>>,
+    /// The master's password (default: none).
+    pub password: Option<String>,
+    /// The sentinels' own password (default: none).
+    pub sentinel_password: Option<String>,
+    /// Redis database number on the master (default 0).
+    pub db: Option<i64>,
+    /// Connect to the master with TLS (`rediss://`, checked against `cluster.tls_ca`; default false).
+    pub tls: Option<bool>,
 }
 
 /// `[tls]` section: serve `wss://` and HTTPS on the listener.

@@ -206,6 +206,31 @@ pub struct Cluster {
     pub presence_ttl: Duration,
     /// Presence leaves kept while Redis cannot take them, written after the next connect.
     pub presence_replay_max: usize,
+    /// CA file for `rediss://` (`None`: the system roots).
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Replicas `WAIT`ed for after each publish batch (0: none).
+    pub wait_replicas: u32,
+    /// The `WAIT` timeout.
+    pub wait_timeout: Duration,
+    /// Find the master through Redis Sentinel (then `redis` is empty).
+    pub sentinel: Option<Sentinel>,
+}
+
+/// `[cluster.sentinel]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sentinel {
+    /// The monitored master's name.
+    pub master: String,
+    /// Sentinels (`host:port`), asked in order.
+    pub nodes: Vec<String>,
+    /// The master's password.
+    pub password: Option<String>,
+    /// The sentinels' password.
+    pub sentinel_password: Option<String>,
+    /// Database number on the master.
+    pub db: i64,
+    /// TLS to the master.
+    pub tls: bool,
 }
 
 /// How connections authenticate.
@@ -337,6 +362,8 @@ impl Config {
                 a.redis != b.redis
                     || a.redis_cluster != b.redis_cluster
                     || a.channel_prefix != b.channel_prefix
+                    || a.sentinel != b.sentinel
+                    || a.tls_ca != b.tls_ca
             }
             (a, b) => a.is_some() != b.is_some(),
         };
@@ -537,6 +564,10 @@ mod tests {
         assert_eq!(c.canary_timeout, Duration::from_secs(3));
         assert_eq!(c.presence_ttl, Duration::from_secs(10));
         assert_eq!(c.presence_replay_max, 100_000);
+        assert_eq!(
+            (c.wait_replicas, c.wait_timeout),
+            (0, Duration::from_millis(100))
+        );
         assert_eq!(c.node_id.len(), 16);
         let key = |toml: &str| match Config::from_toml(toml).unwrap_err() {
             ConfigError::Invalid { key, .. } => key,
@@ -544,7 +575,47 @@ mod tests {
         };
         assert_eq!(key("[cluster]\nnode_id = \"a\""), "cluster.redis");
         assert_eq!(key("[cluster]\nredis = \"http://x\""), "cluster.redis");
-        assert_eq!(key("[cluster]\nredis = \"rediss://x:1\""), "cluster.redis");
+        assert!(Config::from_toml("[cluster]\nredis = \"rediss://x:1\"").is_ok());
+        assert_eq!(
+            key("[cluster]\nredis = \"rediss://x:1\"\ntls_ca = \"\""),
+            "cluster.tls_ca"
+        );
+        assert_eq!(
+            key("[cluster]\nredis = \"redis://x:1\"\ntls_ca = \"/ca.pem\""),
+            "cluster.tls_ca"
+        );
+        let r1 = "[cluster]\nredis = \"redis://h:1\"\n";
+        assert_eq!(
+            key(&format!("{r1}wait_replicas = -1")),
+            "cluster.wait_replicas"
+        );
+        assert_eq!(
+            key(&format!("{r1}wait_replicas = 1\nwait_timeout = \"5s\"")),
+            "cluster.wait_timeout"
+        );
+        let s = "[cluster.sentinel]\nmaster = \"m\"\nnodes = [\"127.0.0.1:26379\"]\n";
+        let c = Config::from_toml(&format!("[cluster]\n{s}"))
+            .unwrap()
+            .cluster
+            .unwrap();
+        let sen = c.sentinel.unwrap();
+        assert_eq!((sen.master.as_str(), sen.nodes.len(), sen.db), ("m", 1, 0));
+        assert_eq!(
+            key(&format!("[cluster]\nredis = \"redis://h:1\"\n{s}")),
+            "cluster.sentinel"
+        );
+        assert_eq!(
+            key("[cluster.sentinel]\nmaster = \"m\"\nnodes = []"),
+            "cluster.sentinel.nodes"
+        );
+        assert_eq!(
+            key("[cluster.sentinel]\nnodes = [\"h:1\"]"),
+            "cluster.sentinel.master"
+        );
+        assert_eq!(
+            key("[cluster.sentinel]\nmaster = \"m\"\nnodes = [\"nohost\"]"),
+            "cluster.sentinel.nodes"
+        );
         let r = "[cluster]\nredis = \"redis://h:1\"\n";
         assert_eq!(key(&format!("{r}node_id = \"a b\"")), "cluster.node_id");
         assert_eq!(

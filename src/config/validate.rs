@@ -367,11 +367,12 @@ fn history(c: &mut Config, h: HistorySection) -> Result<(), ConfigError> {
 /// `[cluster]`: a Redis URL is required; ids and prefixes are what Redis channel names can
 /// hold without quoting; the canary must be able to come back before it is judged late.
 fn cluster(mut k: ClusterSection) -> Result<Cluster, ConfigError> {
-    let redis_cluster = seeds(&mut k)?;
-    let redis = match k.redis.take() {
-        None if !redis_cluster.is_empty() => String::new(),
-        r => single_redis(r)?,
-    };
+    let Target {
+        redis,
+        redis_cluster,
+        sentinel,
+        tls_ca,
+    } = target(&mut k)?;
     let word = |key: &'static str, v: String| {
         let ok = !v.is_empty()
             && v.len() <= 64
@@ -419,6 +420,7 @@ fn cluster(mut k: ClusterSection) -> Result<Cluster, ConfigError> {
     if presence_replay_max == 0 {
         return Err(invalid("cluster.presence_replay_max", "must be positive"));
     }
+    let (wait_replicas, wait_timeout) = waits(k.wait_replicas, k.wait_timeout, canary_timeout)?;
     Ok(Cluster {
         redis,
         redis_cluster,
@@ -428,6 +430,144 @@ fn cluster(mut k: ClusterSection) -> Result<Cluster, ConfigError> {
         canary_timeout,
         presence_ttl,
         presence_replay_max,
+        tls_ca,
+        wait_replicas,
+        wait_timeout,
+        sentinel,
+    })
+}
+
+/// `cluster.wait_replicas` and `wait_timeout` (shorter than `canary_timeout`).
+fn waits(
+    replicas: Option<i64>,
+    timeout: Option<String>,
+    canary_timeout: Duration,
+) -> Result<(u32, Duration), ConfigError> {
+    let wait_replicas = u32::try_from(replicas.unwrap_or(0))
+        .map_err(|_| invalid("cluster.wait_replicas", "0 or a positive count"))?;
+    let wait_timeout = match timeout {
+        Some(t) => duration("cluster.wait_timeout", &t)?,
+        None => Duration::from_millis(100),
+    };
+    if wait_timeout >= canary_timeout {
+        // A WAIT blocks the command connection the canary also uses.
+        return Err(invalid(
+            "cluster.wait_timeout",
+            "must be shorter than cluster.canary_timeout",
+        ));
+    }
+    Ok((wait_replicas, wait_timeout))
+}
+
+/// Where Redis is: one of `cluster.redis`, `cluster.redis_cluster` and `[cluster.sentinel]`,
+/// and the CA for TLS to it.
+struct Target {
+    redis: String,
+    redis_cluster: Vec<String>,
+    sentinel: Option<super::Sentinel>,
+    tls_ca: Option<std::path::PathBuf>,
+}
+
+fn target(k: &mut ClusterSection) -> Result<Target, ConfigError> {
+    let redis_cluster = seeds(k)?;
+    let sentinel = match k.sentinel.take() {
+        Some(_) if k.redis.is_some() || !redis_cluster.is_empty() => {
+            return Err(invalid(
+                "cluster.sentinel",
+                "give one of cluster.redis, cluster.redis_cluster or [cluster.sentinel]",
+            ))
+        }
+        Some(s) => Some(sentinel(s)?),
+        None => None,
+    };
+    let (redis, tls_ca) = if redis_cluster.is_empty() {
+        cluster_redis(k.redis.take(), k.tls_ca.take(), &sentinel)?
+    } else if k.tls_ca.is_some() {
+        return Err(invalid(
+            "cluster.tls_ca",
+            "only with rediss:// (or cluster.sentinel.tls = true)",
+        ));
+    } else {
+        (String::new(), None)
+    };
+    Ok(Target {
+        redis,
+        redis_cluster,
+        sentinel,
+        tls_ca,
+    })
+}
+
+/// `cluster.redis` (or none with Sentinel) and `cluster.tls_ca` (TLS connections only).
+fn cluster_redis(
+    redis: Option<String>,
+    tls_ca: Option<String>,
+    sentinel: &Option<super::Sentinel>,
+) -> Result<(String, Option<std::path::PathBuf>), ConfigError> {
+    let redis = match (redis, sentinel) {
+        (Some(r), _) => r,
+        (None, Some(_)) => String::new(),
+        (None, None) => {
+            return Err(invalid(
+                "cluster.redis",
+                "required in [cluster] (or a [cluster.sentinel] section)",
+            ))
+        }
+    };
+    let tls = match redis.split_once("://") {
+        _ if sentinel.is_some() => sentinel.as_ref().is_some_and(|s| s.tls),
+        Some(("redis", rest)) if !rest.is_empty() => false,
+        Some(("rediss", rest)) if !rest.is_empty() => true,
+        _ => {
+            return Err(invalid(
+                "cluster.redis",
+                "expected redis://host:port[/db] or rediss://host:port[/db]",
+            ))
+        }
+    };
+    let tls_ca = match tls_ca {
+        Some(p) if p.is_empty() => return Err(invalid("cluster.tls_ca", "must not be empty")),
+        Some(_) if !tls => {
+            return Err(invalid(
+                "cluster.tls_ca",
+                "only with rediss:// (or cluster.sentinel.tls = true)",
+            ))
+        }
+        Some(p) => Some(std::path::PathBuf::from(p)),
+        None => None,
+    };
+    Ok((redis, tls_ca))
+}
+
+/// `[cluster.sentinel]`: a master name and at least one `host:port`.
+fn sentinel(s: SentinelSection) -> Result<super::Sentinel, ConfigError> {
+    let master = s
+        .master
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| invalid("cluster.sentinel.master", "required (the master's name)"))?;
+    let nodes = s.nodes.unwrap_or_default();
+    if nodes.is_empty() {
+        return Err(invalid("cluster.sentinel.nodes", "at least one host:port"));
+    }
+    for n in &nodes {
+        let ok = n
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !ok {
+            return Err(invalid("cluster.sentinel.nodes", "expected host:port"));
+        }
+    }
+    let db = s.db.unwrap_or(0);
+    if db < 0 {
+        return Err(invalid("cluster.sentinel.db", "must not be negative"));
+    }
+    Ok(super::Sentinel {
+        master,
+        nodes,
+        password: s.password,
+        sentinel_password: s.sentinel_password,
+        db,
+        tls: s.tls.unwrap_or(false),
     })
 }
 
@@ -454,22 +594,6 @@ fn seeds(k: &mut ClusterSection) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(seeds)
-}
-
-/// `cluster.redis`: one Redis server.
-fn single_redis(redis: Option<String>) -> Result<String, ConfigError> {
-    let redis = redis.ok_or_else(|| invalid("cluster.redis", "required in [cluster]"))?;
-    match redis.split_once("://") {
-        Some(("redis", rest)) if !rest.is_empty() => {}
-        Some(("rediss", _)) => {
-            return Err(invalid(
-                "cluster.redis",
-                "rediss:// (TLS to Redis) is not supported yet",
-            ))
-        }
-        _ => return Err(invalid("cluster.redis", "expected redis://host:port[/db]")),
-    }
-    Ok(redis)
 }
 
 /// A random node id: 16 hex digits from the clock, the pid and the std hasher's random keys.

@@ -668,6 +668,18 @@ impl ShardCore {
     fn apply_steps(&mut self, room: &Arc<str>, steps: Steps, now: Instant) {
         let shards = self.shards();
         let ((size, _), max_bytes) = (self.cfg.history_in(room), self.cfg.history_max_room_bytes);
+        if let Some((epoch, seen)) = steps.bump {
+            tracing::warn!(room = %room, seen, "cluster: redis seq went backwards (failover); asking a new epoch");
+            if let Some(c) = self.cluster.as_ref() {
+                let cmd = Command::Guard {
+                    room: room.clone(),
+                    epoch,
+                    seen,
+                };
+                // Refused: the next reconnect's guard asks again (the bridge saw the same seqs).
+                let _ = c.link.send(cmd);
+            }
+        }
         if steps.reset {
             let r = self.home.get_or_create(room, shards);
             r.history.clear();

@@ -9,11 +9,13 @@
 #                                     # and three daemons; needs redis-server, see scripts/test.sh)
 #   bash tests/python/run.sh rcluster # only Redis Cluster mode (test_redis_cluster.py: three
 #                                     # cluster-enabled redis-servers and three daemons)
+#   bash tests/python/run.sh sentinel # rediss:// and Redis Sentinel failover (test_sentinel.py;
+#                                     # needs redis-server and openssl)
 set -euo pipefail
 SUITE="${1:-all}"
 case "$SUITE" in
-  all | auth | tls | cluster | rcluster) ;;
-  *) echo "usage: $0 [auth|tls|cluster|rcluster]" >&2; exit 2 ;;
+  all | auth | tls | cluster | rcluster | sentinel) ;;
+  *) echo "usage: $0 [auth|tls|cluster|rcluster|sentinel]" >&2; exit 2 ;;
 esac
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
@@ -89,6 +91,17 @@ if [[ $SUITE == rcluster ]]; then
   exit 0
 fi
 
+# TLS to Redis and Redis Sentinel (issue 14): test_sentinel.py starts its own TLS redis-server
+# (certificates made with openssl), master + replica + three sentinels and the daemons; mid-stream
+# `SENTINEL FAILOVER`, then per-subscriber accounting (zero silent losses).
+run_sentinel() {
+  SHARDCAST_BIN="${SHARDCAST_BIN:-$REPO/target/release/shardcast}" "$VENV/bin/python" tests/python/test_sentinel.py
+}
+if [[ $SUITE == sentinel ]]; then
+  run_sentinel
+  exit 0
+fi
+
 # Raw rooms and permessage-deflate with the `websockets` client.
 PORT=9011
 target/release/shardcast --listen "127.0.0.1:$PORT" --shards 2 >target/python-daemon.log 2>&1 &
@@ -108,3 +121,4 @@ run_auth
 run_tls
 run_cluster
 run_rcluster
+run_sentinel
