@@ -283,6 +283,9 @@ impl ShardCore {
     /// members on every node see one order (docs/cluster.md). A text message crosses as a string,
     /// a binary one as bytes; raw members get back the same opcode and payload. Raw clients have
     /// no error frame: a publish Redis cannot number is counted (`cluster_unavailable_total`).
+    // Kept out of line: the single-node path of `publish_raw` stays as it was.
+    #[cold]
+    #[inline(never)]
     fn publish_raw_cluster(&mut self, from: ConnId, room: RoomId, msg: &Message, now: Instant) {
         let (Some(r), Some(c)) = (self.rooms.get(room), self.conns.get(from.0)) else {
             return;
