@@ -150,6 +150,12 @@ presence_ttl = "{PRESENCE_TTL}s"
                                       "--shards", "2"], stdout=self.log, stderr=subprocess.STDOUT)
         assert wait_port(self.port), f"{name} did not start"
 
+    def metric(self, name):
+        """The value of `shardcast_{name}` on /metrics (0 when not exported yet)."""
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=5).read().decode()
+        rows = [ln for ln in body.splitlines() if ln.startswith(f"shardcast_{name} ")]
+        return float(rows[0].split()[-1]) if rows else 0.0
+
     def readyz(self):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/readyz", timeout=2) as r:
@@ -405,6 +411,7 @@ async def test_redis_down(nodes, redis):
         f = await s.subscribe(room)
         assert f.get("op") == "subscribed", f
     pub = await Client.open(nodes[0])
+    raw = await connect(f"ws://127.0.0.1:{nodes[1].port}/ws/{room}", open_timeout=TIMEOUT, max_size=None)
     ans = await publish_all(pub, room, [{"phase": 1, "i": i} for i in range(10)], "o1-")
     acked = [a for a in ans.values() if a.get("op") == "ack"]
     check("outage: publishes before the outage acked", len(acked) == 10, ans)
@@ -421,6 +428,14 @@ async def test_redis_down(nodes, redis):
     st, body = nodes[1].api_get("/api/rooms")
     check("outage: GET /api/rooms 503 unavailable (it cannot count the other nodes)",
           st == 503 and "unavailable" in str(body), (st, body))
+    # A raw client has no error frame: its refused message is counted, and never delivered.
+    before = nodes[1].metric("cluster_unavailable_total")
+    await raw.send("raw in the outage")
+    end = time.monotonic() + TIMEOUT
+    while (now := nodes[1].metric("cluster_unavailable_total")) <= before and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    check("outage: a raw client's message refused and counted (cluster_unavailable_total)", now == before + 1,
+          (before, now))
     check("outage: every daemon is still running", all(n.proc.poll() is None for n in nodes))
     redis.start()
     for n in nodes:
@@ -428,16 +443,20 @@ async def test_redis_down(nodes, redis):
     ans = await publish_all(pub, room, [{"phase": 3, "i": i} for i in range(10)], "o3-")
     acked3 = [a for a in ans.values() if a.get("op") == "ack"]
     check("outage: publishing works again", len(acked3) == 10, ans)
-    silent = 0
+    silent, leaked = 0, []
     want = [(1, i) for i in range(10)] + [(3, i) for i in range(10)]
     for s in subs:
         msgs = await messages(s, room, 20, timeout=TIMEOUT)
+        leaked += [m for m in msgs if not isinstance(m.get("data"), dict)]
+        msgs = [m for m in msgs if isinstance(m.get("data"), dict)]
         first3 = next((m for m in msgs if m["data"].get("phase") == 3), None)
         silent += silent_losses(want, msgs, lambda m: (m["data"].get("phase"), m["data"].get("i")))
         # Redis restarted empty: numbering began again in a new epoch, which must be said.
         explicit = first3 is not None and first3.get("gap") is True
         check("outage: subscriber told of the new numbering with gap: true", explicit, msgs[-11:-9])
     check("outage: no silent loss (acked messages missing without an explicit gap)", silent == 0, silent)
+    check("outage: the refused raw message was not delivered later", not leaked, leaked)
+    await raw.close()
     for c in subs + [pub]:
         await c.close()
 
@@ -508,9 +527,8 @@ def test_deafness(nodes, redis):
           t503 is not None and t503 - t0 <= CANARY_TIMEOUT + 1.0, None if t503 is None else t503 - t0)
     t200 = nodes[0].wait_ready(200, 20)
     check("deaf: /readyz 200 again once Redis answers", t200 is not None)
-    st = urllib.request.urlopen(f"http://127.0.0.1:{nodes[0].admin}/metrics", timeout=5).read().decode()
-    episodes = [ln for ln in st.splitlines() if ln.startswith("shardcast_cluster_deaf_episodes_total")]
-    check("deaf: cluster_deaf_episodes_total counted", episodes and float(episodes[0].split()[-1]) >= 1, episodes)
+    episodes = nodes[0].metric("cluster_deaf_episodes_total")
+    check("deaf: cluster_deaf_episodes_total counted", episodes >= 1, episodes)
 
 
 async def test_subscriber_killed(nodes, redis):

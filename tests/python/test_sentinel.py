@@ -24,25 +24,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import test_cluster as tc  # noqa: E402  (harness: Client, free_port, wait_port, messages)
-from test_cluster import Client, free_port, wait_port  # noqa: E402
+import test_cluster as tc  # noqa: E402  (harness: Client, check, messages, ...)
+from test_cluster import Client, check, free_port, wait_port  # noqa: E402
 
 BIN = tc.BIN
 TMP = tc.TMP
 TIMEOUT = 10.0
-passed = failed = 0
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"ok   {name}", flush=True)
-    else:
-        failed += 1
-        text = detail if isinstance(detail, str) else repr(detail)
-        print(f"FAIL {name} {text[:800]}", flush=True)
-    return bool(cond)
 
 
 def cli(port, *args, tls=None):
@@ -378,8 +365,8 @@ async def main():
     t = time.monotonic()
     await test_tls()
     await test_sentinel()
-    print(f"{passed} passed, {failed} failed in {time.monotonic() - t:.0f} s (logs in {TMP})")
-    return 1 if failed else 0
+    print(f"{tc.passed} passed, {tc.failed} failed in {time.monotonic() - t:.0f} s (logs in {TMP})")
+    return 1 if tc.failed else 0
 
 
 if __name__ == "__main__":
