@@ -164,25 +164,7 @@ impl Connector {
         node: &str,
         t: Duration,
     ) -> Result<(String, Client), RedisError> {
-        let url = format!("redis://{}{node}", userinfo(s.sentinel_password.as_deref()));
-        let sc = Client::open(url)?;
-        let ask = async {
-            let mut c = sc.get_multiplexed_async_connection().await?;
-            redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg(&s.master)
-                .query_async::<Option<(String, u16)>>(&mut c)
-                .await
-        };
-        let addr = tokio::time::timeout(t, ask)
-            .await
-            .map_err(|_| timed_out())??;
-        let Some((host, port)) = addr else {
-            return Err(RedisError::from((
-                redis::ErrorKind::Client,
-                "sentinel does not know the master name",
-            )));
-        };
+        let (host, port) = ask_addr(s, node, t).await?;
         let scheme = if s.tls { "rediss" } else { "redis" };
         let url = format!(
             "{scheme}://{}{host}:{port}/{}",

@@ -26,7 +26,9 @@ processes with `[cluster] redis_cluster = [...]` (2 shards each) and checks:
       once, in order (or an explicit gap): zero silent losses; every node ready after it.
   (g) a master change: a replica added to a room's master (`--cluster add-node --cluster-slave`)
       and promoted by `CLUSTER FAILOVER` during traffic: every publish answered, every acked seq
-      on every node or an explicit gap (zero silent losses), publishing afterwards works.
+      on every node or an explicit gap (zero silent losses), publishing afterwards works;
+  (h) the same with another room's master `kill -9`'d (promotion by the cluster after
+      `cluster-node-timeout`, publishes meanwhile answered `unavailable`).
 Every wait is on an event (readyz polling, frames), bounded.
 
     SHARDCAST_BIN=target/release/shardcast python tests/python/test_redis_cluster.py
@@ -76,7 +78,9 @@ class Master(tc.Redis):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", os.path.join(TMP, f"nodes-{self.port}.conf"), "--cluster-node-timeout", "5000",
-             "--save", "", "--appendonly", "no", "--dir", TMP],
+             "--save", "", "--appendonly", "no", "--dir", TMP,
+             # Its own RDB file: a replica's sync writes one, which a later node must not load.
+             "--dbfilename", f"dump-{self.port}.rdb"],
             stdout=self.log, stderr=subprocess.STDOUT)
         assert wait_port(self.port), "redis-server did not start"
 
@@ -423,8 +427,11 @@ def add_replica(masters, m):
     raise AssertionError("replica never synced")
 
 
-async def test_failover(nodes, masters, room, slot):
-    """A graceful failover (`CLUSTER FAILOVER` on a replica) of the room's master during traffic."""
+async def test_failover(nodes, masters, room, slot, kill=False):
+    """A failover of the room's master during traffic: graceful (`CLUSTER FAILOVER` on a new
+    replica), or with `kill`, the master `kill -9`'d (the cluster promotes the replica after
+    `cluster-node-timeout`; publishes meanwhile are answered `unavailable`)."""
+    label = "kill -9" if kill else "failover"
     m = owner(masters, slot)
     replica = await asyncio.get_running_loop().run_in_executor(None, add_replica, masters, m)
     masters.append(replica)  # stopped with the others
@@ -437,25 +444,30 @@ async def test_failover(nodes, masters, room, slot):
 
     async def paced(j, p):
         for i in range(n // 3):
-            await p.send({"op": "publish", "room": room, "data": {"j": j, "i": i}, "id": f"f{j}-{i}"})
+            await p.send({"op": "publish", "room": room, "data": {"j": j, "i": i}, "id": f"{label[0]}{j}-{i}"})
             await asyncio.sleep(0.01)
 
     senders = [asyncio.create_task(paced(j, p)) for j, p in enumerate(pubs)]
     await asyncio.sleep(0.4)
-    replica.cli("CLUSTER", "FAILOVER")
-    end = time.monotonic() + 15
+    if kill:
+        m.proc.kill()
+    else:
+        replica.cli("CLUSTER", "FAILOVER")
+    end = time.monotonic() + 30
     while time.monotonic() < end and "role:master" not in replica.cli("INFO", "replication"):
         await asyncio.sleep(0.05)
     promoted = "role:master" in replica.cli("INFO", "replication")
     await asyncio.gather(*senders)
-    answers, acked, refused = await collect_answers(pubs, "f", n // 3)
-    check("failover: the replica of the room's master promoted during traffic", promoted,
+    answers, acked, refused = await collect_answers(pubs, label[0], n // 3)
+    check(f"{label}: the replica of the room's master promoted during traffic", promoted,
           replica.cli("INFO", "replication")[:200])
-    check(f"failover: every publish answered ({len(acked)} acked, {len(refused)} unavailable)",
+    check(f"{label}: every publish answered ({len(acked)} acked, {len(refused)} unavailable)",
           len(answers) == n and all(a.get("code") == "unavailable" for a in refused), len(answers))
-    await verify_delivery("failover", subs, nodes, pubs, room, acked)
     for nd in nodes:
-        check(f"failover: {nd.name} ready after it", nd.wait_ready(200, 10) is not None, nd.readyz())
+        nd.wait_ready(200, 20)  # the publishes below need the new master known
+    await verify_delivery(label, subs, nodes, pubs, room, acked)
+    for nd in nodes:
+        check(f"{label}: {nd.name} ready after it", nd.wait_ready(200, 10) is not None, nd.readyz())
     for c in subs + pubs:
         await c.close()
 
@@ -488,6 +500,8 @@ async def main():
         await test_reshard(nodes, masters, [r for v in by_master.values() for r in v])
         room, slot = list(by_master.values())[-1][-1]
         await test_failover(nodes, masters, room, slot)
+        room, slot = next(iter(by_master.values()))[0]
+        await test_failover(nodes, masters, room, slot, kill=True)
     finally:
         for nd in nodes:
             nd.stop()

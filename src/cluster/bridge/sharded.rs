@@ -90,20 +90,9 @@ pub(super) fn publish_lua(single: &str) -> String {
     single.replace("'PUBLISH'", "'SPUBLISH'")
 }
 
-/// CRC16 (XMODEM), as Redis Cluster hashes keys.
+/// CRC16 (XMODEM), as Redis Cluster hashes keys (the crate the `redis` client hashes with).
 fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    crc16::State::<crc16::XMODEM>::calculate(data)
 }
 
 /// The slot of a key or shard channel (Redis Cluster spec: the first `{...}` if non-empty).
