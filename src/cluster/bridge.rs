@@ -52,7 +52,18 @@ local epoch = redis.call('GET', KEYS[2])
 local seq = redis.call('INCR', KEYS[1])
 local msg = seq .. ':' .. epoch .. ':' .. ARGV[3]
 if tonumber(ARGV[2]) > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'm', msg)
+  local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'm', msg)
+  if type(added) == 'table' and added.err and string.find(added.err, 'equal or smaller') then
+    -- The stream is ahead of the counter (the seq key was lost: evicted, deleted): its
+    -- entries belong to an older numbering. A new epoch, with a stream of its own.
+    redis.call('DEL', KEYS[3])
+    redis.call('SET', KEYS[2], ARGV[1])
+    epoch = ARGV[1]
+    msg = seq .. ':' .. epoch .. ':' .. ARGV[3]
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'm', msg)
+  elseif type(added) == 'table' and added.err then
+    return redis.error_reply(added.err)
+  end
 end
 redis.call('PUBLISH', ARGV[4], msg)
 if KEYS[4] then
@@ -621,6 +632,15 @@ impl Bridge {
                     .as_ref()
                     .map_err(unavailable)
                     .and_then(|v| parse_fetched(&room, v).ok_or(Unavailable::Protocol));
+                if let (Ok(f), true) = (&result, self.rooms.contains_key(&room)) {
+                    // What a catch-up accounted for (delivered, or told as a gap) counts as
+                    // seen: the slot-move watch ([`sharded`]) compares it with Redis's seq.
+                    let upto = match f.entries.last() {
+                        Some(m) if f.entries.len() >= MAX_FETCH => m.seq,
+                        _ => f.seq,
+                    };
+                    connect::note(&mut self.seen, &room, f.epoch, upto);
+                }
                 let ev = Event::Fetched {
                     room,
                     token,

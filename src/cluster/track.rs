@@ -145,9 +145,25 @@ impl Track {
                 self.last = f.seq;
                 self.fetching = false;
             }
+            (Phase::Live, Ok(f)) if catch_up && f.epoch != self.epoch && self.epoch != 0 => {
+                // Redis numbers the room in another epoch now (restarted empty, or renumbered by
+                // the failover guard) and this node missed its first messages: what it asked
+                // (after its last seq in the old numbering) is not where the new epoch's are.
+                // Adopt the epoch and ask again from up to MAX_PENDING before Redis's seq; of
+                // that, only the new epoch's entries are delivered (marked gap).
+                s.reset = true;
+                self.gap = true;
+                self.epoch = f.epoch;
+                self.last = f.seq.saturating_sub(MAX_PENDING as u64);
+                self.pending.retain(|_, m| m.epoch == f.epoch);
+                s.fetch_after = Some(self.last);
+                return s;
+            }
             (Phase::Live, Ok(f)) if catch_up && f.epoch == self.epoch => {
                 for e in &f.entries {
-                    if e.seq > self.last {
+                    // An older epoch's entries (kept in the stream below a renumbering) are
+                    // not this numbering's.
+                    if e.seq > self.last && e.epoch == self.epoch {
                         self.gap |= e.seq != self.last + 1;
                         let e = e.clone();
                         self.deliver(e, &mut s);
@@ -312,6 +328,40 @@ mod tests {
             vec![(11, false), (12, false), (13, false), (14, false)]
         );
         assert_eq!(t.last, 14);
+    }
+
+    #[test]
+    fn a_catch_up_finding_another_epoch_asks_again_and_delivers_only_its_entries() {
+        // Delivered up to 20 in epoch 7; Redis was renumbered (epoch 9, counter set back to 10
+        // by a failover) and published 11 and 12 there while this node did not hear.
+        let mut t = live(20);
+        assert_eq!(t.resync(), Some(20));
+        let f = Fetched {
+            seq: 12,
+            epoch: 9,
+            entries: vec![],
+        };
+        let s = t.on_fetched(Ok(&f), true);
+        assert!(s.reset && s.deliver.is_empty());
+        assert_eq!(
+            s.fetch_after,
+            Some(0),
+            "asked again from before the new epoch's start"
+        );
+        assert!(
+            t.on_message(m(13, 9)).deliver.is_empty(),
+            "held while fetching"
+        );
+        let mut entries: Vec<Incoming> = (1..=10).map(|q| m(q, 7)).collect();
+        entries.extend([m(11, 9), m(12, 9)]);
+        let f = Fetched {
+            seq: 12,
+            epoch: 9,
+            entries,
+        };
+        let s = t.on_fetched(Ok(&f), true);
+        assert_eq!(seqs(&s), vec![(11, true), (12, false), (13, false)]);
+        assert_eq!((t.epoch, t.last), (9, 13));
     }
 
     #[test]

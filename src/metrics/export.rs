@@ -362,7 +362,7 @@ impl Scrape {
             None,
             g.metric_type(),
         )?)?;
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 names::CLUSTER_DEAF_EPISODES,
                 "Times the deafness canary was late",
@@ -407,6 +407,11 @@ impl Scrape {
                 names::CLUSTER_GAPS,
                 "Messages delivered marked gap",
                 &c.gaps,
+            ),
+            (
+                names::CLUSTER_ROOMS_BEHIND,
+                "Rooms found behind Redis after a slot move (caught up)",
+                &c.rooms_behind,
             ),
         ];
         for (name, help, a) in counters {

@@ -266,6 +266,8 @@ pub struct ClusterStats {
     pub catch_ups: AtomicU64,
     /// Messages delivered marked `"gap": true` (what was missed could not be recovered).
     pub gaps: AtomicU64,
+    /// Rooms found behind Redis's seq after a slot move (Redis Cluster; caught up).
+    pub rooms_behind: AtomicU64,
 }
 
 impl ClusterStats {

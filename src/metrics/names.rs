@@ -121,3 +121,5 @@ pub const CLUSTER_REFUSED: &str = "cluster_refused_total";
 pub const CLUSTER_CATCH_UPS: &str = "cluster_catch_ups_total";
 /// Cluster mode: messages delivered marked `"gap": true`.
 pub const CLUSTER_GAPS: &str = "cluster_gaps_total";
+/// Redis Cluster mode: rooms found behind Redis's seq after a slot move (caught up).
+pub const CLUSTER_ROOMS_BEHIND: &str = "cluster_rooms_behind_total";

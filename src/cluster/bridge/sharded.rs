@@ -13,11 +13,17 @@
 //! - **Slot moves**: the crate follows `MOVED`/`ASK` for commands; a master that loses a slot
 //!   sends `sunsubscribe` for its channels: the bridge subscribes again (the crate finds the new
 //!   owner) and the room's home catches up from the stream ([`Event::Resync`]).
+//! - **Rooms watched after a move**: a subscription made right after a failover can land on the
+//!   demoted master (the crate's slot map is stale, and a replica takes `SSUBSCRIBE`), which
+//!   hears nothing until the new master counts it in its shard. For [`WATCH_TICKS`] ticks the
+//!   bridge reads such a room's seq in Redis; a seq still unheard a tick later ([`behind`]) has
+//!   the room's home catch up from the stream, and a third time the node reconnects.
 //! - **Publishes** are not pipelined here (a cluster pipeline is retried whole on a redirect,
 //!   which could number a message twice): each `EVALSHA` is its own command, one room's in order,
 //!   rooms concurrently.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::cluster::ClusterClientBuilder;
@@ -27,12 +33,57 @@ use redis::{PushInfo, PushKind, Value};
 
 use super::super::canary::Canary;
 use super::super::{Command, Event};
-use super::{now_us, Bridge, Lost};
+use super::{now_us, Bridge, ClusterStats, Lost};
 
 /// Slots in a Redis Cluster.
 const SLOTS: u16 = 16384;
 /// Tags tried at most when looking for one in a master's slots.
 const MAX_TAG_TRIES: u32 = 1 << 20;
+/// Canary ticks a room is watched against Redis's seq after its slot moved (again after each
+/// time it was found behind).
+pub(super) const WATCH_TICKS: u8 = 10;
+/// Times a watched room is found behind in one watch before the node reconnects (a fresh slot
+/// map, every room subscribed again). A catch-up makes the next tick look fine, so these are
+/// not required in a row.
+const STRIKES: u8 = 3;
+
+/// A read of a room's (seq, epoch) in Redis, answered in the background.
+type SeqRead = tokio::task::JoinHandle<redis::RedisResult<(Option<u64>, Option<u64>)>>;
+
+/// A room watched after a slot move (or a master's connection lost).
+#[derive(Debug)]
+struct Watch {
+    /// Ticks with an answer left.
+    ticks: u8,
+    /// (epoch, seq) Redis held a tick or two ago: to have been heard by now.
+    expect: Option<(u64, u64)>,
+    /// Found behind this many times since the watch began or the node reconnected.
+    strikes: u8,
+    /// The read sent at the previous tick.
+    read: Option<SeqRead>,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            ticks: WATCH_TICKS,
+            expect: None,
+            strikes: 0,
+            read: None,
+        }
+    }
+}
+
+/// Whether a room is behind (pure): Redis held (epoch, seq) `expect` a tick ago and the node
+/// has `seen` less of it since (by subscription or catch-up). Epochs are start times: a newer
+/// epoch in Redis with messages in it and none seen of it is behind too.
+pub(super) fn behind(expect: Option<(u64, u64)>, seen: Option<(u64, u64)>) -> bool {
+    match (expect, seen) {
+        (Some((e, s)), Some((se, ss))) => (e == se && ss < s) || (e > se && s > 0),
+        (Some((_, s)), None) => s > 0,
+        (None, _) => false,
+    }
+}
 
 /// The Redis Cluster side of the bridge.
 #[derive(Debug)]
@@ -46,6 +97,8 @@ pub(super) struct Sharded {
     /// A slot moved: subscribe every room again at the next tick (module doc of [`Conns`]: a
     /// subscription confirmed by another channel's push may not have been made).
     resubscribe: bool,
+    /// Rooms whose slot moved lately, read against Redis's seq every tick.
+    watch: HashMap<Arc<str>, Watch>,
 }
 
 impl Sharded {
@@ -56,6 +109,7 @@ impl Sharded {
             canaries: HashMap::new(),
             resyncs: 0,
             resubscribe: false,
+            watch: HashMap::new(),
         })
     }
 
@@ -184,6 +238,29 @@ async fn evalsha(
     }
 }
 
+/// The failover guard for one room in Redis Cluster mode (docs/cluster.md "Failover"): its
+/// seq in Redis is below what this node saw in the same epoch; give it a new epoch (in the
+/// background; the room's home then sees the epoch change and marks a gap).
+fn guard_room(
+    mut con: ClusterConnection,
+    stats: Arc<ClusterStats>,
+    room: Arc<str>,
+    keys: [String; 2],
+    seen: (u64, u64),
+) {
+    tokio::spawn(async move {
+        let rooms = vec![(room.clone(), keys, seen.0, seen.1)];
+        match super::super::connect::guard(&mut con, rooms, now_us()).await {
+            Ok(bumped) if !bumped.is_empty() => {
+                ClusterStats::add(&stats.gaps, 1);
+                tracing::warn!(room = %room, "cluster: room's seq went backwards in redis (failover lost writes); new epoch");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(room = %room, error = %e, "cluster: failover guard failed"),
+        }
+    });
+}
+
 /// One room's publishes in a batch: the room, (shard, token) to answer, the `EVALSHA`s.
 type Group = (std::sync::Arc<str>, Vec<(usize, u64)>, Vec<redis::Cmd>);
 
@@ -243,6 +320,7 @@ impl Bridge {
         self.fetch.load_async(&mut cmd).await?;
         if let Some(s) = self.sharded.as_mut() {
             (s.canaries, s.resubscribe) = (HashMap::new(), false);
+            s.watch.values_mut().for_each(|w| w.strikes = 0);
         }
         self.replay_leaves(&mut cmd).await?;
         self.counts.reconnected();
@@ -333,7 +411,10 @@ impl Bridge {
                     if self.sharded.as_ref().is_some_and(|s| s.deaf(Instant::now(), timeout)) {
                         return Lost::Deaf;
                     }
-                    self.tick_sharded(&mut c).await
+                    match self.tick_sharded(&mut c).await {
+                        Ok(true) => return Lost::Deaf,
+                        r => r.map(|_| ()),
+                    }
                 }
             };
             if let Err(e) = r {
@@ -342,8 +423,9 @@ impl Bridge {
         }
     }
 
-    /// Every canary tick: catch-ups owed, liveness, the masters' canaries.
-    async fn tick_sharded(&mut self, c: &mut Conns) -> redis::RedisResult<()> {
+    /// Every canary tick: catch-ups owed, liveness, the masters' canaries, the rooms watched
+    /// after a slot move; `true`: a watched room stayed behind (reconnect).
+    async fn tick_sharded(&mut self, c: &mut Conns) -> redis::RedisResult<bool> {
         if self.sharded.as_ref().is_some_and(|s| s.resubscribe) {
             self.subscribe_all(c).await?;
             if let Some(s) = self.sharded.as_mut() {
@@ -354,6 +436,7 @@ impl Bridge {
             s.resyncs -= 1;
             self.lagging.iter_mut().for_each(|l| *l = true);
         }
+        let deaf = self.check_watched(c).await;
         self.catch_up_lagging().await;
         self.liveness(c.cmd.clone());
         self.repeat_leaves(c.cmd.clone(), Instant::now());
@@ -366,7 +449,7 @@ impl Bridge {
         }
         let now = Instant::now();
         let Some(s) = self.sharded.as_mut() else {
-            return Ok(());
+            return Ok(deaf);
         };
         for (ch, (canary, _)) in s.canaries.iter_mut() {
             let n = canary.send(now);
@@ -380,15 +463,97 @@ impl Bridge {
                     .await;
             });
         }
-        Ok(())
+        Ok(deaf)
+    }
+
+    /// The rooms watched after a slot move: judge each against what Redis held when last read
+    /// ([`behind`]: its home catches up from the stream, `cluster_rooms_behind_total`), guard
+    /// one whose seq went backwards in Redis (a promoted replica lacked writes: new epoch), and
+    /// send the next reads. Never waits on Redis: a read is collected at the next tick (one
+    /// not answered by then counts as no answer). `true`: a room was behind [`STRIKES`] times
+    /// (a reconnect starts the count again).
+    async fn check_watched(&mut self, c: &Conns) -> bool {
+        let Some(s) = self.sharded.as_mut() else {
+            return false;
+        };
+        let rooms = &self.rooms;
+        s.watch.retain(|r, w| {
+            let keep = w.ticks > 0 && rooms.contains_key(r);
+            if let (false, Some(read)) = (keep, &w.read) {
+                read.abort();
+            }
+            keep
+        });
+        let watched: Vec<Arc<str>> = s.watch.keys().cloned().collect();
+        let mut reconnect = false;
+        for room in watched {
+            let [seq_key, epoch_key, _] = self.keys(&room);
+            let seen = self.seen.get(&room).copied();
+            let Some(w) = self.sharded.as_mut().and_then(|s| s.watch.get_mut(&room)) else {
+                continue;
+            };
+            let got = match w.read.take() {
+                Some(read) if read.is_finished() => match read.await {
+                    Ok(Ok((seq, epoch))) => Some((epoch.unwrap_or(0), seq.unwrap_or(0))),
+                    _ => None,
+                },
+                Some(read) => {
+                    read.abort();
+                    None
+                }
+                None => None,
+            };
+            let late = behind(w.expect, seen);
+            w.expect = got;
+            if got.is_some() {
+                w.ticks = w.ticks.saturating_sub(1);
+            }
+            let mut con = c.cmd.clone();
+            let (sk, ek) = (seq_key.clone(), epoch_key.clone());
+            w.read = Some(tokio::spawn(async move {
+                redis::cmd("MGET")
+                    .arg(sk)
+                    .arg(ek)
+                    .query_async(&mut con)
+                    .await
+            }));
+            if let (Some((se, ss)), Some((e, s))) = (seen, got) {
+                if super::super::regressed(se, ss, e, s) {
+                    let (con, stats) = (c.cmd.clone(), self.stats.clone());
+                    guard_room(con, stats, room.clone(), [seq_key, epoch_key], (se, ss));
+                }
+            }
+            if !late {
+                continue;
+            }
+            (w.strikes, w.ticks) = (w.strikes + 1, WATCH_TICKS);
+            let strikes = w.strikes;
+            if strikes >= STRIKES {
+                w.strikes = 0;
+                reconnect = true;
+            }
+            ClusterStats::add(&self.stats.rooms_behind, 1);
+            tracing::warn!(room = %room, ?seen, strikes, "cluster: room behind redis after a slot move; catching up from its stream");
+            if let Some(&shard) = self.rooms.get(&room) {
+                let generation = self.generation;
+                self.lagging[shard] = !self.answer(shard, Event::Resync { generation }).await;
+            }
+        }
+        reconnect
     }
 
     /// A push from a master: a room message, a canary, a subscription lost to a slot move.
     async fn push(&mut self, c: &mut Conns, p: PushInfo) -> redis::RedisResult<()> {
         if p.kind == PushKind::Disconnection {
-            // The crate reconnects that master and resubscribes; catch up after it did.
+            // The crate reconnects that master (or finds its promoted replica) and resubscribes;
+            // catch up after it did, and watch every room (a promoted replica may lack writes:
+            // the guard in `check_watched`).
+            let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
             if let Some(s) = self.sharded.as_mut() {
                 s.resyncs = 2;
+                for room in rooms {
+                    s.watch.entry(room).or_insert_with(Watch::new);
+                }
             }
             return Ok(());
         }
@@ -441,8 +606,13 @@ impl Bridge {
             "cluster: slot moved; subscribing at its new owner"
         );
         c.sub.ssubscribe(ch).await?;
+        let room = self.room_of(ch).and_then(|r| self.rooms.get_key_value(r));
+        let room = room.map(|(r, _)| r.clone());
         if let Some(s) = self.sharded.as_mut() {
             s.resubscribe = true;
+            if let Some(room) = room {
+                s.watch.insert(room, Watch::new());
+            }
         }
         let generation = self.generation;
         self.lagging[shard] = !self.answer(shard, Event::Resync { generation }).await;
@@ -504,6 +674,25 @@ impl Bridge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_room_is_behind_when_redis_numbered_more_than_was_seen() {
+        let (e, later) = (1_000, 2_000);
+        // Nothing read yet, or nothing published: not judged.
+        assert!(!behind(None, Some((e, 5))));
+        assert!(!behind(Some((0, 0)), None));
+        // Heard up to what Redis held a tick ago (or beyond): fine.
+        assert!(!behind(Some((e, 5)), Some((e, 5))));
+        assert!(!behind(Some((e, 5)), Some((e, 9))));
+        // Redis numbered 5, the node saw 4 (or nothing at all).
+        assert!(behind(Some((e, 5)), Some((e, 4))));
+        assert!(behind(Some((e, 5)), None));
+        // A newer epoch in Redis with messages, the node still at the old one.
+        assert!(behind(Some((later, 1)), Some((e, 40))));
+        assert!(!behind(Some((later, 0)), Some((e, 40))));
+        // The node already at a newer epoch than the read: not judged behind.
+        assert!(!behind(Some((e, 40)), Some((later, 1))));
+    }
 
     #[test]
     fn slots_match_redis() {
