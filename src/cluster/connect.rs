@@ -108,10 +108,10 @@ impl Connector {
         let Some(s) = self.sentinel.clone() else {
             return;
         };
-        let named = self.named.clone();
+        let (named, ca) = (self.named.clone(), self.ca.clone());
         tokio::spawn(async move {
             for node in &s.nodes {
-                let Ok((host, port)) = ask_addr(&s, node, t).await else {
+                let Ok((host, port)) = ask_addr(&s, ca.as_deref(), node, t).await else {
                     continue;
                 };
                 if let Ok(mut n) = named.lock() {
@@ -164,7 +164,7 @@ impl Connector {
         node: &str,
         t: Duration,
     ) -> Result<(String, Client), RedisError> {
-        let (host, port) = ask_addr(s, node, t).await?;
+        let (host, port) = ask_addr(s, self.ca.as_deref(), node, t).await?;
         let scheme = if s.tls { "rediss" } else { "redis" };
         let url = format!(
             "{scheme}://{}{host}:{port}/{}",
@@ -192,9 +192,18 @@ impl Connector {
 }
 
 /// The master sentinel `node` names (within `t`).
-async fn ask_addr(s: &Sentinel, node: &str, t: Duration) -> Result<(String, u16), RedisError> {
-    let url = format!("redis://{}{node}", userinfo(s.sentinel_password.as_deref()));
-    let sc = Client::open(url)?;
+async fn ask_addr(
+    s: &Sentinel,
+    ca: Option<&[u8]>,
+    node: &str,
+    t: Duration,
+) -> Result<(String, u16), RedisError> {
+    let scheme = if s.sentinel_tls { "rediss" } else { "redis" };
+    let url = format!(
+        "{scheme}://{}{node}",
+        userinfo(s.sentinel_password.as_deref())
+    );
+    let sc = client(&url, ca)?;
     let ask = async {
         let mut c = sc.get_multiplexed_async_connection().await?;
         redis::cmd("SENTINEL")

@@ -99,6 +99,8 @@ pub struct SentinelSection {
     pub db: Option<i64>,
     /// Connect to the master with TLS (`rediss://`, checked against `cluster.tls_ca`; default false).
     pub tls: Option<bool>,
+    /// Ask the sentinels over TLS (checked against `cluster.tls_ca`; default false).
+    pub sentinel_tls: Option<bool>,
 }
 
 /// `[tls]` section: serve `wss://` and HTTPS on the listener.

@@ -231,6 +231,8 @@ pub struct Sentinel {
     pub db: i64,
     /// TLS to the master.
     pub tls: bool,
+    /// TLS to the sentinels.
+    pub sentinel_tls: bool,
 }
 
 /// How connections authenticate.
@@ -600,6 +602,15 @@ mod tests {
             .unwrap();
         let sen = c.sentinel.unwrap();
         assert_eq!((sen.master.as_str(), sen.nodes.len(), sen.db), ("m", 1, 0));
+        assert!(!sen.tls && !sen.sentinel_tls, "plain TCP unless asked");
+        let tls = format!("[cluster]\n{s}tls = true\nsentinel_tls = true\n");
+        let sen = Config::from_toml(&tls)
+            .unwrap()
+            .cluster
+            .unwrap()
+            .sentinel
+            .unwrap();
+        assert!(sen.tls && sen.sentinel_tls);
         assert_eq!(
             key(&format!("[cluster]\nredis = \"redis://h:1\"\n{s}")),
             "cluster.sentinel"

@@ -568,6 +568,7 @@ fn sentinel(s: SentinelSection) -> Result<super::Sentinel, ConfigError> {
         sentinel_password: s.sentinel_password,
         db,
         tls: s.tls.unwrap_or(false),
+        sentinel_tls: s.sentinel_tls.unwrap_or(false),
     })
 }
 

@@ -125,7 +125,7 @@ async def test_tls():
     port = free_port()
     r = redis("redis-tls", 0, "--tls-port", str(port), "--tls-cert-file", f"{d}/redis.pem", "--tls-key-file",
               f"{d}/redis.key", "--tls-ca-cert-file", f"{d}/ca.pem", "--tls-auth-clients", "no")
-    nodes = []
+    nodes, procs = [], []
     try:
         assert wait_port(port), "redis-server with TLS did not start"
         url = f'redis = "rediss://127.0.0.1:{port}/0"\n'
@@ -155,9 +155,50 @@ async def test_tls():
               ("certificate" in log.lower() or "UnknownIssuer" in log), log[-600:])
         for c in subs + [pub, bc]:
             await c.close()
+        # Sentinel over TLS (`sentinel_tls`): a sentinel on a tls-port only, monitoring the TLS
+        # master; a daemon asking it over TLS is ready and carries a publish, one asking it over
+        # plain TCP is not.
+        sp = free_port()
+        conf = os.path.join(TMP, "sentinel-tls.conf")
+        with open(conf, "w") as f:
+            f.write(f"""port 0
+tls-port {sp}
+tls-cert-file {d}/redis.pem
+tls-key-file {d}/redis.key
+tls-ca-cert-file {d}/ca.pem
+tls-auth-clients no
+tls-replication yes
+bind 127.0.0.1
+dir {TMP}
+sentinel monitor mymaster 127.0.0.1 {port} 1
+""")
+        sentinel = Proc("sentinel-tls", ["redis-server", conf, "--sentinel"])
+        procs.append(sentinel)
+        assert wait_port(sp), "sentinel with TLS did not start"
+        body = (f'tls_ca = "{d}/ca.pem"\n[cluster.sentinel]\nmaster = "mymaster"\n'
+                f'nodes = ["127.0.0.1:{sp}"]\ntls = true\n')
+        st = Node("t-sentinel", body + "sentinel_tls = true\n")
+        plain = Node("t-sentinel-plain", body)
+        nodes += [st, plain]
+        check("tls: a daemon asking the sentinel over TLS (sentinel_tls) is ready",
+              st.wait_ready(200, 15) is not None, st.readyz())
+        c = await Client.open(st)
+        f = await c.subscribe("ts")
+        await c.send({"op": "publish", "room": "ts", "data": {"x": 3}, "id": "s"})
+        ack = await c.until(lambda f: f.get("id") == "s")
+        got = await tc.messages(c, "ts", 1, timeout=TIMEOUT)
+        check("tls: through the TLS sentinel, publish acked and delivered",
+              f.get("op") == "subscribed" and ack.get("op") == "ack"
+              and [m.get("data") for m in got] == [{"x": 3}], (f, ack, got))
+        await c.close()
+        check("tls: a daemon asking the TLS sentinel over plain TCP is not ready",
+              plain.readyz() == 503 and "sentinel gave no usable master" in plain.logged(),
+              (plain.readyz(), plain.logged()[-400:]))
     finally:
         for n in nodes:
             n.stop()
+        for p in procs:
+            p.stop()
         r.stop()
 
 
