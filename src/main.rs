@@ -265,9 +265,16 @@ fn reloader(
                         .map_err(|e| format!("log.level: {e}"))?;
                 }
             }
-            control.reconfigure(new.clone());
+            let applied = control.reconfigure(new.clone());
             *cur = new;
             let mut msg = "reloaded".to_string();
+            if !applied {
+                msg = format!(
+                    "{msg}; a shard busy for over {:?} puts it in force when it gets to it",
+                    shardcast::server::RECONFIGURE_WAIT
+                );
+                tracing::warn!("a shard has not put the new configuration in force yet (busy)");
+            }
             if !kept.is_empty() {
                 msg = format!(
                     "{msg}; kept the running value of {} (restart to change)",

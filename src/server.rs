@@ -110,13 +110,12 @@ impl ServerHandle {
     }
 
     /// Put a new configuration in force on every shard (see `ShardCore::reconfigure` for what
-    /// follows at once and what applies to new connections only). The listen address, shard
-    /// count and I/O driver cannot change without a restart.
-    pub fn reconfigure(&self, cfg: Config) {
-        let cfg = Arc::new(cfg);
-        for tx in &self.inboxes {
-            let _ = tx.send(ShardMsg::Reconfigure(cfg.clone()));
-        }
+    /// follows at once and what applies to new connections only) and wait, up to
+    /// [`RECONFIGURE_WAIT`], until every shard has: `false` if one has not yet (it will when
+    /// it gets to its inbox). The listen address, shard count and I/O driver cannot change
+    /// without a restart.
+    pub fn reconfigure(&self, cfg: Config) -> bool {
+        reconfigure_all(&self.inboxes, cfg)
     }
 
     /// Ask every shard to stop. Returns at once; use [`ServerHandle::join`] to wait.
@@ -300,13 +299,32 @@ pub struct Control {
     inboxes: Vec<flume::Sender<ShardMsg>>,
 }
 
+/// How long a reload waits for the shards to put the new configuration in force (a shard
+/// busy longer gets to it later; the reload then says so).
+pub const RECONFIGURE_WAIT: Duration = Duration::from_secs(2);
+
+/// Send `cfg` to every shard and wait for each to have it in force (up to
+/// [`RECONFIGURE_WAIT`]): after a reload has answered, new connections get the new settings
+/// (the TLS certificate) on every shard.
+fn reconfigure_all(inboxes: &[flume::Sender<ShardMsg>], cfg: Config) -> bool {
+    let cfg = Arc::new(cfg);
+    let (done, applied) = flume::bounded(inboxes.len());
+    let sent = inboxes
+        .iter()
+        .filter(|tx| {
+            tx.send(ShardMsg::Reconfigure(cfg.clone(), done.clone()))
+                .is_ok()
+        })
+        .count();
+    drop(done);
+    let deadline = Instant::now() + RECONFIGURE_WAIT;
+    (0..sent).all(|_| applied.recv_deadline(deadline).is_ok())
+}
+
 impl Control {
     /// See [`ServerHandle::reconfigure`].
-    pub fn reconfigure(&self, cfg: Config) {
-        let cfg = Arc::new(cfg);
-        for tx in &self.inboxes {
-            let _ = tx.send(ShardMsg::Reconfigure(cfg.clone()));
-        }
+    pub fn reconfigure(&self, cfg: Config) -> bool {
+        reconfigure_all(&self.inboxes, cfg)
     }
 
     /// Every room with members: (name, members, seq), asked of every shard (each answers for

@@ -199,6 +199,8 @@ enum Lost {
     Error(redis::RedisError),
     /// The canary did not come back in time.
     Deaf,
+    /// Redis Cluster: a room stayed behind Redis after a slot move (`sharded::check_watched`).
+    Behind,
     /// The subscriber connection ended.
     Closed,
     /// Every shard is gone: stop.
@@ -351,6 +353,9 @@ impl Bridge {
                         "cluster: deaf (canary not heard back); reconnecting"
                     );
                 }
+                Lost::Behind => tracing::warn!(
+                    "cluster: a room stayed behind redis after a slot move; reconnecting (a fresh slot map)"
+                ),
                 Lost::Error(e) => {
                     tracing::warn!(error = %e, "cluster: redis error; reconnecting")
                 }

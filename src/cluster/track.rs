@@ -37,6 +37,8 @@ pub struct Track {
     pub gap: bool,
     /// Held back while syncing or catching up, by seq.
     pending: BTreeMap<u64, Incoming>,
+    /// The epoch this track left last and the seq it had delivered in it.
+    prev: Option<(u64, u64)>,
 }
 
 /// What to do after an input.
@@ -82,6 +84,9 @@ impl Track {
             // Redis lost the room (restarted empty, keys deleted): its numbering began again.
             s.reset = self.epoch != 0;
             self.gap |= self.epoch != 0;
+            if self.epoch != 0 {
+                self.prev = Some((self.epoch, self.last));
+            }
             self.epoch = m.epoch;
             self.last = m.seq.saturating_sub(1);
             self.pending.clear();
@@ -145,18 +150,24 @@ impl Track {
                 self.last = f.seq;
                 self.fetching = false;
             }
-            (Phase::Live, Ok(f)) if catch_up && f.epoch != self.epoch && self.epoch != 0 => {
-                // Redis numbers the room in another epoch now (restarted empty, or renumbered by
-                // the failover guard) and this node missed its first messages: what it asked
-                // (after its last seq in the old numbering) is not where the new epoch's are.
-                // Adopt the epoch and ask again from up to MAX_PENDING before Redis's seq; of
-                // that, only the new epoch's entries are delivered (marked gap).
+            (Phase::Live, Ok(f)) if catch_up && self.epoch != 0 && self.resumes(f.epoch) => {
+                // Redis numbers the room in another epoch now (restarted empty, renumbered by
+                // the failover guard, or back at the epoch this track left: a failover lost
+                // the renumbering) and this node missed its first messages: what it asked
+                // (after its last seq in the old numbering) is not where they are. Adopt the
+                // epoch and ask again: after what this track delivered in it, or from up to
+                // MAX_PENDING before Redis's seq for an epoch new to it; only that epoch's
+                // entries are delivered (the first marked gap).
+                let after = match self.prev {
+                    Some((e, last)) if e == f.epoch => last,
+                    _ => f.seq.saturating_sub(MAX_PENDING as u64),
+                };
                 s.reset = true;
                 self.gap = true;
-                self.epoch = f.epoch;
-                self.last = f.seq.saturating_sub(MAX_PENDING as u64);
+                self.prev = Some((self.epoch, self.last));
+                (self.epoch, self.last) = (f.epoch, after);
                 self.pending.retain(|_, m| m.epoch == f.epoch);
-                s.fetch_after = Some(self.last);
+                s.fetch_after = Some(after);
                 return s;
             }
             (Phase::Live, Ok(f)) if catch_up && f.epoch == self.epoch => {
@@ -200,6 +211,13 @@ impl Track {
                 }
             }
         }
+    }
+
+    /// Whether a catch-up answering `epoch` (not this track's) is followed into it: the epoch
+    /// this track left last, or a newer one (epochs are start times); an older one it never
+    /// delivered in is not (its entries could be ones delivered before: reported as a gap).
+    fn resumes(&self, epoch: u64) -> bool {
+        epoch != self.epoch && (self.prev.is_some_and(|(e, _)| e == epoch) || epoch > self.epoch)
     }
 
     /// A reconnect or deafness: messages may have been missed; catch up from the stream.
@@ -362,6 +380,36 @@ mod tests {
         let s = t.on_fetched(Ok(&f), true);
         assert_eq!(seqs(&s), vec![(11, true), (12, false), (13, false)]);
         assert_eq!((t.epoch, t.last), (9, 13));
+        // Back at epoch 7 (a failover lost the renumbering): from where this track left it.
+        assert_eq!(t.resync(), Some(13));
+        let f = Fetched {
+            seq: 21,
+            epoch: 7,
+            entries: vec![],
+        };
+        let s = t.on_fetched(Ok(&f), true);
+        assert_eq!(
+            s.fetch_after,
+            Some(20),
+            "after what it delivered in epoch 7"
+        );
+        let entries: Vec<Incoming> = (1..=21).map(|q| m(q, 7)).collect();
+        let f = Fetched {
+            seq: 21,
+            epoch: 7,
+            entries,
+        };
+        assert_eq!(seqs(&t.on_fetched(Ok(&f), true)), vec![(21, true)]);
+        // An older epoch it never delivered in: not followed (a gap on the next message).
+        let mut t = live(20);
+        t.resync();
+        let f = Fetched {
+            seq: 30,
+            epoch: 3,
+            entries: vec![],
+        };
+        let s = t.on_fetched(Ok(&f), true);
+        assert!(s.fetch_after.is_none() && s.deliver.is_empty() && t.gap);
     }
 
     #[test]

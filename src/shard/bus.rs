@@ -44,8 +44,8 @@ pub(crate) enum ShardMsg {
     /// Close one connection: its user opened a newer one over `max_connections_per_user`
     /// (`on_user_limit = "close_oldest"`).
     Evict(Holder),
-    /// Put a new configuration in force.
-    Reconfigure(Arc<Config>),
+    /// Put a new configuration in force; say so on the channel once done.
+    Reconfigure(Arc<Config>, flume::Sender<()>),
     /// Test hook (`SHARDCAST_TEST_HOOKS=1`): block this shard's thread, as a stuck loop would.
     Stall(std::time::Duration),
     /// Begin shutting down.
@@ -136,7 +136,10 @@ impl ShardCore {
             }
             ShardMsg::Evict(h) => self.evict(h, now),
             ShardMsg::Stall(d) => std::thread::sleep(d),
-            ShardMsg::Reconfigure(cfg) => self.reconfigure(Rc::new(Config::clone(&cfg))),
+            ShardMsg::Reconfigure(cfg, done) => {
+                self.reconfigure(Rc::new(Config::clone(&cfg)));
+                let _ = done.try_send(());
+            }
             ShardMsg::Shutdown(mode) => self.begin_shutdown(mode, now),
         }
     }

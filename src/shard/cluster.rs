@@ -555,7 +555,13 @@ impl ShardCore {
                 let Some(c) = self.cluster.as_mut() else {
                     return;
                 };
-                c.resync = Some((generation, 0));
+                // A second Resync of the same connection (a lagging shard, a room behind)
+                // while catch-ups of the first are on their way keeps counting them: `Synced`
+                // goes once they are all answered, not at once.
+                c.resync = match c.resync {
+                    Some((g, n)) if g == generation => Some((g, n)),
+                    _ => Some((generation, 0)),
+                };
                 let mut asks = Vec::new();
                 for (room, t) in c.tracks.iter_mut() {
                     if let Some(after) = t.resync() {

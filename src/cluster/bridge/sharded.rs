@@ -15,9 +15,10 @@
 //!   owner) and the room's home catches up from the stream ([`Event::Resync`]).
 //! - **Rooms watched after a move**: a subscription made right after a failover can land on the
 //!   demoted master (the crate's slot map is stale, and a replica takes `SSUBSCRIBE`), which
-//!   hears nothing until the new master counts it in its shard. For [`WATCH_TICKS`] ticks the
-//!   bridge reads such a room's seq in Redis; a seq still unheard a tick later ([`behind`]) has
-//!   the room's home catch up from the stream, and a third time the node reconnects.
+//!   hears nothing until the new master counts it in its shard. For [`WATCH_VERDICTS`] rounds
+//!   the bridge reads such a room's seq in Redis; a seq still unheard `canary_timeout` later
+//!   ([`behind`]) has the room's home catch up from the stream, and a third time the node
+//!   reconnects.
 //! - **Publishes** are not pipelined here (a cluster pipeline is retried whole on a redirect,
 //!   which could number a message twice): each `EVALSHA` is its own command, one room's in order,
 //!   rooms concurrently.
@@ -39,49 +40,102 @@ use super::{now_us, Bridge, ClusterStats, Lost};
 const SLOTS: u16 = 16384;
 /// Tags tried at most when looking for one in a master's slots.
 const MAX_TAG_TRIES: u32 = 1 << 20;
-/// Canary ticks a room is watched against Redis's seq after its slot moved (again after each
-/// time it was found behind).
-pub(super) const WATCH_TICKS: u8 = 10;
+/// Verdicts a room gets in one watch after its slot moved (again after each time it was found
+/// behind); a verdict comes `canary_timeout` after a read of Redis.
+pub(super) const WATCH_VERDICTS: u8 = 4;
+/// Ticks a watch lasts at most (reads never answered: a stalled master).
+const WATCH_MAX_TICKS: u16 = 120;
 /// Times a watched room is found behind in one watch before the node reconnects (a fresh slot
-/// map, every room subscribed again). A catch-up makes the next tick look fine, so these are
-/// not required in a row.
+/// map, every room subscribed again). A catch-up makes the next verdict look fine, so these
+/// are not required in a row.
 const STRIKES: u8 = 3;
 
 /// A read of a room's (seq, epoch) in Redis, answered in the background.
 type SeqRead = tokio::task::JoinHandle<redis::RedisResult<(Option<u64>, Option<u64>)>>;
 
+/// (epoch, seq).
+type Numbered = (u64, u64);
+
+/// A read in flight: when it was sent and what the node had seen then.
+#[derive(Debug)]
+struct Read {
+    handle: SeqRead,
+    at: Instant,
+    seen: Option<Numbered>,
+}
+
 /// A room watched after a slot move (or a master's connection lost).
 #[derive(Debug)]
 struct Watch {
-    /// Ticks with an answer left.
-    ticks: u8,
-    /// (epoch, seq) Redis held a tick or two ago: to have been heard by now.
-    expect: Option<(u64, u64)>,
+    /// Verdicts left.
+    verdicts: u8,
+    /// Ticks so far.
+    ticks: u16,
+    /// What Redis answered, when it was asked and what the node had seen then: judged
+    /// `canary_timeout` after the asking.
+    expect: Option<(Numbered, Instant, Option<Numbered>)>,
     /// Found behind this many times since the watch began or the node reconnected.
     strikes: u8,
-    /// The read sent at the previous tick.
-    read: Option<SeqRead>,
+    read: Option<Read>,
 }
 
 impl Watch {
     fn new() -> Watch {
         Watch {
-            ticks: WATCH_TICKS,
+            verdicts: WATCH_VERDICTS,
+            ticks: 0,
             expect: None,
             strikes: 0,
             read: None,
         }
     }
+
+    /// The read's answer if it came (kept as `expect`, with what the node had seen when it was
+    /// sent); a read older than `timeout` is dropped.
+    async fn collect(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+    ) -> Option<(Numbered, Option<Numbered>)> {
+        let r = self.read.take()?;
+        if !r.handle.is_finished() {
+            if now.duration_since(r.at) >= timeout {
+                r.handle.abort();
+            } else {
+                self.read = Some(r);
+            }
+            return None;
+        }
+        let Ok(Ok((seq, epoch))) = r.handle.await else {
+            return None;
+        };
+        let got = (epoch.unwrap_or(0), seq.unwrap_or(0));
+        self.expect = Some((got, r.at, r.seen));
+        Some((got, r.seen))
+    }
+
+    fn forget_reads(&mut self) {
+        if let Some(r) = self.read.take() {
+            r.handle.abort();
+        }
+        self.expect = None;
+    }
 }
 
-/// Whether a room is behind (pure): Redis held (epoch, seq) `expect` a tick ago and the node
-/// has `seen` less of it since (by subscription or catch-up). Epochs are start times: a newer
-/// epoch in Redis with messages in it and none seen of it is behind too.
-pub(super) fn behind(expect: Option<(u64, u64)>, seen: Option<(u64, u64)>) -> bool {
-    match (expect, seen) {
-        (Some((e, s)), Some((se, ss))) => (e == se && ss < s) || (e > se && s > 0),
-        (Some((_, s)), None) => s > 0,
-        (None, _) => false,
+/// Whether a room is behind (pure): Redis held `redis` (epoch, seq) when asked, the node had
+/// seen `then` at that moment and has seen `now` since (by subscription or catch-up), a
+/// `canary_timeout` later. Behind: less of that epoch seen than Redis had numbered, or Redis
+/// in another epoch with messages in it. Not judged when the node itself moved to another
+/// epoch since the asking (it followed a renumbering meanwhile).
+pub(super) fn behind(redis: Numbered, then: Option<Numbered>, now: Option<Numbered>) -> bool {
+    if let (Some(t), Some(n)) = (then, now) {
+        if t.0 != n.0 {
+            return false;
+        }
+    }
+    match now {
+        Some((e, s)) if e == redis.0 => s < redis.1,
+        _ => redis.1 > 0,
     }
 }
 
@@ -320,7 +374,10 @@ impl Bridge {
         self.fetch.load_async(&mut cmd).await?;
         if let Some(s) = self.sharded.as_mut() {
             (s.canaries, s.resubscribe) = (HashMap::new(), false);
-            s.watch.values_mut().for_each(|w| w.strikes = 0);
+            s.watch.values_mut().for_each(|w| {
+                w.strikes = 0;
+                w.forget_reads();
+            });
         }
         self.replay_leaves(&mut cmd).await?;
         self.counts.reconnected();
@@ -412,7 +469,7 @@ impl Bridge {
                         return Lost::Deaf;
                     }
                     match self.tick_sharded(&mut c).await {
-                        Ok(true) => return Lost::Deaf,
+                        Ok(true) => return Lost::Behind,
                         r => r.map(|_| ()),
                     }
                 }
@@ -466,25 +523,26 @@ impl Bridge {
         Ok(deaf)
     }
 
-    /// The rooms watched after a slot move: judge each against what Redis held when last read
-    /// ([`behind`]: its home catches up from the stream, `cluster_rooms_behind_total`), guard
-    /// one whose seq went backwards in Redis (a promoted replica lacked writes: new epoch), and
-    /// send the next reads. Never waits on Redis: a read is collected at the next tick (one
-    /// not answered by then counts as no answer). `true`: a room was behind [`STRIKES`] times
-    /// (a reconnect starts the count again).
+    /// The rooms watched after a slot move: collect each room's read of Redis; a
+    /// `canary_timeout` after a read, judge the room ([`behind`]: its home shard catches up
+    /// from the stream, `cluster_rooms_behind_total`); guard one whose seq went backwards in
+    /// Redis (a promoted replica lacked writes: new epoch); send the next read. Never waits on
+    /// Redis (a read not answered within `canary_timeout` is dropped). `true`: a room was
+    /// behind [`STRIKES`] times in one watch (a reconnect starts the count again).
     async fn check_watched(&mut self, c: &Conns) -> bool {
         let Some(s) = self.sharded.as_mut() else {
             return false;
         };
         let rooms = &self.rooms;
         s.watch.retain(|r, w| {
-            let keep = w.ticks > 0 && rooms.contains_key(r);
-            if let (false, Some(read)) = (keep, &w.read) {
-                read.abort();
+            let keep = w.verdicts > 0 && w.ticks < WATCH_MAX_TICKS && rooms.contains_key(r);
+            if !keep {
+                w.forget_reads();
             }
             keep
         });
         let watched: Vec<Arc<str>> = s.watch.keys().cloned().collect();
+        let (timeout, now) = (self.cfg.canary_timeout, Instant::now());
         let mut reconnect = false;
         for room in watched {
             let [seq_key, epoch_key, _] = self.keys(&room);
@@ -492,41 +550,41 @@ impl Bridge {
             let Some(w) = self.sharded.as_mut().and_then(|s| s.watch.get_mut(&room)) else {
                 continue;
             };
-            let got = match w.read.take() {
-                Some(read) if read.is_finished() => match read.await {
-                    Ok(Ok((seq, epoch))) => Some((epoch.unwrap_or(0), seq.unwrap_or(0))),
-                    _ => None,
-                },
-                Some(read) => {
-                    read.abort();
-                    None
-                }
-                None => None,
-            };
-            let late = behind(w.expect, seen);
-            w.expect = got;
-            if got.is_some() {
-                w.ticks = w.ticks.saturating_sub(1);
-            }
-            let mut con = c.cmd.clone();
-            let (sk, ek) = (seq_key.clone(), epoch_key.clone());
-            w.read = Some(tokio::spawn(async move {
-                redis::cmd("MGET")
-                    .arg(sk)
-                    .arg(ek)
-                    .query_async(&mut con)
-                    .await
-            }));
-            if let (Some((se, ss)), Some((e, s))) = (seen, got) {
-                if super::super::regressed(se, ss, e, s) {
+            w.ticks += 1;
+            if let Some((got, Some((se, ss)))) = w.collect(now, timeout).await {
+                if super::super::regressed(se, ss, got.0, got.1) {
                     let (con, stats) = (c.cmd.clone(), self.stats.clone());
-                    guard_room(con, stats, room.clone(), [seq_key, epoch_key], (se, ss));
+                    let keys = [seq_key.clone(), epoch_key.clone()];
+                    guard_room(con, stats, room.clone(), keys, (se, ss));
                 }
+            }
+            let mut late = false;
+            if let Some((redis, at, then)) = w.expect {
+                if now.duration_since(at) >= timeout {
+                    late = behind(redis, then, seen);
+                    w.expect = None;
+                    w.verdicts = w.verdicts.saturating_sub(1);
+                }
+            }
+            if w.read.is_none() && w.expect.is_none() {
+                let mut con = c.cmd.clone();
+                let handle = tokio::spawn(async move {
+                    redis::cmd("MGET")
+                        .arg(seq_key)
+                        .arg(epoch_key)
+                        .query_async(&mut con)
+                        .await
+                });
+                w.read = Some(Read {
+                    handle,
+                    at: now,
+                    seen,
+                });
             }
             if !late {
                 continue;
             }
-            (w.strikes, w.ticks) = (w.strikes + 1, WATCH_TICKS);
+            (w.strikes, w.verdicts) = (w.strikes + 1, WATCH_VERDICTS);
             let strikes = w.strikes;
             if strikes >= STRIKES {
                 w.strikes = 0;
@@ -535,8 +593,8 @@ impl Bridge {
             ClusterStats::add(&self.stats.rooms_behind, 1);
             tracing::warn!(room = %room, ?seen, strikes, "cluster: room behind redis after a slot move; catching up from its stream");
             if let Some(&shard) = self.rooms.get(&room) {
-                let generation = self.generation;
-                self.lagging[shard] = !self.answer(shard, Event::Resync { generation }).await;
+                // Caught up by `catch_up_lagging`, right after (once per shard).
+                self.lagging[shard] = true;
             }
         }
         reconnect
@@ -611,7 +669,8 @@ impl Bridge {
         if let Some(s) = self.sharded.as_mut() {
             s.resubscribe = true;
             if let Some(room) = room {
-                s.watch.insert(room, Watch::new());
+                let w = s.watch.entry(room).or_insert_with(Watch::new);
+                (w.verdicts, w.ticks) = (WATCH_VERDICTS, 0);
             }
         }
         let generation = self.generation;
@@ -677,21 +736,23 @@ mod tests {
 
     #[test]
     fn a_room_is_behind_when_redis_numbered_more_than_was_seen() {
-        let (e, later) = (1_000, 2_000);
-        // Nothing read yet, or nothing published: not judged.
-        assert!(!behind(None, Some((e, 5))));
-        assert!(!behind(Some((0, 0)), None));
-        // Heard up to what Redis held a tick ago (or beyond): fine.
-        assert!(!behind(Some((e, 5)), Some((e, 5))));
-        assert!(!behind(Some((e, 5)), Some((e, 9))));
-        // Redis numbered 5, the node saw 4 (or nothing at all).
-        assert!(behind(Some((e, 5)), Some((e, 4))));
-        assert!(behind(Some((e, 5)), None));
-        // A newer epoch in Redis with messages, the node still at the old one.
-        assert!(behind(Some((later, 1)), Some((e, 40))));
-        assert!(!behind(Some((later, 0)), Some((e, 40))));
-        // The node already at a newer epoch than the read: not judged behind.
-        assert!(!behind(Some((e, 40)), Some((later, 1))));
+        let (e, other) = (1_000, 2_000);
+        // Nothing published, or everything heard (or more): fine.
+        assert!(!behind((0, 0), None, None));
+        assert!(!behind((e, 5), Some((e, 3)), Some((e, 5))));
+        assert!(!behind((e, 5), Some((e, 3)), Some((e, 9))));
+        // Redis numbered 5, the node saw 4 since (or nothing at all).
+        assert!(behind((e, 5), Some((e, 3)), Some((e, 4))));
+        assert!(behind((e, 5), None, None));
+        // Redis in another epoch (older or newer: epochs come from several clocks) with
+        // messages, the node still at its own.
+        assert!(behind((other, 1), Some((e, 40)), Some((e, 40))));
+        assert!(behind((e, 1), Some((other, 40)), Some((other, 40))));
+        assert!(!behind((other, 0), Some((e, 40)), Some((e, 40))));
+        // The node followed a renumbering since the asking: not judged.
+        assert!(!behind((e, 40), Some((e, 40)), Some((other, 1))));
+        // Its first message heard since the asking counts.
+        assert!(!behind((e, 5), None, Some((e, 5))));
     }
 
     #[test]
