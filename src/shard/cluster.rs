@@ -432,6 +432,13 @@ impl ShardCore {
         c.ahead.remove(room);
         c.wait_live.remove(room);
         c.remote.remove(room);
+        // What was kept stops at this point; a later subscription here would take it for the
+        // room's recent past up to the new numbering (a resume replaying from it would stop
+        // short of the newest, recovered: true). The stream has it all.
+        if let Some(r) = self.home.rooms.get_mut(room) {
+            r.history.clear();
+            r.history_bytes = 0;
+        }
     }
 
     /// Answer a subscription at the room's last delivered seq, replaying from the history

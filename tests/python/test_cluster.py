@@ -156,6 +156,12 @@ presence_ttl = "{PRESENCE_TTL}s"
         rows = [ln for ln in body.splitlines() if ln.startswith(f"shardcast_{name} ")]
         return float(rows[0].split()[-1]) if rows else 0.0
 
+    def metric_sum(self, name):
+        """The sum of the series of `shardcast_{name}` on /metrics (per-shard gauges)."""
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=5).read().decode()
+        return sum(float(ln.split()[-1]) for ln in body.splitlines()
+                   if ln.startswith((f"shardcast_{name} ", f"shardcast_{name}{{")))
+
     def readyz(self):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/readyz", timeout=2) as r:
@@ -401,6 +407,28 @@ async def test_resume(nodes):
           and sub.get("epoch") == epoch, sub)
     await other.close()
     await h.close()
+    # A node that stopped listening to a room keeps none of it: a resume there later must not
+    # take what it kept from before for the whole story (it would stop short of the newest).
+    room, (node, pub) = "resume-left", (nodes[1], await Client.open(nodes[2]))
+    a = await Client.open(node)
+    sa = await a.subscribe(room)
+    await publish_all(pub, room, [{"i": i} for i in range(20)], "rl")
+    await messages(a, room, 20)
+    await a.close()
+    end = time.monotonic() + TIMEOUT
+    while time.monotonic() < end and node.metric_sum("history_messages") > 0:
+        await asyncio.sleep(0.05)
+    check("resume: a node that stopped listening to a room drops what it kept of it",
+          node.metric_sum("history_messages") == 0, node.metric_sum("history_messages"))
+    await publish_all(pub, room, [{"i": i} for i in range(20, 40)], "rl2")
+    b = await Client.open(node)
+    sb = await b.subscribe(room, since=15, epoch=sa["epoch"])
+    replay = await messages(b, room, 25, timeout=TIMEOUT)
+    check("resume: back on that node later, the replay reaches the newest (16..40), recovered: true",
+          sb.get("recovered") is True and [m["seq"] for m in replay] == list(range(16, 41)),
+          (sb, [m["seq"] for m in replay]))
+    for c in (b, pub):
+        await c.close()
 
 
 async def test_redis_down(nodes, redis):
