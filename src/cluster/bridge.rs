@@ -207,6 +207,14 @@ enum Lost {
     Stop,
 }
 
+/// Log a room the failover guard gave a new epoch (its seq had gone backwards in Redis).
+fn renumbered(room: &str) {
+    tracing::warn!(
+        room,
+        "cluster: room's seq went backwards in redis (failover lost writes); new epoch"
+    );
+}
+
 fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -533,7 +541,7 @@ impl Bridge {
             .collect();
         for room in connect::guard(cmd, rooms, now_us()).await? {
             ClusterStats::add(&self.stats.gaps, 1);
-            tracing::warn!(room = %room, "cluster: room's seq went backwards in redis (failover lost writes); new epoch");
+            renumbered(&room);
         }
         Ok(())
     }
@@ -614,7 +622,7 @@ impl Bridge {
                 let [seq, ep, _] = self.keys(&room);
                 let rooms = vec![(room.clone(), [seq, ep], epoch, seen)];
                 for room in connect::guard(con, rooms, now_us()).await? {
-                    tracing::warn!(room = %room, "cluster: room's seq went backwards in redis (failover lost writes); new epoch");
+                    renumbered(&room);
                 }
             }
             Command::Presence { .. }

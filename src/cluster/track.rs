@@ -283,6 +283,14 @@ mod tests {
         }
     }
 
+    fn fetched(seq: u64, epoch: u64, entries: Vec<Incoming>) -> Fetched {
+        Fetched {
+            seq,
+            epoch,
+            entries,
+        }
+    }
+
     fn seqs(s: &Steps) -> Vec<(u64, bool)> {
         s.deliver.iter().map(|(m, g)| (m.seq, *g)).collect()
     }
@@ -354,11 +362,7 @@ mod tests {
         // by a failover) and published 11 and 12 there while this node did not hear.
         let mut t = live(20);
         assert_eq!(t.resync(), Some(20));
-        let f = Fetched {
-            seq: 12,
-            epoch: 9,
-            entries: vec![],
-        };
+        let f = fetched(12, 9, vec![]);
         let s = t.on_fetched(Ok(&f), true);
         assert!(s.reset && s.deliver.is_empty());
         assert_eq!(
@@ -372,21 +376,13 @@ mod tests {
         );
         let mut entries: Vec<Incoming> = (1..=10).map(|q| m(q, 7)).collect();
         entries.extend([m(11, 9), m(12, 9)]);
-        let f = Fetched {
-            seq: 12,
-            epoch: 9,
-            entries,
-        };
+        let f = fetched(12, 9, entries);
         let s = t.on_fetched(Ok(&f), true);
         assert_eq!(seqs(&s), vec![(11, true), (12, false), (13, false)]);
         assert_eq!((t.epoch, t.last), (9, 13));
         // Back at epoch 7 (a failover lost the renumbering): from where this track left it.
         assert_eq!(t.resync(), Some(13));
-        let f = Fetched {
-            seq: 21,
-            epoch: 7,
-            entries: vec![],
-        };
+        let f = fetched(21, 7, vec![]);
         let s = t.on_fetched(Ok(&f), true);
         assert_eq!(
             s.fetch_after,
@@ -394,20 +390,12 @@ mod tests {
             "after what it delivered in epoch 7"
         );
         let entries: Vec<Incoming> = (1..=21).map(|q| m(q, 7)).collect();
-        let f = Fetched {
-            seq: 21,
-            epoch: 7,
-            entries,
-        };
+        let f = fetched(21, 7, entries);
         assert_eq!(seqs(&t.on_fetched(Ok(&f), true)), vec![(21, true)]);
         // An older epoch it never delivered in: not followed (a gap on the next message).
         let mut t = live(20);
         t.resync();
-        let f = Fetched {
-            seq: 30,
-            epoch: 3,
-            entries: vec![],
-        };
+        let f = fetched(30, 3, vec![]);
         let s = t.on_fetched(Ok(&f), true);
         assert!(s.fetch_after.is_none() && s.deliver.is_empty() && t.gap);
     }

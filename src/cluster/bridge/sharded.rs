@@ -307,7 +307,7 @@ fn guard_room(
         match super::super::connect::guard(&mut con, rooms, now_us()).await {
             Ok(bumped) if !bumped.is_empty() => {
                 ClusterStats::add(&stats.gaps, 1);
-                tracing::warn!(room = %room, "cluster: room's seq went backwards in redis (failover lost writes); new epoch");
+                super::renumbered(&room);
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(room = %room, error = %e, "cluster: failover guard failed"),
